@@ -1,0 +1,1 @@
+"""Backends: one module per device runtime behind `backends.base.Backend`."""

@@ -1,0 +1,172 @@
+"""The `cpu` backend: torch eager on the host CPU, with a pinned thread count."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import os
+import platform
+import threading
+import time
+from typing import Any, ClassVar
+
+import psutil
+import torch
+
+from backends.base import (
+    Availability,
+    Backend,
+    EnergyMeter,
+    MemoryMeter,
+    MemoryReading,
+    NullEnergyMeter,
+    Step,
+    Timer,
+)
+from harness.cases import Case
+from harness.environment import cpu_model
+from harness.registry import register_backend
+
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class PerfCounterTimer(Timer):
+    clock: ClassVar[str] = "time.perf_counter"
+    sync: ClassVar[str] = "none needed: eager CPU ops return when done"
+
+    def time(self, step: Step, calls: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            step()
+        return time.perf_counter() - t0
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * _PAGE
+
+
+def _hwm_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    raise OSError("VmHWM missing from /proc/self/status")
+
+
+def _malloc_trim() -> None:
+    """Hand freed heap pages back to the OS so the baseline is not inflated by earlier calls."""
+    name = ctypes.util.find_library("c")
+    if name:
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(name).malloc_trim(0)
+
+
+class RssPeakMeter(MemoryMeter):
+    """Process peak resident memory above a baseline taken after the inputs exist.
+
+    On Linux the kernel's high-water mark is reset (/proc/self/clear_refs, 5) at start and
+    read at stop, so no short peak is missed. Elsewhere RSS is polled every millisecond,
+    which can miss peaks shorter than that; the method says which was used.
+    """
+
+    def __init__(self) -> None:
+        self._baseline = 0
+        self._polled_peak = 0
+        self._poller: threading.Thread | None = None
+        self._stop = threading.Event()
+        self.method = "rss-hwm: /proc/self VmHWM reset via clear_refs, minus baseline RSS after inputs"
+
+    def start(self) -> None:
+        gc.collect()
+        _malloc_trim()
+        try:
+            self._baseline = _rss_bytes()
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return
+        except OSError:
+            pass
+        self.method = "rss-poll: psutil RSS every 1 ms, minus baseline RSS after inputs (can miss short peaks)"
+        proc = psutil.Process()
+        self._baseline = self._polled_peak = proc.memory_info().rss
+        self._stop.clear()
+
+        def poll() -> None:
+            while not self._stop.wait(0.001):
+                self._polled_peak = max(self._polled_peak, proc.memory_info().rss)
+
+        self._poller = threading.Thread(target=poll, daemon=True)
+        self._poller.start()
+
+    def stop(self) -> MemoryReading:
+        if self._poller is not None:
+            self._stop.set()
+            self._poller.join()
+            self._poller = None
+            peak = self._polled_peak
+        else:
+            peak = _hwm_bytes()
+        return MemoryReading(max(0, peak - self._baseline), self.method)
+
+
+def _rapl_reason() -> str:
+    if os.path.isdir("/sys/class/powercap/intel-rapl:0"):
+        return "RAPL is present but its reader is not implemented yet (the energy backend issue)"
+    return "no RAPL counter on this host (/sys/class/powercap/intel-rapl:0 absent)"
+
+
+@register_backend
+class CpuBackend(Backend):
+    name: ClassVar[str] = "cpu"
+    summary: ClassVar[str] = "torch eager on the host CPU; threads pinned (default: physical cores)"
+
+    def __init__(self) -> None:
+        self._threads: int | None = None
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(True)
+
+    @classmethod
+    def free_memory_bytes(cls) -> int | None:
+        return psutil.virtual_memory().available
+
+    @staticmethod
+    def default_threads() -> int:
+        return psutil.cpu_count(logical=False) or os.cpu_count() or 1
+
+    def setup(self, case: Case) -> dict[str, Any]:
+        self._threads = case.threads or self.default_threads()
+        torch.set_num_threads(self._threads)
+        return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads()}
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def timer(self) -> Timer:
+        return PerfCounterTimer()
+
+    def memory_meter(self) -> MemoryMeter:
+        return RssPeakMeter()
+
+    def energy_meter(self) -> EnergyMeter:
+        return NullEnergyMeter(_rapl_reason())
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "backend": self.name,
+            "name": cpu_model(),
+            "kind": "cpu",
+            "arch": platform.machine(),
+            "torch": torch.__version__,
+            "parallel": torch.__config__.parallel_info().splitlines()[1:3],
+            "peaks": {
+                "flops_per_s": None,
+                "bytes_per_s": None,
+                "method": "not calibrated: peak figures come with the hardware-peaks issue",
+            },
+        }

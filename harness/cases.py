@@ -1,0 +1,133 @@
+"""Cases (one measured configuration) and sweeps (axes that expand into cases)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from harness.errors import UserError
+
+
+@dataclass(frozen=True)
+class Case:
+    """Everything that defines what is measured. Same fields -> same case_id, anywhere."""
+
+    variant: str
+    params: tuple[tuple[str, Any], ...]  # the variant's resolved parameters, sorted by name
+    scope: str  # core | layer
+    backend: str
+    dtype: str
+    mode: str  # forward | train
+    batch: int
+    heads: int
+    head_dim: int
+    seq_len: int
+    threads: int | None = None  # None: the backend's default for the host
+
+    @property
+    def family(self) -> str:
+        return self.variant.split(".", 1)[0]
+
+    @property
+    def params_dict(self) -> dict[str, Any]:
+        return dict(self.params)
+
+    def identity(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["params"] = self.params_dict
+        return d
+
+    @property
+    def case_id(self) -> str:
+        blob = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+        return f"{self.variant}-{self.backend}-n{self.seq_len}-{digest}"
+
+    def group_key(self) -> tuple:
+        """Everything but the length: cases that form one scaling curve."""
+        d = self.identity()
+        d.pop("seq_len")
+        return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in d.items()))
+
+    def label(self) -> str:
+        p = ",".join(f"{k}={v}" for k, v in self.params)
+        return f"{self.variant}{'[' + p + ']' if p else ''} {self.backend}/{self.dtype}/{self.mode} n={self.seq_len}"
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """The axes of a run. Every axis is a tuple; the cases are their product."""
+
+    variants: tuple[str, ...]
+    backends: tuple[str, ...]
+    seq_lens: tuple[int, ...]
+    batch: tuple[int, ...] = (1,)
+    heads: tuple[int, ...] = (8,)
+    head_dim: tuple[int, ...] = (64,)
+    dtypes: tuple[str, ...] = ("float32",)
+    modes: tuple[str, ...] = ("forward",)
+    scopes: tuple[str, ...] = ("core",)
+    threads: tuple[int | None, ...] = (None,)
+    # variant -> parameter -> values to sweep; unnamed parameters take their defaults
+    params: tuple[tuple[str, tuple[tuple[str, tuple[Any, ...]], ...]], ...] = field(default=())
+
+    def params_for(self, variant: str) -> dict[str, tuple[Any, ...]]:
+        return dict(dict(self.params).get(variant, ()))
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["params"] = {v: {k: list(vals) for k, vals in ps} for v, ps in self.params}
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Sweep:
+        d = dict(d)
+        params = d.pop("params", {})
+        axes = {k: tuple(v) for k, v in d.items()}
+        return cls(**axes, params=freeze_params(params))
+
+
+def freeze_params(params: dict[str, dict[str, Any]]) -> tuple:
+    return tuple(sorted((v, tuple(sorted((k, tuple(vals)) for k, vals in ps.items()))) for v, ps in params.items()))
+
+
+def expand(sweep: Sweep) -> list[Case]:
+    """All cases of a sweep, grouped into scaling curves, each curve by increasing length.
+
+    Ordering by length matters: after a length runs out of memory, the longer ones of the
+    same curve are skipped.
+    """
+    from harness.registry import get_workload
+
+    cases: dict[str, Case] = {}
+    for variant in sweep.variants:
+        cls = get_workload(variant)
+        chosen = sweep.params_for(variant)
+        defaults = cls.default_params()
+        names = sorted(defaults)
+        grids = [chosen.get(name, (defaults[name],)) for name in names]
+        for values in itertools.product(*grids):
+            resolved = tuple(zip(names, values, strict=True))
+            try:
+                cls.make_params(dict(resolved))
+            except (TypeError, ValueError) as exc:
+                raise UserError(f"invalid parameters for {variant}: {exc}") from None
+            for scope in sweep.scopes:
+                if scope not in cls.scopes:
+                    continue
+                for backend, dtype, mode, b, h, d, t, n in itertools.product(
+                    sweep.backends,
+                    sweep.dtypes,
+                    sweep.modes,
+                    sweep.batch,
+                    sweep.heads,
+                    sweep.head_dim,
+                    sweep.threads,
+                    sorted(sweep.seq_lens),
+                ):
+                    case = Case(variant, resolved, scope, backend, dtype, mode, b, h, d, n, t)
+                    cases.setdefault(case.case_id, case)
+    return list(cases.values())

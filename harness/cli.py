@@ -1,0 +1,100 @@
+"""The `bench` command: run, list, env."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from harness.errors import UserError
+
+EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line, like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(EXIT_USER_ERROR)
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="bench", description="Hardware-aware benchmarks of transformer attention.")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run a suite (default: the built-in 'default' suite)")
+    run.add_argument("--suite", default="default", help="built-in suite name or path to a .toml file")
+    run.add_argument("--variants", type=_csv, help="comma list of variants, or 'all', 'subquadratic'")
+    run.add_argument("--backends", type=_csv, help="comma list of backends, or 'available'")
+    run.add_argument("--seq-lens", type=_csv, help="comma list of sequence lengths")
+    run.add_argument("--batch", type=_csv, help="batch size(s)")
+    run.add_argument("--heads", type=_csv, help="head count(s)")
+    run.add_argument("--head-dim", type=_csv, help="head dimension(s)")
+    run.add_argument("--dtypes", type=_csv, help="float32, float64, bfloat16, float16")
+    run.add_argument("--mode", type=_csv, help="forward, train (forward+backward), or both")
+    run.add_argument("--scope", type=_csv, help="core (attention alone) or layer (a whole transformer layer)")
+    run.add_argument("--threads", type=_csv, help="CPU threads (default: physical cores)")
+    run.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="VARIANT.NAME=V[,V]",
+        help="a variant parameter, e.g. full.chunked.chunk=256,512 (repeatable; a list sweeps)",
+    )
+    run.add_argument("--max-time-per-case", type=float, help="seconds of sampling per case")
+    run.add_argument("--target-ci", type=float, help="stop sampling when the median's 95%% CI is within ±this")
+    run.add_argument("--timeout", type=float, help="seconds before a case's worker is stopped")
+    run.add_argument("--max-memory", type=float, help="GiB a worker may hold before it is stopped (oom)")
+    run.add_argument("--no-verify", action="store_true", help="skip the float64 reference check before timing")
+    run.add_argument("--out", type=Path, help="run folder to write (default: results/<run_id>)")
+    run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
+
+    sub.add_parser("list", help="variants, backends and suites")
+    env = sub.add_parser("env", help="the host fingerprint recorded in run.json")
+    env.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "run":
+            from harness.commands import cmd_run
+
+            return cmd_run(args, argv)
+        if args.command == "list":
+            from harness.commands import cmd_list
+
+            return cmd_list()
+        if args.command == "env":
+            from harness.environment import fingerprint
+
+            data = fingerprint()
+            if args.json:
+                print(json.dumps(data, indent=2))
+            else:
+                from harness.commands import print_env
+
+                print_env(data)
+            return 0
+        parser.print_help()
+        return EXIT_USER_ERROR
+    except UserError as exc:
+        sys.stderr.write(f"bench: error: {exc}\n")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

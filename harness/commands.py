@@ -1,0 +1,151 @@
+"""The subcommands behind the CLI: each reads its arguments and does one job."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from harness.errors import UserError
+from harness.results import check_writable, load_run
+
+EXIT_INTERRUPTED = 130
+SWEEP_FLAGS = ("variants", "backends", "seq_lens", "batch", "heads", "head_dim", "dtypes", "mode", "scope", "threads")
+
+
+def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
+    from harness.console import RunProgress, make_console, print_summary
+    from harness.executor import LocalExecutor
+    from harness.registry import PLUGINS_ENV
+    from harness.runner import Runner, new_run, new_run_id, read_run_json
+    from harness.settings import RunSettings
+    from harness.suites import Overrides, load_suite, resolve
+
+    console = make_console()
+    if args.resume is not None:
+        given = [f for f in SWEEP_FLAGS if getattr(args, f) is not None] + (["param"] if args.param else [])
+        if given or args.out is not None:
+            raise UserError(
+                "--resume takes the sweep and folder from run.json; drop "
+                + ", ".join("--" + f.replace("_", "-") for f in given or ["out"])
+            )
+        folder = args.resume
+        load_run(folder)  # validates the folder and its schema
+        run = read_run_json(folder)
+        run["status"] = "running"
+        run["resumed_at"] = [*run.get("resumed_at", []), " ".join(["bench", *argv])]
+        check_writable(folder)
+    else:
+        spec = load_suite(args.suite)
+        sweep, suite_settings = resolve(
+            spec,
+            Overrides(
+                variants=args.variants,
+                backends=args.backends,
+                seq_lens=args.seq_lens,
+                batch=args.batch,
+                heads=args.heads,
+                head_dim=args.head_dim,
+                dtypes=args.dtypes,
+                modes=args.mode,
+                scopes=args.scope,
+                threads=args.threads,
+                params=args.param,
+                max_time_per_case=args.max_time_per_case,
+                timeout_s=args.timeout,
+                target_rel_ci=args.target_ci,
+            ),
+        )
+        memory_limit = _memory_limit(args.max_memory)
+        settings = RunSettings(
+            **suite_settings,
+            memory_limit_bytes=memory_limit,
+            plugins=os.environ.get(PLUGINS_ENV, ""),
+            **({"verify": False} if args.no_verify else {}),
+        )
+        run_id = new_run_id(spec.name)
+        folder = args.out if args.out is not None else Path("results") / run_id
+        if folder.exists() and any(folder.iterdir()):
+            raise UserError(f"{folder} already holds files; choose an empty --out, or --resume {folder}")
+        check_writable(folder)
+        run = new_run(run_id, spec.name, sweep, settings, ["bench", *argv], "local")
+
+    settings = RunSettings.from_json(run["settings"])
+    console.print(
+        f"attnbench: suite [bold]{run['suite']}[/] → {folder}  "
+        f"(variants {', '.join(run['sweep']['variants'])}; backends {', '.join(run['sweep']['backends'])})",
+        highlight=False,
+    )
+    runner = Runner(folder, run, LocalExecutor(settings), RunProgress(console))
+    try:
+        runner.execute()
+    except KeyboardInterrupt:
+        result = load_run(folder)
+        console.print(
+            f"[bold yellow]interrupted[/]: {len(result.cases)} of {run['cases_total']} cases recorded in "
+            f"{folder}; finish with: bench run --resume {folder}",
+            highlight=False,
+        )
+        return EXIT_INTERRUPTED
+    print_summary(console, load_run(folder))
+    return 0
+
+
+def _memory_limit(gib: float | None) -> int:
+    import psutil
+
+    if gib is not None:
+        if gib <= 0:
+            raise UserError(f"--max-memory must be a positive number of GiB, got {gib}")
+        return int(gib * 2**30)
+    # Leave the rest of the machine alive: stop a worker before the kernel has to.
+    return int(0.9 * psutil.virtual_memory().available)
+
+
+def cmd_list() -> int:
+    from harness.registry import BACKENDS, PLUGIN_ERRORS, WORKLOADS, load_plugins
+    from harness.suites import builtin_suites
+
+    load_plugins()
+    console = Console()
+    variants = Table(title="variants", title_justify="left")
+    for col in ("variant", "family", "parameters (defaults)", "scopes", "what"):
+        variants.add_column(col)
+    for name, cls in sorted(WORKLOADS.items()):
+        params = ", ".join(f"{k}={v}" for k, v in cls.default_params().items()) or "-"
+        tag = " (sub-quadratic)" if cls.subquadratic else ""
+        variants.add_row(name, cls.family, params, ",".join(cls.scopes), cls.summary + tag)
+    console.print(variants)
+
+    backends = Table(title="backends", title_justify="left")
+    for col in ("backend", "available", "why not / what"):
+        backends.add_column(col)
+    for name, cls in sorted(BACKENDS.items()):
+        avail = cls.availability()
+        backends.add_row(name, "yes" if avail.available else "[red]no[/]", avail.reason or cls.summary)
+    console.print(backends)
+
+    suites = Table(title="suites", title_justify="left")
+    suites.add_column("suite")
+    suites.add_column("what")
+    for name, desc in builtin_suites().items():
+        suites.add_row(name, desc)
+    console.print(suites)
+    for where, err in PLUGIN_ERRORS.items():
+        console.print(f"[red]plugin failed to load[/] {where}: {err}", highlight=False)
+    return 0
+
+
+def print_env(data: dict[str, Any]) -> None:
+    console = Console()
+    table = Table(show_header=False)
+    for section in ("host", "packages", "git"):
+        for k, v in data[section].items():
+            table.add_row(f"{section}.{k}", "-" if v is None else str(v))
+    console.print(table)
+    sys.stdout.flush()

@@ -1,0 +1,155 @@
+"""The local executor: each case in a fresh worker process, with a timeout and a memory guard.
+
+Workers are forked from a fork server that imported torch once (harness.preload), so a
+case pays milliseconds of isolation instead of a multi-second import, yet starts in a
+clean process whose peak memory belongs to that case alone.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psutil
+
+from harness.cases import Case
+from harness.settings import RunSettings
+
+POLL_S = 0.05
+
+
+@dataclass
+class Outcome:
+    status: str  # ok | oom | timeout | error | unsupported
+    reason: str | None
+    result: dict[str, Any] = field(default_factory=dict)  # the worker's measurements when ok
+    traceback: str | None = None
+    worker: dict[str, Any] = field(default_factory=dict)  # pid, exit code, wall and overhead seconds
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings
+        self.ctx = mp.get_context("forkserver")
+        self.ctx.set_forkserver_preload(["harness.preload"])
+        self._current: Any = None
+
+    def warm(self) -> float:
+        """Start the fork server now (it imports torch), so the first case is not charged for it."""
+        t0 = time.perf_counter()
+        p = self.ctx.Process(target=_noop, daemon=True)
+        p.start()
+        p.join()
+        return time.perf_counter() - t0
+
+    def abandon(self) -> None:
+        """Kill the worker in flight (Ctrl-C)."""
+        if self._current is not None and self._current.is_alive():
+            self._current.kill()
+            self._current.join(5)
+
+    def run(self, case: Case) -> Outcome:
+        parent_conn, child_conn = self.ctx.Pipe(duplex=False)
+        from harness.worker import child_main
+
+        started = time.perf_counter()
+        proc = self.ctx.Process(target=child_main, args=(child_conn, case, self.settings), daemon=True)
+        proc.start()
+        self._current = proc
+        child_conn.close()
+        try:
+            return self._wait(proc, parent_conn, started)
+        finally:
+            self._current = None
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+            parent_conn.close()
+
+    def _wait(self, proc: Any, conn: Any, started: float) -> Outcome:
+        deadline = started + self.settings.case_timeout()
+        limit = self.settings.memory_limit_bytes
+        watched = _watch(proc.pid)
+        peak_rss = 0
+        while True:
+            if conn.poll(POLL_S):
+                try:
+                    entered, left, message = conn.recv()
+                except (EOFError, OSError):
+                    break  # died while sending; reported below from the exit code
+                received = time.perf_counter()
+                worker = {
+                    "pid": proc.pid,
+                    "wall_s": received - started,
+                    # Isolation cost: process start until the case began, plus the result's trip back.
+                    "overhead_s": (entered - started) + (received - left),
+                }
+                proc.join(5)
+                worker["exitcode"] = proc.exitcode
+                if message[0] == "ok":
+                    return Outcome("ok", None, message[1], worker=worker)
+                _, status, reason, tb = message
+                return Outcome(status, reason, traceback=tb, worker=worker)
+            now = time.perf_counter()
+            if watched is not None:
+                try:
+                    rss = watched.memory_info().rss
+                    peak_rss = max(peak_rss, rss)
+                except psutil.Error:
+                    rss = 0
+                if limit is not None and rss > limit:
+                    proc.kill()
+                    proc.join(5)
+                    return Outcome(
+                        "oom",
+                        f"worker resident memory {rss / 2**30:.2f} GiB exceeded the limit of "
+                        f"{limit / 2**30:.2f} GiB and was stopped",
+                        worker={"pid": proc.pid, "wall_s": now - started, "exitcode": proc.exitcode},
+                    )
+            if now > deadline:
+                proc.kill()
+                proc.join(5)
+                return Outcome(
+                    "timeout",
+                    f"no result within {self.settings.case_timeout():g} s; worker stopped",
+                    worker={"pid": proc.pid, "wall_s": now - started, "exitcode": proc.exitcode},
+                )
+            if not proc.is_alive() and not conn.poll(0):
+                break
+        proc.join(5)
+        code = proc.exitcode
+        worker = {"pid": proc.pid, "wall_s": time.perf_counter() - started, "exitcode": code}
+        if code is not None and code < 0:
+            name = _signal_name(code)
+            if name == "SIGKILL" and limit is not None and peak_rss > 0.5 * limit:
+                return Outcome(
+                    "oom",
+                    f"worker killed by SIGKILL at {peak_rss / 2**30:.2f} GiB resident "
+                    "(most likely the kernel's out-of-memory killer)",
+                    worker=worker,
+                )
+            return Outcome("error", f"worker died from {name} without reporting a result", worker=worker)
+        return Outcome("error", f"worker exited with code {code} without reporting a result", worker=worker)
+
+
+def _watch(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def _noop() -> None:
+    pass

@@ -1,0 +1,39 @@
+"""Run settings: how cases are measured, not what they are (so not part of case_id)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from harness.timing import SamplingPolicy
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    max_time_per_case: float = 2.0  # seconds of sampling after warm-up
+    target_rel_ci: float = 0.02
+    timeout_s: float | None = None  # per case, worker start to result; None derives it
+    memory_limit_bytes: int | None = None  # a worker above this resident size is stopped: oom
+    seed: int = 0
+    verify: bool = True  # check the output against the float64 reference before timing
+    verify_max_len: int = 1031  # verification length cap (odd, so not a multiple of any block)
+    plugins: str = ""  # ATTNBENCH_PLUGINS of the parent, re-applied in each worker
+
+    def policy(self) -> SamplingPolicy:
+        return SamplingPolicy(budget_s=self.max_time_per_case, target_rel_ci=self.target_rel_ci)
+
+    def case_timeout(self) -> float:
+        if self.timeout_s is not None:
+            return self.timeout_s
+        # Generous: warm-up, a memory pass and slow single calls can exceed the budget.
+        return max(120.0, 10 * self.max_time_per_case + 60.0)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["case_timeout_s"] = self.case_timeout()
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> RunSettings:
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in d.items() if k in known})

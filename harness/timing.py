@@ -1,0 +1,91 @@
+"""The measurement loop, written once for every backend: warm-up, then adaptive sampling."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+from backends.base import Step, Timer
+from harness.stats import TimeStats, converged, is_stable, summarize
+
+
+@dataclass(frozen=True)
+class SamplingPolicy:
+    budget_s: float = 2.0  # time for sampling after warm-up, per case
+    target_rel_ci: float = 0.02  # stop when the median's 95% CI is within ±2%
+    min_sample_s: float = 0.02  # each sample times enough calls to last this long
+    warmup_s: float = 0.25  # warm-up continues until this long has passed (one call at least)
+    min_samples: int = 6  # fewest samples for a 95% median CI, so the fewest to call converged
+    floor_samples: int = 3  # fewest samples taken even when calls are slower than the budget allows
+    max_samples: int = 500
+
+
+@dataclass
+class Warmup:
+    first_call_s: float
+    calls: int
+    seconds: float
+    last_call_s: float
+
+
+@dataclass
+class Measurement:
+    stats: TimeStats
+    calls_per_sample: int
+    converged: bool
+    stable: bool
+    sampling_s: float
+    stop_reason: str
+    notes: list[str] = field(default_factory=list)
+
+
+def warm_up(step: Step, timer: Timer, policy: SamplingPolicy) -> Warmup:
+    """Run until warm-up time has passed; the first call (lazy init, allocations) is kept apart."""
+    first = timer.time(step, 1)
+    total, calls, last = first, 1, first
+    while total < policy.warmup_s and calls < 1000:
+        # Grow the block so fast steps do not pay clock overhead per call.
+        block = max(1, min(64, int((policy.warmup_s - total) / max(last, 1e-9))))
+        seconds = timer.time(step, block)
+        total += seconds
+        calls += block
+        last = seconds / block
+    return Warmup(first_call_s=first, calls=calls, seconds=total, last_call_s=last)
+
+
+def sample(step: Step, timer: Timer, policy: SamplingPolicy, per_call_estimate_s: float) -> Measurement:
+    """Adaptive sampling: stop when the CI target is met or the budget is spent."""
+    calls = max(1, math.ceil(policy.min_sample_s / max(per_call_estimate_s, 1e-9)))
+    samples: list[float] = []
+    start = time.perf_counter()
+    stop_reason = "max samples reached"
+    while len(samples) < policy.max_samples:
+        samples.append(timer.time(step, calls) / calls)
+        elapsed = time.perf_counter() - start
+        if len(samples) >= policy.min_samples and converged(summarize(samples), policy.target_rel_ci):
+            stop_reason = f"95% CI of the median within ±{policy.target_rel_ci:.0%}"
+            break
+        if elapsed >= policy.budget_s and len(samples) >= policy.floor_samples:
+            stop_reason = f"time budget of {policy.budget_s:g} s spent before the CI target"
+            break
+    stats = summarize(samples)
+    ok = converged(stats, policy.target_rel_ci)
+    notes = []
+    if not ok:
+        notes.append(
+            f"median CI ±{stats.ci_half_width_rel:.1%} did not reach ±{policy.target_rel_ci:.0%}"
+            if stats.n >= policy.min_samples
+            else f"only {stats.n} samples: too few for a 95% CI of the median"
+        )
+    if stats.iqr_rel > 0.10:
+        notes.append(f"IQR/median {stats.iqr_rel:.1%} over 10%")
+    return Measurement(
+        stats=stats,
+        calls_per_sample=calls,
+        converged=ok,
+        stable=is_stable(stats, ok),
+        sampling_s=time.perf_counter() - start,
+        stop_reason=stop_reason,
+        notes=notes,
+    )

@@ -1,0 +1,164 @@
+"""What runs inside the isolated worker process: one case, start to finish.
+
+The parent (harness.executor) starts a fresh process per case from a fork server that
+has already imported torch, so isolation costs milliseconds, not an import.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from backends.base import DTYPES, Backend
+from harness.cases import Case
+from harness.registry import PLUGINS_ENV, get_backend, get_workload, load_plugins
+from harness.settings import RunSettings
+from harness.timing import sample, warm_up
+from workloads.base import AttentionVariant, Shape
+
+VERIFY_TOLERANCE = {"float64": 1e-8, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+
+
+class Unsupported(Exception):
+    """The backend cannot run this case; the message says why."""
+
+
+class VerificationFailed(Exception):
+    """The variant's output disagrees with its float64 reference."""
+
+
+def classify(exc: BaseException) -> str:
+    """The case status an exception maps to."""
+    if isinstance(exc, Unsupported):
+        return "unsupported"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return "oom"
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and any(
+        s in text for s in ("can't allocate memory", "out of memory", "Out of memory", "not enough memory")
+    ):
+        return "oom"
+    return "error"
+
+
+def verify(
+    cls: type[AttentionVariant], params: Any, case: Case, backend: Backend, seed: int, max_len: int
+) -> dict[str, Any]:
+    """Run the bare variant on this backend at a small shape and compare to float64."""
+    if "core" not in cls.scopes:
+        return {"verified": None, "reason": f"{cls.name} has no core scope to check in isolation"}
+    n = min(case.seq_len, max_len)
+    shape = Shape(batch=1, heads=min(case.heads, 2), head_dim=case.head_dim, seq_len=n)
+    gen = torch.Generator().manual_seed(seed + 1)
+    q, k, v = cls.make_inputs(shape, "core", torch.float64, torch.device("cpu"), gen)
+    expected = cls(params, shape).reference(q, k, v)
+    module = cls(params, shape).to(backend.device, DTYPES[case.dtype])
+    with torch.no_grad():
+        got = module(*(t.to(backend.device, DTYPES[case.dtype]) for t in (q, k, v)))
+    err = (got.detach().to("cpu", torch.float64) - expected).abs().max().item()
+    tol = VERIFY_TOLERANCE[case.dtype]
+    if not err <= tol:  # catches NaN too
+        raise VerificationFailed(
+            f"output differs from the float64 reference at n={n}: max abs error {err:.3g} > {tol:g}"
+        )
+    return {"verified": True, "seq_len": n, "max_abs_err": err, "tolerance": tol}
+
+
+def measure_case(case: Case, settings: RunSettings) -> dict[str, Any]:
+    """Everything the worker measures for one case; raises on failure."""
+    load_plugins()
+    cls = get_workload(case.variant)
+    backend = get_backend(case.backend)()
+    reason = backend.supports(case)
+    if reason:
+        raise Unsupported(reason)
+    backend_settings = backend.setup(case)
+    params = cls.make_params(case.params_dict)
+    torch.manual_seed(settings.seed)
+
+    checked = (
+        verify(cls, params, case, backend, settings.seed, settings.verify_max_len)
+        if settings.verify
+        else {"verified": None, "reason": "verification turned off"}
+    )
+
+    shape = Shape(case.batch, case.heads, case.head_dim, case.seq_len)
+    gen = torch.Generator().manual_seed(settings.seed)
+    module = cls.build(params, shape, case.scope)
+    inputs = cls.make_inputs(shape, case.scope, DTYPES[case.dtype], backend.device, gen)
+    t0 = time.perf_counter()
+    step = backend.prepare(module, inputs, case)
+    compile_s = time.perf_counter() - t0
+
+    timer = backend.timer()
+    policy = settings.policy()
+    warm = warm_up(step, timer, policy)
+
+    # Memory in its own call, after warm-up and before sampling, so neither disturbs the other.
+    mem_meter = backend.memory_meter()
+    mem_meter.start()
+    step()
+    memory = mem_meter.stop()
+
+    energy_meter = backend.energy_meter()
+    energy_meter.start()
+    measurement = sample(step, timer, policy, warm.last_call_s)
+    energy = energy_meter.stop()
+    total_calls = measurement.calls_per_sample * measurement.stats.n
+
+    return {
+        "device": backend.describe(),
+        "backend_settings": backend_settings,
+        "verification": checked,
+        "time_s": measurement.stats.to_json(),
+        "compile_s": compile_s,
+        "first_call_s": warm.first_call_s,
+        "warmup": {"calls": warm.calls, "seconds": warm.seconds},
+        "calls_per_sample": measurement.calls_per_sample,
+        "converged": measurement.converged,
+        "stable": measurement.stable,
+        "stop_reason": measurement.stop_reason,
+        "notes": measurement.notes,
+        "clock": timer.clock,
+        "sync": timer.sync,
+        "peak_memory_bytes": memory.peak_bytes,
+        "memory_method": memory.method,
+        "memory_reason": memory.reason,
+        "energy_j": energy.joules / total_calls if energy.joules is not None else None,
+        "energy_method": energy.method,
+        "energy_reason": energy.reason,
+    }
+
+
+def _mark_oom_victim() -> None:
+    """If the kernel must kill something for memory, let it be this worker, not the sweep."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+
+
+def child_main(conn: Connection, case: Case, settings: RunSettings) -> None:
+    """Entry point of the worker process: send back ("ok", result) or ("failed", status, reason, tb)."""
+    entered = time.perf_counter()
+    # Ctrl-C reaches the whole process group; the parent decides what happens to this case.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _mark_oom_victim()
+    if settings.plugins:
+        os.environ[PLUGINS_ENV] = settings.plugins
+    try:
+        result = measure_case(case, settings)
+        message: tuple = ("ok", result)
+    except BaseException as exc:
+        status = classify(exc)
+        reason = f"{type(exc).__name__}: {exc}".strip()
+        message = ("failed", status, reason, traceback.format_exc())
+    conn.send((entered, time.perf_counter(), message))
+    conn.close()

@@ -1,0 +1,1 @@
+"""Attention variants: one module per family, one class per variant."""

@@ -1,0 +1,161 @@
+"""The attention-variant base class, shapes, and the scope (core / layer) plumbing.
+
+A variant is an ``nn.Module`` whose ``forward(q, k, v)`` maps (B, h, n, d) tensors to a
+(B, h, n, d) output. Beside it live its parameters (a frozen dataclass), its analytic
+cost and the dense mask that defines what it computes, so tests can check it against a
+float64 reference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from workloads.reference import dense_reference
+
+FAMILIES = ("full", "sparse", "adaptive", "hierarchical")
+SCOPES = ("core", "layer")
+MODES = ("forward", "train")
+
+# FlashAttention benchmark convention: forward+backward costs 3.5x forward for attention.
+TRAIN_FLOP_FACTOR_ATTENTION = 3.5
+# Matmuls: backward computes two products (input and weight grads) per forward product.
+TRAIN_FLOP_FACTOR_LINEAR = 3.0
+FFN_MULT = 4
+
+
+@dataclass(frozen=True)
+class Shape:
+    batch: int
+    heads: int
+    head_dim: int
+    seq_len: int
+
+    @property
+    def model_dim(self) -> int:
+        return self.heads * self.head_dim
+
+
+@dataclass(frozen=True)
+class NoParams:
+    pass
+
+
+class AttentionVariant(nn.Module, ABC):
+    """One attention design. Subclasses set the class attributes and implement forward."""
+
+    name: ClassVar[str]  # "family.variant"
+    family: ClassVar[str]
+    summary: ClassVar[str]
+    Params: ClassVar[type] = NoParams
+    # True when time and memory grow about linearly in n; selects variants for long suites.
+    subquadratic: ClassVar[bool] = False
+    scopes: ClassVar[tuple[str, ...]] = SCOPES
+
+    def __init__(self, params: Any, shape: Shape) -> None:
+        super().__init__()
+        self.params = params
+        self.shape = shape
+
+    @abstractmethod
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """(B, h, n, d) x3 -> (B, h, n, d)."""
+
+    # --- analytic cost (core attention, forward, whole batch) -------------------------
+    @classmethod
+    @abstractmethod
+    def flops(cls, params: Any, shape: Shape) -> float:
+        """Useful FLOPs of one forward call of the attention core, 2 per multiply-add."""
+
+    @classmethod
+    @abstractmethod
+    def working_bytes(cls, params: Any, shape: Shape, itemsize: int) -> int:
+        """Analytic minimum memory above the inputs for one forward call, output included."""
+
+    @classmethod
+    def peak_bytes_estimate(cls, params: Any, shape: Shape, itemsize: int, train: bool) -> int:
+        """A generous estimate of the peak above the inputs, used to skip cases that cannot fit."""
+        inputs = 3 * shape.batch * shape.heads * shape.seq_len * shape.head_dim * itemsize
+        return 2 * cls.working_bytes(params, shape, itemsize) + (2 * inputs if train else 0)
+
+    # --- definition, for correctness checks ---------------------------------------------
+    def reference_mask(self, n: int) -> Tensor | None:
+        """(n, n) bool, True where query i may attend key j; None means all pairs."""
+        return None
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """What this variant computes, the slow obvious way, in float64."""
+        return dense_reference(q, k, v, self.reference_mask(q.shape[-2]))
+
+    # --- parameters ---------------------------------------------------------------------
+    @classmethod
+    def param_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls.Params)]
+
+    @classmethod
+    def default_params(cls) -> dict[str, Any]:
+        return dataclasses.asdict(cls.Params())
+
+    @classmethod
+    def make_params(cls, values: dict[str, Any]) -> Any:
+        return cls.Params(**values)
+
+    # --- building a workload for a scope -------------------------------------------------
+    @classmethod
+    def build(cls, params: Any, shape: Shape, scope: str) -> nn.Module:
+        """The module the harness times: the attention alone, or a layer around it."""
+        attention = cls(params, shape)
+        if scope == "core":
+            return attention
+        from workloads.layer import PreNormLayer
+
+        return PreNormLayer(attention, shape)
+
+    @classmethod
+    def make_inputs(
+        cls, shape: Shape, scope: str, dtype: torch.dtype, device: torch.device, generator: torch.Generator
+    ) -> tuple[Tensor, ...]:
+        B, h, n, d = shape.batch, shape.heads, shape.seq_len, shape.head_dim
+        if scope == "core":
+            return tuple(
+                torch.randn(B, h, n, d, generator=generator, dtype=torch.float32).to(device, dtype) for _ in range(3)
+            )  # q, k, v: (B, h, n, d)
+        x = torch.randn(B, n, shape.model_dim, generator=generator, dtype=torch.float32)  # (B, n, D)
+        return (x.to(device, dtype),)
+
+    @classmethod
+    def case_flops(cls, params: Any, shape: Shape, scope: str, mode: str) -> float:
+        attention = cls.flops(params, shape)
+        other = 0.0
+        if scope == "layer":
+            from workloads.layer import PreNormLayer
+
+            other = PreNormLayer.linear_flops(shape)
+        if mode == "train":
+            return attention * TRAIN_FLOP_FACTOR_ATTENTION + other * TRAIN_FLOP_FACTOR_LINEAR
+        return attention + other
+
+    @classmethod
+    def case_min_bytes(cls, params: Any, shape: Shape, scope: str, itemsize: int) -> int:
+        core = cls.working_bytes(params, shape, itemsize)
+        if scope == "layer":
+            from workloads.layer import PreNormLayer
+
+            core += PreNormLayer.activation_bytes(shape, itemsize)
+        return core
+
+    @classmethod
+    def case_peak_estimate(cls, params: Any, shape: Shape, scope: str, itemsize: int, mode: str) -> int:
+        train = mode == "train"
+        peak = cls.peak_bytes_estimate(params, shape, itemsize, train)
+        if scope == "layer":
+            from workloads.layer import PreNormLayer
+
+            peak += PreNormLayer.activation_bytes(shape, itemsize) * (4 if train else 2)
+            peak += PreNormLayer.weight_bytes(shape, itemsize) * (3 if train else 1)
+        return peak

@@ -1,0 +1,142 @@
+"""Full (dense) attention: the baselines every other family is measured against.
+
+FLOPs follow REFERENCES.md: 4·n²·D per sequence forward (Q·Kᵀ and P·V, 2 per
+multiply-add), halved, exactly n(n+1)/2 pairs, when causal. They count the useful
+work of the definition, not what a particular kernel executes.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+
+from harness.registry import register_workload
+from workloads.base import AttentionVariant, Shape
+from workloads.reference import causal_mask
+
+
+@dataclass(frozen=True)
+class CausalParams:
+    causal: bool = False
+
+
+def dense_flops(shape: Shape, causal: bool) -> float:
+    n = shape.seq_len
+    pairs = n * (n + 1) / 2 if causal else n * n
+    return 4.0 * pairs * shape.model_dim * shape.batch
+
+
+def output_bytes(shape: Shape, itemsize: int) -> int:
+    return shape.batch * shape.heads * shape.seq_len * shape.head_dim * itemsize
+
+
+class _DenseVariant(AttentionVariant):
+    family: ClassVar[str] = "full"
+    Params: ClassVar[type] = CausalParams
+
+    @classmethod
+    def flops(cls, params: CausalParams, shape: Shape) -> float:
+        return dense_flops(shape, params.causal)
+
+    def reference_mask(self, n: int) -> Tensor | None:
+        return causal_mask(n) if self.params.causal else None
+
+
+@register_workload
+class NaiveAttention(_DenseVariant):
+    name: ClassVar[str] = "full.naive"
+    summary: ClassVar[str] = "softmax(QKᵀ/√d)V with the n×n scores materialised"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        n = q.shape[-2]
+        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, h, n, n)
+        if self.params.causal:
+            scores = scores.masked_fill(~causal_mask(n).to(q.device), float("-inf"))
+        return torch.softmax(scores, dim=-1) @ v  # (B, h, n, d)
+
+    @classmethod
+    def working_bytes(cls, params: CausalParams, shape: Shape, itemsize: int) -> int:
+        scores = shape.batch * shape.heads * shape.seq_len**2 * itemsize  # one n×n buffer at least
+        return scores + output_bytes(shape, itemsize)
+
+    @classmethod
+    def peak_bytes_estimate(cls, params: CausalParams, shape: Shape, itemsize: int, train: bool) -> int:
+        scores = shape.batch * shape.heads * shape.seq_len**2 * itemsize
+        # Scores and probabilities alive at once; training also keeps them and their grads.
+        return (4 if train else 2) * scores + 4 * output_bytes(shape, itemsize)
+
+
+@register_workload
+class SdpaAttention(_DenseVariant):
+    name: ClassVar[str] = "full.sdpa"
+    summary: ClassVar[str] = "torch scaled_dot_product_attention (fused kernel where torch has one)"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=self.params.causal)  # (B, h, n, d)
+
+    @classmethod
+    def working_bytes(cls, params: CausalParams, shape: Shape, itemsize: int) -> int:
+        return output_bytes(shape, itemsize)
+
+    @classmethod
+    def peak_bytes_estimate(cls, params: CausalParams, shape: Shape, itemsize: int, train: bool) -> int:
+        # Without a fused kernel for the dtype, torch falls back to the materialised math path.
+        return NaiveAttention.peak_bytes_estimate(params, shape, itemsize, train)
+
+
+@dataclass(frozen=True)
+class ChunkedParams:
+    chunk: int = 1024
+    causal: bool = False
+
+    def __post_init__(self) -> None:
+        if self.chunk <= 0:
+            raise ValueError(f"chunk must be positive, got {self.chunk}")
+
+
+@register_workload
+class ChunkedAttention(_DenseVariant):
+    """Exact attention computed one block of queries at a time.
+
+    Scores exist for one chunk at a time, (B, h, c, n), so memory is O(n·c). In training
+    each chunk is recomputed in backward (activation checkpointing) to keep that bound;
+    causal chunks skip the keys after their last query.
+    """
+
+    name: ClassVar[str] = "full.chunked"
+    summary: ClassVar[str] = "exact attention over query chunks, O(n·chunk) memory"
+    Params: ClassVar[type] = ChunkedParams
+
+    def _chunk(self, q: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:
+        # q: (B, h, c, d) for queries start..start+c; k, v: (B, h, m, d)
+        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, h, c, m)
+        if self.params.causal:
+            rows = torch.arange(start, start + q.shape[-2], device=q.device)[:, None]
+            cols = torch.arange(k.shape[-2], device=q.device)[None, :]
+            scores = scores.masked_fill(cols > rows, float("-inf"))
+        return torch.softmax(scores, dim=-1) @ v
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        n, c = q.shape[-2], self.params.chunk
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        out = torch.empty_like(q)  # (B, h, n, d)
+        for start in range(0, n, c):
+            end = min(start + c, n)
+            keys = end if self.params.causal else n
+            args = (q[:, :, start:end], k[:, :, :keys], v[:, :, :keys], start)
+            if grad:
+                out[:, :, start:end] = checkpoint(self._chunk, *args, use_reentrant=False)
+            else:
+                out[:, :, start:end] = self._chunk(*args)
+        return out
+
+    @classmethod
+    def working_bytes(cls, params: ChunkedParams, shape: Shape, itemsize: int) -> int:
+        c = min(params.chunk, shape.seq_len)
+        return shape.batch * shape.heads * c * shape.seq_len * itemsize + output_bytes(shape, itemsize)
