@@ -80,6 +80,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         f"attnbench: suite [bold]{run['suite']}[/] → {folder}  "
         f"(variants {', '.join(run['sweep']['variants'])}; backends {', '.join(run['sweep']['backends'])})",
         highlight=False,
+        soft_wrap=True,
     )
     runner = Runner(folder, run, LocalExecutor(settings), RunProgress(console))
     try:
@@ -90,6 +91,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             f"[bold yellow]interrupted[/]: {len(result.cases)} of {run['cases_total']} cases recorded in "
             f"{folder}; finish with: bench run --resume {folder}",
             highlight=False,
+            soft_wrap=True,
         )
         return EXIT_INTERRUPTED
     print_summary(console, load_run(folder))
@@ -137,7 +139,7 @@ def cmd_list() -> int:
         suites.add_row(name, desc)
     console.print(suites)
     for where, err in PLUGIN_ERRORS.items():
-        console.print(f"[red]plugin failed to load[/] {where}: {err}", highlight=False)
+        console.print(f"[red]plugin failed to load[/] {where}: {err}", highlight=False, soft_wrap=True)
     return 0
 
 

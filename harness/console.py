@@ -89,11 +89,15 @@ class RunProgress:
         if self._bar is not None:
             self._bar.advance(self._task)
             if record["status"] not in ("ok", "skipped", "unsupported"):
-                self._bar.console.print(f"[red]{record['status']}[/] {case.label()}: {record['reason']}")
+                self._bar.console.print(
+                    f"[red]{record['status']}[/] {case.label()}: {record['reason']}", soft_wrap=True
+                )
             return
         median = record["time_s"]["median"] if record.get("time_s") else None
         figure = f"{fmt_time(median)} ms" if median is not None else record["reason"]
-        self.console.print(f"[{self._done}/{self._total}] {case.label()}: {record['status']} {figure}", highlight=False)
+        self.console.print(
+            f"[{self._done}/{self._total}] {case.label()}: {record['status']} {figure}", highlight=False, soft_wrap=True
+        )
 
     def stop(self) -> None:
         if self._bar is not None:
@@ -175,12 +179,14 @@ def print_summary(console: Console, result: RunResult) -> None:
     parts = [f"{v} {k}" for k, v in sorted(counts.items())]
     if unstable:
         parts.append(f"{unstable} of them unstable (noisy or not converged: see notes in cases.jsonl)")
-    console.print(f"{len(cases)} cases: " + ", ".join(parts), highlight=False)
+    console.print(f"{len(cases)} cases: " + ", ".join(parts), highlight=False, soft_wrap=True)
     shown = _varying_params(cases)
     for c in cases:
         if c.status != "ok":
             console.print(
-                f"  [bold]{c.status}[/] {_variant_label(c, shown)} n={c.seq_len}: {c.reason}", highlight=False
+                f"  [bold]{c.status}[/] {_variant_label(c, shown)} n={c.seq_len}: {c.reason}",
+                highlight=False,
+                soft_wrap=True,
             )
     overheads = [c.extra["worker"]["overhead_s"] for c in cases if c.extra.get("worker", {}).get("overhead_s")]
     if overheads:
@@ -190,8 +196,9 @@ def print_summary(console: Console, result: RunResult) -> None:
             f"worker isolation overhead: median {statistics.median(overheads) * 1e3:.0f} ms per case"
             f" (max {max(overheads) * 1e3:.0f} ms){server_txt}",
             highlight=False,
+            soft_wrap=True,
         )
     energy = next((c.energy_reason for c in cases if c.status == "ok" and c.energy_j is None), None)
     if energy:
-        console.print(f"energy: not measured ({energy})", highlight=False)
-    console.print(f"results: {result.folder}/run.json and cases.jsonl", highlight=False)
+        console.print(f"energy: not measured ({energy})", highlight=False, soft_wrap=True)
+    console.print(f"results: {result.folder}/run.json and cases.jsonl", highlight=False, soft_wrap=True)

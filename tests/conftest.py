@@ -1,0 +1,31 @@
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FAULTY = "tests.plugins.faulty"
+
+
+@pytest.fixture
+def faulty_plugins(monkeypatch: pytest.MonkeyPatch) -> str:
+    """Register the misbehaving test workloads here and in every worker."""
+    monkeypatch.setenv("ATTNBENCH_PLUGINS", FAULTY)
+    from harness.registry import load_plugins
+
+    load_plugins()
+    return FAULTY
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Environment for running `bench` in a subprocess that can import the tests package."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+BENCH = [sys.executable, "-m", "harness.cli"]

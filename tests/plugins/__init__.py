@@ -1,0 +1,1 @@
+"""Test-only plugins, loaded through ATTNBENCH_PLUGINS=tests.plugins.faulty."""

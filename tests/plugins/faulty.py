@@ -1,0 +1,102 @@
+"""Workloads that misbehave on purpose, to check the worker and the sweep survive them."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from harness.registry import register_workload
+from workloads.base import AttentionVariant, Shape
+
+
+class _Faulty(AttentionVariant):
+    family: ClassVar[str] = "full"
+    summary: ClassVar[str] = "test-only"
+
+    @classmethod
+    def flops(cls, params: object, shape: Shape) -> float:
+        return 1.0
+
+    @classmethod
+    def working_bytes(cls, params: object, shape: Shape, itemsize: int) -> int:
+        return 0
+
+
+@register_workload
+class Raises(_Faulty):
+    name: ClassVar[str] = "test.raises"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        raise ValueError("deliberate failure in forward")
+
+
+@register_workload
+class Hangs(_Faulty):
+    name: ClassVar[str] = "test.hangs"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        while True:
+            time.sleep(1)
+
+
+@register_workload
+class EatsMemory(_Faulty):
+    """Grows without bound, slowly enough that the parent's memory guard sees it."""
+
+    name: ClassVar[str] = "test.eats_memory"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        hoard = []
+        while True:
+            hoard.append(torch.ones(32 * 2**20 // 4))  # 32 MiB, touched
+            time.sleep(0.005)
+
+
+@register_workload
+class TorchOom(_Faulty):
+    name: ClassVar[str] = "test.torch_oom"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return torch.empty(2**50, dtype=torch.float32)  # 4 PiB: the allocator refuses
+
+
+@register_workload
+class SelfKill(_Faulty):
+    name: ClassVar[str] = "test.self_kill"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        os.kill(os.getpid(), signal.SIGKILL)
+        raise AssertionError("unreachable")
+
+
+@register_workload
+class Segfault(_Faulty):
+    name: ClassVar[str] = "test.segfault"
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        ctypes.string_at(0)
+        raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class SleepyParams:
+    sleep: float = 0.05
+
+
+@register_workload
+class Sleepy(_Faulty):
+    """Correct attention that also sleeps per call: slow cases for interrupt/resume tests."""
+
+    name: ClassVar[str] = "test.sleepy"
+    Params: ClassVar[type] = SleepyParams
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        time.sleep(self.params.sleep)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)

@@ -1,0 +1,207 @@
+"""`bench run` end to end: result files honour the contract; failures, interrupts and resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.cases import Case
+from harness.results import load_run
+from tests.conftest import BENCH, FAULTY, cli_env
+
+RUN_FIELDS = {
+    "schema": str,
+    "run_id": str,
+    "suite": str,
+    "started_at": str,
+    "status": str,
+    "argv": list,
+    "git": dict,
+    "host": dict,
+    "packages": dict,
+    "devices": list,
+}
+HOST_FIELDS = ("hostname", "os", "python", "cpu", "physical_cores", "logical_cores", "memory_bytes")
+CASE_FIELDS = (
+    "schema run_id case_id variant family params backend device dtype mode batch heads head_dim seq_len status "
+    "reason time_s compile_s tokens_per_s flops flops_per_s peak_memory_bytes memory_method energy_j "
+    "energy_method energy_reason stable"
+).split()
+TIME_FIELDS = "median mean stdev min max iqr ci95_low ci95_high n samples".split()
+
+
+def bench(*args: str, timeout: float = 240, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*BENCH, *args], capture_output=True, text=True, timeout=timeout, env=cli_env(**env))
+
+
+def lines(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "cases.jsonl").read_text().splitlines()]
+
+
+def check_run_json(run: dict, status: str) -> None:
+    for key, typ in RUN_FIELDS.items():
+        assert isinstance(run[key], typ), key
+    assert run["schema"] == "attnbench.run/1"
+    assert run["status"] == status
+    assert (run["finished_at"] is None) == (status != "complete")
+    for key in HOST_FIELDS:
+        assert run["host"][key], key
+    assert run["packages"]["torch"]
+    assert set(run["git"]) >= {"commit", "dirty"}
+
+
+def check_ok_case(rec: dict, run_id: str) -> None:
+    for key in CASE_FIELDS:
+        assert key in rec, key
+    assert rec["schema"] == "attnbench.case/1" and rec["run_id"] == run_id
+    assert rec["status"] == "ok" and rec["reason"] is None
+    t = rec["time_s"]
+    assert set(TIME_FIELDS) <= set(t)
+    assert len(t["samples"]) == t["n"] >= 3
+    assert t["min"] <= t["ci95_low"] <= t["median"] <= t["ci95_high"] <= t["max"]
+    assert rec["tokens_per_s"] == pytest.approx(rec["batch"] * rec["seq_len"] / t["median"])
+    assert rec["flops_per_s"] == pytest.approx(rec["flops"] / t["median"])
+    assert rec["compile_s"] >= 0
+    assert isinstance(rec["peak_memory_bytes"], int) and rec["memory_method"]
+    assert rec["analytic_min_bytes"] > 0
+    assert rec["energy_j"] is None and rec["energy_reason"]  # no counter on this machine
+    assert isinstance(rec["stable"], bool)
+    assert rec["device"] and rec["clock"] == "time.perf_counter"
+    assert rec["backend_settings"]["threads"] >= 1
+    params = tuple(sorted(rec["params"].items()))
+    case = Case(
+        rec["variant"], params, rec["scope"], rec["backend"], rec["dtype"], rec["mode"],
+        rec["batch"], rec["heads"], rec["head_dim"], rec["seq_len"], rec["threads"],
+    )  # fmt: skip
+    assert case.case_id == rec["case_id"]
+
+
+def test_smoke_suite_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "smoke"
+    proc = bench("run", "--suite", "smoke", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "median ms" in proc.stdout and "worker isolation overhead" in proc.stdout
+    run = json.loads((out / "run.json").read_text())
+    check_run_json(run, "complete")
+    records = lines(out)
+    assert len(records) == run["cases_total"] == 2 * len(run["sweep"]["variants"])
+    assert {r["variant"] for r in records} >= {"full.naive", "full.sdpa", "full.chunked"}
+    assert len({r["case_id"] for r in records}) == len(records)
+    for rec in records:
+        check_ok_case(rec, run["run_id"])
+    assert [d["backend"] for d in run["devices"]] == ["cpu"]
+    loaded = load_run(out)
+    assert [c.case_id for c in loaded.cases] == [r["case_id"] for r in records]
+
+
+def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = bench(
+        "run", "--variants", "test.raises,test.torch_oom,full.sdpa", "--seq-lens", "64,128", "--heads", "2",
+        "--head-dim", "16", "--max-time-per-case", "0.1", "--out", str(out),
+        ATTNBENCH_PLUGINS=FAULTY,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    by = {(r["variant"], r["seq_len"]): r for r in lines(out)}
+    assert by["test.raises", 64]["status"] == "error"
+    assert "deliberate failure" in by["test.raises", 64]["reason"]
+    assert "Traceback" in by["test.raises", 64]["traceback"]
+    assert by["test.torch_oom", 64]["status"] == "oom"
+    # After running out of memory at 64, the longer length is not attempted.
+    assert by["test.torch_oom", 128]["status"] == "skipped"
+    assert "ran out of memory at n=64" in by["test.torch_oom", 128]["reason"]
+    assert by["full.sdpa", 128]["status"] == "ok"
+    assert all(r["status"] == "ok" or r["reason"] for r in by.values())
+
+
+def test_case_that_cannot_fit_is_skipped_before_it_starts(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    proc = bench("run", "--variants", "full.naive", "--seq-lens", "400000", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = lines(out)
+    assert rec["status"] == "skipped"
+    assert "analytic estimate" in rec["reason"] and "GiB" in rec["reason"]
+    assert "worker" not in rec  # no process was started
+
+
+def test_interrupt_then_resume(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [
+        "run", "--variants", "test.sleepy", "--param", "test.sleepy.sleep=0.3", "--seq-lens", "16,32,48,64",
+        "--heads", "1", "--head-dim", "8", "--max-time-per-case", "0.1", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [*BENCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=cli_env(ATTNBENCH_PLUGINS=FAULTY),
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    cases = out / "cases.jsonl"
+    while time.monotonic() < deadline and not (cases.exists() and cases.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next case
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert "bench run --resume" in stdout
+    run = json.loads((out / "run.json").read_text())
+    check_run_json(run, "interrupted")
+    first = lines(out)
+    assert 1 <= len(first) < 4
+    assert all(r["status"] == "ok" for r in first)
+
+    proc2 = bench("run", "--resume", str(out), ATTNBENCH_PLUGINS=FAULTY)
+    assert proc2.returncode == 0, proc2.stderr
+    run = json.loads((out / "run.json").read_text())
+    check_run_json(run, "complete")
+    records = lines(out)
+    assert records[: len(first)] == first  # nothing already written was touched
+    assert sorted(r["seq_len"] for r in records) == [16, 32, 48, 64]
+    assert len(run["resumed_at"]) == 1
+
+    again = bench("run", "--resume", str(out), ATTNBENCH_PLUGINS=FAULTY)
+    assert again.returncode == 0
+    assert len(lines(out)) == 4  # nothing left to run, nothing duplicated
+
+
+def test_entry_point_plugins_are_found(tmp_path: Path) -> None:
+    """A third-party distribution registers a variant through the attnbench.workloads group."""
+    site = tmp_path / "site"
+    (site / "myattn").mkdir(parents=True)
+    (site / "myattn" / "__init__.py").write_text(
+        "from typing import ClassVar\n"
+        "import torch.nn.functional as F\n"
+        "from workloads.base import AttentionVariant\n"
+        "class Plain(AttentionVariant):\n"
+        "    name: ClassVar[str] = 'plugin.plain'\n"
+        "    family: ClassVar[str] = 'full'\n"
+        "    summary: ClassVar[str] = 'sdpa, from a plugin'\n"
+        "    def forward(self, q, k, v):\n"
+        "        return F.scaled_dot_product_attention(q, k, v)\n"
+        "    @classmethod\n"
+        "    def flops(cls, params, shape):\n"
+        "        return 4.0 * shape.seq_len**2 * shape.model_dim * shape.batch\n"
+        "    @classmethod\n"
+        "    def working_bytes(cls, params, shape, itemsize):\n"
+        "        return shape.batch * shape.seq_len * shape.model_dim * itemsize\n"
+    )
+    dist = site / "myattn-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: myattn\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[attnbench.workloads]\nplain = myattn:Plain\n")
+    env = {"PYTHONPATH": f"{site}:{cli_env()['PYTHONPATH']}"}
+    listed = subprocess.run([*BENCH, "list"], capture_output=True, text=True, timeout=60, env=cli_env(**env))
+    assert "plugin.plain" in listed.stdout
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [*BENCH, "run", "--variants", "plugin.plain", "--seq-lens", "64", "--max-time-per-case", "0.1",
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=120, env=cli_env(**env),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = lines(out)
+    assert rec["status"] == "ok" and rec["verification"]["verified"] is True

@@ -1,0 +1,110 @@
+"""Every variant against its dense float64 reference, at lengths on and off its block sizes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from harness.registry import BUILTIN_WORKLOAD_MODULES, WORKLOADS, load_plugins
+from workloads.base import Shape
+from workloads.layer import PreNormLayer
+from workloads.reference import causal_mask, dense_reference
+
+load_plugins()
+
+# Parameter sets to check per built-in variant: small blocks so lengths straddle them.
+CHECKS: dict[str, list[dict]] = {
+    "full.naive": [{"causal": False}, {"causal": True}],
+    "full.sdpa": [{"causal": False}, {"causal": True}],
+    "full.chunked": [{"chunk": 32, "causal": False}, {"chunk": 32, "causal": True}, {"chunk": 1024}],
+}
+LENGTHS = [64, 100, 257]  # a multiple of 32, and two that are not
+
+
+def builtin_variants() -> list[str]:
+    mods = set(BUILTIN_WORKLOAD_MODULES)
+    return sorted(n for n, c in WORKLOADS.items() if c.__module__ in mods)
+
+
+def test_every_builtin_variant_has_correctness_checks() -> None:
+    assert builtin_variants() and set(builtin_variants()) <= set(CHECKS)
+
+
+def qkv(n: int, seed: int = 0, B: int = 2, h: int = 3, d: int = 16) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(B, h, n, d, generator=g, dtype=torch.float64) for _ in range(3))
+
+
+@pytest.mark.parametrize("n", LENGTHS)
+@pytest.mark.parametrize(("variant", "params"), [(v, p) for v, ps in CHECKS.items() for p in ps], ids=lambda x: str(x))
+def test_variant_matches_float64_reference(variant: str, params: dict, n: int) -> None:
+    cls = WORKLOADS[variant]
+    p = cls.make_params({**cls.default_params(), **params})
+    q, k, v = qkv(n)
+    shape = Shape(2, 3, 16, n)
+    module = cls(p, shape)
+    got = module(q, k, v)
+    assert got.shape == q.shape and got.dtype == torch.float64
+    torch.testing.assert_close(got, module.reference(q, k, v), rtol=1e-10, atol=1e-10)
+
+
+def test_reference_is_independent_of_the_variants() -> None:
+    # The reference itself against a by-hand loop for one query row.
+    q, k, v = qkv(7, B=1, h=1, d=4)
+    out = dense_reference(q, k, v, causal_mask(7))
+    i = 4
+    scores = [(q[0, 0, i] @ k[0, 0, j]).item() / math.sqrt(4) for j in range(i + 1)]
+    w = torch.softmax(torch.tensor(scores, dtype=torch.float64), 0)
+    expected = sum(w[j] * v[0, 0, j] for j in range(i + 1))
+    torch.testing.assert_close(out[0, 0, i], expected)
+
+
+def test_chunked_gradients_match_naive() -> None:
+    n = 100
+    shape = Shape(1, 2, 8, n)
+    grads = []
+    for variant, params in (("full.naive", {"causal": True}), ("full.chunked", {"chunk": 32, "causal": True})):
+        cls = WORKLOADS[variant]
+        q, k, v = (t.requires_grad_(True) for t in qkv(n, B=1, h=2, d=8))
+        out = cls(cls.make_params({**cls.default_params(), **params}), shape)(q, k, v)
+        grads.append(torch.autograd.grad(out.pow(2).sum(), (q, k, v)))
+    for a, b in zip(*grads, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_layer_scope_is_the_same_layer_whatever_the_attention() -> None:
+    shape = Shape(2, 4, 8, 100)
+    outs = []
+    for variant in ("full.naive", "full.sdpa", "full.chunked"):
+        cls = WORKLOADS[variant]
+        torch.manual_seed(0)
+        layer = cls.build(cls.make_params(cls.default_params()), shape, "layer").double()
+        assert isinstance(layer, PreNormLayer)
+        x = torch.randn(2, 100, 32, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+        outs.append(layer(x))
+    torch.testing.assert_close(outs[0], outs[1])
+    torch.testing.assert_close(outs[0], outs[2])
+
+
+def test_dense_flops_follow_the_reference_formula() -> None:
+    shape = Shape(batch=2, heads=8, head_dim=64, seq_len=1024)
+    cls = WORKLOADS["full.sdpa"]
+    D = 512
+    assert cls.flops(cls.make_params({"causal": False}), shape) == 4 * 1024**2 * D * 2
+    assert cls.flops(cls.make_params({"causal": True}), shape) == 4 * (1024 * 1025 / 2) * D * 2
+    layer = cls.case_flops(cls.make_params({"causal": False}), shape, "layer", "forward")
+    assert layer == 4 * 1024**2 * D * 2 + 2 * (8 * 1024 * D * D + 4 * 1024 * D * 4 * D)
+    train = cls.case_flops(cls.make_params({"causal": False}), shape, "core", "train")
+    assert train == 3.5 * 4 * 1024**2 * D * 2
+
+
+def test_analytic_minimum_memory_separates_materialised_from_fused() -> None:
+    shape = Shape(1, 8, 64, 4096)
+    naive = WORKLOADS["full.naive"].working_bytes(WORKLOADS["full.naive"].Params(), shape, 4)
+    sdpa = WORKLOADS["full.sdpa"].working_bytes(WORKLOADS["full.sdpa"].Params(), shape, 4)
+    chunked = WORKLOADS["full.chunked"].working_bytes(WORKLOADS["full.chunked"].Params(chunk=512), shape, 4)
+    assert naive == 8 * 4096**2 * 4 + 8 * 4096 * 64 * 4  # one n×n score buffer plus the output
+    assert sdpa == 8 * 4096 * 64 * 4
+    assert chunked == 8 * 512 * 4096 * 4 + sdpa

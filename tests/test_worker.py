@@ -1,0 +1,72 @@
+"""The isolated worker: every way a case can go wrong is recorded, and the parent survives."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.cases import Case
+from harness.executor import LocalExecutor
+from harness.settings import RunSettings
+
+
+def case(variant: str, n: int = 64, **kw) -> Case:
+    return Case(variant, (), "core", "cpu", "float32", "forward", 1, 2, 16, n, **kw)
+
+
+@pytest.fixture
+def executor(faulty_plugins: str) -> LocalExecutor:
+    settings = RunSettings(max_time_per_case=0.2, timeout_s=8.0, memory_limit_bytes=768 * 2**20, plugins=faulty_plugins)
+    return LocalExecutor(settings)
+
+
+def test_ok_case_reports_measurements(executor: LocalExecutor) -> None:
+    out = executor.run(Case("full.sdpa", (("causal", False),), "core", "cpu", "float32", "forward", 1, 2, 16, 100))
+    assert out.status == "ok", out.reason
+    assert out.result["time_s"]["n"] >= 3
+    assert out.result["verification"]["verified"] is True
+    assert out.worker["exitcode"] == 0
+    assert 0 < out.worker["overhead_s"] < out.worker["wall_s"]
+
+
+def test_raising_workload_is_an_error_with_traceback(executor: LocalExecutor) -> None:
+    out = executor.run(case("test.raises"))
+    assert out.status == "error"
+    assert "ValueError: deliberate failure in forward" in out.reason
+    assert "Traceback" in out.traceback and "forward" in out.traceback
+
+
+def test_hanging_workload_times_out(executor: LocalExecutor) -> None:
+    fast = LocalExecutor(RunSettings(timeout_s=2.0, plugins=executor.settings.plugins))
+    out = fast.run(case("test.hangs"))
+    assert out.status == "timeout"
+    assert "2 s" in out.reason
+
+
+def test_memory_exhausting_workload_is_stopped_as_oom(executor: LocalExecutor) -> None:
+    out = executor.run(case("test.eats_memory"))
+    assert out.status == "oom"
+    assert "exceeded the limit" in out.reason
+
+
+def test_allocator_refusal_is_oom(executor: LocalExecutor) -> None:
+    out = executor.run(case("test.torch_oom"))
+    assert out.status == "oom", out.reason
+    assert "allocate" in out.reason
+
+
+@pytest.mark.parametrize(("variant", "signal_name"), [("test.self_kill", "SIGKILL"), ("test.segfault", "SIGSEGV")])
+def test_worker_that_dies_is_an_error(executor: LocalExecutor, variant: str, signal_name: str) -> None:
+    out = executor.run(case(variant))
+    assert out.status == "error"
+    assert signal_name in out.reason
+
+
+def test_executor_keeps_working_after_failures(executor: LocalExecutor) -> None:
+    statuses = [executor.run(case(v)).status for v in ("test.segfault", "test.raises", "full.naive")]
+    assert statuses == ["error", "error", "ok"]
+
+
+def test_unsupported_dtype_is_recorded_not_raised(executor: LocalExecutor) -> None:
+    out = executor.run(Case("full.sdpa", (("causal", False),), "core", "cpu", "int8", "forward", 1, 2, 16, 64))
+    assert out.status == "unsupported"
+    assert "does not run dtype int8" in out.reason
