@@ -24,6 +24,8 @@ from rich.table import Table
 from harness.cases import Case
 from harness.results import CaseRecord, RunResult
 
+BUSY_SHARE = 0.10  # other processes' share of the CPU above which timings are suspect
+
 
 def fmt_time(seconds: float) -> str:
     ms = seconds * 1e3
@@ -195,6 +197,15 @@ def print_summary(console: Console, result: RunResult) -> None:
         console.print(
             f"worker isolation overhead: median {statistics.median(overheads) * 1e3:.0f} ms per case"
             f" (max {max(overheads) * 1e3:.0f} ms){server_txt}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    busy = [c.extra["worker"]["other_cpu_share"] for c in cases if c.extra.get("worker", {}).get("other_cpu_share")]
+    if busy and max(busy) > BUSY_SHARE:
+        n_busy = sum(1 for b in busy if b > BUSY_SHARE)
+        console.print(
+            f"[bold yellow]warning[/]: other processes used up to {max(busy):.0%} of the CPU during {n_busy} "
+            "case(s) (worker.other_cpu_share in cases.jsonl); timings from a busy machine are not comparable",
             highlight=False,
             soft_wrap=True,
         )

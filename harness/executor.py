@@ -82,6 +82,7 @@ class LocalExecutor:
         deadline = started + self.settings.case_timeout()
         limit = self.settings.memory_limit_bytes
         watched = _watch(proc.pid)
+        busy0 = _busy_seconds()
         peak_rss = 0
         while True:
             if conn.poll(POLL_S):
@@ -90,7 +91,13 @@ class LocalExecutor:
                 except (EOFError, OSError):
                     break  # died while sending; reported below from the exit code
                 received = time.perf_counter()
+                try:
+                    cpu = watched.cpu_times() if watched is not None else None
+                    worker_cpu = cpu.user + cpu.system if cpu is not None else None
+                except psutil.Error:
+                    worker_cpu = None
                 worker = {
+                    "other_cpu_share": _other_cpu_share(busy0, received - started, worker_cpu),
                     "pid": proc.pid,
                     "wall_s": received - started,
                     # Isolation cost: process start until the case began, plus the result's trip back.
@@ -142,6 +149,24 @@ class LocalExecutor:
                 )
             return Outcome("error", f"worker died from {name} without reporting a result", worker=worker)
         return Outcome("error", f"worker exited with code {code} without reporting a result", worker=worker)
+
+
+def _busy_seconds() -> float:
+    """CPU seconds the whole machine has spent busy since boot, all cores together."""
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+
+def _other_cpu_share(busy0: float, wall: float, worker_cpu: float | None) -> float | None:
+    """Share of the machine's CPU that other processes used while the case ran.
+
+    Busy time of all cores minus the worker's own CPU time, over wall time x cores. A
+    figure well above zero means the timings were taken on a busy machine.
+    """
+    if worker_cpu is None or wall <= 0:
+        return None
+    other = _busy_seconds() - busy0 - worker_cpu
+    return max(0.0, other / (wall * (psutil.cpu_count() or 1)))
 
 
 def _watch(pid: int) -> psutil.Process | None:

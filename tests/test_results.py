@@ -1,0 +1,347 @@
+"""harness.results: writing run folders and reading them back with schema checks."""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.errors import UserError
+from harness.results import (
+    CASE_SCHEMA,
+    CASES_FILE,
+    RUN_FILE,
+    RUN_SCHEMA,
+    CaseRecord,
+    RunInfo,
+    RunWriter,
+    check_writable,
+    load_run,
+)
+
+
+def run_dict(**changes):
+    d = {
+        "schema": RUN_SCHEMA,
+        "run_id": "20240101-000000-smoke-abcd",
+        "suite": "smoke",
+        "started_at": "2024-01-01T00:00:00+00:00",
+        "finished_at": None,
+        "status": "running",
+        "argv": ["bench", "run", "--suite", "smoke"],
+        "git": {"commit": "deadbeef", "dirty": False},
+        "host": {"hostname": "box", "physical_cores": 4},
+        "packages": {"torch": "2.5.0"},
+        "devices": [{"name": "cpu", "kind": "cpu"}],
+        # newer / non-core fields: kept in .extra
+        "executor": "local",
+        "sweep": {"variants": ["full.sdpa"], "seq_lens": [256]},
+        "settings": {"max_time_per_case": 0.3},
+        "cases_total": 2,
+    }
+    d.update(changes)
+    return d
+
+
+def case_dict(i=0, **changes):
+    d = {
+        "schema": CASE_SCHEMA,
+        "run_id": "20240101-000000-smoke-abcd",
+        "case_id": f"full.sdpa-cpu-n{256 + i}-0123456789",
+        "variant": "full.sdpa",
+        "family": "full",
+        "params": {"causal": False},
+        "backend": "cpu",
+        "device": "cpu",
+        "dtype": "float32",
+        "mode": "forward",
+        "batch": 1,
+        "heads": 4,
+        "head_dim": 32,
+        "seq_len": 256 + i,
+        "status": "ok",
+        "reason": None,
+        "time_s": {"median": 0.001 * (i + 1), "n": 6},
+        "compile_s": None,
+        "tokens_per_s": 256000.0,
+        "flops": 1.0e7,
+        "flops_per_s": 1.0e10,
+        "peak_memory_bytes": 4096,
+        "memory_method": "rss",
+        "energy_j": None,
+        "energy_method": None,
+        "energy_reason": "no counter",
+        "stable": True,
+        # extras
+        "scope": "core",
+        "threads": 2,
+    }
+    d.update(changes)
+    return d
+
+
+def write_folder(folder, run, lines_text):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / RUN_FILE).write_text(json.dumps(run))
+    (folder / CASES_FILE).write_text(lines_text)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def test_run_writer_creates_files(tmp_path):
+    folder = tmp_path / "a" / "run"
+    writer = RunWriter.create(folder, run_dict())
+    try:
+        assert json.loads((folder / RUN_FILE).read_text()) == run_dict()
+        assert (folder / CASES_FILE).read_text() == ""
+        # The atomic write leaves no temporary file behind.
+        assert sorted(p.name for p in folder.iterdir()) == [CASES_FILE, RUN_FILE]
+    finally:
+        writer.close()
+
+
+def test_run_writer_save_replaces_run_json_atomically(tmp_path):
+    folder = tmp_path / "run"
+    writer = RunWriter.create(folder, run_dict())
+    try:
+        before = (folder / RUN_FILE).stat().st_ino
+        writer.run["status"] = "finished"
+        writer.save()
+        # A new file renamed over the old one: readers see the old or the new, never a half.
+        assert (folder / RUN_FILE).stat().st_ino != before
+        assert json.loads((folder / RUN_FILE).read_text())["status"] == "finished"
+        assert sorted(p.name for p in folder.iterdir()) == [CASES_FILE, RUN_FILE]
+    finally:
+        writer.close()
+
+
+def test_run_writer_appends_case_lines(tmp_path):
+    folder = tmp_path / "run"
+    writer = RunWriter.create(folder, run_dict())
+    writer.append(case_dict(0))
+    # Each line is on disk as soon as append returns, before close.
+    assert (folder / CASES_FILE).read_text().count("\n") == 1
+    writer.append(case_dict(1))
+    writer.close()
+    text = (folder / CASES_FILE).read_text()
+    assert text.endswith("\n")
+    lines = text.splitlines()
+    assert [json.loads(line) for line in lines] == [case_dict(0), case_dict(1)]
+
+
+def test_run_writer_reopen_appends(tmp_path):
+    folder = tmp_path / "run"
+    w = RunWriter.create(folder, run_dict())
+    w.append(case_dict(0))
+    w.close()
+    w = RunWriter(folder, run_dict())
+    w.append(case_dict(1))
+    w.close()
+    assert [c.seq_len for c in load_run(folder).cases] == [256, 257]
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def test_load_run_round_trip(tmp_path):
+    folder = tmp_path / "run"
+    writer = RunWriter.create(folder, run_dict())
+    writer.append(case_dict(0))
+    writer.append(case_dict(1, status="oom", reason="out of memory", time_s=None, stable=None))
+    writer.close()
+
+    result = load_run(str(folder))  # a str path works too
+    assert result.folder == folder
+    run = result.run
+    assert isinstance(run, RunInfo)
+    assert run.schema == RUN_SCHEMA
+    assert run.run_id == "20240101-000000-smoke-abcd"
+    assert run.suite == "smoke"
+    assert run.finished_at is None
+    assert run.argv == ["bench", "run", "--suite", "smoke"]
+    assert run.host["hostname"] == "box"
+    assert run.devices == [{"name": "cpu", "kind": "cpu"}]
+    assert run.extra == {
+        "executor": "local",
+        "sweep": {"variants": ["full.sdpa"], "seq_lens": [256]},
+        "settings": {"max_time_per_case": 0.3},
+        "cases_total": 2,
+    }
+
+    assert len(result.cases) == 2
+    first, second = result.cases
+    assert isinstance(first, CaseRecord)
+    assert first.case_id == "full.sdpa-cpu-n256-0123456789"
+    assert first.params == {"causal": False}
+    assert first.seq_len == 256
+    assert first.status == "ok"
+    assert first.median_s == pytest.approx(0.001)
+    assert first.extra == {"scope": "core", "threads": 2}
+    assert second.status == "oom"
+    assert second.reason == "out of memory"
+    assert second.median_s is None
+    assert second.stable is None
+
+
+def test_load_run_without_cases_file(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / RUN_FILE).write_text(json.dumps(run_dict()))
+    result = load_run(folder)
+    assert result.cases == []
+    assert result.run.suite == "smoke"
+
+
+def test_load_run_skips_blank_lines(tmp_path):
+    folder = tmp_path / "run"
+    write_folder(folder, run_dict(), json.dumps(case_dict(0)) + "\n\n" + json.dumps(case_dict(1)) + "\n")
+    assert [c.seq_len for c in load_run(folder).cases] == [256, 257]
+
+
+def test_missing_run_json(tmp_path):
+    with pytest.raises(UserError) as e:
+        load_run(tmp_path)
+    msg = str(e.value)
+    assert str(tmp_path) in msg
+    assert "run.json is missing" in msg
+
+
+def test_run_json_not_json(tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / RUN_FILE).write_text('{"schema": "attnbench.run/1",\n  oops\n}')
+    with pytest.raises(UserError) as e:
+        load_run(folder)
+    assert str(folder / RUN_FILE) in str(e.value)
+    assert "line 2" in str(e.value)
+
+
+def test_unknown_run_schema_refused(tmp_path):
+    folder = tmp_path / "run"
+    write_folder(folder, run_dict(schema="attnbench.run/2"), "")
+    with pytest.raises(UserError) as e:
+        load_run(folder)
+    msg = str(e.value)
+    assert str(folder / RUN_FILE) in msg
+    assert "'attnbench.run/2'" in msg
+    assert RUN_SCHEMA in msg  # what it can read
+
+
+def test_missing_run_schema_refused(tmp_path):
+    folder = tmp_path / "run"
+    run = run_dict()
+    del run["schema"]
+    write_folder(folder, run, "")
+    with pytest.raises(UserError, match="schema None"):
+        load_run(folder)
+
+
+def test_unknown_case_schema_refused(tmp_path):
+    folder = tmp_path / "run"
+    lines = [json.dumps(case_dict(0)), json.dumps(case_dict(1, schema="attnbench.case/9"))]
+    write_folder(folder, run_dict(), "\n".join(lines) + "\n")
+    with pytest.raises(UserError) as e:
+        load_run(folder)
+    msg = str(e.value)
+    assert f"{folder / CASES_FILE}:2" in msg  # the file and the line
+    assert "'attnbench.case/9'" in msg
+    assert CASE_SCHEMA in msg
+
+
+def test_missing_field_refused(tmp_path):
+    folder = tmp_path / "run"
+    case = case_dict(0)
+    del case["seq_len"]
+    write_folder(folder, run_dict(), json.dumps(case) + "\n")
+    with pytest.raises(UserError) as e:
+        load_run(folder)
+    assert f"{folder / CASES_FILE}:1" in str(e.value)
+    assert "seq_len" in str(e.value)
+
+
+def test_torn_last_line_ignored(tmp_path):
+    folder = tmp_path / "run"
+    good = [json.dumps(case_dict(0)), json.dumps(case_dict(1))]
+    torn = json.dumps(case_dict(2))[:57]  # a run killed mid-write: no trailing newline
+    write_folder(folder, run_dict(), "\n".join(good) + "\n" + torn)
+    cases = load_run(folder).cases
+    assert [c.seq_len for c in cases] == [256, 257]
+
+
+def test_damaged_middle_line_refused(tmp_path):
+    folder = tmp_path / "run"
+    lines = [json.dumps(case_dict(0)), json.dumps(case_dict(1))[:40], json.dumps(case_dict(2))]
+    write_folder(folder, run_dict(), "\n".join(lines) + "\n")
+    with pytest.raises(UserError) as e:
+        load_run(folder)
+    assert f"{folder / CASES_FILE}:2 is not valid JSON" in str(e.value)
+
+
+def test_torn_line_with_newline_is_damage(tmp_path):
+    # Only a line lacking its newline can be a write cut short; with one, the file is damaged.
+    folder = tmp_path / "run"
+    write_folder(folder, run_dict(), json.dumps(case_dict(0)) + "\n" + json.dumps(case_dict(1))[:40] + "\n")
+    with pytest.raises(UserError, match="is not valid JSON"):
+        load_run(folder)
+
+
+@pytest.mark.xfail(
+    reason="BUG: load_run calls .get on whatever JSON a line holds; a line that is valid JSON but not an "
+    "object raises AttributeError instead of a UserError (harness/results.py:159, reached from :194; "
+    "a run.json holding a non-object fails the same way via :178)",
+    strict=True,
+)
+def test_case_line_not_an_object_refused(tmp_path):
+    folder = tmp_path / "run"
+    write_folder(folder, run_dict(), json.dumps(case_dict(0)) + "\n[1, 2]\n")
+    with pytest.raises(UserError):
+        load_run(folder)
+
+
+# ----------------------------------------------------------------------------- check_writable
+
+
+def test_check_writable_creates_folder(tmp_path):
+    folder = tmp_path / "x" / "y"
+    check_writable(folder)
+    assert folder.is_dir()
+    assert list(folder.iterdir()) == []  # the probe is removed
+
+
+def test_check_writable_under_regular_file(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    folder = blocker / "run"
+    with pytest.raises(UserError) as e:
+        check_writable(folder)
+    msg = str(e.value)
+    assert str(folder) in msg
+    assert "--out" in msg
+    assert "Not a directory" in msg
+
+
+def test_check_writable_under_proc():
+    # /proc refuses new entries, even to root.
+    with pytest.raises(UserError, match=r"cannot write results to /proc/attnbench-test/run: .*--out"):
+        check_writable(Path("/proc/attnbench-test/run"))
+
+
+def test_check_writable_folder_is_a_file(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("keep")
+    with pytest.raises(UserError, match="cannot write results to"):
+        check_writable(blocker)
+    assert blocker.read_text() == "keep"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can write to read-only folders")
+def test_check_writable_read_only_folder(tmp_path):
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o500)
+    try:
+        with pytest.raises(UserError, match="cannot write results to"):
+            check_writable(folder)
+    finally:
+        folder.chmod(0o700)
