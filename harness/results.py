@@ -155,7 +155,9 @@ RUN_READERS = {RUN_SCHEMA: _read_run_v1}
 CASE_READERS = {CASE_SCHEMA: _read_case_v1}
 
 
-def _check_schema(data: dict[str, Any], readers: dict[str, Any], where: str) -> Any:
+def _check_schema(data: Any, readers: dict[str, Any], where: str) -> Any:
+    if not isinstance(data, dict):
+        raise UserError(f"{where} holds a JSON {type(data).__name__}, not a result object; the file is damaged")
     schema = data.get("schema")
     if schema not in readers:
         raise UserError(

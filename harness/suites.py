@@ -73,6 +73,12 @@ def parse_suite(text: str, name: str, source: str) -> SuiteSpec:
     for key in data:
         if key not in TOP_KEYS:
             raise UserError(f"{source}: unknown top-level key '{key}' (known: {', '.join(TOP_KEYS)})")
+    for section in ("sweep", "settings", "params"):
+        if not isinstance(data.get(section, {}), dict):
+            raise UserError(f"{source}: [{section}] must be a table of keys, got {data[section]!r}")
+    for variant, ps in data.get("params", {}).items():
+        if not isinstance(ps, dict):
+            raise UserError(f'{source}: [params."{variant}"] must be a table of parameter = values, got {ps!r}')
     sweep = data.get("sweep", {})
     for key in sweep:
         if key not in SWEEP_KEYS:
@@ -113,8 +119,9 @@ def load_suite(name_or_path: str) -> SuiteSpec:
 def coerce_value(raw: Any, default: Any, what: str) -> Any:
     """Give a parameter value the type of its default; strings come from the command line."""
     if not isinstance(raw, str) or isinstance(default, str):
-        if isinstance(default, bool) and not isinstance(raw, bool):
-            raise UserError(f"{what} must be true or false, got {raw!r}")
+        if isinstance(default, bool) != isinstance(raw, bool):
+            expected = "true or false" if isinstance(default, bool) else type(default).__name__
+            raise UserError(f"{what} must be {expected}, got {raw!r}")
         if isinstance(default, float) and isinstance(raw, int) and not isinstance(raw, bool):
             return float(raw)
         if default is not None and not isinstance(raw, type(default)):
@@ -141,6 +148,8 @@ def coerce_value(raw: Any, default: Any, what: str) -> Any:
 def _positive_ints(values: list[Any], what: str) -> tuple[int, ...]:
     out = []
     for v in values:
+        if isinstance(v, bool):
+            raise UserError(f"{what} must be whole numbers, got {v!r}")
         try:
             i = int(v)
         except (TypeError, ValueError):
@@ -211,9 +220,10 @@ def parse_param_flags(flags: list[str]) -> dict[str, dict[str, list[str]]]:
     for flag in flags:
         key, sep, values = flag.partition("=")
         variant, dot, name = key.strip().rpartition(".")
-        if not sep or not dot or not variant or not name or not values.strip():
+        items = [v for v in values.split(",") if v.strip()]
+        if not sep or not dot or not variant or not name or not items:
             raise UserError(f"--param '{flag}' should look like family.variant.parameter=value[,value...]")
-        out.setdefault(variant, {})[name] = [v for v in values.split(",") if v.strip()]
+        out.setdefault(variant, {})[name] = items
     return out
 
 

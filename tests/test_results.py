@@ -286,12 +286,6 @@ def test_torn_line_with_newline_is_damage(tmp_path):
         load_run(folder)
 
 
-@pytest.mark.xfail(
-    reason="BUG: load_run calls .get on whatever JSON a line holds; a line that is valid JSON but not an "
-    "object raises AttributeError instead of a UserError (harness/results.py:159, reached from :194; "
-    "a run.json holding a non-object fails the same way via :178)",
-    strict=True,
-)
 def test_case_line_not_an_object_refused(tmp_path):
     folder = tmp_path / "run"
     write_folder(folder, run_dict(), json.dumps(case_dict(0)) + "\n[1, 2]\n")

@@ -160,11 +160,6 @@ def test_unknown_keys_refused(text, fragment):
     assert "known:" in msg
 
 
-@pytest.mark.xfail(
-    reason="BUG: parse_suite assumes [sweep]/[params.*] are tables; other values raise TypeError/AttributeError "
-    "instead of a UserError (harness/suites.py:77 and :84)",
-    strict=True,
-)
 @pytest.mark.parametrize("text", ["sweep = 3\n", "[params]\nchunk = 1\n"])
 def test_non_table_sections_refused(text):
     with pytest.raises(UserError):
@@ -344,11 +339,6 @@ def test_malformed_param_flags_refused(flag):
         resolve_with(params=[flag])
 
 
-@pytest.mark.xfail(
-    reason="BUG: '--param full.chunked.chunk=,' passes (values.strip() is ','), leaving an empty value list, "
-    "so expand() silently yields no cases for the variant (harness/suites.py:213-216)",
-    strict=True,
-)
 def test_param_flag_with_only_commas_refused():
     with pytest.raises(UserError):
         parse_param_flags(["full.chunked.chunk=,"])
@@ -367,11 +357,6 @@ def test_suite_param_values_coerced():
     assert sweep.params_for("full.chunked") == {"chunk": (64, 32), "causal": (True,)}
 
 
-@pytest.mark.xfail(
-    reason="BUG: coerce_value accepts a bool for an int parameter (bool is an int subclass), so "
-    "'chunk = true' in a suite runs with chunk=True (harness/suites.py:120)",
-    strict=True,
-)
 def test_suite_bool_for_int_param_refused():
     with pytest.raises(UserError):
         resolve(spec(params={"full.chunked": {"chunk": [True]}}), Overrides())
