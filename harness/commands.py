@@ -37,6 +37,9 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         folder = args.resume
         load_run(folder)  # validates the folder and its schema
         run = read_run_json(folder)
+        plugins = run["settings"].get("plugins")
+        if plugins and not os.environ.get(PLUGINS_ENV):
+            os.environ[PLUGINS_ENV] = plugins  # the variants the run was made with
         run["status"] = "running"
         run["resumed_at"] = [*run.get("resumed_at", []), " ".join(["bench", *argv])]
         check_writable(folder)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import secrets
 import signal
 import time
@@ -298,7 +297,3 @@ def _case_of(rec: Any) -> Case:
 
 def read_run_json(folder: Path) -> dict[str, Any]:
     return json.loads((folder / "run.json").read_text())
-
-
-def env_plugins() -> str:
-    return os.environ.get("ATTNBENCH_PLUGINS", "")
