@@ -60,6 +60,12 @@ class Timer(ABC):
 
 
 class MemoryMeter(ABC):
+    """Measures one call's peak in a worker process of its own (never the timed one)."""
+
+    def prepare_process(self) -> None:
+        """Called first in the memory worker, before anything is allocated."""
+        return
+
     @abstractmethod
     def start(self) -> None:
         """Take the baseline (inputs already exist) and reset the peak."""

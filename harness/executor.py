@@ -61,11 +61,34 @@ class LocalExecutor:
             self._current.join(5)
 
     def run(self, case: Case) -> Outcome:
+        """Time the case in one fresh worker, then measure its memory in another.
+
+        Memory gets its own process because its meter may change how the process
+        allocates (see backends.cpu), which must not touch the timed process.
+        """
+        timed = self._run_phase(case, "time")
+        if timed.status != "ok":
+            return timed
+        memory = self._run_phase(case, "memory")
+        timed.worker["memory_wall_s"] = memory.worker.get("wall_s")
+        if memory.status == "ok":
+            timed.result.update(memory.result)
+        else:
+            timed.result.update(
+                peak_memory_bytes=None,
+                memory_method=None,
+                memory_reason=f"the memory pass failed ({memory.status}): {memory.reason}",
+            )
+            if memory.traceback:
+                timed.traceback = memory.traceback
+        return timed
+
+    def _run_phase(self, case: Case, phase: str) -> Outcome:
         parent_conn, child_conn = self.ctx.Pipe(duplex=False)
         from harness.worker import child_main
 
         started = time.perf_counter()
-        proc = self.ctx.Process(target=child_main, args=(child_conn, case, self.settings), daemon=True)
+        proc = self.ctx.Process(target=child_main, args=(child_conn, case, self.settings, phase), daemon=True)
         proc.start()
         self._current = proc
         child_conn.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from backends.base import DTYPES, Backend
+from backends.base import DTYPES, Backend, Step
 from harness.cases import Case
 from harness.registry import PLUGINS_ENV, get_backend, get_workload, load_plugins
 from harness.settings import RunSettings
@@ -70,42 +70,43 @@ def verify(
     return {"verified": True, "seq_len": n, "max_abs_err": err, "tolerance": tol}
 
 
-def measure_case(case: Case, settings: RunSettings) -> dict[str, Any]:
-    """Everything the worker measures for one case; raises on failure."""
+def _load(case: Case) -> tuple[type[AttentionVariant], Backend]:
     load_plugins()
     cls = get_workload(case.variant)
     backend = get_backend(case.backend)()
     reason = backend.supports(case)
     if reason:
         raise Unsupported(reason)
-    backend_settings = backend.setup(case)
+    return cls, backend
+
+
+def _build(cls: type[AttentionVariant], backend: Backend, case: Case, seed: int) -> tuple[Step, float]:
+    """The prepared step for the case, and the seconds preparation took."""
     params = cls.make_params(case.params_dict)
-    torch.manual_seed(settings.seed)
-
-    checked = (
-        verify(cls, params, case, backend, settings.seed, settings.verify_max_len)
-        if settings.verify
-        else {"verified": None, "reason": "verification turned off"}
-    )
-
     shape = Shape(case.batch, case.heads, case.head_dim, case.seq_len)
-    gen = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
     module = cls.build(params, shape, case.scope)
     inputs = cls.make_inputs(shape, case.scope, DTYPES[case.dtype], backend.device, gen)
     t0 = time.perf_counter()
     step = backend.prepare(module, inputs, case)
-    compile_s = time.perf_counter() - t0
+    return step, time.perf_counter() - t0
+
+
+def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
+    """Verification, warm-up, timing and energy for one case; raises on failure."""
+    cls, backend = _load(case)
+    backend_settings = backend.setup(case)
+    checked = (
+        verify(cls, cls.make_params(case.params_dict), case, backend, settings.seed, settings.verify_max_len)
+        if settings.verify
+        else {"verified": None, "reason": "verification turned off"}
+    )
+    step, compile_s = _build(cls, backend, case, settings.seed)
 
     timer = backend.timer()
     policy = settings.policy()
     warm = warm_up(step, timer, policy)
-
-    # Memory in its own call, after warm-up and before sampling, so neither disturbs the other.
-    mem_meter = backend.memory_meter()
-    mem_meter.start()
-    step()
-    memory = mem_meter.stop()
-
     energy_meter = backend.energy_meter()
     energy_meter.start()
     measurement = sample(step, timer, policy, warm.last_call_s)
@@ -127,13 +128,31 @@ def measure_case(case: Case, settings: RunSettings) -> dict[str, Any]:
         "notes": measurement.notes,
         "clock": timer.clock,
         "sync": timer.sync,
-        "peak_memory_bytes": memory.peak_bytes,
-        "memory_method": memory.method,
-        "memory_reason": memory.reason,
         "energy_j": energy.joules / total_calls if energy.joules is not None else None,
         "energy_method": energy.method,
         "energy_reason": energy.reason,
     }
+
+
+def measure_memory(case: Case, settings: RunSettings) -> dict[str, Any]:
+    """Peak memory of one call, in a process of its own: one warm-up call, then the metered one."""
+    cls, backend = _load(case)
+    meter = backend.memory_meter()
+    meter.prepare_process()
+    backend.setup(case)
+    step, _ = _build(cls, backend, case, settings.seed)
+    step()  # lazy initialisation belongs to no call
+    meter.start()
+    step()
+    reading = meter.stop()
+    return {
+        "peak_memory_bytes": reading.peak_bytes,
+        "memory_method": reading.method,
+        "memory_reason": reading.reason,
+    }
+
+
+PHASES = {"time": measure_time, "memory": measure_memory}
 
 
 def _mark_oom_victim() -> None:
@@ -145,7 +164,7 @@ def _mark_oom_victim() -> None:
         pass
 
 
-def child_main(conn: Connection, case: Case, settings: RunSettings) -> None:
+def child_main(conn: Connection, case: Case, settings: RunSettings, phase: str) -> None:
     """Entry point of the worker process: send back ("ok", result) or ("failed", status, reason, tb)."""
     entered = time.perf_counter()
     # Ctrl-C reaches the whole process group; the parent decides what happens to this case.
@@ -154,7 +173,7 @@ def child_main(conn: Connection, case: Case, settings: RunSettings) -> None:
     if settings.plugins:
         os.environ[PLUGINS_ENV] = settings.plugins
     try:
-        result = measure_case(case, settings)
+        result = PHASES[phase](case, settings)
         message: tuple = ("ok", result)
     except BaseException as exc:
         status = classify(exc)

@@ -40,5 +40,5 @@ def test_naive_peaks_at_two_score_buffers_and_sdpa_does_not(executor: LocalExecu
 def test_growth_rates(executor: LocalExecutor) -> None:
     naive = peak(executor, "full.naive", 2048) / peak(executor, "full.naive", 1024)
     chunked = peak(executor, "full.chunked", 4096, chunk=256) / peak(executor, "full.chunked", 2048, chunk=256)
-    assert 3.2 < naive < 4.8  # quadratic
-    assert 1.5 < chunked < 2.6  # linear at a fixed chunk
+    assert 3.6 < naive < 4.4  # quadratic
+    assert 1.8 < chunked < 2.2  # linear at a fixed chunk
