@@ -101,6 +101,7 @@ def expand(sweep: Sweep) -> list[Case]:
     same curve are skipped.
     """
     from harness.registry import get_workload
+    from workloads.base import Shape
 
     cases: dict[str, Case] = {}
     for variant in sweep.variants:
@@ -110,9 +111,9 @@ def expand(sweep: Sweep) -> list[Case]:
         names = sorted(defaults)
         grids = [chosen.get(name, (defaults[name],)) for name in names]
         for values in itertools.product(*grids):
-            resolved = tuple(zip(names, values, strict=True))
+            chosen_values = dict(zip(names, values, strict=True))
             try:
-                cls.make_params(dict(resolved))
+                cls.make_params(chosen_values)
             except (TypeError, ValueError) as exc:
                 raise UserError(f"invalid parameters for {variant}: {exc}") from None
             for scope in sweep.scopes:
@@ -128,6 +129,11 @@ def expand(sweep: Sweep) -> list[Case]:
                     sweep.threads,
                     sorted(sweep.seq_lens),
                 ):
+                    try:
+                        at_length = cls.resolve_params(dict(chosen_values), Shape(b, h, d, n))
+                    except ValueError as exc:
+                        raise UserError(f"invalid parameters for {variant} at n={n}: {exc}") from None
+                    resolved = tuple(sorted(at_length.items()))
                     case = Case(variant, resolved, scope, backend, dtype, mode, b, h, d, n, t)
                     cases.setdefault(case.case_id, case)
     return list(cases.values())

@@ -105,6 +105,7 @@ def base_record(run_id: str, case: Case) -> dict[str, Any]:
         "tokens_per_s": None,
         "flops": cls.case_flops(params, shape, case.scope, case.mode),
         "flops_per_s": None,
+        "flops_executed": cls.case_flops(params, shape, case.scope, case.mode, executed=True),
         "peak_memory_bytes": None,
         "memory_method": None,
         "analytic_min_bytes": cls.case_min_bytes(params, shape, case.scope, itemsize),

@@ -100,6 +100,17 @@ def test_dense_flops_follow_the_reference_formula() -> None:
     assert train == 3.5 * 4 * 1024**2 * D * 2
 
 
+def test_executed_flops_count_masked_work() -> None:
+    shape = Shape(batch=1, heads=2, head_dim=8, seq_len=100)
+    naive, chunked = WORKLOADS["full.naive"], WORKLOADS["full.chunked"]
+    causal = naive.make_params({"causal": True})
+    assert naive.executed_flops(causal, shape) == naive.flops(naive.make_params({"causal": False}), shape)
+    p = chunked.make_params({"chunk": 32, "causal": True})
+    # chunks of 32, 32, 32, 4 queries against 32, 64, 96, 100 keys
+    assert chunked.executed_flops(p, shape) == 4 * (32 * 32 + 32 * 64 + 32 * 96 + 4 * 100) * 16
+    assert chunked.flops(p, shape) < chunked.executed_flops(p, shape) < naive.executed_flops(causal, shape)
+
+
 def test_analytic_minimum_memory_separates_materialised_from_fused() -> None:
     shape = Shape(1, 8, 64, 4096)
     naive = WORKLOADS["full.naive"].working_bytes(WORKLOADS["full.naive"].Params(), shape, 4)

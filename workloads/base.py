@@ -73,6 +73,14 @@ class AttentionVariant(nn.Module, ABC):
         """Useful FLOPs of one forward call of the attention core, 2 per multiply-add."""
 
     @classmethod
+    def executed_flops(cls, params: Any, shape: Shape) -> float:
+        """FLOPs the implementation performs, masked, padded or repeated work included.
+
+        At least `flops`; records carry both so efficiency is never overstated.
+        """
+        return cls.flops(params, shape)
+
+    @classmethod
     @abstractmethod
     def working_bytes(cls, params: Any, shape: Shape, itemsize: int) -> int:
         """Analytic minimum memory above the inputs for one forward call, output included."""
@@ -105,6 +113,12 @@ class AttentionVariant(nn.Module, ABC):
     def make_params(cls, values: dict[str, Any]) -> Any:
         return cls.Params(**values)
 
+    @classmethod
+    def resolve_params(cls, values: dict[str, Any], shape: Shape) -> dict[str, Any]:
+        """Settle parameters that depend on the shape (e.g. "auto" choices) so the case
+        records, and is identified by, what actually runs. Raise ValueError if impossible."""
+        return values
+
     # --- building a workload for a scope -------------------------------------------------
     @classmethod
     def build(cls, params: Any, shape: Shape, scope: str) -> nn.Module:
@@ -129,8 +143,9 @@ class AttentionVariant(nn.Module, ABC):
         return (x.to(device, dtype),)
 
     @classmethod
-    def case_flops(cls, params: Any, shape: Shape, scope: str, mode: str) -> float:
-        attention = cls.flops(params, shape)
+    def case_flops(cls, params: Any, shape: Shape, scope: str, mode: str, executed: bool = False) -> float:
+        """FLOPs of one call of the case: useful ones, or with `executed` those actually performed."""
+        attention = cls.executed_flops(params, shape) if executed else cls.flops(params, shape)
         other = 0.0
         if scope == "layer":
             from workloads.layer import PreNormLayer

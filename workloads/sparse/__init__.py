@@ -1,0 +1,6 @@
+"""Sparse attention: cost about linear in n, and never an n×n tensor.
+
+One module per variant; importing the package registers them all.
+"""
+
+from workloads.sparse import bigbird, lsh, sliding_window  # noqa: F401
