@@ -19,13 +19,17 @@ CHECKS: dict[str, list[dict]] = {
     "full.naive": [{"causal": False}, {"causal": True}],
     "full.sdpa": [{"causal": False}, {"causal": True}],
     "full.chunked": [{"chunk": 32, "causal": False}, {"chunk": 32, "causal": True}, {"chunk": 1024}],
+    "sparse.lsh": [{"chunk": 32}, {"chunk": 32, "hashes": 3, "causal": True}],
+    # Each sparse variant has a test file of its own; these are the generic checks.
+    "sparse.sliding_window": [{"window": 32}, {"window": 32, "causal": True, "global_tokens": 3}],
+    "sparse.bigbird": [{"block": 8, "random_blocks": 2}, {"block": 8, "random_blocks": 1, "causal": True}],
 }
 LENGTHS = [64, 100, 257]  # a multiple of 32, and two that are not
 
 
 def builtin_variants() -> list[str]:
-    mods = set(BUILTIN_WORKLOAD_MODULES)
-    return sorted(n for n, c in WORKLOADS.items() if c.__module__ in mods)
+    mods = tuple(BUILTIN_WORKLOAD_MODULES)
+    return sorted(n for n, c in WORKLOADS.items() if c.__module__.startswith(mods))
 
 
 def test_every_builtin_variant_has_correctness_checks() -> None:
@@ -41,9 +45,9 @@ def qkv(n: int, seed: int = 0, B: int = 2, h: int = 3, d: int = 16) -> tuple[tor
 @pytest.mark.parametrize(("variant", "params"), [(v, p) for v, ps in CHECKS.items() for p in ps], ids=lambda x: str(x))
 def test_variant_matches_float64_reference(variant: str, params: dict, n: int) -> None:
     cls = WORKLOADS[variant]
-    p = cls.make_params({**cls.default_params(), **params})
-    q, k, v = qkv(n)
     shape = Shape(2, 3, 16, n)
+    p = cls.make_params(cls.resolve_params({**cls.default_params(), **params}, shape))
+    q, k, v = qkv(n)
     module = cls(p, shape)
     got = module(q, k, v)
     assert got.shape == q.shape and got.dtype == torch.float64

@@ -100,6 +100,13 @@ class AttentionVariant(nn.Module, ABC):
         """What this variant computes, the slow obvious way, in float64."""
         return dense_reference(q, k, v, self.reference_mask(q.shape[-2]))
 
+    @classmethod
+    def verify_length(cls, params: Any, n: int, cap: int) -> int:
+        """The length at which the worker checks this variant against its reference before
+        timing: the case's own, capped so the dense reference stays cheap. Variants whose
+        path changes with length raise the cap so the check runs the path being timed."""
+        return min(n, cap)
+
     # --- parameters ---------------------------------------------------------------------
     @classmethod
     def param_names(cls) -> list[str]:

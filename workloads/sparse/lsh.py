@@ -1,1 +1,320 @@
-"""Placeholder until the variant lands."""
+"""Reformer LSH attention (Kitaev et al. 2020), as in the paper and Hugging Face's LSHSelfAttention.
+
+Definition (what `forward` computes and `reference` defines, per batch element and head):
+
+- Shared query/key. In the ``core`` scope the variant receives (q, k, v), uses ``q`` as
+  the shared QK input and ignores ``k``; in the ``layer`` scope the fused projection's
+  query slice feeds it the same way (in training k's gradient is zero: the harness asks
+  autograd for unused inputs' gradients as zeros). Queries are used as they are; keys are the queries
+  normalised to unit length, k̂_j = q_j / max(‖q_j‖, 1e-12); scores s_ij = q_i·k̂_j / √d.
+- Hashing, ``hashes`` = n_r rounds. Round r draws random rotations R_r of shape
+  (h, d, n_b/2), one (d, n_b/2) matrix per head (per head, as Hugging Face does), from a
+  CPU ``torch.Generator`` seeded with ``seed·1_000_003 + r``, in float32. The bucket of
+  position j is argmax([x̂_j R, −x̂_j R]) of the normalised key x̂_j, computed in float32
+  whatever the input dtype (so a float64 reference of float32-cast inputs hashes
+  identically; for float16/bfloat16 the reference must be taken on the rounded inputs,
+  or near-tie buckets can differ). Hashing is piecewise constant and carries no gradient. ``lsh_buckets`` is
+  the one implementation; the fast path and the reference both call it.
+- Per round, positions are sorted by (bucket, position) (stable), padded at the end to a
+  multiple of the chunk c, and cut into K = ⌈n/c⌉ chunks. Each chunk's queries attend the
+  keys of their own chunk and of the previous chunk of the same round; the first chunk's
+  previous chunk is the round's last (wrap-around, as in Reformer). Hugging Face and trax
+  chunk all rounds as one concatenated sequence, so there the first chunk of round r > 0
+  looks back into round r−1's last chunk; we keep rounds independent, which changes only
+  which keys the first chunk of each round sees, not the cost. With one chunk (n ≤ c) a
+  chunk attends only itself (no duplicate look-back), so the result is dense attention
+  with the self mask; with two chunks each sees both.
+- A query's own position scores SELF_SCORE = −1e5 (replacing s_ii, not −inf, as Reformer),
+  so it is attended only when it has no other key. Padding and, when ``causal``, keys at
+  later original positions are masked out (weight 0; −1e9 in the fast path).
+- Rounds are combined by log-sum-exp: out_i = Σ_r softmax_r(L_ri)·o_ri, L_ri being the
+  log-sum-exp of round r's scores for query i and o_ri that round's attention output.
+  Duplicates are not removed (as in Hugging Face), so the exact dense equivalent is
+  out_i = Σ_j w_ij v_j / Σ_j w_ij with w_ij = count_ij · exp(s_ij), where count_ij is the
+  number of rounds in which query i sees key j (each round's window holds a key at most
+  once). ``pattern(q)`` returns count; ``reference`` applies it in float64.
+- ``buckets`` = 0 means auto: n_b = 2·⌈n/c⌉, Reformer's 2n/c rounded up to an even number
+  ≥ 2; ``resolve_params`` settles it per length so the case records the real number.
+
+The fast path never builds an n×n tensor: one hashing matmul per round, a stable sort,
+gathers of the sorted queries and of the (own + previous chunk) keys and values,
+(B, h, n_r·K, c, 2c) scores, the log-sum-exp softmax, and a gather through the inverse
+permutation. The hashing projection is (B, h, n, n_b/2) per round, i.e. n²/c elements
+with auto buckets: Reformer's hashing term n·D·n_b·n_r grows quadratically when n_b
+follows n. At c = 64 it equals the chunk attention's FLOPs at n = 16384 and its buffer is
+smaller than the score tensor up to n ≈ 16K; it is freed before the scores exist.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from harness.registry import register_workload
+from workloads.base import AttentionVariant, Shape
+
+SELF_SCORE = -1e5  # score of a query against its own position (Reformer's self mask)
+MASKED_SCORE = -1e9  # padding and causal masking in the fast path; weight exactly 0
+MAX_HASHES = 1024  # keeps the per-round generator seeds distinct
+SEED_STRIDE = 1_000_003
+NORM_EPS = 1e-12
+
+
+def auto_buckets(n: int, chunk: int) -> int:
+    """Reformer's n_b ≈ 2n/c: 2·⌈n/c⌉, even and at least 2."""
+    return 2 * max(1, -(-n // chunk))
+
+
+@dataclass(frozen=True)
+class LSHParams:
+    hashes: int = 2  # hash rounds n_r
+    chunk: int = 64  # chunk length c; each query sees its chunk and the previous one
+    buckets: int = 0  # n_b; 0 = auto, 2·⌈n/c⌉, settled per length by resolve_params
+    seed: int = 0  # seeds the random rotations
+    causal: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("hashes", "chunk", "buckets", "seed"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if not 1 <= self.hashes <= MAX_HASHES:
+            raise ValueError(f"hashes must be between 1 and {MAX_HASHES}, got {self.hashes}")
+        if self.chunk < 1:
+            raise ValueError(f"chunk must be positive, got {self.chunk}")
+        if self.buckets != 0 and (self.buckets < 2 or self.buckets % 2):
+            raise ValueError(f"buckets must be 0 (auto) or an even number >= 2, got {self.buckets}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"causal must be true or false, got {self.causal!r}")
+
+
+@functools.lru_cache(maxsize=64)
+def _rotations(seed: int, round_index: int, heads: int, head_dim: int, half: int) -> Tensor:
+    """(h, d, n_b/2) float32 on the CPU, one Gaussian matrix per head; cached, never mutate."""
+    gen = torch.Generator().manual_seed(seed * SEED_STRIDE + round_index)
+    return torch.randn(heads, head_dim, half, generator=gen, dtype=torch.float32)
+
+
+def lsh_buckets(x: Tensor, n_buckets: int, hashes: int, seed: int) -> Tensor:
+    """(B, h, n, d) shared QK -> (B, h, hashes, n) int64 buckets in [0, n_buckets).
+
+    bucket = argmax([x̂R, −x̂R]) of the unit-length x̂, in float32, one matmul per round;
+    the concatenation is never built (max of x̂R against −min of x̂R, ties to the first half).
+    """
+    B, h, n, d = x.shape
+    half = n_buckets // 2
+    out = torch.empty(B, h, hashes, n, dtype=torch.long, device=x.device)
+    with torch.no_grad():
+        xn = F.normalize(x.detach().to(torch.float32), dim=-1, eps=NORM_EPS)  # (B, h, n, d)
+        for r in range(hashes):
+            rot = _rotations(seed, r, h, d, half).to(x.device)  # (h, d, n_b/2)
+            proj = torch.matmul(xn, rot)  # (B, h, n, n_b/2)
+            hi, hi_idx = proj.max(dim=-1)
+            lo, lo_idx = proj.min(dim=-1)
+            del proj
+            out[:, :, r] = torch.where(hi >= -lo, hi_idx, lo_idx + half)
+    return out
+
+
+def _keys(q: Tensor) -> Tensor:
+    """Unit-length keys with the 1/√d score scale folded in: q / (max(‖q‖, eps)·√d)."""
+    scale = q.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS) * math.sqrt(q.shape[-1])
+    return q / scale
+
+
+def _fill_values(dtype: torch.dtype) -> tuple[float, float]:
+    """(self score, masked score) representable in dtype."""
+    if dtype == torch.float16:
+        return -1e4, -6e4
+    return SELF_SCORE, MASKED_SCORE
+
+
+@register_workload
+class LSHAttention(AttentionVariant):
+    """Reformer LSH self-attention; see the module docstring for the exact definition."""
+
+    name: ClassVar[str] = "sparse.lsh"
+    family: ClassVar[str] = "sparse"
+    summary: ClassVar[str] = "Reformer: shared-QK LSH buckets, sorted chunks with one chunk look-back"
+    Params: ClassVar[type] = LSHParams
+    subquadratic: ClassVar[bool] = True
+
+    # --- parameters ---------------------------------------------------------------------
+    def n_buckets(self, n: int) -> int:
+        return self.params.buckets or auto_buckets(n, self.params.chunk)
+
+    @classmethod
+    def resolve_params(cls, values: dict, shape: Shape) -> dict:
+        p = cls.make_params(values)  # validates
+        if p.buckets == 0:
+            values = {**values, "buckets": auto_buckets(shape.seq_len, p.chunk)}
+        return values
+
+    # --- the fast path ------------------------------------------------------------------
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        del k  # shared QK: the keys are the normalised queries, k plays no part
+        p = self.params
+        B, h, n, d = q.shape
+        R, c = p.hashes, p.chunk
+        K = -(-n // c)  # chunks per round
+        npad = K * c
+        BhR = B * h * R
+        dev = q.device
+        self_score, masked = _fill_values(q.dtype)
+
+        buckets = lsh_buckets(q, self.n_buckets(n), R, p.seed)  # (B, h, R, n)
+        order = torch.sort(buckets, dim=-1, stable=True).indices  # (B, h, R, n): by (bucket, position)
+        del buckets
+        if npad > n:  # pad each round's sorted sequence at the end with the sentinel n
+            order = F.pad(order, (0, npad - n), value=n)  # (B, h, R, npad)
+        qpos = order.view(B, h, R, K, c)  # original position of each sorted slot
+        # Keys: own chunk, then the previous chunk of the round (wrapping), (B, h, R, K, 2c);
+        # a single chunk attends only itself.
+        kpos = torch.cat([qpos, qpos.roll(1, dims=3)], dim=-1) if K > 1 else qpos
+        width = kpos.shape[-1]
+
+        # Flat row indices into (B·h·n, d) sources; padding reads row n-1 and is masked.
+        base = (torch.arange(B * h, device=dev) * n).view(B, h, 1, 1, 1)
+        q_rows = (qpos.clamp(max=n - 1) + base).reshape(-1)
+        k_rows = (kpos.clamp(max=n - 1) + base).reshape(-1)
+        qs = q.reshape(B * h * n, d).index_select(0, q_rows).view(BhR * K, c, d)
+        ks = _keys(q).reshape(B * h * n, d).index_select(0, k_rows).view(BhR * K, width, d)
+        vs = v.reshape(B * h * n, d).index_select(0, k_rows).view(BhR * K, width, d)
+
+        scores = torch.bmm(qs, ks.transpose(1, 2)).view(BhR, K, c, width)  # (B·h·R, K, c, 2c)
+        del qs, ks
+        if p.causal:  # later original positions; also covers padding (sentinel n)
+            later = kpos.view(BhR, K, 1, width) > qpos.view(BhR, K, c, 1)
+            scores = scores.masked_fill_(later, masked)
+            del later
+        elif npad > n:  # padding sits in the last chunk's own half and the first's look-back
+            real = n - (K - 1) * c  # real slots in the last chunk
+            scores[:, -1, :, real:c] = masked
+            if K > 1:
+                scores[:, 0, :, c + real :] = masked
+        scores.diagonal(dim1=-2, dim2=-1).fill_(self_score)  # own position: own half's diagonal
+
+        # Log-sum-exp softmax; the row max is a constant shift (detached, exact).
+        m = scores.detach().amax(dim=-1, keepdim=True)  # (B·h·R, K, c, 1)
+        e = scores.sub_(m).exp_()
+        s = e.sum(dim=-1, keepdim=True)
+        o = torch.bmm(e.view(BhR * K, c, width), vs).view(BhR, K, c, d) / s  # (B·h·R, K, c, d)
+        del e, vs
+
+        # Undo the sort: row of the sorted output holding each original position.
+        inv = torch.empty(B, h, R, n, dtype=torch.long, device=dev)
+        inv.scatter_(-1, order[..., :n], torch.arange(n, device=dev).expand(B, h, R, n))
+        rows = (inv + (torch.arange(BhR, device=dev) * npad).view(B, h, R, 1)).reshape(-1)
+        o = o.reshape(BhR * npad, d).index_select(0, rows).view(B, h, R, n, d)
+        if R == 1:
+            out = o[:, :, 0]
+        else:
+            lse = (m.squeeze(-1) + s.squeeze(-1).log()).reshape(-1).index_select(0, rows).view(B, h, R, n)
+            weights = torch.softmax(lse, dim=2).unsqueeze(-1)  # (B, h, R, n, 1)
+            out = (weights * o).sum(dim=2)  # (B, h, n, d)
+        return out
+
+    # --- definition, for correctness checks ---------------------------------------------
+    def pattern(self, q: Tensor) -> Tensor:
+        """(B, h, n, n) int64: count_ij, the rounds in which query i sees key j.
+
+        Independent of the fast path except for `lsh_buckets`: ranks come from pairwise
+        comparisons of (bucket, position), not from a sort. Dense; for small n only.
+        """
+        p = self.params
+        n = q.shape[-2]
+        c, K = p.chunk, -(-n // p.chunk)
+        buckets = lsh_buckets(q, self.n_buckets(n), p.hashes, p.seed)  # (B, h, R, n)
+        pos = torch.arange(n, device=q.device)
+        bi, bj = buckets.unsqueeze(-1), buckets.unsqueeze(-2)  # [..., i, j]
+        before = (bj < bi) | ((bj == bi) & (pos.view(1, n) < pos.view(n, 1)))  # j sorts before i
+        chunk = before.sum(dim=-1) // c  # (B, h, R, n): chunk of each position per round
+        ci, cj = chunk.unsqueeze(-1), chunk.unsqueeze(-2)
+        sees = cj == ci
+        if K > 1:
+            sees = sees | (cj == (ci - 1) % K)
+        if p.causal:
+            sees = sees & (pos.view(1, n) <= pos.view(n, 1))
+        return sees.sum(dim=2)  # (B, h, n, n)
+
+    def reference(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """out_i = Σ_j count_ij·exp(s_ij)·v_j / Σ_j count_ij·exp(s_ij), in float64; k unused."""
+        count = self.pattern(q).to(torch.float64)
+        qd, vd = q.to(torch.float64), v.to(torch.float64)
+        keys = qd / qd.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
+        scores = qd @ keys.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, h, n, n)
+        scores.diagonal(dim1=-2, dim2=-1).fill_(SELF_SCORE)
+        scores = scores.masked_fill(count == 0, float("-inf"))
+        w = count * torch.exp(scores - scores.amax(dim=-1, keepdim=True))
+        return (w @ vd) / w.sum(dim=-1, keepdim=True)
+
+    def reference_mask(self, n: int) -> Tensor:
+        """An example pattern, (n, n) bool, for heatmaps: the pattern depends on the inputs,
+        so this is the one of seeded Gaussian queries, one head at this shape's head_dim.
+        Not the mask of any particular call; `reference` uses `pattern(q)`."""
+        gen = torch.Generator().manual_seed(self.params.seed)
+        q = torch.randn(1, 1, n, self.shape.head_dim, generator=gen, dtype=torch.float64)
+        return self.pattern(q)[0, 0] > 0
+
+    # --- analytic cost ------------------------------------------------------------------
+    @staticmethod
+    def _layout(params: LSHParams, shape: Shape) -> tuple[int, int, int]:
+        """(chunks per round K, padded length, buckets) at this shape."""
+        n, c = shape.seq_len, params.chunk
+        K = -(-n // c)
+        return K, K * c, params.buckets or auto_buckets(n, c)
+
+    @classmethod
+    def _hash_flops(cls, params: LSHParams, shape: Shape) -> float:
+        _, _, nb = cls._layout(params, shape)
+        # n·d·(n_b/2) multiply-adds per head and round, 2 FLOPs each: n·D·n_b·n_r
+        return float(shape.batch * shape.seq_len * shape.model_dim * nb * params.hashes)
+
+    @classmethod
+    def flops(cls, params: LSHParams, shape: Shape) -> float:
+        """The ideal count (REFERENCES.md): 8·n_r·n·c·D for 2c keys per query, plus hashing
+        n·D·n_b·n_r. With a single chunk (n ≤ c) a query has n keys: 4·n_r·n²·D."""
+        n, c = shape.seq_len, params.chunk
+        keys = 2 * c if n > c else n
+        attention = 4.0 * params.hashes * n * keys * shape.model_dim * shape.batch
+        return attention + cls._hash_flops(params, shape)
+
+    @classmethod
+    def executed_flops(cls, params: LSHParams, shape: Shape) -> float:
+        """What is multiplied: padded queries against 2c keys (c with a single chunk), plus hashing."""
+        K, npad, _ = cls._layout(params, shape)
+        keys = 2 * params.chunk if K > 1 else params.chunk
+        attention = 4.0 * params.hashes * npad * keys * shape.model_dim * shape.batch
+        return attention + cls._hash_flops(params, shape)
+
+    @classmethod
+    def working_bytes(cls, params: LSHParams, shape: Shape, itemsize: int) -> int:
+        """Scores B·h·n_r·n·2c, n_r sorted copies of Q, K and V, and the output."""
+        B, h, n, d = shape.batch, shape.heads, shape.seq_len, shape.head_dim
+        keys = 2 * params.chunk if n > params.chunk else n
+        scores = B * h * params.hashes * n * keys
+        sorted_qkv = 3 * B * h * params.hashes * n * d
+        return (scores + sorted_qkv + B * h * n * d) * itemsize
+
+    @classmethod
+    def peak_bytes_estimate(cls, params: LSHParams, shape: Shape, itemsize: int, train: bool) -> int:
+        """Generous: scores, a bool mask, gathered Q and 2c-wide K/V windows, per-round
+        outputs twice (sorted, unsorted), the float32 hashing projection, int64 indices."""
+        B, h, n, d = shape.batch, shape.heads, shape.seq_len, shape.head_dim
+        K, npad, nb = cls._layout(params, shape)
+        width = 2 * params.chunk if K > 1 else params.chunk
+        rows = B * h * params.hashes * npad
+        floats = rows * (2 * width + 2 * width * d // params.chunk + 4 * d) + B * h * n * d
+        ints = rows * (2 + width // params.chunk) * 8 + rows * width  # indices, causal mask
+        hashing = B * h * n * (nb // 2) * 4 * 2
+        forward = floats * itemsize + ints + hashing
+        inputs = 3 * B * h * n * d * itemsize
+        return 2 * forward + (2 * forward + 2 * inputs if train else 0)

@@ -1,0 +1,333 @@
+"""sparse.bigbird: exact against its dense float64 reference, the layout as defined, and sparse for real."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from harness.cases import Case, Sweep, expand
+from harness.executor import LocalExecutor
+from harness.registry import WORKLOADS, load_plugins
+from harness.settings import RunSettings
+from workloads.base import Shape
+from workloads.reference import causal_mask, dense_reference
+from workloads.sparse.bigbird import BigBirdAttention, BigBirdParams, block_layout, num_blocks, random_blocks
+
+load_plugins()
+
+
+def make(n: int, B: int = 2, h: int = 3, d: int = 8, **params) -> BigBirdAttention:
+    return BigBirdAttention(BigBirdParams(**params), Shape(B, h, d, n))
+
+
+def qkv(n: int, B: int = 2, h: int = 3, d: int = 8, seed: int = 0, dtype=torch.float64) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(B, h, n, d, generator=g, dtype=torch.float64).to(dtype) for _ in range(3))
+
+
+def brute_force_mask(n: int, b: int, r: int, seed: int, causal: bool) -> torch.Tensor:
+    """The layout straight from its definition, one (query, key) pair at a time."""
+    nb = num_blocks(n, b)
+    rand = random_blocks(nb, r, seed).tolist()
+    mask = torch.zeros(n, n, dtype=torch.bool)
+    for i in range(n):
+        qb = i // b
+        for j in range(n):
+            kb = j // b
+            glob = qb in (0, nb - 1) or kb in (0, nb - 1)
+            allowed = glob or abs(qb - kb) <= 1 or kb in rand[qb - 1]
+            mask[i, j] = allowed and (j <= i or not causal)
+    return mask
+
+
+def test_registered_with_its_defaults() -> None:
+    cls = WORKLOADS["sparse.bigbird"]
+    assert cls is BigBirdAttention and cls.family == "sparse" and cls.subquadratic
+    assert cls.default_params() == {"block": 64, "random_blocks": 3, "seed": 0, "causal": False, "attention": "auto"}
+    assert BigBirdParams().full_threshold == 704
+
+
+# b=8, r=1: block-sparse from n=41 (6 blocks), "auto" falls back up to n=56.
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize(
+    ("n", "block", "r"),
+    [(41, 8, 1), (48, 8, 1), (57, 8, 1), (64, 8, 1), (100, 8, 1), (57, 8, 2), (96, 8, 2), (203, 8, 2), (130, 16, 0)],
+)
+def test_matches_float64_reference(n: int, block: int, r: int, causal: bool) -> None:
+    module = make(n, block=block, random_blocks=r, causal=causal, attention="block_sparse")
+    q, k, v = qkv(n)
+    got = module(q, k, v)
+    assert got.shape == q.shape and got.dtype == torch.float64
+    torch.testing.assert_close(got, module.reference(q, k, v), rtol=1e-10, atol=1e-10)
+
+
+def test_auto_just_above_the_threshold_is_block_sparse_and_exact() -> None:
+    p = BigBirdParams(block=8, random_blocks=2)  # threshold (5 + 4)·8 = 72
+    assert p.mode(72) == "full" and p.mode(73) == "block_sparse"
+    for causal in (False, True):
+        module = make(73, causal=causal, block=8, random_blocks=2)
+        mask = module.reference_mask(73)
+        assert mask is not None and not mask.all()
+        q, k, v = qkv(73, seed=3)
+        torch.testing.assert_close(module(q, k, v), dense_reference(q, k, v, mask), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fallback_is_full_attention_at_and_below_the_threshold(causal: bool) -> None:
+    values = {"block": 8, "random_blocks": 1, "seed": 0, "causal": causal, "attention": "auto"}
+
+    def ran(n: int) -> str:
+        return BigBirdAttention.resolve_params(dict(values), Shape(2, 3, 8, n))["attention"]
+
+    assert [ran(n) for n in (10, 55, 56, 57)] == ["full", "full", "full", "block_sparse"]
+    for attention in ("auto", "full"):
+        module = make(56, block=8, random_blocks=1, causal=causal, attention=attention)
+        q, k, v = qkv(56)
+        expected = dense_reference(q, k, v, causal_mask(56) if causal else None)
+        torch.testing.assert_close(module(q, k, v), expected, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(module.reference(q, k, v), expected, rtol=1e-12, atol=1e-12)
+    # Full attention is also allowed on long sequences when asked for.
+    assert BigBirdParams(attention="full").mode(10_000) == "full"
+
+
+def test_forcing_block_sparse_on_too_short_a_sequence_raises() -> None:
+    values = {"block": 8, "random_blocks": 2, "seed": 0, "causal": False, "attention": "block_sparse"}
+    # 7 blocks needed: n > 48.
+    assert BigBirdAttention.resolve_params(dict(values), Shape(1, 1, 8, 49))["attention"] == "block_sparse"
+    with pytest.raises(ValueError, match="block_sparse"):
+        BigBirdAttention.resolve_params(dict(values), Shape(1, 1, 8, 48))
+    module = make(48, **values)
+    with pytest.raises(ValueError, match="n > 48"):
+        module(*qkv(48))
+    with pytest.raises(ValueError):
+        module.reference_mask(48)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"block": 0},
+        {"block": 2.5},
+        {"block": True},
+        {"random_blocks": -1},
+        {"seed": "x"},
+        {"causal": 1},
+        {"attention": "sparse"},
+    ],
+)
+def test_invalid_params_raise(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        BigBirdParams(**bad)
+
+
+def test_sweep_records_which_attention_ran() -> None:
+    sweep = Sweep(variants=("sparse.bigbird",), backends=("cpu",), seq_lens=(256, 704, 705, 1031, 4096))
+    ran = {c.seq_len: c.params_dict["attention"] for c in expand(sweep)}
+    assert ran == {256: "full", 704: "full", 705: "block_sparse", 1031: "block_sparse", 4096: "block_sparse"}
+    forced = dataclasses.replace(
+        sweep, seq_lens=(256,), params=(("sparse.bigbird", (("attention", ("block_sparse",)),)),)
+    )
+    with pytest.raises(Exception, match="n=256"):
+        expand(forced)
+
+
+# --- the layout ---------------------------------------------------------------------------
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("n", "b", "r", "seed"), [(41, 8, 1, 0), (100, 8, 2, 5), (131, 8, 3, 1), (96, 4, 2, 9)])
+def test_mask_is_the_definition(n: int, b: int, r: int, seed: int, causal: bool) -> None:
+    mask = make(n, block=b, random_blocks=r, seed=seed, causal=causal, attention="block_sparse").reference_mask(n)
+    assert torch.equal(mask, brute_force_mask(n, b, r, seed, causal))
+
+
+@pytest.mark.parametrize(("nb", "r", "seed"), [(6, 1, 0), (7, 2, 1), (8, 3, 2), (40, 3, 3), (200, 5, 4), (9, 0, 0)])
+def test_random_blocks_are_distinct_and_not_already_attended(nb: int, r: int, seed: int) -> None:
+    table, valid = block_layout(nb, r, seed)
+    assert table.shape == (nb - 2, 5 + r) and valid.shape == table.shape
+    for row, blocks in enumerate(table.tolist()):
+        i = row + 1
+        assert blocks[:5] == [i - 1, i, i + 1, 0, nb - 1]
+        rand = blocks[5:]
+        assert len(set(rand)) == r and all(0 < x < nb - 1 and abs(x - i) > 1 for x in rand)
+    assert valid.sum() == valid.numel() - 2 and not valid[0, 0] and not valid[-1, 2]
+
+
+def test_random_blocks_cover_every_candidate() -> None:
+    # Uniform over the candidates: with many seeds every allowed block of row i shows up.
+    nb, r = 10, 2
+    seen = [set() for _ in range(nb - 2)]
+    for seed in range(60):
+        for row, blocks in enumerate(random_blocks(nb, r, seed).tolist()):
+            seen[row].update(blocks)
+    for row, blocks in enumerate(seen):
+        i = row + 1
+        assert blocks == set(range(1, nb - 1)) - {i - 1, i, i + 1}
+
+
+def test_same_seed_same_layout_different_seed_different_layout() -> None:
+    n = 640
+    a = make(n, block=16, random_blocks=3, seed=7).reference_mask(n)
+    assert torch.equal(a, make(n, block=16, random_blocks=3, seed=7).reference_mask(n))
+    assert not torch.equal(a, make(n, block=16, random_blocks=3, seed=8).reference_mask(n))
+    # And the fast path follows the seed: the same inputs give different outputs.
+    q, k, v = qkv(n, B=1, h=1)
+    out7 = make(n, B=1, h=1, block=16, random_blocks=3, seed=7)(q, k, v)
+    assert torch.equal(out7, make(n, B=1, h=1, block=16, random_blocks=3, seed=7)(q, k, v))
+    assert not torch.allclose(out7, make(n, B=1, h=1, block=16, random_blocks=3, seed=8)(q, k, v))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    block=st.sampled_from([2, 4, 8]),
+    r=st.integers(0, 3),
+    extra_blocks=st.integers(0, 6),
+    tail=st.integers(1, 8),
+    causal=st.booleans(),
+    batch=st.integers(1, 2),
+    heads=st.integers(1, 3),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_property_matches_reference(block, r, extra_blocks, tail, causal, batch, heads, seed) -> None:
+    nb = 5 + r + extra_blocks
+    n = (nb - 1) * block + min(tail, block)
+    module = make(n, B=batch, h=heads, block=block, random_blocks=r, seed=seed, causal=causal, attention="block_sparse")
+    q, k, v = qkv(n, B=batch, h=heads, seed=seed % 1000)
+    mask = module.reference_mask(n)
+    if n <= 64:
+        assert torch.equal(mask, brute_force_mask(n, block, r, seed, causal))
+    torch.testing.assert_close(module(q, k, v), dense_reference(q, k, v, mask), rtol=1e-10, atol=1e-10)
+    # Useful FLOPs are exactly the mask's pairs; executed ones include the masked work.
+    shape = Shape(batch, heads, 8, n)
+    assert BigBirdAttention.flops(module.params, shape) == 4.0 * int(mask.sum()) * heads * 8 * batch
+    assert BigBirdAttention.executed_flops(module.params, shape) >= BigBirdAttention.flops(module.params, shape)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(1, 400), block=st.sampled_from([4, 8, 16]), r=st.integers(0, 3), causal=st.booleans())
+def test_property_auto_resolves_by_hf_rule(n, block, r, causal) -> None:
+    values = {"block": block, "random_blocks": r, "seed": 0, "causal": causal, "attention": "auto"}
+    ran = BigBirdAttention.resolve_params(values, Shape(1, 1, 8, n))["attention"]
+    assert ran == ("full" if n <= (5 + 2 * r) * block else "block_sparse")
+
+
+# --- training ------------------------------------------------------------------------------
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("n", [64, 75])
+def test_gradients_match_dense_reference(n: int, causal: bool) -> None:
+    module = make(n, block=8, random_blocks=2, causal=causal, attention="block_sparse")
+    mask = module.reference_mask(n)
+    proj = torch.randn(2, 3, n, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    grads = []
+    for f in (module, lambda q, k, v: dense_reference(q, k, v, mask)):
+        q, k, v = (t.requires_grad_(True) for t in qkv(n, seed=2))
+        grads.append(torch.autograd.grad((f(q, k, v) * proj).sum(), (q, k, v)))
+    for got, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+# --- low precision ---------------------------------------------------------------------------
+def test_bfloat16_is_close_to_float64() -> None:
+    n = 300
+    module = make(n, block=16, random_blocks=2, attention="block_sparse", d=32)
+    q, k, v = qkv(n, d=32)
+    got = module(*(t.to(torch.bfloat16) for t in (q, k, v)))
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got.double(), module.reference(q, k, v), rtol=0, atol=5e-2)
+
+
+# --- sparse for real ---------------------------------------------------------------------------
+class LargestOutput(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, (tuple, list)) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_no_quadratic_tensor_is_ever_built(causal: bool) -> None:
+    n, b, r, B, h, d = 4096, 32, 3, 1, 2, 16
+    module = make(n, B=B, h=h, d=d, block=b, random_blocks=r, causal=causal)
+    assert module.params.mode(n) == "block_sparse"
+    q, k, v = (t.requires_grad_(True) for t in qkv(n, B=B, h=h, d=d, dtype=torch.float32))
+    with LargestOutput() as seen:
+        out = module(q, k, v)
+        out.sum().backward()
+    assert seen.largest <= 1.2 * B * h * n * (3 + 2 + r) * b  # the middle blocks' scores
+    assert seen.largest < B * h * n * n / 10
+
+
+def test_cost_methods() -> None:
+    p = BigBirdParams()
+    long = Shape(2, 8, 64, 16384)
+    D = long.model_dim
+    useful, executed = BigBirdAttention.flops(p, long), BigBirdAttention.executed_flops(p, long)
+    # REFERENCES.md: ≈ 4nD·b(7+r) per sequence, exact here up to the edge blocks.
+    approx = 4 * long.seq_len * D * 64 * (7 + 3) * long.batch
+    assert 0.97 * approx < useful < approx and useful <= executed < 1.01 * approx
+    causal = dataclasses.replace(p, causal=True)
+    assert BigBirdAttention.flops(causal, long) < 0.6 * useful
+    assert BigBirdAttention.flops(causal, long) <= BigBirdAttention.executed_flops(causal, long)
+    # Padded lengths execute padding work, never less than the useful count.
+    odd = dataclasses.replace(long, seq_len=5000)
+    assert BigBirdAttention.executed_flops(p, odd) > BigBirdAttention.flops(p, odd)
+    # The fallback is dense.
+    short = Shape(1, 8, 64, 700)
+    assert BigBirdAttention.flops(p, short) == BigBirdAttention.executed_flops(p, short) == 4.0 * 700**2 * 512
+    assert BigBirdAttention.case_flops(p, long, "core", "train") == 3.5 * useful
+    # Working memory grows linearly; the estimate is above the minimum and training doubles.
+    w1, w2 = (BigBirdAttention.working_bytes(p, dataclasses.replace(long, seq_len=m), 4) for m in (8192, 16384))
+    assert 1.9 < w2 / w1 < 2.1
+    fwd = BigBirdAttention.peak_bytes_estimate(p, long, 4, train=False)
+    assert fwd > BigBirdAttention.working_bytes(p, long, 4)
+    assert BigBirdAttention.peak_bytes_estimate(p, long, 4, train=True) >= 2 * fwd
+
+
+@pytest.fixture(scope="module")
+def executor() -> LocalExecutor:
+    return LocalExecutor(RunSettings(max_time_per_case=0.05, verify=False))
+
+
+def test_peak_memory_grows_linearly(executor: LocalExecutor) -> None:
+    peaks = {}
+    for n in (4096, 8192):
+        shape = Shape(1, 8, 64, n)
+        params = BigBirdAttention.resolve_params(BigBirdAttention.default_params(), shape)
+        assert params["attention"] == "block_sparse"
+        case = Case("sparse.bigbird", tuple(sorted(params.items())), "core", "cpu", "float32", "forward", 1, 8, 64, n)
+        out = executor.run(case)
+        assert out.status == "ok", out.reason
+        peaks[n] = out.result["peak_memory_bytes"]
+        assert peaks[n] <= BigBirdAttention.peak_bytes_estimate(BigBirdParams(**params), shape, 4, train=False)
+    assert 1.6 <= peaks[8192] / peaks[4096] <= 2.3, peaks
+    # Far below one (h, n, n) float32 score buffer.
+    assert peaks[8192] < 8 * 8192**2 * 4 / 4
+
+
+def test_layout_tables_are_cached() -> None:
+    module = make(200, block=8, random_blocks=2, attention="block_sparse")
+    q, k, v = qkv(200)
+    module(q, k, v)
+    plan = module._plans[(200, q.device)]
+    module(q, k, v)
+    assert module._plans[(200, q.device)] is plan and len(module._plans) == 1
+    assert math.isfinite(float(module(q, k, v).sum()))
+
+
+def test_verification_length_keeps_the_block_sparse_path() -> None:
+    # With big blocks the worker's usual 1031-token check would be too short for the layout.
+    p = BigBirdAttention.make_params({"block": 256, "random_blocks": 3, "attention": "block_sparse"})
+    n = BigBirdAttention.verify_length(p, 8192, 1031)
+    assert 1031 < n <= 8192
+    assert p.mode(n) == "block_sparse"
+    assert BigBirdAttention.verify_length(BigBirdAttention.make_params({}), 8192, 1031) == 1031

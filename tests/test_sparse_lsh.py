@@ -1,0 +1,300 @@
+"""sparse.lsh (Reformer): exact against its dense float64 reference, seeded hashing, gradients,
+no n×n tensor anywhere, linear memory growth through the real executor, honest costs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from backends.base import eager_step
+from harness.cases import Case, Sweep, expand
+from harness.executor import LocalExecutor
+from harness.registry import get_workload
+from harness.settings import RunSettings
+from workloads.base import Shape
+from workloads.reference import dense_reference
+from workloads.sparse.lsh import SEED_STRIDE, LSHAttention, LSHParams, auto_buckets, lsh_buckets
+
+
+def qkv(B: int, h: int, n: int, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn(B, h, n, d, generator=g, dtype=torch.float64) for _ in range(3))
+
+
+def make(n: int, B: int = 2, h: int = 3, d: int = 8, **params) -> LSHAttention:
+    return LSHAttention(LSHParams(**params), Shape(B, h, d, n))
+
+
+def check(n: int, B: int = 2, h: int = 3, d: int = 8, data_seed: int = 0, **params) -> None:
+    q, k, v = qkv(B, h, n, d, data_seed)
+    module = make(n, B, h, d, **params)
+    got = module(q, k, v)
+    assert got.shape == q.shape and got.dtype == torch.float64
+    torch.testing.assert_close(got, module.reference(q, k, v), rtol=1e-10, atol=1e-10)
+
+
+def unit(q: torch.Tensor) -> torch.Tensor:
+    return q / q.norm(dim=-1, keepdim=True)
+
+
+# --- exactness ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("hashes", [1, 3])
+@pytest.mark.parametrize("n", [1, 20, 32, 33, 64, 100, 161])  # ≤ c, = c, c+1, several chunks, on and off
+def test_matches_dense_reference(n: int, hashes: int, causal: bool) -> None:
+    check(n, chunk=32, hashes=hashes, causal=causal)
+
+
+def test_matches_with_explicit_buckets_and_two_chunks() -> None:
+    check(64, chunk=32, hashes=2, buckets=2)  # two buckets: long runs of one bucket across chunks
+    check(60, chunk=32, hashes=2, buckets=16, causal=True)  # two chunks, the second padded
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 90),
+    chunk=st.integers(1, 40),
+    hashes=st.integers(1, 4),
+    causal=st.booleans(),
+    batch=st.integers(1, 2),
+    heads=st.integers(1, 3),
+    seed=st.integers(0, 2**31 - 1),
+    data_seed=st.integers(0, 1000),
+)
+def test_property_matches_reference(
+    n: int, chunk: int, hashes: int, causal: bool, batch: int, heads: int, seed: int, data_seed: int
+) -> None:
+    check(n, batch, heads, 4, data_seed, chunk=chunk, hashes=hashes, causal=causal, seed=seed)
+
+
+@pytest.mark.parametrize("n", [2, 17, 32])
+def test_single_chunk_is_dense_attention_with_self_masked(n: int) -> None:
+    q, k, v = qkv(2, 3, n)
+    allowed = ~torch.eye(n, dtype=torch.bool)
+    expected = dense_reference(q, unit(q), v, allowed)  # −1e5 and −∞ agree when a query has other keys
+    for hashes in (1, 3):
+        got = make(n, chunk=32, hashes=hashes)(q, k, v)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    # Causal: query 0 has only itself, which the −1e5 convention attends (−∞ would give nothing).
+    got = make(n, chunk=32, hashes=2, causal=True)(q, k, v)
+    expected = dense_reference(q, unit(q), v, torch.ones(n, n, dtype=torch.bool).tril(-1))
+    torch.testing.assert_close(got[:, :, 1:], expected[:, :, 1:], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got[:, :, 0], v[:, :, 0], rtol=1e-12, atol=1e-12)
+
+
+def test_single_token_attends_itself() -> None:
+    q, k, v = qkv(1, 2, 1)
+    torch.testing.assert_close(make(1, 1, 2, chunk=64)(q, k, v), v)
+
+
+def test_k_is_ignored_shared_qk() -> None:
+    q, k, v = qkv(2, 3, 50)
+    module = make(50, chunk=16)
+    torch.testing.assert_close(module(q, k, v), module(q, torch.randn_like(k), v), rtol=0, atol=0)
+
+
+# --- hashing ---------------------------------------------------------------------------------
+
+
+def test_bucket_assignment_matches_a_direct_computation() -> None:
+    B, h, n, d, nb, hashes, seed = 2, 3, 11, 8, 6, 2, 5
+    q, _, _ = qkv(B, h, n, d)
+    got = lsh_buckets(q, nb, hashes, seed)
+    assert got.shape == (B, h, hashes, n) and got.dtype == torch.long
+    x = unit(q.float())
+    for r in range(hashes):
+        rot = torch.randn(h, d, nb // 2, generator=torch.Generator().manual_seed(seed * SEED_STRIDE + r))
+        for b in range(B):
+            for head in range(h):
+                xr = x[b, head] @ rot[head]  # (n, nb/2), one rotation per head
+                expected = torch.cat([xr, -xr], dim=-1).argmax(dim=-1)
+                assert torch.equal(got[b, head, r], expected)
+    assert int(got.min()) >= 0 and int(got.max()) < nb
+    # Hashing runs in float32, so the float64 reference and a float32 fast path agree.
+    assert torch.equal(lsh_buckets(q.float(), nb, hashes, seed), got)
+
+
+def test_same_seed_same_buckets_and_output_other_seed_differs() -> None:
+    q, k, v = qkv(2, 3, 200)
+    a, b, other = make(200, chunk=16, seed=7), make(200, chunk=16, seed=7), make(200, chunk=16, seed=8)
+    assert torch.equal(a.pattern(q), b.pattern(q))
+    assert torch.equal(a(q, k, v), b(q, k, v))
+    nb = a.n_buckets(200)
+    assert torch.equal(lsh_buckets(q, nb, 2, 7), lsh_buckets(q, nb, 2, 7))
+    assert not torch.equal(lsh_buckets(q, nb, 2, 7), lsh_buckets(q, nb, 2, 8))
+    assert not torch.equal(a.pattern(q), other.pattern(q))
+    assert not torch.allclose(a(q, k, v), other(q, k, v))
+
+
+def test_pattern_is_chunk_windows_with_self() -> None:
+    n, c, hashes = 160, 16, 2  # ten full chunks: every round's window holds exactly 2c keys
+    q, _, _ = qkv(2, 3, n)
+    count = make(n, chunk=c, hashes=hashes).pattern(q)
+    assert count.shape == (2, 3, n, n)
+    assert int(count.max()) <= hashes
+    assert torch.equal(count.diagonal(dim1=-2, dim2=-1), torch.full((2, 3, n), hashes))  # own chunk
+    assert int((count > 0).sum(-1).max()) <= hashes * 2 * c
+    assert int((count > 0).sum(-1).min()) >= 2 * c
+    assert torch.equal(count.sum(-1), torch.full((2, 3, n), hashes * 2 * c))  # duplicates counted
+    mask = make(n, chunk=c).reference_mask(n)
+    assert mask.shape == (n, n) and mask.dtype == torch.bool and bool(mask.diagonal().all())
+
+
+# --- training mode ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "causal"), [(100, False), (77, True), (20, False)])
+def test_gradients_match_dense_reference(n: int, causal: bool) -> None:
+    q, k, v = (t.requires_grad_(True) for t in qkv(2, 2, n))
+    module = make(n, 2, 2, chunk=16, hashes=3, causal=causal)
+    proj = torch.randn(2, 2, n, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    got = torch.autograd.grad((module(q, k, v) * proj).sum(), (q, k, v), allow_unused=True, materialize_grads=True)
+    want = torch.autograd.grad((module.reference(q, k, v) * proj).sum(), (q, v))
+    assert torch.equal(got[1], torch.zeros_like(k))  # k is not used (shared QK): zero gradient
+    torch.testing.assert_close(got[0], want[0], rtol=1e-9, atol=1e-10)
+    torch.testing.assert_close(got[2], want[1], rtol=1e-9, atol=1e-10)
+
+
+def test_train_step_of_the_harness_runs() -> None:
+    # The backend differentiates with respect to every input, k included.
+    shape = Shape(1, 2, 8, 100)
+    inputs = LSHAttention.make_inputs(shape, "core", torch.float32, torch.device("cpu"), torch.Generator())
+    grads = eager_step(LSHAttention(LSHParams(chunk=16), shape), inputs, "train")()
+    assert len(grads) == 3 and not grads[1].any() and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_layer_scope_runs_with_strided_projections() -> None:
+    shape = Shape(2, 2, 8, 70)
+    layer = LSHAttention.build(LSHParams(chunk=16), shape, "layer").double()
+    x = torch.randn(2, 70, 16, dtype=torch.float64, requires_grad=True)
+    out = layer(x)
+    out.sum().backward()
+    assert out.shape == x.shape and torch.isfinite(x.grad).all()
+
+
+# --- really sparse ---------------------------------------------------------------------------
+
+
+class LargestOutput(TorchDispatchMode):
+    """Records the largest number of elements of any tensor an op returns."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in out if isinstance(out, tuple | list) else (out,):
+            if isinstance(t, torch.Tensor):
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+def largest_tensor(n: int, train: bool = False, **params) -> int:
+    B, h, d = 1, 2, 16
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(B, h, n, d, generator=g) for _ in range(3))
+    module = make(n, B, h, d, **params)
+    with LargestOutput() as mode:
+        if train:
+            q.requires_grad_(True)
+            v.requires_grad_(True)
+            module(q, k, v).sum().backward()
+        else:
+            with torch.no_grad():
+                module(q, k, v)
+    return mode.largest
+
+
+def test_no_n_by_n_tensor_is_built() -> None:
+    n, c, hashes, B, h = 4096, 32, 2, 1, 2
+    nb = auto_buckets(n, c)  # 256
+    largest = largest_tensor(n, chunk=c, hashes=hashes)
+    # Scores are B·h·n_r·n·2c; the per-round hashing projection B·h·n·n_b/2 (n_b fixed here).
+    assert largest <= B * h * n * max(hashes * 2 * c, nb // 2)
+    assert largest <= B * h * n * n / 16
+    # At fixed buckets the largest tensor grows exactly linearly, forward and backward.
+    for train in (False, True):
+        small = largest_tensor(2048, train, chunk=c, hashes=hashes, buckets=64)
+        assert largest_tensor(4096, train, chunk=c, hashes=hashes, buckets=64) == 2 * small
+
+
+def test_memory_grows_linearly_through_the_executor() -> None:
+    executor = LocalExecutor(RunSettings(max_time_per_case=0.05, verify=False))
+    peaks = {}
+    for n in (4096, 8192):
+        shape = Shape(1, 8, 64, n)
+        params = LSHAttention.resolve_params(LSHAttention.default_params(), shape)
+        case = Case("sparse.lsh", tuple(sorted(params.items())), "core", "cpu", "float32", "forward", 1, 8, 64, n)
+        out = executor.run(case)
+        assert out.status == "ok", out.reason
+        peaks[n] = out.result["peak_memory_bytes"]
+        p = LSHAttention.make_params(params)
+        assert (
+            LSHAttention.working_bytes(p, shape, 4) / 2
+            < peaks[n]
+            < LSHAttention.peak_bytes_estimate(p, shape, 4, False)
+        )
+    assert 1.6 <= peaks[8192] / peaks[4096] <= 2.3, peaks
+
+
+# --- costs and parameters --------------------------------------------------------------------
+
+
+def test_flops_follow_the_reference_formula_and_executed_is_at_least_useful() -> None:
+    shape = Shape(batch=2, heads=8, head_dim=64, seq_len=4096)
+    p = LSHParams(hashes=2, chunk=64, buckets=128)
+    D = 512
+    assert LSHAttention.flops(p, shape) == 2 * (8 * 2 * 4096 * 64 * D + 4096 * D * 128 * 2)
+    assert LSHAttention.executed_flops(p, shape) == LSHAttention.flops(p, shape)  # no padding at 4096
+    for n in (1, 30, 64, 65, 1000, 1031, 4096):
+        for params in (LSHParams(), LSHParams(hashes=4, chunk=32, causal=True), LSHParams(chunk=100, buckets=8)):
+            s = Shape(1, 8, 64, n)
+            assert LSHAttention.executed_flops(params, s) >= LSHAttention.flops(params, s) > 0
+            assert LSHAttention.peak_bytes_estimate(params, s, 4, True) > LSHAttention.working_bytes(params, s, 4)
+    # Padding is executed work: 1000 pads to 1024.
+    s = Shape(1, 8, 64, 1000)
+    hashing = 1000 * D * auto_buckets(1000, 64) * 2
+    assert LSHAttention.executed_flops(LSHParams(), s) == 4 * 2 * 1024 * 128 * D + hashing
+    assert LSHAttention.flops(LSHParams(), s) == 4 * 2 * 1000 * 128 * D + hashing
+
+
+def test_expand_records_the_resolved_bucket_count_per_length() -> None:
+    assert get_workload("sparse.lsh") is LSHAttention
+    assert LSHAttention.subquadratic and LSHAttention.family == "sparse"
+    cases = expand(Sweep(variants=("sparse.lsh",), backends=("cpu",), seq_lens=(100, 1024, 4096)))
+    got = {c.seq_len: c.params_dict["buckets"] for c in cases}
+    assert got == {100: 4, 1024: 32, 4096: 128}
+    assert all(c.params_dict["hashes"] == 2 and c.params_dict["chunk"] == 64 for c in cases)
+    fixed = Sweep(
+        variants=("sparse.lsh",),
+        backends=("cpu",),
+        seq_lens=(100, 4096),
+        params=(("sparse.lsh", (("buckets", (8,)),)),),
+    )
+    assert {c.params_dict["buckets"] for c in expand(fixed)} == {8}
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [{"hashes": 0}, {"chunk": 0}, {"buckets": 3}, {"buckets": -2}, {"seed": -1}, {"causal": "yes"}, {"hashes": 1.5},
+     {"chunk": True}],
+)  # fmt: skip
+def test_invalid_parameters_are_refused(bad: dict) -> None:
+    with pytest.raises(ValueError):
+        LSHParams(**bad)
+
+
+def test_float32_output_close_to_reference() -> None:
+    q, k, v = qkv(1, 2, 300, 64)
+    module = make(300, 1, 2, 64)
+    got = module(q.float(), k.float(), v.float())
+    assert math.isfinite(float(got.abs().max()))
+    torch.testing.assert_close(got.double(), module.reference(q, k, v), rtol=0, atol=1e-4)
