@@ -1,1 +1,335 @@
-"""Placeholder until the variant lands."""
+"""Longformer sliding-window attention: a band of W keys per query, plus g global tokens.
+
+Definition (what `reference_mask` returns, and what the forward computes):
+
+- Band: query i attends key j when |i − j| ≤ W/2 and (i − j) is divisible by the
+  dilation r; with r = 1 that is W + 1 keys including itself, fewer at the ends.
+- Causal: only keys j ≤ i are kept, everywhere (band and global).
+- Global: the first g positions attend every key, and every query attends them.
+- A row always holds at least its own position.
+
+Blocking scheme. Each of the r interleaved subsequences i ≡ c (mod r) holds an
+undilated band of half-width w' = ⌊(W/2)/r⌋ (a dilated band is exactly that), so the
+subsequences are folded into the batch dimension: (B, h, n, d) -> (B·h·r, m, d) with
+m = ⌈n/r⌉, padded to a multiple of the block b = w' (or m itself when the subsequence
+is shorter, then it is one block). Queries are cut into blocks of b; block t sees the
+3b keys of blocks t−1, t, t+1 ("look-around"), which cover its whole band. The
+look-around windows are overlapping strided views (`Tensor.unfold`) of one padded copy
+of K and of V with a zero block at either end, so one batched matmul scores every block
+(B·h·r·m/b, b, 3b) without copying K or V three times. Out-of-band, out-of-sequence and
+padded keys get a large negative bias (finite, so padded query rows never turn into NaN
+that backward would spread to real keys). Without autograd the bias, the scale and the
+softmax are applied in place on that single score buffer.
+
+Global tokens. Every query also scores the g global keys, (n, g) extra columns whose
+bias hides keys already in its band (nothing counted twice) and, when causal, keys
+after the query. The band is normalised by the fused softmax alone; its log-sum-exp is
+recovered from two cheap row maxima (lse = max(s) − log(max(softmax(s))), since the
+largest probability is exp(0)/Z) and merged with the global columns' log-sum-exp, which
+rescales the band output: no concatenated score buffer. The g global query rows are
+then computed densely against all n keys, (g, n) scores, linear in n, and replace the
+band result for those rows.
+
+Costs (forward, 2 FLOPs per multiply-add, D = h·d):
+
+- `flops` (useful) = 4·B·D·P, with P the exact number of allowed (query, key) pairs of
+  the mask, in closed form (edge rows, dilation, causality and globals included). For
+  n ≫ W, r = 1, non-causal it tends to REFERENCES.md's 4nD(W+1) + 8gnD.
+- `executed_flops` = 4·B·D·(r·m_pad·(3b + g) + g·n): every padded query row times its
+  3b look-around keys (1.5× the band) and the g global columns, plus the dense global
+  rows. Softmax and masking are not counted (only matmuls are, as for the dense ones).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from harness.registry import register_workload
+from workloads.base import AttentionVariant, Shape
+
+# Bias for masked scores: finite so a fully masked (padding) row gives no NaN, yet
+# exp(NEG - max) is exactly 0 for any real score, even added up to three times.
+NEG = -1.0e30
+LOW_PRECISION = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class SlidingWindowParams:
+    window: int = 512
+    global_tokens: int = 0
+    dilation: int = 1
+    causal: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 2 or self.window % 2:
+            raise ValueError(f"window must be an even integer >= 2 (two-sided, W/2 each side), got {self.window!r}")
+        if isinstance(self.dilation, bool) or not isinstance(self.dilation, int) or self.dilation < 1:
+            raise ValueError(f"dilation must be an integer >= 1, got {self.dilation!r}")
+        if isinstance(self.global_tokens, bool) or not isinstance(self.global_tokens, int) or self.global_tokens < 0:
+            raise ValueError(f"global_tokens must be an integer >= 0, got {self.global_tokens!r}")
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """How a length-n sequence is folded into blocks."""
+
+    n: int
+    r: int  # dilation: interleaved subsequences folded into the batch
+    half: int  # w' = half-width of the band inside one subsequence
+    b: int  # block length
+    nb: int  # blocks per subsequence
+    g: int  # global tokens actually present (≤ n)
+
+    @property
+    def m_pad(self) -> int:
+        return self.nb * self.b
+
+
+def _layout(p: SlidingWindowParams, n: int) -> _Layout:
+    r = p.dilation
+    half = (p.window // 2) // r
+    m = -(-n // r)  # longest subsequence
+    b = max(1, min(half, m))
+    return _Layout(n=n, r=r, half=half, b=b, nb=-(-m // b), g=min(p.global_tokens, n))
+
+
+def _tri(c: int, r: int, k_max: int) -> int:
+    """Σ_{k=1..K} (c − k·r) over the k ≤ k_max with c − k·r > 0."""
+    k = min(k_max, (c - 1) // r) if c > 0 else 0
+    return k * c - r * k * (k + 1) // 2 if k > 0 else 0
+
+
+def allowed_pairs(p: SlidingWindowParams, n: int) -> int:
+    """The number of True entries of the (n, n) mask, in closed form."""
+    r, kmax = p.dilation, (p.window // 2) // p.dilation
+    g = min(p.global_tokens, n)
+    band = n + (1 if p.causal else 2) * _tri(n, r, kmax)  # diagonal plus offsets ±k·r
+    if g == 0:
+        return band
+    # Causal band pairs with key j < g: offset k·r (k = 0..K) for every j < g with j + k·r < n.
+    k2 = min(kmax, (n - g) // r)
+    band_keys_below_g = (k2 + 1) * g + _tri(n, r, kmax) - _tri(n, r, k2)
+    if p.causal:
+        # global rows (j ≤ i) + band rows below them + global columns not in the band
+        return g * (g + 1) // 2 + band + (n - g) * g - band_keys_below_g
+    rows_below_g = band_keys_below_g + _tri(g, r, kmax)  # band pairs with i < g (symmetric)
+    band_within_g = g + 2 * _tri(g, r, kmax)
+    return g * n + (band - rows_below_g) + (n - g) * g - (rows_below_g - band_within_g)
+
+
+def _in_band(i: Tensor, j: Tensor, p: SlidingWindowParams) -> Tensor:
+    diff = i - j
+    ok = (diff.abs() <= p.window // 2) & (diff % p.dilation == 0)
+    return ok & (diff >= 0) if p.causal else ok
+
+
+@register_workload
+class SlidingWindowAttention(AttentionVariant):
+    """Longformer attention: W-key band (optionally dilated, causal) plus g global tokens.
+
+    Never builds an (n, n) tensor: the largest is the (n, 1.5·W + g) score buffer per
+    head (see the module docstring for the blocking scheme and the cost formulas).
+    """
+
+    name: ClassVar[str] = "sparse.sliding_window"
+    family: ClassVar[str] = "sparse"
+    summary: ClassVar[str] = "Longformer: band of W keys (dilation, causal) plus g global tokens, blocked look-around"
+    Params: ClassVar[type] = SlidingWindowParams
+    subquadratic: ClassVar[bool] = True
+
+    # --- definition -------------------------------------------------------------------------
+    def reference_mask(self, n: int) -> Tensor:
+        p = self.params
+        i = torch.arange(n)[:, None]
+        j = torch.arange(n)[None, :]
+        g = p.global_tokens
+        allowed = _in_band(i, j, p) | (i < g) | (j < g)
+        if p.causal:
+            allowed &= j <= i
+        return allowed
+
+    # --- forward ------------------------------------------------------------------------------
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        B, h, n, d = q.shape
+        lay = _layout(self.params, n)
+        b, scale, dtype = lay.b, 1.0 / math.sqrt(d), q.dtype
+        low = dtype in LOW_PRECISION
+        inplace = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+        rows = B * h * lay.r * lay.m_pad  # padded query rows, all subsequences of all heads
+        blocks = rows // b
+
+        qf = _fold(q, lay, pad=0)  # (rows, d)
+        kx = _fold(k, lay, pad=b)  # (b + rows + b, d): a zero block at either end
+        vx = _fold(v, lay, pad=b)
+        qb = qf.view(blocks, b, d)
+        k_win = kx.unfold(0, 3 * b, b)  # (blocks, d, 3b) view: keys of blocks t-1, t, t+1
+        v_win = vx.unfold(0, 3 * b, b).transpose(1, 2)  # (blocks, 3b, d) view
+
+        band_bias, edge_bias = self._band_bias(lay, q.device)
+        if low:  # scores in the input precision, masking and softmax in float32 (as Longformer)
+            scores = torch.bmm(qb, k_win).float().mul_(scale).add_(band_bias)
+        else:
+            scores = torch.baddbmm(band_bias.to(dtype), qb, k_win, alpha=scale)  # (blocks, b, 3b)
+        s5 = scores.view(B * h, lay.r, lay.nb, b, 3 * b)
+        # Keys before the start or past the end of each subsequence: only first and last two blocks.
+        s5[:, :, :1].add_(edge_bias[:, :1])
+        tail = max(1, lay.nb - 2)
+        if tail < lay.nb:
+            s5[:, :, tail:].add_(edge_bias[:, tail:])
+
+        if lay.g == 0:
+            probs = torch.softmax(scores, -1, out=scores) if inplace else torch.softmax(scores, -1)
+            out = torch.bmm(probs.to(dtype) if low else probs, v_win)  # (blocks, b, d)
+        else:
+            out = self._with_global_keys(scores, qf, k, v, v_win, lay, inplace)
+
+        out = _unfold(out, lay, B, h, n, d)  # (B, h, n, d)
+        if lay.g:
+            out = torch.cat([self._global_rows(q, k, v, lay), out[:, :, lay.g :]], dim=2)
+        return out
+
+    def _band_bias(self, lay: _Layout, device: torch.device) -> tuple[Tensor, Tensor]:
+        """(b, 3b) band pattern, the same for every block; (r, nb, 1, 3b) key validity."""
+        b = lay.b
+        a = torch.arange(b, device=device)[:, None]
+        c = torch.arange(3 * b, device=device)[None, :]
+        offset = c - b - a  # key position − query position, inside one subsequence
+        ok = offset.abs() <= lay.half
+        if self.params.causal:
+            ok &= offset <= 0
+        band = torch.zeros(b, 3 * b, device=device).masked_fill_(~ok, NEG)
+        res = torch.arange(lay.r, device=device)[:, None, None]
+        length = torch.div(lay.n - res + lay.r - 1, lay.r, rounding_mode="floor")  # real tokens per residue
+        t = torch.arange(lay.nb, device=device)[None, :, None]
+        key = t * b + c[None] - b  # (1, nb, 3b) key position of each window slot
+        valid = (key >= 0) & (key < length)  # (r, nb, 3b)
+        edge = torch.zeros(valid.shape, device=device).masked_fill_(~valid, NEG)
+        return band, edge[:, :, None, :]
+
+    def _with_global_keys(
+        self, scores: Tensor, qf: Tensor, k: Tensor, v: Tensor, v_win: Tensor, lay: _Layout, inplace: bool
+    ) -> Tensor:
+        """Band and global-key columns normalised together; (blocks, b, d)."""
+        B, h, _, d = k.shape
+        g, b, dtype = lay.g, lay.b, k.dtype
+        low = dtype in LOW_PRECISION
+        per_head = lay.r * lay.m_pad
+        q3 = qf.view(B * h, per_head, d)
+        kg = k[:, :, :g].reshape(B * h, g, d)
+        vg = v[:, :, :g].reshape(B * h, g, d)
+        s_g = torch.bmm(q3, kg.transpose(1, 2))  # (B·h, r·m_pad, g)
+        if low:
+            s_g = s_g.float()
+        s_g = s_g.mul_(1.0 / math.sqrt(d)).add_(self._global_column_bias(lay, k.device))
+        s_g = s_g.view(scores.shape[0], b, g)
+        # The band is normalised on its own by the fused softmax (in place without autograd);
+        # its log-sum-exp comes back for free: the largest probability of a row is exp(0)/Z.
+        top = scores.amax(-1, keepdim=True)  # (blocks, b, 1)
+        probs = torch.softmax(scores, -1, out=scores) if inplace else torch.softmax(scores, -1)
+        lse_band = top - probs.amax(-1, keepdim=True).log()
+        lse = torch.logaddexp(lse_band, torch.logsumexp(s_g, -1, keepdim=True))
+        e_g = (s_g - lse).exp()  # (blocks, b, g), already normalised
+        if low:
+            probs, e_g = probs.to(dtype), e_g.to(dtype)
+        out = torch.bmm(probs, v_win)  # (blocks, b, d), normalised over the band only
+        glob = torch.bmm(e_g.view(B * h, per_head, g), vg).view_as(out)
+        if low:
+            return (out.float() * (lse_band - lse).exp() + glob.float()).to(dtype)
+        return out * (lse_band - lse).exp() + glob
+
+    def _global_column_bias(self, lay: _Layout, device: torch.device) -> Tensor:
+        """(r·m_pad, g): query rows in folded order against the g global keys."""
+        p = self.params
+        res = torch.arange(lay.r, device=device)[:, None]
+        pos = torch.arange(lay.m_pad, device=device)[None, :]
+        i = (pos * lay.r + res).reshape(-1, 1)  # original position of each folded row
+        j = torch.arange(lay.g, device=device)[None, :]
+        ok = ~_in_band(i, j, p)  # band keys are already scored by the band
+        if p.causal:
+            ok &= j <= i
+        return torch.zeros(ok.shape, device=device).masked_fill_(~ok, NEG)
+
+    def _global_rows(self, q: Tensor, k: Tensor, v: Tensor, lay: _Layout) -> Tensor:
+        """The g global queries against every key: (B, h, g, d), (g, n) scores."""
+        g, n, dtype = lay.g, lay.n, q.dtype
+        s = q[:, :, :g] @ k.transpose(-1, -2)  # (B, h, g, n)
+        if dtype in LOW_PRECISION:
+            s = s.float()
+        s = s * (1.0 / math.sqrt(q.shape[-1]))
+        if self.params.causal:
+            i = torch.arange(g, device=q.device)[:, None]
+            j = torch.arange(n, device=q.device)[None, :]
+            s = s.masked_fill(j > i, float("-inf"))  # every global row keeps its own key
+        return torch.softmax(s, -1).to(dtype) @ v
+
+    # --- analytic cost ---------------------------------------------------------------------------
+    @classmethod
+    def flops(cls, params: SlidingWindowParams, shape: Shape) -> float:
+        return 4.0 * allowed_pairs(params, shape.seq_len) * shape.model_dim * shape.batch
+
+    @classmethod
+    def executed_flops(cls, params: SlidingWindowParams, shape: Shape) -> float:
+        lay = _layout(params, shape.seq_len)
+        pairs = lay.r * lay.m_pad * (3 * lay.b + lay.g) + lay.g * shape.seq_len
+        return 4.0 * pairs * shape.model_dim * shape.batch
+
+    @classmethod
+    def working_bytes(cls, params: SlidingWindowParams, shape: Shape, itemsize: int) -> int:
+        # One score per allowed pair, plus the output.
+        per_head = allowed_pairs(params, shape.seq_len) + shape.seq_len * shape.head_dim
+        return shape.batch * shape.heads * per_head * itemsize
+
+    @classmethod
+    def peak_bytes_estimate(cls, params: SlidingWindowParams, shape: Shape, itemsize: int, train: bool) -> int:
+        lay = _layout(params, shape.seq_len)
+        bh = shape.batch * shape.heads
+        score_bytes = bh * (lay.r * lay.m_pad * (3 * lay.b + lay.g) + lay.g * shape.seq_len) * max(itemsize, 4)
+        # Folded copies of q, k, v, the folded and the final output, with their padding.
+        io_bytes = bh * (lay.r * lay.m_pad + 2 * lay.b) * shape.head_dim * itemsize
+        forward = 2 * score_bytes + 8 * io_bytes
+        if not train:
+            return forward
+        inputs = 3 * bh * shape.seq_len * shape.head_dim * itemsize
+        return 2 * forward + 2 * inputs
+
+
+def _fold(x: Tensor, lay: _Layout, pad: int) -> Tensor:
+    """(B, h, n, d) -> (pad + B·h·r·m_pad + pad, d): subsequence c of head z at rows
+    pad + (z·r + c)·m_pad + t for position t·r + c; padding rows are zero."""
+    B, h, n, d = x.shape
+    r, m_pad = lay.r, lay.m_pad
+    rows = B * h * r * m_pad
+    if pad == 0 and r == 1 and m_pad == n:
+        return x.reshape(rows, d)  # a view when x is contiguous
+    buf = x.new_empty(pad + rows + pad, d)
+    buf[:pad].zero_()
+    buf[pad + rows :].zero_()
+    if r == 1:
+        core = buf[pad : pad + rows].view(B, h, m_pad, d)
+        core[:, :, :n] = x
+        core[:, :, n:].zero_()
+        return buf
+    # Folded layout (B, h, r, m_pad, d), written through its (B, h, m_pad, r, d) view.
+    core = buf[pad : pad + rows].view(B, h, r, m_pad, d).transpose(2, 3)
+    full, rem = divmod(n, r)
+    if full:
+        core[:, :, :full] = x[:, :, : full * r].reshape(B, h, full, r, d)
+    if rem:
+        core[:, :, full, :rem] = x[:, :, full * r :]
+        core[:, :, full, rem:].zero_()
+        full += 1
+    core[:, :, full:].zero_()
+    return buf
+
+
+def _unfold(out: Tensor, lay: _Layout, B: int, h: int, n: int, d: int) -> Tensor:
+    """(blocks, b, d) in folded order -> (B, h, n, d)."""
+    if lay.r == 1:
+        return out.view(B, h, lay.m_pad, d)[:, :, :n]
+    o = out.view(B, h, lay.r, lay.m_pad, d).transpose(2, 3).reshape(B, h, lay.m_pad * lay.r, d)
+    return o[:, :, :n]
