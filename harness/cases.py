@@ -46,10 +46,11 @@ class Case:
         digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
         return f"{self.variant}-{self.backend}-n{self.seq_len}-{digest}"
 
-    def group_key(self) -> tuple:
-        """Everything but the length: cases that form one scaling curve."""
+    def group_key(self, derived: tuple[str, ...] = ()) -> tuple:
+        """Everything but the length (and parameters derived from it): one scaling curve."""
         d = self.identity()
         d.pop("seq_len")
+        d["params"] = {k: v for k, v in d["params"].items() if k not in derived}
         return tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in d.items()))
 
     def label(self) -> str:

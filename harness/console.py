@@ -115,7 +115,10 @@ def _varying_params(cases: list[CaseRecord]) -> dict[str, list[str]]:
     """Per variant, the parameters whose values differ within this run (worth showing)."""
     seen: dict[str, dict[str, set[str]]] = {}
     for c in cases:
+        derived = set(c.extra.get("derived_params", ()))
         for k, v in c.params.items():
+            if k in derived:
+                continue
             seen.setdefault(c.variant, {}).setdefault(k, set()).add(repr(v))
     return {v: sorted(k for k, vals in ps.items() if len(vals) > 1) for v, ps in seen.items()}
 

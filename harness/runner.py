@@ -88,6 +88,7 @@ def base_record(run_id: str, case: Case) -> dict[str, Any]:
         "variant": case.variant,
         "family": cls.family,
         "params": case.params_dict,
+        "derived_params": list(cls.derived_params),
         "scope": case.scope,
         "backend": case.backend,
         "device": None,
@@ -198,7 +199,7 @@ class Runner:
         unavailable = self._unavailable(case.backend)
         if unavailable:
             return "unsupported", f"backend {case.backend} is not available here: {unavailable}"
-        oom = self._oom_at.get(case.group_key())
+        oom = self._oom_at.get(_curve(case))
         if oom and case.seq_len > oom[0]:
             return "skipped", (
                 f"{case.variant} ran out of memory at n={oom[0]} (case {oom[1]}), so longer lengths are skipped"
@@ -217,7 +218,7 @@ class Runner:
         return None
 
     def _note_oom(self, case: Case) -> None:
-        key = case.group_key()
+        key = _curve(case)
         if key not in self._oom_at or case.seq_len < self._oom_at[key][0]:
             self._oom_at[key] = (case.seq_len, case.case_id)
 
@@ -277,6 +278,10 @@ class Runner:
         self._writer.save()
         self._writer.close()
         return recorded
+
+
+def _curve(case: Case) -> tuple:
+    return case.group_key(get_workload(case.variant).derived_params)
 
 
 def _case_of(rec: Any) -> Case:

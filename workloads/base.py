@@ -55,6 +55,9 @@ class AttentionVariant(nn.Module, ABC):
     Params: ClassVar[type] = NoParams
     # True when time and memory grow about linearly in n; selects variants for long suites.
     subquadratic: ClassVar[bool] = False
+    # Parameters that resolve_params settles from the length (e.g. an "auto" bucket count):
+    # recorded with each case, but they do not split a scaling curve.
+    derived_params: ClassVar[tuple[str, ...]] = ()
     scopes: ClassVar[tuple[str, ...]] = SCOPES
 
     def __init__(self, params: Any, shape: Shape) -> None:

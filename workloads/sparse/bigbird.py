@@ -184,6 +184,7 @@ class BigBirdAttention(AttentionVariant):
     summary: ClassVar[str] = "BigBird ITC block-sparse: 3 sliding + 2 global + r random blocks per query block"
     Params: ClassVar[type] = BigBirdParams
     subquadratic: ClassVar[bool] = True
+    derived_params: ClassVar[tuple[str, ...]] = ("attention",)
 
     def __init__(self, params: BigBirdParams, shape: Shape) -> None:
         super().__init__(params, shape)

@@ -146,6 +146,7 @@ class LSHAttention(AttentionVariant):
     summary: ClassVar[str] = "Reformer: shared-QK LSH buckets, sorted chunks with one chunk look-back"
     Params: ClassVar[type] = LSHParams
     subquadratic: ClassVar[bool] = True
+    derived_params: ClassVar[tuple[str, ...]] = ("buckets",)
 
     # --- parameters ---------------------------------------------------------------------
     def n_buckets(self, n: int) -> int:
