@@ -17,6 +17,7 @@ from harness.registry import WORKLOADS, load_plugins
 from harness.settings import RunSettings
 from workloads.base import Shape
 from workloads.reference import causal_mask, dense_reference
+from workloads.sparse import bigbird
 from workloads.sparse.bigbird import BigBirdAttention, BigBirdParams, block_layout, num_blocks, random_blocks
 
 load_plugins()
@@ -331,3 +332,80 @@ def test_verification_length_keeps_the_block_sparse_path() -> None:
     assert 1031 < n <= 8192
     assert p.mode(n) == "block_sparse"
     assert BigBirdAttention.verify_length(BigBirdAttention.make_params({}), 8192, 1031) == 1031
+
+
+# --- runs of middle blocks -------------------------------------------------------------------
+@pytest.mark.parametrize("blocks_per_run", [1, 2, 3])
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize(("n", "r"), [(100, 2), (123, 1), (96, 0)])
+def test_short_runs_match_reference_and_its_gradients(
+    monkeypatch: pytest.MonkeyPatch, blocks_per_run: int, causal: bool, n: int, r: int
+) -> None:
+    # At the test sizes one run covers every middle block; force several runs per head.
+    b = 8
+    monkeypatch.setattr(bigbird, "CHUNK_SCORES", blocks_per_run * b * b * (5 + r))
+    module = make(n, block=b, random_blocks=r, causal=causal, attention="block_sparse")
+    plan = module._plan(n, torch.device("cpu"))
+    assert len(plan.chunks) > 2 and all(end - first <= blocks_per_run for first, end, _ in plan.chunks)
+    mask = module.reference_mask(n)
+    q, k, v = qkv(n, seed=4)
+    torch.testing.assert_close(module(q, k, v), dense_reference(q, k, v, mask), rtol=1e-10, atol=1e-10)
+    proj = torch.randn(2, 3, n, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    grads = []
+    for f in (module, lambda q, k, v: dense_reference(q, k, v, mask)):
+        q, k, v = (t.requires_grad_(True) for t in qkv(n, seed=6))
+        grads.append(torch.autograd.grad((f(q, k, v) * proj).sum(), (q, k, v)))
+    for got, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+class Recorder(TorchDispatchMode):
+    """Every op with its arguments and outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (tuple, list)) else (out,)
+        self.calls.append((func, args, [t for t in outs if isinstance(t, torch.Tensor)]))
+        return out
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_inference_copies_neither_keys_nor_values(causal: bool) -> None:
+    # The sliding blocks are read through views of K and V, the global ones are shared by all
+    # query blocks, and only a run's random blocks are gathered: no K- or V-sized copy.
+    n, b, r, B, h, d = 3990, 32, 3, 1, 2, 16  # a partial last block
+    module = make(n, B=B, h=h, d=d, block=b, random_blocks=r, causal=causal)
+    q, k, v = qkv(n, B=B, h=h, d=d, dtype=torch.float32)
+    with Recorder() as rec:
+        out = module(q, k, v)
+    torch.testing.assert_close(out.double(), module.reference(q, k, v), rtol=1e-4, atol=1e-4)
+    run_blocks = bigbird._per_chunk(b, r)
+    per_head = n * d
+    for func, _, outs in rec.calls:
+        for t in outs:
+            if t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
+                continue  # the result itself, written in place
+            assert t.numel() <= max(per_head, 2 * b * n, run_blocks * b * (5 + r) * b), func
+            if func is torch.ops.aten.index_select.default:
+                assert t.numel() <= run_blocks * r * b * d
+    # The sliding-block products take K and V in place (overlapping views, not copies).
+    operands = {a.untyped_storage().data_ptr() for func, args, _ in rec.calls if "bmm" in str(func) for a in args[1:3]}
+    assert k.untyped_storage().data_ptr() in operands and v.untyped_storage().data_ptr() in operands
+
+
+def test_cost_methods_follow_what_runs() -> None:
+    p = BigBirdParams()
+    shape = Shape(1, 8, 64, 8192)
+    nb, b, r, tail = 128, 64, 3, 64
+    M = nb - 2
+    # Global rows against every key; middle blocks: 3 sliding (2 for block nb−2), b + tail global
+    # keys and r random blocks each.
+    pairs = (b + tail) * 8192 + M * b * (b + tail + r * b) + b * b * (3 * M - 1)
+    assert BigBirdAttention.executed_flops(p, shape) == 4.0 * pairs * shape.model_dim
+    # The forward's peak estimate no longer counts a materialised score buffer for all middle blocks.
+    materialised = shape.heads * M * b * (5 + r) * b * 4
+    assert BigBirdAttention.peak_bytes_estimate(p, shape, 4, train=False) < materialised

@@ -26,20 +26,34 @@ nb ≥ 5 + r (n > (4 + r)·b). ``attention`` = "auto" picks full attention when
 n ≤ (5 + 2r)·b (HF's rule, 704 at the defaults) and the block-sparse path otherwise;
 ``resolve_params`` settles it per length so case records say which ran.
 
-Implementation (block-sparse): the key and value blocks of every middle query block are
-gathered, by one block-level ``index_select`` over the layout table, into (B·h·(nb−2),
-S·b, d) with S = 5 + r slots (3 + r when causal: block i+1 and the last block lie wholly in
-the future of a middle block and are not gathered); one batched matmul gives the scores,
-duplicated slots, padding and (causal) future keys are masked in place on small slices,
-softmax runs in float32 for low-precision inputs, and one batched matmul gives the output.
-The two global query blocks are a small dense pass, (2b × n), linear in n. Nothing of
-size n×n, nor nb×nb, is ever built.
+Implementation (block-sparse): one batch row and head at a time, the middle query blocks
+are taken in runs of a few (``CHUNK_SCORES`` score elements at most, so a run's scores stay
+in cache from their product to their use). A run scores three parts, never concatenated,
+and K and V are never copied whole:
+
+* the sliding blocks through an overlapping ``unfold`` view of K (and of V), fed straight
+  to ``bmm``: blocks i−1, i, i+1 (i−1, i when causal; block nb−2 alone in its own run,
+  since its i+1 is the last, global, possibly partial block);
+* the global keys, blocks 0 and nb−1 (block 0 only when causal), as one plain matrix
+  product of all the run's query rows with a (b + tail, d) matrix shared by every block;
+* the r random blocks, gathered by ``index_select`` for the run's blocks only.
+
+Duplicated blocks (block 0 as i−1 of block 1), causal future keys (inside the diagonal
+block, and random blocks after the query block) are masked in place on the parts; the
+parts are normalised together by a log-sum-exp merge (one row maximum over the parts,
+exponentials in place without autograd, one row sum), and P·V per part is accumulated
+straight into the preallocated result. With autograd (or in half precision, where scores
+are normalised in float32) the same steps run out of place. The two global query blocks
+are a dense pass per head, (≤ 2b) × n, linear in n. Nothing of size n×n, nor nb×nb, is
+ever built, and the largest buffers are a run's scores and one head's global rows.
 
 FLOPs (2 per multiply-add, Q·Kᵀ and P·V): ``flops`` is 4·D·B times the exact number of
 allowed (query, key) pairs of the layout (padding and causal masking applied), which is
 ≈ 4nD·b(7+r) (REFERENCES.md) for long sequences; ``executed_flops`` counts what the
-implementation multiplies: (nb−2)·b·S·b pairs for the middle blocks (duplicates, padding,
-causal future included) and the global rows' pass. For the "full" fallback (torch's
+implementation multiplies: for each middle block its sliding window (3 blocks, 2 for block
+nb−2; the repeated block 0 of block 1 included), the b + tail global keys and the r random
+blocks (causal: 2 sliding blocks, block 0 and the random blocks, future ones included),
+and the global rows' pass. For the "full" fallback (torch's
 ``scaled_dot_product_attention``, as ``full.sdpa``) both are the dense count.
 """
 
@@ -65,6 +79,9 @@ GLOBAL = 2
 # Slot order of the layout table's columns for a middle query block i.
 PREV, SELF, NEXT, FIRST, LAST = range(5)
 CAUSAL_SLOTS = (PREV, SELF, FIRST)  # NEXT and LAST lie wholly after a middle block
+# Score elements per run of middle query blocks: small enough that the run's scores stay in
+# cache from their product to their use, large enough that per-run overhead stays small.
+CHUNK_SCORES = 1 << 19
 
 
 @dataclass(frozen=True)
@@ -168,11 +185,26 @@ class _Plan:
 
     nb: int
     tail: int  # real tokens in the last block
-    index: Tensor  # (M·S,) key blocks to gather, slot by slot
-    slots: int
-    future: Tensor | None  # causal: (M, 1, r, 1) True where a random block lies after the query block
+    chunks: tuple[tuple[int, int, int], ...]  # (first, end, sliding blocks) runs of middle query blocks
+    rand: Tensor  # (nb−2, r) long: the random key blocks of middle query blocks 1..nb−2
+    future: Tensor | None  # causal: (nb−2, 1, r, 1) True where a random block lies after the query block
     tril: Tensor | None  # causal: (b, b) True where key j > query i inside the diagonal block
     last_causal: Tensor | None  # causal: (tail, n) True where key j > query i for the last block
+
+
+def _chunks(nb: int, per_chunk: int, causal: bool) -> tuple[tuple[int, int, int], ...]:
+    """Runs of middle query blocks sharing one score buffer: (first, end, sliding blocks).
+
+    Causal: every middle block scores its blocks i−1, i (2 sliding). Otherwise blocks
+    1..nb−3 score i−1, i, i+1 (3) and block nb−2 scores i−1, i only, in a run of its own:
+    its block i+1 is the last block, which is global (attended once, through the global
+    keys) and may be partial, so a 3-block window would run past the end of K.
+    """
+    last = nb - 1 if causal else nb - 2  # end of the uniform runs
+    runs = [(i, min(i + per_chunk, last), 2 if causal else 3) for i in range(1, last, per_chunk)]
+    if not causal:
+        runs.append((nb - 2, nb - 1, 2))
+    return tuple(runs)
 
 
 @register_workload
@@ -235,64 +267,131 @@ class BigBirdAttention(AttentionVariant):
         nb = num_blocks(n, b)
         tail = n - (nb - 1) * b
         table, _ = block_layout(nb, r, p.seed)
+        rand = table[:, SLIDING + GLOBAL :]
         future = tril = last_causal = None
         if p.causal:
-            table = torch.cat([table[:, CAUSAL_SLOTS], table[:, GLOBAL + SLIDING :]], 1)
-            middle = torch.arange(1, nb - 1)[:, None]
-            future = (table[:, len(CAUSAL_SLOTS) :] > middle)[:, None, :, None].to(device)
+            future = (rand > torch.arange(1, nb - 1)[:, None])[:, None, :, None].to(device)
             tril = torch.ones(b, b, dtype=torch.bool).triu(1).to(device)
             rows = torch.arange((nb - 1) * b, n)[:, None]
             last_causal = (torch.arange(n)[None, :] > rows).to(device)
-        return _Plan(nb, tail, table.reshape(-1).to(device), table.shape[1], future, tril, last_causal)
+        chunks = _chunks(nb, _per_chunk(b, r), p.causal)
+        return _Plan(nb, tail, chunks, rand.contiguous().to(device), future, tril, last_causal)
 
     def _block_sparse(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         B, h, n, d = q.shape
-        p = self.params
-        b = p.block
+        b = self.params.block
         plan = self._plan(n, q.device)
-        nb, tail, S = plan.nb, plan.tail, plan.slots
-        M = nb - 2
-        scale = 1.0 / math.sqrt(d)
+        nb = plan.nb
         low = q.dtype in (torch.float16, torch.bfloat16)
-        neg = float("-inf")
+        # Without autograd, float32/64 scores are exponentiated in place and every output
+        # row is written straight into one preallocated result.
+        inplace = not low and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
+        q3, k3, v3 = (t.reshape(B * h, n, d) for t in (q, k, v))
+        out = q.new_empty(B * h, n, d) if inplace else None
+        heads = []
+        for z in range(B * h):
+            qz, kz, vz = q3[z] * (1.0 / math.sqrt(d)), k3[z], v3[z]  # queries pre-scaled
+            # Global key blocks 0 and nb−1 (causal: block 0 only), shared by every middle block.
+            if self.params.causal:
+                kg, vg = kz[:b], vz[:b]
+            else:
+                kg, vg = (torch.cat([t[:b], t[(nb - 1) * b :]]) for t in (kz, vz))
+            kr = kz[: (nb - 1) * b].view(nb - 1, b * d)  # random blocks are never the last one
+            vr = vz[: (nb - 1) * b].view(nb - 1, b * d)
+            first, last = self._global(qz, kz, vz, plan, out[z] if inplace else None)
+            pieces = [first]
+            for lo, hi, w in plan.chunks:
+                dest = out[z, lo * b : hi * b].view(hi - lo, b, d) if inplace else None
+                pieces.append(self._middle(qz, kz, vz, kg, vg, kr, vr, plan, lo, hi, w, dest))
+            pieces.append(last)
+            if not inplace:
+                heads.append(torch.cat([t.reshape(-1, d) for t in pieces]))
+        result = out if inplace else torch.stack(heads)
+        return result.view(B, h, n, d)
 
-        # Middle query blocks 1..nb−2: always whole, so no padding on the query side.
-        qm = (q[:, :, b : (nb - 1) * b] * scale).reshape(B * h * M, b, d)
-        pad = nb * b - n
-        kp, vp = (F.pad(t, (0, 0, 0, pad)) if pad else t for t in (k, v))
-        kg = kp.reshape(B * h, nb, b * d).index_select(1, plan.index).view(B * h * M, S * b, d)
-        vg = vp.reshape(B * h, nb, b * d).index_select(1, plan.index).view(B * h * M, S * b, d)
-        scores = torch.bmm(qm, kg.transpose(1, 2))  # (B·h·M, b, S·b)
-        del qm, kg
-        sv = scores.view(B * h, M, b, S, b)
-        sv[:, 0, :, PREV].fill_(neg)  # query block 1: block 0 is also slot FIRST
-        if p.causal:
-            sv[:, :, :, SELF].masked_fill_(plan.tril, neg)
-            sv[:, :, :, len(CAUSAL_SLOTS) :].masked_fill_(plan.future, neg)
-        else:
-            sv[:, M - 1, :, NEXT].fill_(neg)  # query block nb−2: block nb−1 is also slot LAST
-            if tail < b:
-                sv[:, :, :, LAST, tail:].fill_(neg)  # padding keys
+    def _middle(
+        self,
+        qz: Tensor,
+        kz: Tensor,
+        vz: Tensor,
+        kg: Tensor,
+        vg: Tensor,
+        kr: Tensor,
+        vr: Tensor,
+        plan: _Plan,
+        first: int,
+        end: int,
+        w: int,
+        dest: Tensor | None,
+    ) -> Tensor:
+        """Middle query blocks first..end−1 of one head (qz pre-scaled): (c, b, d), into `dest` if given.
+
+        Three score parts, never concatenated: the w sliding blocks through an unfolded
+        (overlapping, uncopied) view of K, the global keys as one plain matrix product for
+        all c·b rows, and the r random blocks gathered for these c blocks only. They are
+        normalised together by one row maximum and one sum (log-sum-exp merge).
+        """
+        b, d = self.params.block, qz.shape[-1]
+        c, dtype = end - first, qz.dtype
+        low = dtype in (torch.float16, torch.bfloat16)
+        lo, hi = (first - 1) * b, (end - 2 + w) * b  # keys of blocks first−1 .. end−3+w
+        qc = qz[first * b : end * b].view(c, b, d)
+        s_slide = torch.bmm(qc, kz[lo:hi].unfold(0, w * b, b))  # (c, b, w·b)
+        s_glob = torch.mm(qc.view(c * b, d), kg.t())  # (c·b, G)
+        values = [vz[lo:hi].unfold(0, w * b, b).transpose(1, 2), vg]
+        rows = slice(first - 1, end - 1)
+        scores = [s_slide, s_glob.view(c, b, -1)]
+        if plan.rand.shape[1]:
+            idx = plan.rand[rows].reshape(-1)
+            s_rand = torch.bmm(qc, kr.index_select(0, idx).view(c, -1, d).transpose(1, 2))  # (c, b, r·b)
+            scores.append(s_rand)
+            values.append(vr.index_select(0, idx).view(c, -1, d))
         if low:
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        elif scores.requires_grad:
-            probs = scores.softmax(-1)
-        else:  # nothing to differentiate: normalise in place, saving a score-sized buffer
-            probs = torch.ops.aten._softmax.out(scores, -1, False, out=scores)
-        del scores, sv
-        middle = torch.bmm(probs, vg).view(B, h, M * b, d)
-        del probs, vg
+            scores = [s.float() for s in scores]
+        neg = float("-inf")
+        if first == 1:
+            scores[0][0, :, :b].fill_(neg)  # query block 1: block 0 is also a global block
+        if plan.tril is not None:
+            scores[0][:, :, b:].masked_fill_(plan.tril, neg)  # diagonal block: future keys
+            if len(scores) > 2:
+                scores[2].view(c, b, -1, b).masked_fill_(plan.future[rows], neg)
+        # Every row holds its own key in the sliding part, so the maximum is finite.
+        top = scores[0].amax(-1, keepdim=True)
+        for s in scores[1:]:
+            top = torch.maximum(top, s.amax(-1, keepdim=True))
+        if dest is not None:  # no autograd: exponentiate in place, accumulate into the result
+            exps = [s.sub_(top).exp_() for s in scores]
+            total = exps[0].sum(-1, keepdim=True)
+            for e in exps[1:]:
+                total += e.sum(-1, keepdim=True)
+            o = torch.bmm(exps[0], values[0], out=dest)
+            o.view(c * b, d).addmm_(s_glob, vg)  # s_glob holds the exponentials of scores[1]
+            if len(exps) > 2:
+                o.baddbmm_(exps[2], values[2])
+            return o.div_(total)
+        top = top.detach()  # any shift gives the same softmax; no gradient through it
+        exps = [(s - top).exp() for s in scores]
+        total = sum(e.sum(-1, keepdim=True) for e in exps)
+        if low:
+            exps = [e.to(dtype) for e in exps]
+        o = torch.bmm(exps[0], values[0]) + (exps[1].view(c * b, -1) @ vg).view(c, b, d)
+        if len(exps) > 2:
+            o = o + torch.bmm(exps[2], values[2])
+        return (o.float() / total).to(dtype) if low else o / total
 
-        # Global query blocks 0 and nb−1: a dense pass over the real keys, (≤ 2b) × n.
-        first_q = q[:, :, :b] * scale
-        last_q = q[:, :, (nb - 1) * b :] * scale
-        if p.causal:
-            first = _dense(first_q, k[:, :, :b], v[:, :, :b], plan.tril, low)
-            last = _dense(last_q, k, v, plan.last_causal, low)
-        else:
-            both = _dense(torch.cat([first_q, last_q], 2), k, v, None, low)
-            first, last = both[:, :, :b], both[:, :, b:]
-        return torch.cat([first, middle, last], 2)  # (B, h, n, d)
+    def _global(self, qz: Tensor, kz: Tensor, vz: Tensor, plan: _Plan, dest: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Query blocks 0 and nb−1 of one head (qz pre-scaled), (b, d) and (tail, d): a dense pass."""
+        b, start = self.params.block, (plan.nb - 1) * self.params.block
+        first_out, last_out = (None, None) if dest is None else (dest[:b], dest[start:])
+        if plan.tril is not None:  # causal: block 0 sees itself, the last block every earlier key
+            first = _dense(qz[:b], kz[:b], vz[:b], plan.tril, first_out)
+            return first, _dense(qz[start:], kz, vz, plan.last_causal, last_out)
+        rows = torch.cat([qz[:b], qz[start:]])  # both see every key: one pass
+        if dest is None:
+            both = _dense(rows, kz, vz, None, None)
+            return both[:b], both[b:]
+        probs = _probs(rows, kz, None, inplace=True)
+        return torch.mm(probs[:b], vz, out=first_out), torch.mm(probs[b:], vz, out=last_out)
 
     # --- costs -----------------------------------------------------------------------------
     @classmethod
@@ -306,7 +405,9 @@ class BigBirdAttention(AttentionVariant):
             # Global rows see all n keys; a middle block sees its distinct blocks, the last with `tail` keys.
             distinct = (SLIDING + GLOBAL + r) * M - 2  # blocks 1 and nb−2 have one repeat each
             useful = (b + tail) * n + b * (b * (distinct - M) + tail * M)
-            executed = (b + tail) * n + M * b * (SLIDING + GLOBAL + r) * b
+            # Middle block i multiplies b·(b + tail) global keys, r·b random ones and its sliding
+            # window: 3 blocks (block 1's i−1 repeats block 0 and is masked), 2 for block nb−2.
+            executed = (b + tail) * n + M * b * (b + tail + r * b) + b * b * (SLIDING * M - 1)
             return useful, executed
         table, _ = block_layout(nb, r, params.seed)
         rand = table[:, SLIDING + GLOBAL :]
@@ -334,41 +435,68 @@ class BigBirdAttention(AttentionVariant):
         return 4.0 * executed * shape.model_dim * shape.batch
 
     @classmethod
-    def _score_elements(cls, params: BigBirdParams, shape: Shape) -> tuple[int, int, int]:
-        """Per batch row and head: middle scores, gathered keys (or values), global-row scores."""
-        b, n = params.block, shape.seq_len
+    def _run_elements(cls, params: BigBirdParams, shape: Shape) -> tuple[int, int, int]:
+        """One head at a time, the live buffers: a run's scores, a run's gathered keys (or
+        values), and the global rows' scores; all per batch row and head."""
+        b, r, n = params.block, params.random_blocks, shape.seq_len
         nb = num_blocks(n, b)
-        slots = (len(CAUSAL_SLOTS) if params.causal else SLIDING + GLOBAL) + params.random_blocks
-        return (nb - 2) * b * slots * b, (nb - 2) * slots * b * shape.head_dim, 2 * b * n
+        blocks = min(nb - 2, _per_chunk(b, r))
+        width = (len(CAUSAL_SLOTS) if params.causal else SLIDING + GLOBAL) + r
+        return blocks * b * width * b, blocks * r * b * shape.head_dim, 2 * b * n
 
     @classmethod
     def working_bytes(cls, params: BigBirdParams, shape: Shape, itemsize: int) -> int:
         if params.mode(shape.seq_len) == "full":
             return output_bytes(shape, itemsize)
-        scores, gathered, _ = cls._score_elements(params, shape)
-        # One score buffer and the gathered keys and values, plus the output.
-        return shape.batch * shape.heads * (scores + 2 * gathered) * itemsize + output_bytes(shape, itemsize)
+        scores, gathered, global_rows = cls._run_elements(params, shape)
+        # One run's scores and gathered keys and values, one head's global-row scores and
+        # scaled queries, plus the output.
+        head_q = shape.seq_len * shape.head_dim
+        return (scores + 2 * gathered + global_rows + head_q) * itemsize + output_bytes(shape, itemsize)
 
     @classmethod
     def peak_bytes_estimate(cls, params: BigBirdParams, shape: Shape, itemsize: int, train: bool) -> int:
         if params.mode(shape.seq_len) == "full":
             return NaiveAttention.peak_bytes_estimate(params, shape, itemsize, train)
-        scores, gathered, global_rows = cls._score_elements(params, shape)
-        wide = max(itemsize, 4)  # low precision softmax runs in float32
+        wide = max(itemsize, 4)  # low precision scores are normalised in float32
+        n, b, d = shape.seq_len, params.block, shape.head_dim
+        if not train:
+            scores, gathered, global_rows = cls._run_elements(params, shape)
+            # The output, copies of non-contiguous inputs, and one head's buffers (a run's scores
+            # and their float32 copy, gathered keys and values, global keys, global-row scores
+            # and probabilities, scaled queries), with slack for the allocator.
+            head = (2 * scores + 2 * global_rows) * wide + (2 * gathered + 4 * b * d + 2 * n * d) * itemsize
+            return 4 * output_bytes(shape, itemsize) + 3 * head
+        # Autograd keeps every run's buffers of every head alive until backward, and adds
+        # their gradients: count them as one materialised score buffer over all middle blocks.
         bh = shape.batch * shape.heads
-        # Scores and probabilities (and the float32 copy), gathered K and V, global rows twice,
-        # padded K and V, scaled queries, middle output and the final output.
-        forward = bh * (3 * scores * wide + 2 * gathered * itemsize + 3 * global_rows * wide)
+        nb = num_blocks(n, b)
+        width = (len(CAUSAL_SLOTS) if params.causal else SLIDING + GLOBAL) + params.random_blocks
+        scores, gathered = (nb - 2) * b * width * b, (nb - 2) * width * b * d
+        forward = bh * (3 * scores * wide + 2 * gathered * itemsize + 3 * 2 * b * n * wide)
         forward += 6 * output_bytes(shape, itemsize)
-        inputs = 3 * output_bytes(shape, itemsize)
-        # Training keeps the forward's buffers alive and adds their gradients.
-        return 2 * forward + 2 * inputs if train else forward
+        return 2 * forward + 2 * 3 * output_bytes(shape, itemsize)
 
 
-def _dense(q: Tensor, k: Tensor, v: Tensor, hidden: Tensor | None, low: bool) -> Tensor:
-    """softmax(q·kᵀ) v for pre-scaled q; `hidden` (broadcastable bool) marks keys not attended."""
+def _per_chunk(b: int, r: int) -> int:
+    """Middle query blocks per run: CHUNK_SCORES score elements at most (at least one block)."""
+    return max(1, CHUNK_SCORES // (b * b * (SLIDING + GLOBAL + r)))
+
+
+def _probs(q: Tensor, k: Tensor, hidden: Tensor | None, inplace: bool) -> Tensor:
+    """softmax(q·kᵀ) for pre-scaled q, in float32 or wider; `hidden` (bool) marks keys not attended."""
     scores = q @ k.transpose(-1, -2)
+    if scores.dtype in (torch.float16, torch.bfloat16):
+        scores = scores.float()
     if hidden is not None:
-        scores = scores.masked_fill(hidden, float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype) if low else scores.softmax(-1)
-    return probs @ v
+        scores.masked_fill_(hidden, float("-inf"))  # a fresh product: safe in place under autograd
+    if inplace:
+        return torch.ops.aten._softmax.out(scores, -1, False, out=scores)
+    return scores.softmax(-1)
+
+
+def _dense(q: Tensor, k: Tensor, v: Tensor, hidden: Tensor | None, dest: Tensor | None) -> Tensor:
+    """softmax(q·kᵀ) v for pre-scaled q; written into `dest` (no autograd) when given."""
+    if dest is not None:
+        return torch.mm(_probs(q, k, hidden, inplace=True), v, out=dest)
+    return _probs(q, k, hidden, inplace=False).to(q.dtype) @ v
