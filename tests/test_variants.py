@@ -54,6 +54,31 @@ def test_variant_matches_float64_reference(variant: str, params: dict, n: int) -
     torch.testing.assert_close(got, module.reference(q, k, v), rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize(("variant", "params"), [(v, ps[0]) for v, ps in CHECKS.items()], ids=lambda x: str(x))
+def test_variant_takes_strided_inputs_as_the_layer_scope_gives_them(variant: str, params: dict) -> None:
+    """PreNormLayer hands in views of a (B, n, 3, h, d) projection, not contiguous tensors."""
+    cls = WORKLOADS[variant]
+    n = 257
+    shape = Shape(1, 3, 16, n)  # batch 1: merging (B, h) is then a view, still strided
+    module = cls(cls.make_params(cls.resolve_params({**cls.default_params(), **params}, shape)), shape)
+    packed = torch.randn(1, n, 3, 3, 16, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    q, k, v = packed.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, n, d), not contiguous
+    assert not q.is_contiguous()
+    torch.testing.assert_close(module(q, k, v), module.reference(q, k, v), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant", sorted(CHECKS))
+def test_layer_scope_runs_forward_and_backward(variant: str) -> None:
+    cls = WORKLOADS[variant]
+    shape = Shape(1, 2, 8, 200)
+    layer = cls.build(cls.make_params(cls.resolve_params(cls.default_params(), shape)), shape, "layer")
+    x = torch.randn(1, 200, 16, requires_grad=True)
+    out = layer(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.isfinite(grad).all()
+
+
 def test_reference_is_independent_of_the_variants() -> None:
     # The reference itself against a by-hand loop for one query row.
     q, k, v = qkv(7, B=1, h=1, d=4)

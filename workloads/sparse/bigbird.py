@@ -286,7 +286,9 @@ class BigBirdAttention(AttentionVariant):
         # Without autograd, float32/64 scores are exponentiated in place and every output
         # row is written straight into one preallocated result.
         inplace = not low and not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
-        q3, k3, v3 = (t.reshape(B * h, n, d) for t in (q, k, v))
+        q3 = q.reshape(B * h, n, d)
+        # Keys and values are read as whole blocks below; the layer scope hands in strided views.
+        k3, v3 = (t.reshape(B * h, n, d).contiguous() for t in (k, v))
         out = q.new_empty(B * h, n, d) if inplace else None
         heads = []
         for z in range(B * h):
