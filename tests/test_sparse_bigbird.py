@@ -9,12 +9,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from harness.cases import Case, Sweep, expand
 from harness.executor import LocalExecutor
 from harness.registry import WORKLOADS, load_plugins
 from harness.settings import RunSettings
+from tests.op_recorder import OpRecorder
 from workloads.base import Shape
 from workloads.reference import causal_mask, dense_reference
 from workloads.sparse import bigbird
@@ -242,26 +242,13 @@ def test_bfloat16_is_close_to_float64() -> None:
 
 
 # --- sparse for real ---------------------------------------------------------------------------
-class LargestOutput(TorchDispatchMode):
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, (tuple, list)) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 @pytest.mark.parametrize("causal", [False, True])
 def test_no_quadratic_tensor_is_ever_built(causal: bool) -> None:
     n, b, r, B, h, d = 4096, 32, 3, 1, 2, 16
     module = make(n, B=B, h=h, d=d, block=b, random_blocks=r, causal=causal)
     assert module.params.mode(n) == "block_sparse"
     q, k, v = (t.requires_grad_(True) for t in qkv(n, B=B, h=h, d=d, dtype=torch.float32))
-    with LargestOutput() as seen:
+    with OpRecorder() as seen:
         out = module(q, k, v)
         out.sum().backward()
     assert seen.largest <= 1.2 * B * h * n * (3 + 2 + r) * b  # the middle blocks' scores
@@ -359,20 +346,6 @@ def test_short_runs_match_reference_and_its_gradients(
         torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
 
 
-class Recorder(TorchDispatchMode):
-    """Every op with its arguments and outputs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.calls: list[tuple] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        outs = out if isinstance(out, (tuple, list)) else (out,)
-        self.calls.append((func, args, [t for t in outs if isinstance(t, torch.Tensor)]))
-        return out
-
-
 @pytest.mark.parametrize("causal", [False, True])
 def test_inference_copies_neither_keys_nor_values(causal: bool) -> None:
     # The sliding blocks are read through views of K and V, the global ones are shared by all
@@ -380,7 +353,7 @@ def test_inference_copies_neither_keys_nor_values(causal: bool) -> None:
     n, b, r, B, h, d = 3990, 32, 3, 1, 2, 16  # a partial last block
     module = make(n, B=B, h=h, d=d, block=b, random_blocks=r, causal=causal)
     q, k, v = qkv(n, B=B, h=h, d=d, dtype=torch.float32)
-    with Recorder() as rec:
+    with OpRecorder(keep_calls=True) as rec:
         out = module(q, k, v)
     torch.testing.assert_close(out.double(), module.reference(q, k, v), rtol=1e-4, atol=1e-4)
     run_blocks = bigbird._per_chunk(b, r)

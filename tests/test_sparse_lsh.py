@@ -9,13 +9,13 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from backends.base import eager_step
 from harness.cases import Case, Sweep, expand
 from harness.executor import LocalExecutor
 from harness.registry import get_workload
 from harness.settings import RunSettings
+from tests.op_recorder import OpRecorder
 from workloads.base import Shape
 from workloads.reference import dense_reference
 from workloads.sparse.lsh import SEED_STRIDE, LSHAttention, LSHParams, auto_buckets, lsh_buckets
@@ -182,27 +182,12 @@ def test_layer_scope_runs_with_strided_projections() -> None:
 # --- really sparse ---------------------------------------------------------------------------
 
 
-class LargestOutput(TorchDispatchMode):
-    """Records the largest number of elements of any tensor an op returns."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.largest = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        for t in out if isinstance(out, tuple | list) else (out,):
-            if isinstance(t, torch.Tensor):
-                self.largest = max(self.largest, t.numel())
-        return out
-
-
 def largest_tensor(n: int, train: bool = False, **params) -> int:
     B, h, d = 1, 2, 16
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(B, h, n, d, generator=g) for _ in range(3))
     module = make(n, B, h, d, **params)
-    with LargestOutput() as mode:
+    with OpRecorder() as mode:
         if train:
             q.requires_grad_(True)
             v.requires_grad_(True)

@@ -9,13 +9,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_leaves
 
 from harness.cases import Case
 from harness.executor import LocalExecutor
 from harness.registry import WORKLOADS, load_plugins
 from harness.settings import RunSettings
+from tests.op_recorder import OpRecorder
 from workloads.base import Shape
 from workloads.reference import dense_reference
 from workloads.sparse.sliding_window import SlidingWindowAttention, SlidingWindowParams, allowed_pairs
@@ -199,26 +198,9 @@ def test_gradients_match_reference(n: int, params: dict) -> None:
 # --- never n×n: sizes of every tensor any op produces -------------------------------------------------
 
 
-class Recorder(TorchDispatchMode):
-    """The largest tensor any aten op outputs, and how many ops ran."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.max_numel = 0
-        self.ops = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        self.ops += 1
-        for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
-                self.max_numel = max(self.max_numel, t.numel())
-        return out
-
-
-def record(module, n: int, h: int, d: int, train: bool) -> Recorder:
+def record(module, n: int, h: int, d: int, train: bool) -> OpRecorder:
     q, k, v = (t.requires_grad_(train) for t in qkv(n, B=1, h=h, d=d, dtype=torch.float32))
-    with Recorder() as rec:
+    with OpRecorder() as rec:
         out = module(q, k, v)
         if train:
             torch.autograd.grad(out.sum(), (q, k, v))
@@ -227,7 +209,7 @@ def record(module, n: int, h: int, d: int, train: bool) -> Recorder:
 
 def test_recorder_sees_a_dense_score_matrix() -> None:
     naive = WORKLOADS["full.naive"](WORKLOADS["full.naive"].Params(), Shape(1, 2, 16, 512))
-    assert record(naive, 512, 2, 16, train=False).max_numel >= 2 * 512 * 512
+    assert record(naive, 512, 2, 16, train=False).largest >= 2 * 512 * 512
 
 
 @pytest.mark.parametrize("train", [False, True])
@@ -236,7 +218,7 @@ def test_no_tensor_grows_faster_than_n_times_window(params: dict, train: bool) -
     n, h, d = 4096, 2, 16
     rec = record(make(n, B=1, h=h, d=d, **params), n, h, d, train)
     bound = 2 * h * n * (params["window"] + params.get("global_tokens", 0))
-    assert rec.max_numel < bound < h * n * n // 16
+    assert rec.largest < bound < h * n * n // 16
 
 
 def test_number_of_ops_does_not_grow_with_n() -> None:
