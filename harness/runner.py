@@ -22,6 +22,7 @@ from harness.settings import RunSettings
 from workloads.base import Shape
 
 MEMORY_HEADROOM = 0.9  # share of free memory a case may be expected to use
+STOPPING = ("oom", "timeout")  # statuses after which a curve's longer lengths are skipped
 
 
 class Executor(Protocol):
@@ -186,7 +187,8 @@ class Runner:
         self.sweep = Sweep.from_json(run["sweep"])
         self.settings = RunSettings.from_json(run["settings"])
         self._availability: dict[str, str | None] = {}
-        self._oom_at: dict[tuple, tuple[int, str]] = {}  # curve -> (length, case_id) that ran out
+        # curve -> (length, case_id, status) where it ran out of memory or time
+        self._stopped_at: dict[tuple, tuple[int, str, str]] = {}
 
     def _unavailable(self, backend: str) -> str | None:
         if backend not in self._availability:
@@ -199,11 +201,11 @@ class Runner:
         unavailable = self._unavailable(case.backend)
         if unavailable:
             return "unsupported", f"backend {case.backend} is not available here: {unavailable}"
-        oom = self._oom_at.get(_curve(case))
-        if oom and case.seq_len > oom[0]:
-            return "skipped", (
-                f"{case.variant} ran out of memory at n={oom[0]} (case {oom[1]}), so longer lengths are skipped"
-            )
+        stopped = self._stopped_at.get(_curve(case))
+        if stopped and case.seq_len > stopped[0]:
+            n, case_id, status = stopped
+            what = "ran out of memory" if status == "oom" else "timed out"
+            return "skipped", f"{case.variant} {what} at n={n} (case {case_id}), so longer lengths are skipped"
         cls = get_workload(case.variant)
         shape = Shape(case.batch, case.heads, case.head_dim, case.seq_len)
         itemsize = DTYPES[case.dtype].itemsize
@@ -217,12 +219,13 @@ class Runner:
             )
         return None
 
-    def _note_oom(self, case: Case) -> None:
+    def _note_stop(self, case: Case, status: str) -> None:
+        """Longer lengths of a curve that ran out of memory or time would only do so again."""
         key = _curve(case)
-        if key not in self._oom_at or case.seq_len < self._oom_at[key][0]:
-            self._oom_at[key] = (case.seq_len, case.case_id)
+        if key not in self._stopped_at or case.seq_len < self._stopped_at[key][0]:
+            self._stopped_at[key] = (case.seq_len, case.case_id, status)
 
-    def _add_device(self, record: dict[str, Any], outcome: Outcome) -> None:
+    def _add_device(self, outcome: Outcome) -> None:
         desc = outcome.result.get("device") if outcome.status == "ok" else None
         if desc and all(d.get("backend") != desc.get("backend") for d in self.run["devices"]):
             self.run["devices"].append(desc)
@@ -234,8 +237,8 @@ class Runner:
         existing = load_run(self.folder).cases if (self.folder / "cases.jsonl").exists() else []
         done = {c.case_id for c in existing}
         for rec in existing:
-            if rec.status == "oom":
-                self._note_oom(_case_of(rec))
+            if rec.status in STOPPING:
+                self._note_stop(_case_of(rec), rec.status)
         self.run["cases_total"] = len(cases)
         self._writer = RunWriter.create(self.folder, self.run)
         todo = [c for c in cases if c.case_id not in done]
@@ -256,9 +259,9 @@ class Runner:
                     else:
                         outcome = self.executor.run(case)
                         record = finish_record(record, outcome)
-                        self._add_device(record, outcome)
-                        if outcome.status == "oom":
-                            self._note_oom(case)
+                        self._add_device(outcome)
+                        if outcome.status in STOPPING:
+                            self._note_stop(case, outcome.status)
                     record["wall_s"] = time.perf_counter() - started
                     record["finished_at"] = now_iso()
                     self._writer.append(record)  # on disk before the next case starts

@@ -102,8 +102,8 @@ def test_smoke_suite_end_to_end(tmp_path: Path) -> None:
 def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = bench(
-        "run", "--variants", "test.raises,test.torch_oom,full.sdpa", "--seq-lens", "64,128", "--heads", "2",
-        "--head-dim", "16", "--max-time-per-case", "0.1", "--out", str(out),
+        "run", "--variants", "test.raises,test.torch_oom,test.hangs,full.sdpa", "--seq-lens", "64,128",
+        "--heads", "2", "--head-dim", "16", "--max-time-per-case", "0.1", "--timeout", "6", "--out", str(out),
         ATTNBENCH_PLUGINS=FAULTY,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -115,6 +115,9 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     # After running out of memory at 64, the longer length is not attempted.
     assert by["test.torch_oom", 128]["status"] == "skipped"
     assert "ran out of memory at n=64" in by["test.torch_oom", 128]["reason"]
+    assert by["test.hangs", 64]["status"] == "timeout"
+    assert by["test.hangs", 128]["status"] == "skipped"
+    assert "timed out at n=64" in by["test.hangs", 128]["reason"]
     assert by["full.sdpa", 128]["status"] == "ok"
     assert all(r["status"] == "ok" or r["reason"] for r in by.values())
 
