@@ -24,7 +24,7 @@ WORKLOAD_GROUP = "attnbench.workloads"
 BACKEND_GROUP = "attnbench.backends"
 PLUGINS_ENV = "ATTNBENCH_PLUGINS"
 
-BUILTIN_WORKLOAD_MODULES = ("workloads.full", "workloads.sparse")
+BUILTIN_WORKLOAD_MODULES = ("workloads.full", "workloads.sparse", "workloads.adaptive", "workloads.hierarchical")
 BUILTIN_BACKEND_MODULES = ("backends.cpu",)
 
 WORKLOADS: dict[str, type[AttentionVariant]] = {}

@@ -134,7 +134,6 @@ def finish_record(record: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
         time_s=r["time_s"],
         compile_s=r["compile_s"],
         tokens_per_s=record["batch"] * record["seq_len"] / median,
-        flops_per_s=record["flops"] / median,
         peak_memory_bytes=r["peak_memory_bytes"],
         memory_method=r["memory_method"],
         energy_j=r["energy_j"],
@@ -142,6 +141,13 @@ def finish_record(record: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
         energy_reason=r["energy_reason"],
         stable=r["stable"],
     )
+    metrics = r.get("workload_metrics") or {}
+    record["workload_metrics"] = metrics
+    for key in ("flops", "flops_executed"):
+        if metrics.get(key) is not None:  # the workload measured what it did, e.g. ACT's halting
+            record[f"analytic_{key}"] = record[key]
+            record[key] = metrics[key]
+    record["flops_per_s"] = record["flops"] / median
     if r.get("memory_reason"):
         record["memory_reason"] = r["memory_reason"]
     for key in (

@@ -83,8 +83,8 @@ def _load(case: Case) -> tuple[type[AttentionVariant], Backend]:
     return cls, backend
 
 
-def _build(cls: type[AttentionVariant], backend: Backend, case: Case, seed: int) -> tuple[Step, float]:
-    """The prepared step for the case, and the seconds preparation took."""
+def _build(cls: type[AttentionVariant], backend: Backend, case: Case, seed: int) -> tuple[Step, float, torch.nn.Module]:
+    """The prepared step for the case, the seconds preparation took, and the module."""
     params = cls.make_params(case.params_dict)
     shape = Shape(case.batch, case.heads, case.head_dim, case.seq_len)
     torch.manual_seed(seed)
@@ -93,7 +93,7 @@ def _build(cls: type[AttentionVariant], backend: Backend, case: Case, seed: int)
     inputs = cls.make_inputs(shape, case.scope, DTYPES[case.dtype], backend.device, gen)
     t0 = time.perf_counter()
     step = backend.prepare(module, inputs, case)
-    return step, time.perf_counter() - t0
+    return step, time.perf_counter() - t0, module
 
 
 def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
@@ -105,7 +105,7 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
         if settings.verify
         else {"verified": None, "reason": "verification turned off"}
     )
-    step, compile_s = _build(cls, backend, case, settings.seed)
+    step, compile_s, module = _build(cls, backend, case, settings.seed)
 
     timer = backend.timer()
     policy = settings.policy()
@@ -134,6 +134,7 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
         "energy_j": energy.joules / total_calls if energy.joules is not None else None,
         "energy_method": energy.method,
         "energy_reason": energy.reason,
+        "workload_metrics": cls.case_metrics(module),
     }
 
 
@@ -143,7 +144,7 @@ def measure_memory(case: Case, settings: RunSettings) -> dict[str, Any]:
     meter = backend.memory_meter()
     meter.prepare_process()
     backend.setup(case)
-    step, _ = _build(cls, backend, case, settings.seed)
+    step, _, _ = _build(cls, backend, case, settings.seed)
     step()  # lazy initialisation belongs to no call
     meter.start()
     step()

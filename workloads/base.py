@@ -110,6 +110,14 @@ class AttentionVariant(nn.Module, ABC):
         path changes with length raise the cap so the check runs the path being timed."""
         return min(n, cap)
 
+    @classmethod
+    def case_metrics(cls, module: nn.Module) -> dict[str, Any]:
+        """Figures the workload itself knows after timing (e.g. ponder steps, segments), for
+        the case record's `workload_metrics`. If it holds "flops" or "flops_executed" (per
+        call, as run), those replace the analytic figures, whose own values stay under
+        "analytic_flops" / "analytic_flops_executed". JSON-serialisable values only."""
+        return {}
+
     # --- parameters ---------------------------------------------------------------------
     @classmethod
     def param_names(cls) -> list[str]:

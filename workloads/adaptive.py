@@ -1,0 +1,1 @@
+"""adaptive attention variants (placeholder until they land)."""

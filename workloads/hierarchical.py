@@ -1,0 +1,1 @@
+"""hierarchical attention variants (placeholder until they land)."""
