@@ -117,9 +117,11 @@ def expand(sweep: Sweep) -> list[Case]:
                 cls.make_params(chosen_values)
             except (TypeError, ValueError) as exc:
                 raise UserError(f"invalid parameters for {variant}: {exc}") from None
-            for scope in sweep.scopes:
-                if scope not in cls.scopes:
-                    continue
+            # A variant that has none of the requested scopes (a whole-model workload such as
+            # the Universal Transformer has no bare-attention form) runs in its own first scope,
+            # which the case records, rather than silently dropping out of "all".
+            scopes = [s for s in sweep.scopes if s in cls.scopes] or [cls.scopes[0]]
+            for scope in scopes:
                 for backend, dtype, mode, b, h, d, t, n in itertools.product(
                     sweep.backends,
                     sweep.dtypes,
