@@ -115,6 +115,23 @@ class _Adaptive(AttentionVariant):
         raise NotImplementedError(f"{self.name} has no core form to check against a reference")
 
     @classmethod
+    def _parts(cls, params: Any, shape: Shape, executed: bool) -> tuple[float, float]:
+        """(attention FLOPs, linear-layer FLOPs) of one forward call."""
+        raise NotImplementedError
+
+    @classmethod
+    def flops(cls, params: Any, shape: Shape) -> float:
+        return sum(cls._parts(params, shape, executed=False))
+
+    @classmethod
+    def executed_flops(cls, params: Any, shape: Shape) -> float:
+        return sum(cls._parts(params, shape, executed=True))
+
+    @classmethod
+    def case_flops(cls, params: Any, shape: Shape, scope: str, mode: str, executed: bool = False) -> float:
+        return _train_factor(*cls._parts(params, shape, executed), mode)
+
+    @classmethod
     def _layer_peak(cls, inner: type[AttentionVariant], ip: Any, shape: Shape, itemsize: int, train: bool) -> int:
         """Peak of one layer application (inner attention plus layer activations)."""
         return inner.peak_bytes_estimate(ip, shape, itemsize, train) + PreNormLayer.activation_bytes(
@@ -165,18 +182,6 @@ class UniversalTransformer(_Adaptive):
         ip = _inner_params(params.attention, shape)
         attention = inner.executed_flops(ip, shape) if executed else inner.flops(ip, shape)
         return params.steps * attention, params.steps * PreNormLayer.linear_flops(shape)
-
-    @classmethod
-    def flops(cls, params: UniversalParams, shape: Shape) -> float:
-        return sum(cls._parts(params, shape, executed=False))
-
-    @classmethod
-    def executed_flops(cls, params: UniversalParams, shape: Shape) -> float:
-        return sum(cls._parts(params, shape, executed=True))
-
-    @classmethod
-    def case_flops(cls, params: Any, shape: Shape, scope: str, mode: str, executed: bool = False) -> float:
-        return _train_factor(*cls._parts(params, shape, executed), mode)
 
     @classmethod
     def working_bytes(cls, params: UniversalParams, shape: Shape, itemsize: int) -> int:
@@ -443,18 +448,6 @@ class ACTUniversalTransformer(_Adaptive):
         steps = params.max_steps if executed and params.execution == "mask" else params.target_steps
         attention = inner.executed_flops(ip, shape) if executed else inner.flops(ip, shape)
         return steps * attention, steps * per_row * tokens
-
-    @classmethod
-    def flops(cls, params: ACTParams, shape: Shape) -> float:
-        return sum(cls._parts(params, shape, executed=False))
-
-    @classmethod
-    def executed_flops(cls, params: ACTParams, shape: Shape) -> float:
-        return sum(cls._parts(params, shape, executed=True))
-
-    @classmethod
-    def case_flops(cls, params: Any, shape: Shape, scope: str, mode: str, executed: bool = False) -> float:
-        return _train_factor(*cls._parts(params, shape, executed), mode)
 
     @classmethod
     def working_bytes(cls, params: ACTParams, shape: Shape, itemsize: int) -> int:
