@@ -29,6 +29,14 @@ TRAIN_FLOP_FACTOR_LINEAR = 3.0
 FFN_MULT = 4
 
 
+def require_int(name: str, value: Any, minimum: int | None = None) -> None:
+    """Parameter check shared by variants' Params: an int (a bool is not one), at least `minimum`."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+
+
 @dataclass(frozen=True)
 class Shape:
     batch: int

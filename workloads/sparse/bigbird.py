@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.registry import register_workload
-from workloads.base import AttentionVariant, Shape
+from workloads.base import AttentionVariant, Shape, require_int
 from workloads.full import NaiveAttention, dense_flops, output_bytes
 from workloads.reference import causal_mask
 
@@ -93,12 +93,9 @@ class BigBirdParams:
     attention: str = "auto"  # auto | block_sparse | full
 
     def __post_init__(self) -> None:
-        if not _is_int(self.block) or self.block < 1:
-            raise ValueError(f"block must be a positive integer, got {self.block!r}")
-        if not _is_int(self.random_blocks) or self.random_blocks < 0:
-            raise ValueError(f"random_blocks must be a non-negative integer, got {self.random_blocks!r}")
-        if not _is_int(self.seed):
-            raise ValueError(f"seed must be an integer, got {self.seed!r}")
+        require_int("block", self.block, 1)
+        require_int("random_blocks", self.random_blocks, 0)
+        require_int("seed", self.seed)
         if not isinstance(self.causal, bool):
             raise ValueError(f"causal must be true or false, got {self.causal!r}")
         if self.attention not in ATTENTION_MODES:
@@ -124,10 +121,6 @@ class BigBirdParams:
                 f"(n > {(self.min_blocks - 1) * self.block}), got n={n}; use attention='auto' or 'full'"
             )
         return self.attention
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def num_blocks(n: int, block: int) -> int:

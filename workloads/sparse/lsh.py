@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.registry import register_workload
-from workloads.base import AttentionVariant, Shape
+from workloads.base import AttentionVariant, Shape, require_int
 
 SELF_SCORE = -1e5  # score of a query against its own position (Reformer's self mask)
 MASKED_SCORE = -1e9  # padding and causal masking in the fast path; weight exactly 0
@@ -81,9 +81,7 @@ class LSHParams:
 
     def __post_init__(self) -> None:
         for name in ("hashes", "chunk", "buckets", "seed"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name} must be an integer, got {value!r}")
+            require_int(name, getattr(self, name))
         if not 1 <= self.hashes <= MAX_HASHES:
             raise ValueError(f"hashes must be between 1 and {MAX_HASHES}, got {self.hashes}")
         if self.chunk < 1:

@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from harness.registry import register_workload
-from workloads.base import AttentionVariant, Shape
+from workloads.base import AttentionVariant, Shape, require_int
 
 # Bias for masked scores: finite so a fully masked (padding) row gives no NaN, yet
 # exp(NEG - max) is exactly 0 for any real score, even added up to three times.
@@ -66,12 +66,11 @@ class SlidingWindowParams:
     causal: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 2 or self.window % 2:
-            raise ValueError(f"window must be an even integer >= 2 (two-sided, W/2 each side), got {self.window!r}")
-        if isinstance(self.dilation, bool) or not isinstance(self.dilation, int) or self.dilation < 1:
-            raise ValueError(f"dilation must be an integer >= 1, got {self.dilation!r}")
-        if isinstance(self.global_tokens, bool) or not isinstance(self.global_tokens, int) or self.global_tokens < 0:
-            raise ValueError(f"global_tokens must be an integer >= 0, got {self.global_tokens!r}")
+        require_int("window", self.window, 2)
+        if self.window % 2:
+            raise ValueError(f"window must be even (two-sided, W/2 each side), got {self.window}")
+        require_int("dilation", self.dilation, 1)
+        require_int("global_tokens", self.global_tokens, 0)
 
 
 @dataclass(frozen=True)
