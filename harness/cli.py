@@ -1,10 +1,17 @@
-"""The `bench` command: run, list, env."""
+"""The `bench` command: run, list, env, and the commands other modules register.
+
+Each further command lives in its own module, named in COMMAND_MODULES, with
+`add_parser(subparsers) -> argparse.ArgumentParser` and `run(args, argv) -> int`.
+Those modules import heavy dependencies (torch, matplotlib, ray) inside `run` only,
+so `bench --help` and a usage error stay fast.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from importlib import import_module
 from pathlib import Path
 from typing import NoReturn
 
@@ -12,6 +19,9 @@ from harness.errors import UserError
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
+
+# Modules that each add one command (see the module docstring).
+COMMAND_MODULES: tuple[str, ...] = ()
 
 
 class Parser(argparse.ArgumentParser):
@@ -60,6 +70,9 @@ def build_parser() -> Parser:
     sub.add_parser("list", help="variants, backends and suites")
     env = sub.add_parser("env", help="the host fingerprint recorded in run.json")
     env.add_argument("--json", action="store_true", help="print JSON")
+    for name in COMMAND_MODULES:
+        module = import_module(name)
+        module.add_parser(sub).set_defaults(command_module=name)
     return parser
 
 
@@ -68,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "command_module", None):
+            return import_module(args.command_module).run(args, argv)
         if args.command == "run":
             from harness.commands import cmd_run
 
