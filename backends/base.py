@@ -8,8 +8,8 @@ needs), memory meter and energy meter, and says which it used.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -35,10 +35,34 @@ class Availability:
 
 
 @dataclass(frozen=True)
+class Option:
+    """A backend setting a user may give (`--backend-option NAME.KEY=VALUE`)."""
+
+    default: Any
+    help: str
+    parse: Callable[[str], Any] = str
+
+
+def parse_bool(text: str) -> bool:
+    lowered = str(text).strip().lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"expected true or false, got {text!r}")
+
+
+def parse_list(text: str | list[str]) -> tuple[str, ...]:
+    items = text if isinstance(text, list) else str(text).replace("+", ",").split(",")
+    return tuple(t.strip() for t in items if str(t).strip())
+
+
+@dataclass(frozen=True)
 class MemoryReading:
     peak_bytes: int | None
     method: str
     reason: str | None = None  # why peak_bytes is None
+    details: dict[str, Any] = field(default_factory=dict)  # further figures, e.g. reserved, NVML
 
 
 @dataclass(frozen=True)
@@ -46,6 +70,7 @@ class EnergyReading:
     joules: float | None  # for the whole metered window
     method: str | None
     reason: str | None = None  # why joules is None
+    details: dict[str, Any] = field(default_factory=dict)  # per domain, window, counter updates
 
 
 class Timer(ABC):
@@ -76,8 +101,24 @@ class MemoryMeter(ABC):
 
 
 class EnergyMeter(ABC):
+    """Reads a cumulative energy counter around a window of calls.
+
+    The worker keeps calling (in blocks) and polling until `enough()`: a counter that
+    updates every few tens of milliseconds needs a window spanning several updates.
+    """
+
+    available: ClassVar[bool] = True
+    max_window_s: float = 10.0
+
     @abstractmethod
     def start(self) -> None: ...
+
+    def poll(self) -> None:
+        """Read the counters between blocks of calls (wrap-around and update counting)."""
+        return
+
+    def enough(self) -> bool:
+        return True
 
     @abstractmethod
     def stop(self) -> EnergyReading: ...
@@ -85,6 +126,8 @@ class EnergyMeter(ABC):
 
 class NullEnergyMeter(EnergyMeter):
     """For devices without a readable counter: always null, with the reason."""
+
+    available: ClassVar[bool] = False
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
@@ -102,6 +145,29 @@ class Backend(ABC):
     name: ClassVar[str]
     summary: ClassVar[str] = ""
     dtypes: ClassVar[tuple[str, ...]] = tuple(DTYPES)
+    modes: ClassVar[tuple[str, ...]] = ("forward", "train")
+    options: ClassVar[dict[str, Option]] = {}
+    # Whether one call goes through torch's dispatcher, so the aten ops used can be recorded.
+    records_aten_ops: ClassVar[bool] = True
+    # Whether `bench calibrate` measures this backend's device (else it shares another's peaks).
+    calibrates: ClassVar[bool] = False
+
+    def __init__(self, options: Mapping[str, Any] | None = None) -> None:
+        self.opts = self.parse_options(options or {})
+
+    @classmethod
+    def parse_options(cls, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """Defaults overlaid with the user's values; ValueError names a bad key or value."""
+        out = {k: o.default for k, o in cls.options.items()}
+        for key, value in raw.items():
+            if key not in cls.options:
+                known = ", ".join(cls.options) or "none"
+                raise ValueError(f"backend {cls.name} has no option '{key}' (its options: {known})")
+            try:
+                out[key] = cls.options[key].parse(value)
+            except ValueError as exc:
+                raise ValueError(f"backend option {cls.name}.{key}={value!r}: {exc}") from None
+        return out
 
     @classmethod
     @abstractmethod
@@ -117,6 +183,8 @@ class Backend(ABC):
         """None if the case can run here, else the reason it cannot."""
         if case.dtype not in self.dtypes:
             return f"backend {self.name} does not run dtype {case.dtype} (it runs {', '.join(self.dtypes)})"
+        if case.mode not in self.modes:
+            return f"backend {self.name} does not run mode {case.mode} (it runs {', '.join(self.modes)})"
         return None
 
     @abstractmethod
@@ -133,6 +201,41 @@ class Backend(ABC):
         module = module.to(self.device, dtype)
         inputs = tuple(t.to(self.device) for t in inputs)
         return eager_step(module, inputs, case.mode)
+
+    def infer(self, module: nn.Module, inputs: tuple[Tensor, ...], case: Case) -> Tensor:
+        """One forward call through this backend's execution path, for verification."""
+        module = module.to(self.device, DTYPES[case.dtype])
+        with torch.no_grad():
+            return module(*(t.to(self.device) for t in inputs))
+
+    def compile_seconds(self, prepare_s: float, first_call_s: float) -> float:
+        """One-off preparation kept out of steady-state time; for eager backends, preparation alone."""
+        return prepare_s
+
+    def timed_region_start(self) -> None:
+        """Called just before sampling starts (e.g. read compile counters)."""
+        return
+
+    def timed_region_stop(self) -> list[str]:
+        """Called just after sampling; returns problems that make the figures untrustworthy."""
+        return []
+
+    def peak_key(self) -> str:
+        """The key of this device's measured peaks in the calibration cache."""
+        return self.name
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (a no-op for synchronous devices)."""
+        return
+
+    def details(self) -> dict[str, Any]:
+        """What this backend learned while preparing the case (export cache, providers, kernels)."""
+        return {}
+
+    @classmethod
+    def environment(cls) -> dict[str, Any]:
+        """For `bench env`: device, versions, and which memory and energy methods a case would get."""
+        return {}
 
     @abstractmethod
     def timer(self) -> Timer: ...

@@ -21,10 +21,11 @@ from backends.base import (
     EnergyMeter,
     MemoryMeter,
     MemoryReading,
-    NullEnergyMeter,
     Step,
     Timer,
 )
+from backends.energy import rapl_meter, rapl_status
+from backends.peaks import peaks_for
 from harness.cases import Case
 from harness.environment import cpu_model
 from harness.registry import register_backend
@@ -148,18 +149,14 @@ class RssPeakMeter(MemoryMeter):
         return MemoryReading(max(0, peak - self._baseline), self.method)
 
 
-def _rapl_reason() -> str:
-    if os.path.isdir("/sys/class/powercap/intel-rapl:0"):
-        return "RAPL is present but its reader is not implemented yet (the energy backend issue)"
-    return "no RAPL counter on this host (/sys/class/powercap/intel-rapl:0 absent)"
-
-
 @register_backend
 class CpuBackend(Backend):
     name: ClassVar[str] = "cpu"
     summary: ClassVar[str] = "torch eager on the host CPU; threads pinned (default: physical cores)"
+    calibrates: ClassVar[bool] = True
 
-    def __init__(self) -> None:
+    def __init__(self, options: dict[str, Any] | None = None) -> None:
+        super().__init__(options)
         self._threads: int | None = None
 
     @classmethod
@@ -190,7 +187,20 @@ class CpuBackend(Backend):
         return RssPeakMeter()
 
     def energy_meter(self) -> EnergyMeter:
-        return NullEnergyMeter(_rapl_reason())
+        return rapl_meter()
+
+    @classmethod
+    def environment(cls) -> dict[str, Any]:
+        energy_method, energy_reason = rapl_status()
+        return {
+            "device": cpu_model(),
+            "versions": {"torch": torch.__version__},
+            "clock": PerfCounterTimer.clock,
+            "memory_method": RssPeakMeter().method,
+            "energy_method": energy_method,
+            "energy_reason": energy_reason,
+            "peaks": peaks_for("cpu", cpu_model()),
+        }
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -200,9 +210,5 @@ class CpuBackend(Backend):
             "arch": platform.machine(),
             "torch": torch.__version__,
             "parallel": torch.__config__.parallel_info().splitlines()[1:3],
-            "peaks": {
-                "flops_per_s": None,
-                "bytes_per_s": None,
-                "method": "not calibrated: peak figures come with the hardware-peaks issue",
-            },
+            "peaks": peaks_for(self.peak_key(), cpu_model()),
         }

@@ -21,7 +21,13 @@ EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 
 # Modules that each add one command (see the module docstring).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "harness.calibrate",
+    "harness.report.command",
+    "harness.history_command",
+    "harness.compare_command",
+    "harness.export_command",
+)
 
 
 class Parser(argparse.ArgumentParser):
@@ -59,6 +65,13 @@ def build_parser() -> Parser:
         metavar="VARIANT.NAME=V[,V]",
         help="a variant parameter, e.g. full.chunked.chunk=256,512 (repeatable; a list sweeps)",
     )
+    run.add_argument(
+        "--backend-option",
+        action="append",
+        default=[],
+        metavar="BACKEND.KEY=VALUE",
+        help="a backend setting, e.g. onnxruntime.providers=CPUExecutionProvider (repeatable; see bench env)",
+    )
     run.add_argument("--max-time-per-case", type=float, help="seconds of sampling per case")
     run.add_argument("--target-ci", type=float, help="stop sampling when the median's 95%% CI is within ±this")
     run.add_argument("--timeout", type=float, help="seconds before a case's worker is stopped")
@@ -66,6 +79,28 @@ def build_parser() -> Parser:
     run.add_argument("--no-verify", action="store_true", help="skip the float64 reference check before timing")
     run.add_argument("--out", type=Path, help="run folder to write (default: results/<run_id>)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
+    run.add_argument(
+        "--history",
+        metavar="PATH",
+        help="history to record the run in (default: $ATTNBENCH_HISTORY or results/history.sqlite; 'off': none)",
+    )
+    run.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        help="local: this machine (default); ray: a Ray cluster, each case a task (--resume keeps the run's)",
+    )
+    run.add_argument(
+        "--ray-address",
+        metavar="ADDRESS",
+        help="the Ray cluster's head, host:port or 'auto' (default: RAY_ADDRESS, else a local cluster for the run)",
+    )
+    run.add_argument(
+        "--ray-resource",
+        action="append",
+        default=[],
+        metavar="[BACKEND:]NAME=AMOUNT",
+        help="a Ray resource cases ask for, to target a machine type, e.g. cuda:accelerator_type:H100=0.01",
+    )
 
     sub.add_parser("list", help="variants, backends and suites")
     env = sub.add_parser("env", help="the host fingerprint recorded in run.json")

@@ -20,15 +20,20 @@ SWEEP_FLAGS = ("variants", "backends", "seq_lens", "batch", "heads", "head_dim",
 
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from harness.console import RunProgress, make_console, print_summary
-    from harness.executor import LocalExecutor
+    from harness.ray_executor import check_flags, make_executor
     from harness.registry import PLUGINS_ENV
     from harness.runner import Runner, new_run, new_run_id, read_run_json
     from harness.settings import RunSettings
     from harness.suites import Overrides, load_suite, resolve
 
     console = make_console()
+    check_flags(args)
     if args.resume is not None:
-        given = [f for f in SWEEP_FLAGS if getattr(args, f) is not None] + (["param"] if args.param else [])
+        given = (
+            [f for f in SWEEP_FLAGS if getattr(args, f) is not None]
+            + (["param"] if args.param else [])
+            + (["backend_option"] if args.backend_option else [])
+        )
         if given or args.out is not None:
             raise UserError(
                 "--resume takes the sweep and folder from run.json; drop "
@@ -59,12 +64,14 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
                 scopes=args.scope,
                 threads=args.threads,
                 params=args.param,
+                backend_options=args.backend_option,
                 max_time_per_case=args.max_time_per_case,
                 timeout_s=args.timeout,
                 target_rel_ci=args.target_ci,
             ),
         )
-        memory_limit = _memory_limit(args.max_memory)
+        # On Ray each node guards with its own free memory unless a limit is given.
+        memory_limit = None if args.executor == "ray" and args.max_memory is None else _memory_limit(args.max_memory)
         settings = RunSettings(
             **suite_settings,
             memory_limit_bytes=memory_limit,
@@ -85,7 +92,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         highlight=False,
         soft_wrap=True,
     )
-    runner = Runner(folder, run, LocalExecutor(settings), RunProgress(console))
+    executor = make_executor(args, run, settings)
+    runner = Runner(folder, run, executor, RunProgress(console))
     try:
         runner.execute()
     except KeyboardInterrupt:
@@ -97,7 +105,13 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             soft_wrap=True,
         )
         return EXIT_INTERRUPTED
+    finally:
+        if hasattr(executor, "close"):
+            executor.close()  # a Ray cluster started for the run goes with it
     print_summary(console, load_run(folder))
+    from harness.history import record_finished_run
+
+    record_finished_run(folder, getattr(args, "history", None), console)  # warns, never fails the run
     return 0
 
 

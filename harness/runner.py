@@ -7,15 +7,19 @@ import json
 import secrets
 import signal
 import time
+from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
 from backends.base import DTYPES
+from backends.peaks import fraction_of_peak
 from harness.cases import Case, Sweep, expand
+from harness.compare import workload_hash
 from harness.environment import fingerprint
 from harness.executor import Outcome
+from harness.nodes import case_node, describe_node
 from harness.registry import get_backend, get_workload
 from harness.results import CASE_SCHEMA, RUN_SCHEMA, RunWriter, load_run
 from harness.settings import RunSettings
@@ -33,6 +37,22 @@ class Executor(Protocol):
     def run(self, case: Case) -> Outcome: ...
 
     def abandon(self) -> None: ...
+
+
+class ConcurrentExecutor(Executor, Protocol):
+    """An executor that runs several cases at once, on other machines (harness.ray_executor).
+
+    The Runner submits the next case of every scaling curve and records outcomes in the
+    order they finish; a curve has one case in flight at a time, so its longer lengths are
+    still skipped after an oom or timeout. Availability and the memory fit are the
+    executor's to judge, since the driver's own host says nothing about the nodes'.
+    """
+
+    def cannot_run(self, case: Case) -> str | None: ...
+
+    def submit(self, case: Case) -> None: ...
+
+    def next_finished(self) -> tuple[Case, Outcome]: ...
 
 
 class Progress(Protocol):
@@ -90,6 +110,9 @@ def base_record(run_id: str, case: Case) -> dict[str, Any]:
         "family": cls.family,
         "params": case.params_dict,
         "derived_params": list(cls.derived_params),
+        # Source and configuration of what is measured: `bench compare` reports a case whose
+        # hash differs as changed instead of comparing numbers of different code.
+        "workload_hash": workload_hash(cls, case.params_dict),
         "scope": case.scope,
         "backend": case.backend,
         "device": None,
@@ -114,6 +137,7 @@ def base_record(run_id: str, case: Case) -> dict[str, Any]:
         "energy_j": None,
         "energy_method": None,
         "energy_reason": None,
+        "energy_per_token_j": None,
         "stable": None,
     }
 
@@ -148,6 +172,12 @@ def finish_record(record: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
             record[f"analytic_{key}"] = record[key]
             record[key] = metrics[key]
     record["flops_per_s"] = record["flops"] / median
+    record["bytes_per_s"] = record["analytic_min_bytes"] / median if record.get("analytic_min_bytes") else None
+    record["fraction_of_peak"] = fraction_of_peak(
+        r["device"].get("peaks"), record["dtype"], record["flops_per_s"], record["bytes_per_s"]
+    )
+    tokens = record["batch"] * record["seq_len"]
+    record["energy_per_token_j"] = record["energy_j"] / tokens if record["energy_j"] is not None else None
     if r.get("memory_reason"):
         record["memory_reason"] = r["memory_reason"]
     for key in (
@@ -163,6 +193,9 @@ def finish_record(record: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
         "verification",
     ):
         record[key] = r[key]
+    for key in ("prepare_s", "memory_details", "energy_details", "attention_ops", "backend_details"):
+        if r.get(key) is not None:
+            record[key] = r[key]
     return record
 
 
@@ -195,6 +228,7 @@ class Runner:
         self._availability: dict[str, str | None] = {}
         # curve -> (length, case_id, status) where it ran out of memory or time
         self._stopped_at: dict[tuple, tuple[int, str, str]] = {}
+        self._local_node: dict[str, Any] | None = None
 
     def _unavailable(self, backend: str) -> str | None:
         if backend not in self._availability:
@@ -204,26 +238,41 @@ class Runner:
 
     def _pre_check(self, case: Case) -> tuple[str, str] | None:
         """(status, reason) for a case that must not start a worker, or None."""
-        unavailable = self._unavailable(case.backend)
-        if unavailable:
-            return "unsupported", f"backend {case.backend} is not available here: {unavailable}"
+        concurrent = _is_concurrent(self.executor)
+        if concurrent:
+            unavailable = self.executor.cannot_run(case)  # type: ignore[attr-defined]
+            if unavailable:
+                return "unsupported", unavailable
+        else:
+            unavailable = self._unavailable(case.backend)
+            if unavailable:
+                return "unsupported", f"backend {case.backend} is not available here: {unavailable}"
         stopped = self._stopped_at.get(_curve(case))
         if stopped and case.seq_len > stopped[0]:
             n, case_id, status = stopped
             what = "ran out of memory" if status == "oom" else "timed out"
             return "skipped", f"{case.variant} {what} at n={n} (case {case_id}), so longer lengths are skipped"
-        cls = get_workload(case.variant)
-        shape = Shape(case.batch, case.heads, case.head_dim, case.seq_len)
-        itemsize = DTYPES[case.dtype].itemsize
-        params = cls.make_params(case.params_dict)
-        need = cls.case_peak_estimate(params, shape, case.scope, itemsize, case.mode)
-        need += 3 * case.batch * case.heads * case.seq_len * case.head_dim * itemsize  # inputs
-        free = get_backend(case.backend).free_memory_bytes()
-        if free is not None and need > MEMORY_HEADROOM * free:
-            return "skipped", (
-                f"needs about {need / 2**30:.1f} GiB by its analytic estimate; {free / 2**30:.1f} GiB is free"
-            )
-        return None
+        refused = None if concurrent else memory_refusal(case)  # a remote node checks its own memory
+        return ("skipped", refused) if refused else None
+
+    def _note_node(self, record: dict[str, Any], outcome: Outcome) -> None:
+        """Record where the case ran; run.json lists every node once, with its host fingerprint."""
+        if outcome.node is None:
+            if self._local_node is None:
+                self._local_node = describe_node()
+            outcome.node = self._local_node
+        record["node"] = case_node(outcome.node)
+        nodes = self.run.setdefault("nodes", [])
+        entry = next((n for n in nodes if n.get("id") == outcome.node["id"]), None)
+        if entry is None:
+            entry = {k: v for k, v in outcome.node.items() if k != "accelerators"}
+            entry["devices"] = []
+            nodes.append(entry)
+        device = record.get("device")
+        if device and device not in entry["devices"]:
+            entry["devices"].append(device)
+        entry["cases"] = entry.get("cases", 0) + 1
+        self._writer.save()
 
     def _note_stop(self, case: Case, status: str) -> None:
         """Longer lengths of a curve that ran out of memory or time would only do so again."""
@@ -236,6 +285,51 @@ class Runner:
         if desc and all(d.get("backend") != desc.get("backend") for d in self.run["devices"]):
             self.run["devices"].append(desc)
             self._writer.save()
+
+    def _execute_concurrent(self, todo: list[Case]) -> int:
+        """Curves side by side; within a curve, a length starts when the shorter one has ended."""
+        executor: ConcurrentExecutor = self.executor  # type: ignore[assignment]
+        waiting: dict[tuple, deque[Case]] = {}
+        for case in todo:  # expand() lists each curve by increasing length
+            waiting.setdefault(_curve(case), deque()).append(case)
+        in_flight: dict[tuple, tuple[dict[str, Any], float]] = {}
+        recorded = 0
+        while waiting or in_flight:
+            for key in [k for k in waiting if k not in in_flight]:
+                queue = waiting[key]
+                while queue and key not in in_flight:
+                    case = queue.popleft()
+                    self.progress.case_started(case)
+                    record = base_record(self.run["run_id"], case)
+                    refused = self._pre_check(case)
+                    if refused:
+                        status, reason = refused
+                        record.update(status=status, reason=reason, energy_reason=f"case {status}", wall_s=0.0)
+                        self._append(case, record)
+                        recorded += 1
+                    else:
+                        executor.submit(case)
+                        in_flight[key] = (record, time.perf_counter())
+                if not queue:
+                    del waiting[key]
+            if not in_flight:
+                continue
+            case, outcome = executor.next_finished()
+            record, started = in_flight.pop(_curve(case))
+            record = finish_record(record, outcome)
+            self._add_device(outcome)
+            self._note_node(record, outcome)
+            if outcome.status in STOPPING:
+                self._note_stop(case, outcome.status)
+            record["wall_s"] = time.perf_counter() - started  # queueing on the cluster included
+            self._append(case, record)
+            recorded += 1
+        return recorded
+
+    def _append(self, case: Case, record: dict[str, Any]) -> None:
+        record["finished_at"] = now_iso()
+        self._writer.append(record)  # on disk as soon as the case ends
+        self.progress.case_finished(case, record)
 
     def execute(self) -> int:
         """Run every case not yet recorded. Returns the number of cases recorded now."""
@@ -254,6 +348,13 @@ class Runner:
             with sigterm_as_interrupt():
                 if todo:
                     self.run["worker_server_start_s"] = self.executor.warm()
+                    describe = getattr(self.executor, "describe", None)
+                    if describe is not None:  # e.g. the Ray cluster the run was given
+                        self.run[self.executor.name] = describe()
+                        self._writer.save()
+                if _is_concurrent(self.executor):
+                    recorded = self._execute_concurrent(todo)
+                    todo = []
                 for case in todo:
                     self.progress.case_started(case)
                     record = base_record(self.run["run_id"], case)
@@ -266,6 +367,7 @@ class Runner:
                         outcome = self.executor.run(case)
                         record = finish_record(record, outcome)
                         self._add_device(outcome)
+                        self._note_node(record, outcome)
                         if outcome.status in STOPPING:
                             self._note_stop(case, outcome.status)
                     record["wall_s"] = time.perf_counter() - started
@@ -287,6 +389,24 @@ class Runner:
         self._writer.save()
         self._writer.close()
         return recorded
+
+
+def memory_refusal(case: Case) -> str | None:
+    """Why the case cannot fit in the free memory of its device here, by its analytic estimate, or None."""
+    cls = get_workload(case.variant)
+    shape = Shape(case.batch, case.heads, case.head_dim, case.seq_len)
+    itemsize = DTYPES[case.dtype].itemsize
+    params = cls.make_params(case.params_dict)
+    need = cls.case_peak_estimate(params, shape, case.scope, itemsize, case.mode)
+    need += 3 * case.batch * case.heads * case.seq_len * case.head_dim * itemsize  # inputs
+    free = get_backend(case.backend).free_memory_bytes()
+    if free is not None and need > MEMORY_HEADROOM * free:
+        return f"needs about {need / 2**30:.1f} GiB by its analytic estimate; {free / 2**30:.1f} GiB is free"
+    return None
+
+
+def _is_concurrent(executor: Executor) -> bool:
+    return callable(getattr(executor, "submit", None)) and callable(getattr(executor, "next_finished", None))
 
 
 def _curve(case: Case) -> tuple:

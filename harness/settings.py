@@ -18,6 +18,11 @@ class RunSettings:
     verify: bool = True  # check the output against the float64 reference before timing
     verify_max_len: int = 1031  # verification length cap (odd, so not a multiple of any block)
     plugins: str = ""  # ATTNBENCH_PLUGINS of the parent, re-applied in each worker
+    # (backend, key, value) from [backend_options.NAME] and --backend-option NAME.KEY=VALUE
+    backend_options: tuple[tuple[str, str, Any], ...] = ()
+
+    def options_for(self, backend: str) -> dict[str, Any]:
+        return {k: v for b, k, v in self.backend_options if b == backend}
 
     def policy(self) -> SamplingPolicy:
         return SamplingPolicy(budget_s=self.max_time_per_case, target_rel_ci=self.target_rel_ci)
@@ -36,4 +41,9 @@ class RunSettings:
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> RunSettings:
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in d.items() if k in known})
+        kwargs = {k: v for k, v in d.items() if k in known}
+        if "backend_options" in kwargs:  # JSON turned the tuples into lists
+            kwargs["backend_options"] = tuple(
+                (b, k, tuple(v) if isinstance(v, list) else v) for b, k, v in kwargs["backend_options"]
+            )
+        return cls(**kwargs)

@@ -11,6 +11,8 @@ dtypes = ["float32"]; modes = ["forward"]; scopes = ["core"]; threads = [2]
 max_time_per_case = 1.0      # also target_rel_ci, timeout_s, seed, verify
 [params."full.chunked"]      # per-variant parameters; a list sweeps
 chunk = [256, 1024]
+[backend_options.onnxruntime]  # backend settings (see `bench env`); not sweep axes
+providers = ["CPUExecutionProvider"]
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from workloads.base import MODES, SCOPES
 
 SWEEP_KEYS = ("variants", "backends", "seq_lens", "batch", "heads", "head_dim", "dtypes", "modes", "scopes", "threads")
 SETTING_KEYS = ("max_time_per_case", "target_rel_ci", "timeout_s", "seed", "verify")
-TOP_KEYS = ("description", "sweep", "settings", "params")
+TOP_KEYS = ("description", "sweep", "settings", "params", "backend_options", "compare")
 
 
 @dataclass(frozen=True)
@@ -49,6 +51,7 @@ class SuiteSpec:
     sweep: dict[str, list[Any]]
     settings: dict[str, Any]
     params: dict[str, dict[str, list[Any]]]
+    backend_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def builtin_suites() -> dict[str, str]:
@@ -73,7 +76,11 @@ def parse_suite(text: str, name: str, source: str) -> SuiteSpec:
     for key in data:
         if key not in TOP_KEYS:
             raise UserError(f"{source}: unknown top-level key '{key}' (known: {', '.join(TOP_KEYS)})")
-    for section in ("sweep", "settings", "params"):
+    if "compare" in data:  # thresholds for `bench compare`; checked now so a typo fails before the run
+        from harness.compare import parse_compare_config
+
+        parse_compare_config(data["compare"], source)
+    for section in ("sweep", "settings", "params", "backend_options"):
         if not isinstance(data.get(section, {}), dict):
             raise UserError(f"{source}: [{section}] must be a table of keys, got {data[section]!r}")
     for variant, ps in data.get("params", {}).items():
@@ -95,6 +102,7 @@ def parse_suite(text: str, name: str, source: str) -> SuiteSpec:
         sweep={k: _as_list(v) for k, v in sweep.items()},
         settings=dict(settings),
         params=params,
+        backend_options={b: dict(o) for b, o in data.get("backend_options", {}).items()},
     )
 
 
@@ -242,6 +250,7 @@ class Overrides:
     scopes: list[str] | None = None
     threads: list[str] | None = None
     params: list[str] = dataclasses.field(default_factory=list)
+    backend_options: list[str] = dataclasses.field(default_factory=list)
     max_time_per_case: float | None = None
     timeout_s: float | None = None
     target_rel_ci: float | None = None
@@ -287,7 +296,32 @@ def resolve(spec: SuiteSpec, over: Overrides) -> tuple[Sweep, dict[str, Any]]:
     for key in ("max_time_per_case", "timeout_s", "target_rel_ci"):
         if key in settings and not (isinstance(settings[key], (int, float)) and settings[key] > 0):
             raise UserError(f"{key} must be a positive number, got {settings[key]!r}")
+    settings["backend_options"] = resolve_backend_options(spec, over.backend_options)
     return sweep, settings
+
+
+def resolve_backend_options(spec: SuiteSpec, flags: list[str]) -> tuple[tuple[str, str, Any], ...]:
+    """[backend_options.NAME] of the suite, then --backend-option NAME.KEY=VALUE; checked by each backend."""
+    raw: dict[str, dict[str, Any]] = {b: dict(o) for b, o in spec.backend_options.items()}
+    for flag in flags:
+        head, eq, value = flag.partition("=")
+        backend, dot, key = head.partition(".")
+        if not (eq and dot and backend and key):
+            raise UserError(f"--backend-option '{flag}' should look like backend.key=value")
+        raw.setdefault(backend, {})[key] = value
+    out: list[tuple[str, str, Any]] = []
+    for backend, options in raw.items():
+        if backend not in BACKENDS:
+            load_plugins()
+        if backend not in BACKENDS:
+            raise UserError(f"backend options for unknown backend '{backend}'; known: {', '.join(sorted(BACKENDS))}")
+        try:
+            get_backend(backend).parse_options(options)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        for key, value in sorted(options.items()):
+            out.append((backend, key, tuple(value) if isinstance(value, list) else value))
+    return tuple(out)
 
 
 def make_settings(settings: dict[str, Any], **extra: Any) -> RunSettings:

@@ -6,6 +6,7 @@ has already imported torch, so isolation costs milliseconds, not an import.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import time
@@ -15,8 +16,9 @@ from typing import Any
 
 import torch
 
-from backends.base import DTYPES, Backend, Step
+from backends.base import DTYPES, Backend, EnergyMeter, EnergyReading, Step, Timer
 from harness.cases import Case
+from harness.kernels import attention_ops
 from harness.registry import PLUGINS_ENV, get_backend, get_workload, load_plugins
 from harness.settings import RunSettings
 from harness.timing import sample, warm_up
@@ -61,9 +63,7 @@ def verify(
     # variant sees (input-dependent patterns such as LSH buckets can flip on rounding).
     q, k, v = (t.to(dtype) for t in cls.make_inputs(shape, "core", torch.float64, torch.device("cpu"), gen))
     expected = cls(params, shape).reference(*(t.double() for t in (q, k, v)))
-    module = cls(params, shape).to(backend.device, dtype)
-    with torch.no_grad():
-        got = module(*(t.to(backend.device) for t in (q, k, v)))
+    got = backend.infer(cls(params, shape), (q, k, v), case)
     err = (got.detach().to("cpu", torch.float64) - expected).abs().max().item()
     tol = VERIFY_TOLERANCE[case.dtype]
     if not err <= tol:  # catches NaN too
@@ -73,10 +73,10 @@ def verify(
     return {"verified": True, "seq_len": n, "max_abs_err": err, "tolerance": tol}
 
 
-def _load(case: Case) -> tuple[type[AttentionVariant], Backend]:
+def _load(case: Case, settings: RunSettings) -> tuple[type[AttentionVariant], Backend]:
     load_plugins()
     cls = get_workload(case.variant)
-    backend = get_backend(case.backend)()
+    backend = get_backend(case.backend)(settings.options_for(case.backend))
     reason = backend.supports(case)
     if reason:
         raise Unsupported(reason)
@@ -96,32 +96,53 @@ def _build(cls: type[AttentionVariant], backend: Backend, case: Case, seed: int)
     return step, time.perf_counter() - t0, module
 
 
+def measure_energy(step: Step, timer: Timer, meter: EnergyMeter, per_call_s: float) -> tuple[EnergyReading, int]:
+    """Joules over a window of calls long enough for the counter (after timing, never during it)."""
+    if not meter.available:
+        return meter.stop(), 0
+    block = max(1, math.ceil(0.01 / max(per_call_s, 1e-9)))  # ~10 ms between polls
+    calls = 0
+    meter.start()
+    t0 = time.perf_counter()
+    while True:
+        timer.time(step, block)
+        calls += block
+        meter.poll()
+        if meter.enough() or time.perf_counter() - t0 >= meter.max_window_s:
+            break
+    return meter.stop(), calls
+
+
 def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
     """Verification, warm-up, timing and energy for one case; raises on failure."""
-    cls, backend = _load(case)
+    cls, backend = _load(case, settings)
     backend_settings = backend.setup(case)
     checked = (
         verify(cls, cls.make_params(case.params_dict), case, backend, settings.seed, settings.verify_max_len)
         if settings.verify
         else {"verified": None, "reason": "verification turned off"}
     )
-    step, compile_s, module = _build(cls, backend, case, settings.seed)
+    step, prepare_s, module = _build(cls, backend, case, settings.seed)
 
     timer = backend.timer()
     policy = settings.policy()
     warm = warm_up(step, timer, policy)
-    energy_meter = backend.energy_meter()
-    energy_meter.start()
+    backend.timed_region_start()
     measurement = sample(step, timer, policy, warm.last_call_s)
-    energy = energy_meter.stop()
-    total_calls = measurement.calls_per_sample * measurement.stats.n
+    problems = backend.timed_region_stop()
+    if problems:
+        measurement.stable = False
+        measurement.notes.extend(problems)
+    energy, energy_calls = measure_energy(step, timer, backend.energy_meter(), measurement.stats.median)
+    kernels = attention_ops(step) if backend.records_aten_ops else backend.details().get("attention_ops")
 
     return {
         "device": backend.describe(),
         "backend_settings": backend_settings,
         "verification": checked,
         "time_s": measurement.stats.to_json(),
-        "compile_s": compile_s,
+        "compile_s": backend.compile_seconds(prepare_s, warm.first_call_s),
+        "prepare_s": prepare_s,
         "first_call_s": warm.first_call_s,
         "warmup": {"calls": warm.calls, "seconds": warm.seconds},
         "calls_per_sample": measurement.calls_per_sample,
@@ -131,16 +152,19 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
         "notes": measurement.notes,
         "clock": timer.clock,
         "sync": timer.sync,
-        "energy_j": energy.joules / total_calls if energy.joules is not None else None,
+        "energy_j": energy.joules / energy_calls if energy.joules is not None and energy_calls else None,
         "energy_method": energy.method,
         "energy_reason": energy.reason,
+        "energy_details": {**energy.details, "calls": energy_calls} if energy_calls else energy.details,
+        "attention_ops": kernels,
+        "backend_details": backend.details(),
         "workload_metrics": cls.case_metrics(module),
     }
 
 
 def measure_memory(case: Case, settings: RunSettings) -> dict[str, Any]:
     """Peak memory of one call, in a process of its own: one warm-up call, then the metered one."""
-    cls, backend = _load(case)
+    cls, backend = _load(case, settings)
     meter = backend.memory_meter()
     meter.prepare_process()
     backend.setup(case)
@@ -153,6 +177,7 @@ def measure_memory(case: Case, settings: RunSettings) -> dict[str, Any]:
         "peak_memory_bytes": reading.peak_bytes,
         "memory_method": reading.method,
         "memory_reason": reading.reason,
+        "memory_details": reading.details,
     }
 
 
