@@ -2,11 +2,18 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Runs made by the tests are recorded in a throwaway history, never the checkout's
+# results/history.sqlite (subprocesses inherit it through cli_env).
+os.environ.setdefault(
+    "ATTNBENCH_HISTORY", str(Path(tempfile.mkdtemp(prefix="attnbench-test-history-")) / "history.sqlite")
+)
 FAULTY = "tests.plugins.faulty"
 
 

@@ -1,0 +1,783 @@
+"""Comparing two runs case by case: effect size *and* significance, then a verdict.
+
+Per case present in both runs (matched by case_id):
+
+- time: the ratio of medians (current / baseline) with a percentile-bootstrap 95% CI,
+  and a two-sided Mann–Whitney U test on the raw samples. A change counts only when it
+  beats the threshold (default 5%) *and* the test is significant (default p < 0.01);
+  a change beyond the threshold that the test cannot confirm is `unstable`, and so is a
+  small change whose CI cannot rule out one beyond the threshold.
+- memory: deterministic (one metered call), so a threshold alone, with a floor in bytes
+  below which page-granular jitter is not a change.
+- energy: joules per call from a counter, a single figure, so a threshold alone.
+
+Cases only in the current run are `new`, only in the baseline `missing`; a case whose
+workload source or parameters changed (`workload_hash`) is `changed` and not compared;
+one that ran in the baseline but failed now (error, timeout, oom) is `failed`.
+
+Mann–Whitney U is implemented here (exact null distribution for small samples without
+ties, normal approximation with tie and continuity corrections otherwise) rather than
+taken from scipy, so the core install does not pull in scipy for one test; the tests
+check it against scipy.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import hashlib
+import inspect
+import json
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from harness.errors import UserError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from harness.results import CaseRecord, RunInfo, RunResult
+
+COMPARE_SCHEMA = "attnbench.compare/1"
+VERDICTS = ("regression", "failed", "unstable", "improvement", "no change", "changed", "new", "missing")
+FAILING = ("regression", "failed")  # what --fail-on-regression fails on
+FAILED_STATUSES = ("error", "timeout", "oom")
+N_BOOTSTRAP = 2000
+EXACT_MAX_N = 50  # exact U distribution up to this many samples in all (and no ties)
+
+# Packages whose version changes what is timed; a different version is a different environment.
+COMPARED_PACKAGES = ("torch", "numpy", "onnx", "onnxruntime", "onnxruntime-gpu", "torch_xla")
+# Hardware identity of a host. The hostname is deliberately not part of it: CI runners are
+# ephemeral machines of one class with a new name every run.
+HOST_KEYS = ("cpu", "arch", "physical_cores", "logical_cores", "affinity_cores", "python")
+
+
+# ----------------------------------------------------------------------------- workload identity
+
+
+def _source_files(cls: type) -> list[str]:
+    """Files defining the variant: its own class and its family bases, not the common base."""
+    from workloads.base import AttentionVariant, NoParams
+
+    classes: list[type] = []
+    for klass in cls.__mro__:
+        if klass is AttentionVariant:  # the common base and everything above it
+            break
+        classes.append(klass)
+    params = getattr(cls, "Params", None)
+    if isinstance(params, type) and params is not NoParams:
+        classes.append(params)
+    files: list[str] = []
+    for klass in classes:
+        try:
+            path = inspect.getsourcefile(klass)
+        except TypeError:  # built-in or dynamically made class: no source to hash
+            continue
+        if path and path not in files:
+            files.append(path)
+    return sorted(files)
+
+
+@functools.cache
+def _files_digest(files: tuple[str, ...]) -> str:
+    h = hashlib.sha256()
+    for path in files:
+        h.update(Path(path).name.encode())
+        h.update(Path(path).read_bytes())
+    return h.hexdigest()
+
+
+def workload_hash(cls: type, params: dict[str, Any]) -> str:
+    """sha256 over the variant's source files and its resolved parameters (16 hex digits).
+
+    Two records with different hashes measured different code or configuration, so their
+    numbers are not compared (verdict `changed`), as asv does with benchmark versions.
+    """
+    h = hashlib.sha256()
+    h.update(cls.name.encode())
+    h.update(_files_digest(tuple(_source_files(cls))).encode())
+    h.update(json.dumps(params, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def _ranks(values: Sequence[float]) -> tuple[list[float], list[int]]:
+    """Ranks (1-based, ties averaged) and the sizes of tied groups."""
+    order = sorted(range(len(values)), key=values.__getitem__)
+    ranks = [0.0] * len(values)
+    ties: list[int] = []
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2 + 1
+        if j > i:
+            ties.append(j - i + 1)
+        i = j + 1
+    return ranks, ties
+
+
+@functools.lru_cache(maxsize=256)
+def _u_counts(n1: int, n2: int) -> tuple[int, ...]:
+    """Number of arrangements giving each U = 0..n1*n2 under the null (no ties)."""
+    # f[m][u] for the current n2 column, built up by the standard recursion
+    # f(n1, n2, u) = f(n1 - 1, n2, u - n2) + f(n1, n2 - 1, u).
+    prev = [[1] for _ in range(n1 + 1)]  # n2 = 0: only U = 0
+    for b in range(1, n2 + 1):
+        cur = [[1]]  # n1 = 0: only U = 0
+        for a in range(1, n1 + 1):
+            size = a * b + 1
+            row = [0] * size
+            for u, c in enumerate(prev[a]):  # f(a, b-1, u)
+                row[u] += c
+            for u, c in enumerate(cur[a - 1]):  # f(a-1, b, u - b)
+                row[u + b] += c
+            cur.append(row)
+        prev = cur
+    return tuple(prev[n1])
+
+
+def mann_whitney_u(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
+    """Two-sided Mann–Whitney U test: (U of x, p-value).
+
+    Exact when there are no ties and at most EXACT_MAX_N samples in all; otherwise the
+    normal approximation with tie correction and continuity correction (as scipy's
+    method="asymptotic", use_continuity=True).
+    """
+    n1, n2 = len(x), len(y)
+    if n1 == 0 or n2 == 0:
+        raise ValueError("Mann–Whitney U needs samples on both sides")
+    ranks, ties = _ranks([*x, *y])
+    u1 = sum(ranks[:n1]) - n1 * (n1 + 1) / 2
+    if not ties and n1 + n2 <= EXACT_MAX_N:
+        counts = _u_counts(n1, n2)
+        total = sum(counts)
+        k = round(min(u1, n1 * n2 - u1))  # the distribution is symmetric
+        p = 2 * sum(counts[: k + 1]) / total
+        return u1, min(1.0, p)
+    n = n1 + n2
+    mu = n1 * n2 / 2
+    tie_term = sum(t**3 - t for t in ties)
+    var = n1 * n2 / 12 * ((n + 1) - tie_term / (n * (n - 1)))
+    if var <= 0:  # every value equal: no evidence of any difference
+        return u1, 1.0
+    z = (abs(u1 - mu) - 0.5) / math.sqrt(var)
+    return u1, min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2)))
+
+
+def _seed(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+
+
+def bootstrap_median_ratios(base: Sequence[float], cur: Sequence[float], n_boot: int, seed: int) -> np.ndarray:
+    """n_boot bootstrap replicates of median(cur) / median(base), each side resampled alone."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    b = np.asarray(base, dtype=float)
+    c = np.asarray(cur, dtype=float)
+    mb = np.median(b[rng.integers(0, b.size, (n_boot, b.size))], axis=1)
+    mc = np.median(c[rng.integers(0, c.size, (n_boot, c.size))], axis=1)
+    return mc / mb
+
+
+def percentile_ci(replicates: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    import numpy as np
+
+    tail = (1 - confidence) / 2
+    lo, hi = np.quantile(replicates, [tail, 1 - tail])
+    return float(lo), float(hi)
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    time: float = 0.05  # relative change of the median that matters
+    alpha: float = 0.01  # significance level of the Mann–Whitney test
+    memory: float = 0.10  # relative change of peak memory that matters
+    memory_floor_bytes: int = 1 << 20  # ...and never less than this many bytes (page jitter)
+    energy: float = 0.10  # relative change of joules per call that matters
+
+    def __post_init__(self) -> None:
+        for name in ("time", "memory", "energy"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < 10):
+                raise UserError(f"compare threshold '{name}' must be a fraction such as 0.05, got {value!r}")
+        if not (isinstance(self.alpha, float) and 0 < self.alpha < 1):
+            raise UserError(f"compare alpha must be a probability such as 0.01, got {self.alpha!r}")
+        if not isinstance(self.memory_floor_bytes, int) or self.memory_floor_bytes < 0:
+            raise UserError(f"memory_floor_bytes must be a whole number of bytes, got {self.memory_floor_bytes!r}")
+
+
+# Keys of a [compare] table in a suite file (and of each [compare.cases."pattern"] table).
+CONFIG_KEYS = {
+    "threshold": "time",
+    "alpha": "alpha",
+    "memory_threshold": "memory",
+    "memory_floor_bytes": "memory_floor_bytes",
+    "energy_threshold": "energy",
+}
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Thresholds for a comparison: a default, and per-case overrides by glob pattern.
+
+    A pattern matches a case's case_id or its variant name (fnmatch); when several match,
+    the last one written wins.
+    """
+
+    default: Thresholds = field(default_factory=Thresholds)
+    cases: tuple[tuple[str, dict[str, Any]], ...] = ()
+    source: str = "built-in defaults"
+
+    def for_case(self, case_id: str, variant: str) -> Thresholds:
+        chosen = self.default
+        for pattern, overrides in self.cases:
+            if fnmatch.fnmatchcase(case_id, pattern) or fnmatch.fnmatchcase(variant, pattern):
+                chosen = replace(chosen, **overrides)
+        return chosen
+
+    def with_overrides(self, **overrides: Any) -> CompareConfig:
+        """Command-line flags replace the default (per-case overrides still apply on top)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return replace(self, default=replace(self.default, **given)) if given else self
+
+
+def _translate(table: dict[str, Any], where: str) -> dict[str, Any]:
+    out = {}
+    for key, value in table.items():
+        if key not in CONFIG_KEYS:
+            raise UserError(f"{where}: unknown key '{key}' (known: {', '.join(CONFIG_KEYS)})")
+        if isinstance(value, int) and not isinstance(value, bool) and key != "memory_floor_bytes":
+            value = float(value)
+        out[CONFIG_KEYS[key]] = value
+    return out
+
+
+def parse_compare_config(table: dict[str, Any], where: str) -> CompareConfig:
+    """A suite's [compare] table: threshold, alpha, memory_threshold, memory_floor_bytes,
+    energy_threshold, and [compare.cases."glob"] tables with the same keys."""
+    if not isinstance(table, dict):
+        raise UserError(f"{where}: [compare] must be a table of keys")
+    table = dict(table)
+    cases_table = table.pop("cases", {})
+    if not isinstance(cases_table, dict):
+        raise UserError(f'{where}: [compare.cases] must hold tables such as [compare.cases."sparse.*"]')
+    default = Thresholds(**_translate(table, f"{where} [compare]"))
+    cases = []
+    for pattern, overrides in cases_table.items():
+        if not isinstance(overrides, dict):
+            raise UserError(f'{where}: [compare.cases."{pattern}"] must be a table, got {overrides!r}')
+        translated = _translate(overrides, f'{where} [compare.cases."{pattern}"]')
+        replace(default, **translated)  # validate now, not at the first matching case
+        cases.append((pattern, translated))
+    return CompareConfig(default=default, cases=tuple(cases), source=where)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{path}: invalid TOML: {exc}") from None
+
+
+def load_compare_config(path: Path) -> CompareConfig:
+    """The [compare] table of a suite file or a thresholds file."""
+    if not path.is_file():
+        raise UserError(f"thresholds file {path} does not exist")
+    data = _read_toml(path)
+    return parse_compare_config(data.get("compare", {}), str(path))
+
+
+def suite_compare_config(run: RunInfo) -> CompareConfig:
+    """The [compare] table of the suite a run was made with, when its file can be found:
+    a built-in suite by name, or the --suite file named in the run's argv if it still exists."""
+    from importlib import resources
+
+    argv = list(run.argv)
+    path: Path | None = None
+    if "--suite" in argv[:-1]:
+        given = argv[argv.index("--suite") + 1]
+        if given.endswith(".toml") or "/" in given:
+            path = Path(given)
+    if path is not None:
+        return load_compare_config(path) if path.is_file() else CompareConfig()
+    builtin = resources.files("harness.suite_files").joinpath(f"{run.suite}.toml")
+    if builtin.is_file():
+        data = _read_toml(Path(str(builtin)))
+        return parse_compare_config(data.get("compare", {}), f"built-in suite {run.suite}")
+    return CompareConfig()
+
+
+# ----------------------------------------------------------------------------- environments
+
+
+def _devices(run: RunInfo) -> dict[str, str]:
+    return {str(d.get("backend") or d.get("kind") or "?"): str(d.get("name")) for d in run.devices}
+
+
+def environment_differences(base: RunInfo, cur: RunInfo) -> tuple[list[str], list[str]]:
+    """(refusals, notes): differences that make timings incomparable, and harmless ones."""
+    refusals: list[str] = []
+    notes: list[str] = []
+    for key in HOST_KEYS:
+        b, c = base.host.get(key), cur.host.get(key)
+        if b is not None and c is not None and b != c:
+            refusals.append(f"host {key}: {b} → {c}")
+    bm, cm = base.host.get("memory_bytes"), cur.host.get("memory_bytes")
+    if bm and cm and round(bm / 2**30) != round(cm / 2**30):
+        refusals.append(f"host memory: {bm / 2**30:.0f} GiB → {cm / 2**30:.0f} GiB")
+    for name in COMPARED_PACKAGES:
+        b, c = base.packages.get(name), cur.packages.get(name)
+        if b != c and (name in base.packages and name in cur.packages):
+            refusals.append(f"package {name}: {b or 'absent'} → {c or 'absent'}")
+    bd, cd = _devices(base), _devices(cur)
+    for backend in sorted(set(bd) & set(cd)):
+        if bd[backend] != cd[backend]:
+            refusals.append(f"device for {backend}: {bd[backend]} → {cd[backend]}")
+    if base.host.get("hostname") != cur.host.get("hostname"):
+        notes.append(f"hostname {base.host.get('hostname')} → {cur.host.get('hostname')} (same hardware)")
+    if base.host.get("os") != cur.host.get("os"):
+        notes.append(f"os {base.host.get('os')} → {cur.host.get('os')}")
+    return refusals, notes
+
+
+# ----------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class MetricChange:
+    """One metric of one case, baseline against current."""
+
+    metric: str  # time | memory | energy
+    baseline: float | None
+    current: float | None
+    ratio: float | None  # current / baseline
+    ci_low: float | None = None  # bootstrap 95% CI of the ratio (time only)
+    ci_high: float | None = None
+    p_value: float | None = None  # Mann–Whitney (time only)
+    threshold: float | None = None
+    verdict: str | None = None  # regression | improvement | no change | unstable; None: not measured
+    note: str | None = None
+
+    @property
+    def change(self) -> float | None:
+        return None if self.ratio is None else self.ratio - 1
+
+
+@dataclass(frozen=True)
+class CaseComparison:
+    case_id: str
+    variant: str
+    label: str
+    seq_len: int | None
+    verdict: str
+    reason: str | None
+    time: MetricChange | None = None
+    memory: MetricChange | None = None
+    energy: MetricChange | None = None
+    baseline_status: str | None = None
+    current_status: str | None = None
+    thresholds: Thresholds | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        return d
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Geometric means of the per-case ratios over every case compared."""
+
+    cases_compared: int
+    time_geomean: float | None
+    time_ci_low: float | None
+    time_ci_high: float | None
+    memory_geomean: float | None
+    memory_cases: int
+    counts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    baseline: dict[str, Any]  # run_id, suite, started_at, git, host summary, source
+    current: dict[str, Any]
+    environment_notes: list[str]
+    environment_refusals: list[str]  # non-empty only when --allow-env-mismatch let it through
+    config_source: str
+    cases: list[CaseComparison]
+    summary: Summary
+
+    @property
+    def failing(self) -> list[CaseComparison]:
+        return [c for c in self.cases if c.verdict in FAILING]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "schema": COMPARE_SCHEMA,
+            "baseline": self.baseline,
+            "current": self.current,
+            "environment_notes": self.environment_notes,
+            "environment_refusals": self.environment_refusals,
+            "config_source": self.config_source,
+            "summary": asdict(self.summary),
+            "cases": [c.to_json() for c in self.cases],
+        }
+
+
+# ----------------------------------------------------------------------------- comparing
+
+
+def _time_change(base: CaseRecord, cur: CaseRecord, th: Thresholds) -> tuple[MetricChange, Any]:
+    """The time comparison and its bootstrap replicates (for the geometric-mean CI)."""
+    bmed, cmed = base.median_s, cur.median_s
+    assert bmed is not None and cmed is not None
+    ratio = cmed / bmed
+    bs = list((base.time_s or {}).get("samples") or [])
+    cs = list((cur.time_s or {}).get("samples") or [])
+    up, down = ratio > 1 + th.time, ratio < 1 / (1 + th.time)
+    if not bs or not cs:
+        # Without raw samples (e.g. imported summaries) significance cannot be tested.
+        verdict = "unstable" if up or down else "no change"
+        note = "no raw samples: significance not tested"
+        return MetricChange("time", bmed, cmed, ratio, threshold=th.time, verdict=verdict, note=note), None
+    reps = bootstrap_median_ratios(bs, cs, N_BOOTSTRAP, _seed(base.case_id))
+    lo, hi = percentile_ci(reps)
+    _, p = mann_whitney_u(bs, cs)
+    significant = p < th.alpha
+    note = None
+    if (up or down) and significant:
+        verdict = "regression" if up else "improvement"
+    elif up or down:
+        verdict = "unstable"
+        note = f"{ratio - 1:+.1%} but not significant (p={p:.2g}, n={len(bs)}/{len(cs)})"
+    elif hi > 1 + th.time or lo < 1 / (1 + th.time):
+        # Inside the threshold, but the data cannot rule out a change beyond it.
+        verdict = "unstable" if not significant else "no change"
+        if verdict == "unstable":
+            note = f"95% CI [{lo:.3f}, {hi:.3f}] reaches beyond ±{th.time:.0%}"
+    else:
+        verdict = "no change"
+    change = MetricChange("time", bmed, cmed, ratio, lo, hi, p, th.time, verdict, note)
+    return change, reps
+
+
+def _memory_change(base: CaseRecord, cur: CaseRecord, th: Thresholds) -> MetricChange:
+    b, c = base.peak_memory_bytes, cur.peak_memory_bytes
+    if b is None or c is None:
+        return MetricChange("memory", b, c, None, threshold=th.memory, note="not measured in both runs")
+    delta = c - b
+    allowed = max(th.memory * b, th.memory_floor_bytes)
+    ratio = c / b if b > 0 else None
+    if delta > allowed:
+        verdict = "regression"
+    elif -delta > allowed:
+        verdict = "improvement"
+    else:
+        verdict = "no change"
+    return MetricChange("memory", b, c, ratio, threshold=th.memory, verdict=verdict)
+
+
+def _energy_change(base: CaseRecord, cur: CaseRecord, th: Thresholds) -> MetricChange | None:
+    b, c = base.energy_j, cur.energy_j
+    if b is None and c is None:
+        return None
+    if b is None or c is None or b <= 0:
+        return MetricChange("energy", b, c, None, threshold=th.energy, note="not measured in both runs")
+    ratio = c / b
+    verdict = "regression" if ratio > 1 + th.energy else "improvement" if ratio < 1 / (1 + th.energy) else "no change"
+    return MetricChange("energy", b, c, ratio, threshold=th.energy, verdict=verdict)
+
+
+def case_label(rec: CaseRecord) -> str:
+    scope = rec.extra.get("scope", "core")
+    return f"{rec.variant} {rec.backend}/{rec.dtype}/{rec.mode}/{scope} n={rec.seq_len}"
+
+
+def compare_case(base: CaseRecord | None, cur: CaseRecord | None, config: CompareConfig) -> tuple[CaseComparison, Any]:
+    rec = cur or base
+    assert rec is not None
+    common = {
+        "case_id": rec.case_id,
+        "variant": rec.variant,
+        "label": case_label(rec),
+        "seq_len": rec.seq_len,
+        "baseline_status": base.status if base else None,
+        "current_status": cur.status if cur else None,
+    }
+    th = config.for_case(rec.case_id, rec.variant)
+    if base is None:
+        return CaseComparison(**common, verdict="new", reason="not in the baseline run"), None
+    if cur is None:
+        return CaseComparison(**common, verdict="missing", reason="not in the current run"), None
+    if base.status == "ok" and cur.status in FAILED_STATUSES:
+        return CaseComparison(**common, verdict="failed", reason=f"now {cur.status}: {cur.reason}"), None
+    if base.status != "ok" or cur.status != "ok":
+        if base.status != "ok" and cur.status == "ok":
+            reason = f"the baseline has no measurement ({base.status})"
+            return CaseComparison(**common, verdict="new", reason=reason), None
+        return CaseComparison(
+            **common, verdict="missing", reason=f"not measured: {base.status} → {cur.status}: {cur.reason}"
+        ), None
+    bh, ch = base.extra.get("workload_hash"), cur.extra.get("workload_hash")
+    if bh and ch and bh != ch:
+        return CaseComparison(
+            **common, verdict="changed", reason="workload source or parameters changed (workload_hash differs)"
+        ), None
+    time, reps = _time_change(base, cur, th)
+    memory = _memory_change(base, cur, th)
+    energy = _energy_change(base, cur, th)
+    verdicts = [m.verdict for m in (time, memory, energy) if m is not None and m.verdict]
+    if "regression" in verdicts:
+        verdict = "regression"
+    elif time.verdict == "unstable":
+        verdict = "unstable"
+    elif "improvement" in verdicts:
+        verdict = "improvement"
+    else:
+        verdict = "no change"
+    reasons = [f"{m.metric} {m.verdict}" for m in (time, memory, energy) if m and m.verdict in ("regression",)]
+    if time.note:
+        reasons.append(time.note)
+    if not bh or not ch:
+        reasons.append("workload_hash not recorded in both runs: code changes cannot be detected")
+    return (
+        CaseComparison(
+            **common,
+            verdict=verdict,
+            reason="; ".join(reasons) or None,
+            time=time,
+            memory=memory,
+            energy=energy,
+            thresholds=th,
+        ),
+        reps,
+    )
+
+
+def _run_summary(result: RunResult, ref: str) -> dict[str, Any]:
+    info = result.run
+    return {
+        "ref": ref,
+        "run_id": info.run_id,
+        "suite": info.suite,
+        "started_at": info.started_at,
+        "status": info.status,
+        "git": info.git,
+        "hostname": info.host.get("hostname"),
+        "cpu": info.host.get("cpu"),
+        "source": str(result.folder),
+    }
+
+
+def _geomean(values: Iterable[float]) -> float | None:
+    vals = [v for v in values if v is not None and v > 0]
+    return math.exp(sum(math.log(v) for v in vals) / len(vals)) if vals else None
+
+
+def compare_runs(
+    baseline: RunResult,
+    current: RunResult,
+    config: CompareConfig | None = None,
+    allow_env_mismatch: bool = False,
+    refs: tuple[str, str] = ("baseline", "current"),
+) -> Comparison:
+    """Compare every case of two runs. Refuses (UserError) runs from different environments
+    unless allow_env_mismatch."""
+    import numpy as np
+
+    refusals, notes = environment_differences(baseline.run, current.run)
+    if refusals and not allow_env_mismatch:
+        raise UserError(
+            f"runs {baseline.run.run_id} and {current.run.run_id} come from different environments ("
+            + "; ".join(refusals)
+            + "), so their timings are not comparable; compare runs from the same machine and library "
+            "versions, or pass --allow-env-mismatch to compare anyway"
+        )
+    config = config or suite_compare_config(current.run)
+    base_cases = {c.case_id: c for c in baseline.cases}
+    cur_cases = {c.case_id: c for c in current.cases}
+    results: list[CaseComparison] = []
+    replicates: list[Any] = []
+    for case_id in [*cur_cases, *(k for k in base_cases if k not in cur_cases)]:
+        comparison, reps = compare_case(base_cases.get(case_id), cur_cases.get(case_id), config)
+        results.append(comparison)
+        if reps is not None:
+            replicates.append(reps)
+    timed = [c.time for c in results if c.time is not None and c.time.ratio is not None]
+    geo = _geomean(m.ratio for m in timed)  # type: ignore[misc]
+    lo = hi = None
+    if replicates:
+        # The geometric mean of each bootstrap replicate across cases: a CI for the summary.
+        logs = np.log(np.vstack(replicates))
+        lo, hi = percentile_ci(np.exp(logs.mean(axis=0)))
+    mem = [c.memory.ratio for c in results if c.memory is not None and c.memory.ratio is not None]
+    counts = {v: sum(1 for c in results if c.verdict == v) for v in VERDICTS}
+    summary = Summary(len(timed), geo, lo, hi, _geomean(mem), len(mem), counts)
+    order = {v: i for i, v in enumerate(VERDICTS)}
+    results.sort(key=lambda c: (order[c.verdict], c.variant, c.seq_len or 0, c.case_id))
+    return Comparison(
+        baseline=_run_summary(baseline, refs[0]),
+        current=_run_summary(current, refs[1]),
+        environment_notes=notes,
+        environment_refusals=refusals,
+        config_source=config.source,
+        cases=results,
+        summary=summary,
+    )
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _pct(ratio: float | None) -> str:
+    return "-" if ratio is None else f"{ratio - 1:+.1%}"
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    ms = seconds * 1e3
+    return f"{ms:.3g}" if ms < 100 else f"{ms:.0f}"
+
+
+def _mib(n: float | None) -> str:
+    return "-" if n is None else f"{n / 2**20:.1f}"
+
+
+def _p(p: float | None) -> str:
+    return "-" if p is None else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
+
+
+def _ci(m: MetricChange | None) -> str:
+    if m is None or m.ci_low is None or m.ci_high is None:
+        return "-"
+    return f"[{m.ci_low - 1:+.1%}, {m.ci_high - 1:+.1%}]"
+
+
+def _mem_cell(m: MetricChange | None) -> str:
+    if m is None or m.verdict is None:
+        return "-"
+    delta = (m.current or 0) - (m.baseline or 0)
+    return f"{_mib(m.current)} ({delta / 2**20:+.1f})"
+
+
+def headline(cmp: Comparison) -> str:
+    s = cmp.summary
+    counts = ", ".join(f"{n} {v}" for v, n in s.counts.items() if n)
+    geo = ""
+    if s.time_geomean is not None:
+        ci = ""
+        if s.time_ci_low is not None and s.time_ci_high is not None:
+            ci = f" (95% CI {s.time_ci_low - 1:+.1%} … {s.time_ci_high - 1:+.1%})"
+        geo = f"; time geometric mean {s.time_geomean - 1:+.1%}{ci} over {s.cases_compared} cases"
+    if s.memory_geomean is not None:
+        geo += f"; memory geometric mean {s.memory_geomean - 1:+.1%}"
+    return f"{len(cmp.cases)} cases: {counts or 'none'}{geo}"
+
+
+VERDICT_STYLE = {
+    "regression": "bold red",
+    "failed": "bold red",
+    "unstable": "yellow",
+    "improvement": "green",
+    "no change": "dim",
+    "changed": "cyan",
+    "new": "cyan",
+    "missing": "magenta",
+}
+
+
+def render_table(cmp: Comparison, console: Any) -> None:
+    """The comparison as a rich table on the terminal."""
+    from rich.table import Table
+
+    b, c = cmp.baseline, cmp.current
+    console.print(
+        f"baseline [bold]{b['run_id']}[/] ({b['ref']}, {b['started_at']})  →  current [bold]{c['run_id']}[/] "
+        f"({c['ref']}, {c['started_at']})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for line in cmp.environment_refusals:
+        console.print(f"[bold yellow]environment differs[/] (allowed by --allow-env-mismatch): {line}", highlight=False)
+    for line in cmp.environment_notes:
+        console.print(f"[dim]note: {line}[/]", highlight=False)
+    table = Table(title_justify="left")
+    for col, just in (
+        ("case", "left"),
+        ("base ms", "right"),
+        ("cur ms", "right"),
+        ("change", "right"),
+        ("95% CI", "right"),
+        ("p", "right"),
+        ("memory MiB (Δ)", "right"),
+        ("verdict", "left"),
+        ("why", "left"),
+    ):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    for case in cmp.cases:
+        t = case.time
+        style = VERDICT_STYLE[case.verdict]
+        table.add_row(
+            case.label,
+            _ms(t.baseline if t else None),
+            _ms(t.current if t else None),
+            _pct(t.ratio if t else None),
+            _ci(t),
+            _p(t.p_value if t else None),
+            _mem_cell(case.memory),
+            f"[{style}]{case.verdict}[/]",
+            case.reason or "",
+        )
+    console.print(table)
+    console.print(headline(cmp), highlight=False, soft_wrap=True)
+
+
+def render_markdown(cmp: Comparison) -> str:
+    b, c = cmp.baseline, cmp.current
+    n_fail = len(cmp.failing)
+    status = f":x: **{n_fail} regression(s)**" if n_fail else ":white_check_mark: **no regression**"
+    lines = [
+        "## attnbench comparison",
+        "",
+        f"{status} — {headline(cmp)}",
+        "",
+        f"- baseline: `{b['run_id']}` ({b['ref']}; {b['started_at']}; commit `{(b['git'] or {}).get('commit')}`)",
+        f"- current: `{c['run_id']}` ({c['ref']}; {c['started_at']}; commit `{(c['git'] or {}).get('commit')}`)",
+        f"- thresholds: {cmp.config_source}; a change counts when beyond the threshold *and* Mann–Whitney "
+        "p below alpha",
+    ]
+    lines += [f"- environment differs (allowed): {r}" for r in cmp.environment_refusals]
+    lines += [f"- note: {n}" for n in cmp.environment_notes]
+    lines += [
+        "",
+        "| case | base ms | cur ms | change | 95% CI | p | memory MiB (Δ) | verdict | why |",
+        "|---|--:|--:|--:|--:|--:|--:|---|---|",
+    ]
+    for case in cmp.cases:
+        t = case.time
+        verdict = f"**{case.verdict}**" if case.verdict in FAILING else case.verdict
+        why = (case.reason or "").replace("|", "\\|")
+        lines.append(
+            f"| `{case.label}` | {_ms(t.baseline if t else None)} | {_ms(t.current if t else None)} | "
+            f"{_pct(t.ratio if t else None)} | {_ci(t)} | {_p(t.p_value if t else None)} | "
+            f"{_mem_cell(case.memory)} | {verdict} | {why} |"
+        )
+    return "\n".join(lines) + "\n"

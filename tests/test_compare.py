@@ -1,0 +1,305 @@
+"""bench compare: the statistics, the verdicts, thresholds, environments, and the CLI.
+
+Statistics are checked on seeded synthetic samples (deterministic, so they cannot flake);
+the real-timing A/A and injected-slowdown check is tests/test_compare_slow.py.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+import scipy.stats
+
+from harness.compare import (
+    CompareConfig,
+    Thresholds,
+    compare_runs,
+    mann_whitney_u,
+    parse_compare_config,
+    render_markdown,
+    suite_compare_config,
+)
+from harness.errors import UserError
+from harness.results import load_run
+from tests.conftest import BENCH, cli_env
+from tests.synthetic_runs import Case, noisy, write_run
+
+# ----------------------------------------------------------------------------- Mann–Whitney U
+
+
+@pytest.mark.parametrize("n1,n2", [(3, 3), (5, 8), (10, 12), (24, 26), (30, 40), (200, 150)])
+def test_mann_whitney_matches_scipy(n1: int, n2: int) -> None:
+    rng = random.Random(n1 * 1000 + n2)
+    for shift in (0.0, 0.1, 0.5):
+        x = [rng.gauss(0, 1) for _ in range(n1)]
+        y = [rng.gauss(shift, 1) for _ in range(n2)]
+        u, p = mann_whitney_u(x, y)
+        method = "exact" if n1 + n2 <= 50 else "asymptotic"
+        ref = scipy.stats.mannwhitneyu(x, y, alternative="two-sided", method=method)
+        assert u == pytest.approx(ref.statistic)
+        assert p == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-15)
+
+
+def test_mann_whitney_with_ties_uses_tie_corrected_normal_approximation() -> None:
+    x = [1, 1, 2, 2, 3, 3, 3, 4, 5, 5]
+    y = [2, 3, 3, 4, 4, 5, 5, 5, 6, 6]
+    u, p = mann_whitney_u(x, y)
+    ref = scipy.stats.mannwhitneyu(x, y, alternative="two-sided", method="asymptotic", use_continuity=True)
+    assert (u, p) == pytest.approx((ref.statistic, ref.pvalue))
+    assert mann_whitney_u([1.0, 1.0, 1.0], [1.0, 1.0]) == (3.0, 1.0)  # no information at all
+
+
+# ----------------------------------------------------------------------------- verdicts
+
+
+def _pair(tmp_path: Path, base_cases: list[Case], cur_cases: list[Case], **cur_run: object) -> tuple:
+    base = write_run(tmp_path / "base", "run-base", base_cases)
+    cur = write_run(tmp_path / "cur", "run-cur", cur_cases, started_at="2026-11-02T00:00:00+00:00", **cur_run)
+    return load_run(base), load_run(cur)
+
+
+def _compare(tmp_path: Path, base_cases: list[Case], cur_cases: list[Case], **kw: object):
+    base, cur = _pair(tmp_path, base_cases, cur_cases)
+    return compare_runs(base, cur, kw.pop("config", CompareConfig()), **kw)  # type: ignore[arg-type]
+
+
+def _verdicts(cmp) -> dict[str, str]:
+    return {c.case_id: c.verdict for c in cmp.cases}
+
+
+def test_aa_on_synthetic_noise_flags_nothing_and_injected_slowdowns_are_told_apart(tmp_path: Path) -> None:
+    """200 A/A pairs at 4% noise: no regression. +10%: every one flagged. +1%: none flagged."""
+    n_cases, n = 200, 30
+    base = [Case(f"c{i}", noisy(0.010, n, 0.04, seed=i)) for i in range(n_cases)]
+    same = [Case(f"c{i}", noisy(0.010, n, 0.04, seed=10_000 + i)) for i in range(n_cases)]
+    slow10 = [Case(f"c{i}", noisy(0.011, n, 0.04, seed=20_000 + i)) for i in range(n_cases)]
+    slow1 = [Case(f"c{i}", noisy(0.0101, n, 0.04, seed=30_000 + i)) for i in range(n_cases)]
+    aa = _compare(tmp_path / "aa", base, same)
+    assert aa.summary.counts["regression"] == 0
+    assert aa.summary.counts["improvement"] == 0
+    assert aa.summary.time_geomean == pytest.approx(1.0, abs=0.01)
+    ten = _compare(tmp_path / "ten", base, slow10)
+    assert ten.summary.counts["regression"] == n_cases
+    assert ten.summary.time_ci_low is not None and ten.summary.time_ci_low > 1.08
+    one = _compare(tmp_path / "one", base, slow1)
+    assert one.summary.counts["regression"] == 0
+
+
+def test_regression_needs_both_threshold_and_significance(tmp_path: Path) -> None:
+    base = [
+        Case("small-but-real", noisy(0.010, 60, 0.005, seed=1)),
+        Case("big-but-noisy", noisy(0.010, 4, 0.5, seed=2)),
+        Case("big-and-real", noisy(0.010, 30, 0.02, seed=3)),
+        Case("faster", noisy(0.010, 30, 0.02, seed=4)),
+    ]
+    cur = [
+        Case("small-but-real", noisy(0.0103, 60, 0.005, seed=11)),  # +3%: significant, under the 5% threshold
+        Case("big-but-noisy", noisy(0.013, 4, 0.5, seed=12)),  # +30% by the medians, four noisy samples
+        Case("big-and-real", noisy(0.012, 30, 0.02, seed=13)),
+        Case("faster", noisy(0.008, 30, 0.02, seed=14)),
+    ]
+    cmp = _compare(tmp_path, base, cur)
+    v = _verdicts(cmp)
+    assert v == {
+        "small-but-real": "no change",
+        "big-but-noisy": "unstable",
+        "big-and-real": "regression",
+        "faster": "improvement",
+    }
+    real = next(c for c in cmp.cases if c.case_id == "big-and-real")
+    assert real.time is not None and real.time.p_value is not None and real.time.p_value < 0.01
+    assert real.time.ci_low is not None and real.time.ci_high is not None
+    assert real.time.ci_low < real.time.ratio < real.time.ci_high  # type: ignore[operator]
+    assert cmp.failing == [real]
+
+
+def test_identity_verdicts_new_missing_changed_failed(tmp_path: Path) -> None:
+    s = noisy(0.01, 20, 0.01, seed=5)
+    base = [
+        Case("gone", s),
+        Case("edited", s, workload_hash="old"),
+        Case("crashes-now", s),
+        Case("unknown-hash", s, workload_hash=None),
+        Case("was-broken", None, status="error"),
+        Case("skipped-now", s),
+    ]
+    cur = [
+        Case("fresh", s),
+        Case("edited", s, workload_hash="new"),
+        Case("crashes-now", None, status="timeout"),
+        Case("unknown-hash", s),
+        Case("was-broken", s),
+        Case("skipped-now", None, status="skipped"),
+    ]
+    cmp = _compare(tmp_path, base, cur)
+    v = _verdicts(cmp)
+    assert v == {
+        "gone": "missing",
+        "fresh": "new",
+        "edited": "changed",
+        "crashes-now": "failed",
+        "unknown-hash": "no change",
+        "was-broken": "new",
+        "skipped-now": "missing",
+    }
+    unknown = next(c for c in cmp.cases if c.case_id == "unknown-hash")
+    assert "workload_hash not recorded" in (unknown.reason or "")
+    assert [c.case_id for c in cmp.failing] == ["crashes-now"]
+    assert cmp.cases[0].verdict == "failed"  # the worst first
+
+
+def test_memory_is_compared_by_threshold_with_a_byte_floor(tmp_path: Path) -> None:
+    s = noisy(0.01, 20, 0.01, seed=6)
+    mib = 2**20
+    base = [
+        Case("grew", s, peak_memory_bytes=100 * mib),
+        Case("jitter", s, peak_memory_bytes=2 * mib),
+        Case("shrank", s, peak_memory_bytes=100 * mib),
+    ]
+    cur = [
+        Case("grew", s, peak_memory_bytes=120 * mib),  # +20% > 10%
+        Case("jitter", s, peak_memory_bytes=2 * mib + 700 * 1024),  # +34% but under the 1 MiB floor
+        Case("shrank", s, peak_memory_bytes=80 * mib),
+    ]
+    cmp = _compare(tmp_path, base, cur)
+    by_id = {c.case_id: c for c in cmp.cases}
+    assert by_id["grew"].verdict == "regression" and by_id["grew"].memory.verdict == "regression"  # type: ignore[union-attr]
+    assert by_id["jitter"].memory.verdict == "no change"  # type: ignore[union-attr]
+    assert by_id["shrank"].verdict == "improvement"
+    assert cmp.summary.memory_cases == 3
+
+
+def test_energy_is_compared_when_both_runs_measured_it(tmp_path: Path) -> None:
+    s = noisy(0.01, 20, 0.01, seed=7)
+    cmp = _compare(tmp_path, [Case("e", s, energy_j=1.0)], [Case("e", s, energy_j=1.3)])
+    (case,) = cmp.cases
+    assert case.energy is not None and case.energy.verdict == "regression"
+    assert case.verdict == "regression"
+
+
+# ----------------------------------------------------------------------------- thresholds
+
+
+def test_thresholds_from_suite_table_with_case_overrides_and_flags() -> None:
+    config = parse_compare_config(
+        {"threshold": 0.07, "alpha": 0.05, "memory_threshold": 0.2, "cases": {"sparse.*": {"threshold": 0.15}}},
+        "suite.toml",
+    )
+    assert config.for_case("full.sdpa-cpu-n512-x", "full.sdpa") == Thresholds(time=0.07, alpha=0.05, memory=0.2)
+    assert config.for_case("sparse.lsh-cpu-n512-x", "sparse.lsh").time == 0.15
+    flagged = config.with_overrides(time=0.03, alpha=None)
+    assert flagged.for_case("a", "full.sdpa").time == 0.03
+    assert flagged.for_case("a", "sparse.lsh").time == 0.15  # the per-case override still wins
+    with pytest.raises(UserError, match="unknown key 'treshold'"):
+        parse_compare_config({"treshold": 0.1}, "suite.toml")
+    with pytest.raises(UserError, match="fraction"):
+        parse_compare_config({"threshold": -1}, "suite.toml")
+
+
+def test_per_case_threshold_changes_the_verdict(tmp_path: Path) -> None:
+    base = [Case("a", noisy(0.010, 30, 0.01, seed=1)), Case("b", noisy(0.010, 30, 0.01, seed=2), variant="sparse.lsh")]
+    cur = [Case("a", noisy(0.011, 30, 0.01, seed=3)), Case("b", noisy(0.011, 30, 0.01, seed=4), variant="sparse.lsh")]
+    config = parse_compare_config({"cases": {"sparse.lsh": {"threshold": 0.2}}}, "t.toml")
+    assert _verdicts(_compare(tmp_path, base, cur, config=config)) == {"a": "regression", "b": "no change"}
+
+
+def test_builtin_nightly_suite_carries_compare_thresholds(tmp_path: Path) -> None:
+    base, _ = _pair(tmp_path, [Case("a", [0.01] * 6)], [Case("a", [0.01] * 6)])
+    from dataclasses import replace
+
+    nightly = replace(base.run, suite="nightly", argv=["bench", "run", "--suite", "nightly"])
+    config = suite_compare_config(nightly)
+    assert config.source == "built-in suite nightly"
+    assert config.default.time == 0.05 and config.default.alpha == 0.01
+
+
+# ----------------------------------------------------------------------------- environments
+
+
+def test_different_environments_are_refused_unless_allowed(tmp_path: Path) -> None:
+    s = noisy(0.01, 10, 0.01, seed=8)
+    base, cur = _pair(tmp_path, [Case("a", s)], [Case("a", s)], packages={"torch": "2.7.0"}, host={"cpu": "Other"})
+    with pytest.raises(UserError, match=r"different environments .*host cpu: Test CPU 9000 → Other.*torch: 2.6.0"):
+        compare_runs(base, cur)
+    cmp = compare_runs(base, cur, allow_env_mismatch=True)
+    assert any("torch" in r for r in cmp.environment_refusals)
+    assert "environment differs (allowed)" in render_markdown(cmp)
+
+
+def test_a_new_hostname_alone_is_not_a_different_machine(tmp_path: Path) -> None:
+    s = noisy(0.01, 10, 0.01, seed=9)
+    base, cur = _pair(tmp_path, [Case("a", s)], [Case("a", s)], host={"hostname": "ci-runner-77"})
+    cmp = compare_runs(base, cur)
+    assert any("hostname" in n for n in cmp.environment_notes)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def _bench(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run([*BENCH, *args], capture_output=True, text=True, timeout=120, env=cli_env(**env))
+
+
+def test_cli_compare_folders_outputs_and_fail_on_regression(tmp_path: Path) -> None:
+    base = write_run(tmp_path / "base", "run-base", [Case("a", noisy(0.01, 30, 0.01, seed=1))])
+    cur = write_run(
+        tmp_path / "cur", "run-cur", [Case("a", noisy(0.012, 30, 0.01, seed=2))], started_at="2026-11-02T00:00:00+00:00"
+    )
+    summary = tmp_path / "step_summary.md"
+    summary.write_text("earlier step\n")
+    out_json, out_md = tmp_path / "cmp.json", tmp_path / "cmp.md"
+    r = _bench(
+        "compare",
+        str(base),
+        str(cur),
+        "--json",
+        str(out_json),
+        "--markdown",
+        str(out_md),
+        GITHUB_STEP_SUMMARY=str(summary),
+    )
+    assert r.returncode == 0, r.stderr
+    assert "regression" in r.stdout
+    data = json.loads(out_json.read_text())
+    assert data["schema"] == "attnbench.compare/1"
+    assert data["cases"][0]["verdict"] == "regression"
+    assert data["cases"][0]["time"]["p_value"] < 0.01
+    assert data["summary"]["counts"]["regression"] == 1
+    assert "| case |" in out_md.read_text()
+    assert summary.read_text().startswith("earlier step\n## attnbench comparison")  # appended, not replaced
+    r = _bench("compare", str(base), str(cur), "--fail-on-regression", GITHUB_STEP_SUMMARY="")
+    assert r.returncode == 1
+    assert "a" in r.stderr and "regressed" in r.stderr
+    r = _bench("compare", str(base), str(base), "--fail-on-regression")
+    assert r.returncode == 2 and "both references name run run-base" in r.stderr
+
+
+def test_cli_compare_history_references_and_env_refusal(tmp_path: Path) -> None:
+    history = tmp_path / "h.sqlite"
+    s = noisy(0.01, 20, 0.01, seed=3)
+    write_run(tmp_path / "runs" / "r1", "run-1", [Case("a", s)], started_at="2026-11-01T00:00:00+00:00")
+    write_run(tmp_path / "runs" / "r2", "run-2", [Case("a", s)], started_at="2026-11-02T00:00:00+00:00")
+    write_run(
+        tmp_path / "runs" / "r3",
+        "run-3",
+        [Case("a", s)],
+        started_at="2026-11-03T00:00:00+00:00",
+        packages={"torch": "9"},
+    )
+    assert _bench("history", "ingest", str(tmp_path / "runs"), "--history", str(history)).returncode == 0
+    r = _bench("compare", "latest~2", "latest~1", "--history", str(history), "--json", "-")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(r.stdout)
+    assert (data["baseline"]["run_id"], data["current"]["run_id"]) == ("run-1", "run-2")
+    r = _bench("compare", "latest~1", "latest", "--history", str(history))
+    assert r.returncode == 2
+    assert "different environments" in r.stderr and "--allow-env-mismatch" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    r = _bench("compare", "latest~1", "latest", "--history", str(history), "--allow-env-mismatch")
+    assert r.returncode == 0, r.stderr
+    r = _bench("compare", "latest~5", "latest", "--history", str(history))
+    assert r.returncode == 2 and "needs 6 complete run(s)" in r.stderr
