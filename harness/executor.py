@@ -28,6 +28,7 @@ class Outcome:
     result: dict[str, Any] = field(default_factory=dict)  # the worker's measurements when ok
     traceback: str | None = None
     worker: dict[str, Any] = field(default_factory=dict)  # pid, exit code, wall and overhead seconds
+    node: dict[str, Any] | None = None  # harness.nodes.describe_node() of where it ran; None: this host
 
 
 def _signal_name(code: int) -> str:

@@ -1,0 +1,61 @@
+"""Test-only plugins for the Ray executor tests (ATTNBENCH_PLUGINS=tests.plugins.ray_probe).
+
+- `test_gpu`: a backend that asks Ray for a GPU, so on a CPU-only cluster no node offers it.
+- `test.marked_sleep`: correct attention that first leaves a file named after its process id
+  in $ATTNBENCH_TEST_MARKERS, then sleeps per call, so a test can find (and kill) the node
+  running it mid-case.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from backends.base import Availability
+from backends.cpu import CpuBackend
+from harness.registry import register_backend, register_workload
+from tests.plugins.faulty import _Faulty
+from workloads.base import Shape
+
+MARKERS_ENV = "ATTNBENCH_TEST_MARKERS"
+
+
+@register_backend
+class GpuOnlyBackend(CpuBackend):
+    name: ClassVar[str] = "test_gpu"
+    summary: ClassVar[str] = "test-only: asks Ray for a GPU"
+    ray_resources: ClassVar[dict[str, float]] = {"CPU": 1, "GPU": 1}
+
+    @classmethod
+    def availability(cls) -> Availability:
+        return Availability(False, "test-only backend that needs a GPU")
+
+
+@dataclass(frozen=True)
+class MarkedSleepParams:
+    sleep: float = 0.5
+
+
+@register_workload
+class MarkedSleep(_Faulty):
+    name: ClassVar[str] = "test.marked_sleep"
+    Params: ClassVar[type] = MarkedSleepParams
+
+    @classmethod
+    def working_bytes(cls, params: object, shape: Shape, itemsize: int) -> int:
+        return 0
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        folder = os.environ.get(MARKERS_ENV)
+        if folder:
+            marker = Path(folder) / str(os.getpid())
+            if not marker.exists():
+                marker.write_text(str(q.shape[-2]))
+        time.sleep(self.params.sleep)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)

@@ -1,0 +1,202 @@
+"""`bench run --executor ray` against a real local Ray cluster: a head and two worker nodes.
+
+The cluster is started once for the module (about 15 s on 2 cores) with token
+authentication on, as a team's cluster would be; `bench` connects to it from a subprocess
+with --ray-address, like a nightly job pointed at its cluster.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.conftest import BENCH, FAULTY, cli_env
+
+pytestmark = pytest.mark.ray
+
+PLUGINS = f"{FAULTY},tests.plugins.ray_probe"
+TINY = ["--heads", "1", "--head-dim", "8", "--threads", "1", "--max-time-per-case", "0.1"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    markers = tmp_path_factory.mktemp("markers")
+    # Token authentication, and the marker folder the probe workload writes to, must be in
+    # the environment before Ray is imported and before its node processes start.
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "ATTNBENCH_TEST_MARKERS")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), ATTNBENCH_TEST_MARKERS=str(markers))
+    from ray.cluster_utils import Cluster
+
+    from harness.ray_executor import CPU_RESOURCE
+
+    # The head runs no case (no CPU, no attnbench_cpu); each worker node offers one CPU slot.
+    c = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 0, "include_dashboard": False, "object_store_memory": 80 * 2**20},
+    )
+    for _ in range(2):
+        c.add_node(num_cpus=1, resources={CPU_RESOURCE: 1}, object_store_memory=80 * 2**20)
+    c.markers = markers
+    try:
+        yield c
+    finally:
+        c.shutdown()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def bench_env() -> dict[str, str]:
+    keys = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "ATTNBENCH_TEST_MARKERS")
+    return cli_env(ATTNBENCH_PLUGINS=PLUGINS, **{k: os.environ[k] for k in keys})
+
+
+def bench(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([*BENCH, *args], capture_output=True, text=True, timeout=timeout, env=bench_env())
+
+
+def records(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "cases.jsonl").read_text().splitlines()]
+
+
+def worker_node_ids(cluster: Any) -> set[str]:
+    return {n.node_id for n in cluster.worker_nodes}
+
+
+def test_ray_sweep_matches_local(cluster: Any, tmp_path: Path) -> None:
+    sweep = [
+        "run", "--variants", "full.sdpa,test.raises,test.torch_oom", "--backends", "cpu,test_gpu",
+        "--seq-lens", "64,128", *TINY,
+    ]  # fmt: skip
+    local = bench(*sweep, "--out", str(tmp_path / "local"))
+    assert local.returncode == 0, local.stderr
+    ray_run = bench(*sweep, "--executor", "ray", "--ray-address", cluster.address, "--out", str(tmp_path / "ray"))
+    assert ray_run.returncode == 0, ray_run.stderr
+
+    by_local = {r["case_id"]: r for r in records(tmp_path / "local")}
+    by_ray = {r["case_id"]: r for r in records(tmp_path / "ray")}
+    assert len(by_ray) == len(records(tmp_path / "ray")) == 12  # each case once
+    assert by_ray.keys() == by_local.keys()
+    assert {k: r["status"] for k, r in by_ray.items()} == {k: r["status"] for k, r in by_local.items()}
+    statuses = sorted(r["status"] for r in by_ray.values())
+    assert statuses == ["error"] * 2 + ["ok"] * 2 + ["oom", "skipped"] + ["unsupported"] * 6
+
+    nodes = worker_node_ids(cluster)
+    run = json.loads((tmp_path / "ray" / "run.json").read_text())
+    assert run["status"] == "complete" and run["executor"] == "ray"
+    assert run["ray_options"]["address"] == cluster.address
+    assert run["ray"]["local_cluster"] is False and run["ray"]["cluster_resources"]["attnbench_cpu"] == 2
+    listed = {n["id"]: n for n in run["nodes"]}
+    for rec in by_ray.values():
+        if rec["backend"] == "test_gpu":  # no node has a GPU: said so, never silently dropped
+            assert rec["status"] == "unsupported" and "no node of the Ray cluster offers" in rec["reason"]
+            assert "GPU=1" in rec["reason"] and rec.get("node") is None
+            continue
+        if rec["status"] == "skipped":
+            assert "ran out of memory at n=64" in rec["reason"]
+            continue
+        node = rec["node"]
+        assert node["ray_node_id"] in nodes and node["id"] in listed
+        assert node["fingerprint"] == listed[node["id"]]["fingerprint"]
+        assert listed[node["id"]]["host"]["hostname"] == node["hostname"]
+        if rec["status"] == "ok":
+            assert rec["backend_settings"]["threads"] == 1  # pinned, whatever Ray set OMP_NUM_THREADS to
+            assert rec["device"] in listed[node["id"]]["devices"]
+            assert rec["peak_memory_bytes"] is not None
+    assert sum(n["cases"] for n in listed.values()) == 5  # all but the skipped one ran
+
+    # One case at a time per device: on each node, the cases' run times never overlap.
+    spans: dict[str, list[tuple[float, float]]] = {}
+    for rec in by_ray.values():
+        if rec.get("node"):
+            spans.setdefault(rec["node"]["id"], []).append((rec["worker"]["started_unix"], rec["worker"]["ended_unix"]))
+    for intervals in spans.values():
+        intervals.sort()
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(intervals)), intervals
+
+
+def _node_of(cluster: Any, pid: int) -> Any:
+    """The cluster node whose raylet is an ancestor of the process."""
+    ancestors = {p.pid for p in psutil.Process(pid).parents()}
+    for node in cluster.worker_nodes:
+        raylet = node.all_processes["raylet"][0].process.pid
+        if raylet in ancestors:
+            return node
+    raise AssertionError(f"process {pid} belongs to no worker node")
+
+
+def test_node_dies_mid_case(cluster: Any, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [
+        "run", "--executor", "ray", "--ray-address", cluster.address, "--variants", "full.sdpa,test.marked_sleep",
+        "--backends", "cpu", "--seq-lens", "32,64", *TINY, "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.Popen([*BENCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=bench_env())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(cluster.markers.iterdir()):
+        time.sleep(0.05)
+    marker = next(iter(cluster.markers.iterdir()))
+    victim = _node_of(cluster, int(marker.name))
+    cluster.remove_node(victim, allow_graceful=False)
+    try:
+        _, stderr = proc.communicate(timeout=180)
+        assert proc.returncode == 0, stderr
+        run = json.loads((out / "run.json").read_text())
+        assert run["status"] == "complete"
+        recs = records(out)
+        assert len(recs) == run["cases_total"] == 4  # the sweep completed
+        died = [r for r in recs if r["status"] == "error"]
+        assert len(died) == 1, [(r["case_id"], r["status"], r["reason"]) for r in recs]
+        assert died[0]["variant"] == "test.marked_sleep" and died[0]["seq_len"] == 32
+        assert died[0]["reason"].startswith("node died:")
+        assert died[0]["node"]["ray_node_id"] == victim.node_id  # attributed to the node that died
+        others = [r for r in recs if r is not died[0]]
+        assert all(r["status"] == "ok" for r in others), [(r["case_id"], r["reason"]) for r in others]
+        assert all(r["node"]["ray_node_id"] != victim.node_id for r in others if r["variant"] == "test.marked_sleep")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for f in cluster.markers.iterdir():
+            f.unlink()
+        cluster.add_node(num_cpus=1, resources={"attnbench_cpu": 1}, object_store_memory=80 * 2**20)
+
+
+def test_interrupt_then_resume_keeps_ray(cluster: Any, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = [
+        "run", "--executor", "ray", "--ray-address", cluster.address, "--variants", "test.sleepy",
+        "--param", "test.sleepy.sleep=0.2", "--seq-lens", "16,32,48", "--backends", "cpu", *TINY,
+        "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.Popen([*BENCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=bench_env())
+    cases = out / "cases.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (cases.exists() and cases.read_text().count("\n") >= 1):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    first = records(out)
+    assert 1 <= len(first) < 3 and all(r["status"] == "ok" for r in first)
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+
+    resumed = bench("run", "--resume", str(out))  # no --executor: the run's own, with its address
+    assert resumed.returncode == 0, resumed.stderr
+    run = json.loads((out / "run.json").read_text())
+    assert run["status"] == "complete" and run["executor"] == "ray" and len(run["resumed_at"]) == 1
+    recs = records(out)
+    assert [r["seq_len"] for r in recs] == [16, 32, 48]
+    assert all(r["status"] == "ok" and r["node"]["ray_node_id"] for r in recs)
