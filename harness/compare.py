@@ -206,12 +206,17 @@ class Thresholds:
     memory: float = 0.10  # relative change of peak memory that matters
     memory_floor_bytes: int = 1 << 20  # ...and never less than this many bytes (page jitter)
     energy: float = 0.10  # relative change of joules per call that matters
+    # A time change measured while other processes used more than this share of the CPU (in
+    # either run; worker.other_cpu_share) is `unstable`, not a verdict: a busy machine, not the code.
+    busy_share: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("time", "memory", "energy"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 < value < 10):
                 raise UserError(f"compare threshold '{name}' must be a fraction such as 0.05, got {value!r}")
+        if not (isinstance(self.busy_share, (int, float)) and 0 < self.busy_share <= 1):
+            raise UserError(f"busy_share must be a fraction in (0, 1], got {self.busy_share!r}")
         if not (isinstance(self.alpha, float) and 0 < self.alpha < 1):
             raise UserError(f"compare alpha must be a probability such as 0.01, got {self.alpha!r}")
         if not isinstance(self.memory_floor_bytes, int) or self.memory_floor_bytes < 0:
@@ -225,6 +230,7 @@ CONFIG_KEYS = {
     "memory_threshold": "memory",
     "memory_floor_bytes": "memory_floor_bytes",
     "energy_threshold": "energy",
+    "busy_share": "busy_share",
 }
 
 
@@ -505,6 +511,11 @@ def _energy_change(base: CaseRecord, cur: CaseRecord, th: Thresholds) -> MetricC
     return MetricChange("energy", b, c, ratio, threshold=th.energy, verdict=verdict)
 
 
+def _busy(rec: CaseRecord) -> float:
+    share = (rec.extra.get("worker") or {}).get("other_cpu_share")
+    return float(share) if isinstance(share, (int, float)) else 0.0
+
+
 def case_label(rec: CaseRecord) -> str:
     scope = rec.extra.get("scope", "core")
     return f"{rec.variant} {rec.backend}/{rec.dtype}/{rec.mode}/{scope} n={rec.seq_len}"
@@ -541,6 +552,14 @@ def compare_case(base: CaseRecord | None, cur: CaseRecord | None, config: Compar
             **common, verdict="changed", reason="workload source or parameters changed (workload_hash differs)"
         ), None
     time, reps = _time_change(base, cur, th)
+    busy = max(_busy(base), _busy(cur))
+    if time.verdict in ("regression", "improvement") and busy > th.busy_share:
+        time = replace(
+            time,
+            verdict="unstable",
+            note=f"{time.ratio - 1:+.1%} (p={time.p_value:.2g}) measured while other processes used up to "  # type: ignore[operator]
+            f"{busy:.0%} of the CPU: not trusted",
+        )
     memory = _memory_change(base, cur, th)
     energy = _energy_change(base, cur, th)
     verdicts = [m.verdict for m in (time, memory, energy) if m is not None and m.verdict]

@@ -35,6 +35,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--memory-threshold", type=float, help="relative peak-memory change that counts (default 0.10)")
     p.add_argument("--energy-threshold", type=float, help="relative energy change that counts (default 0.10)")
     p.add_argument(
+        "--busy-share",
+        type=float,
+        help="distrust a time change measured while other processes used more of the CPU than this (default 0.25)",
+    )
+    p.add_argument(
         "--thresholds", type=Path, metavar="TOML", help="a suite or thresholds file whose [compare] table to use"
     )
     p.add_argument("--allow-env-mismatch", action="store_true", help="compare runs from different hosts or versions")
@@ -89,7 +94,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         )
     config = load_compare_config(args.thresholds) if args.thresholds else suite_compare_config(current.run)
     config = config.with_overrides(
-        time=args.threshold, alpha=args.alpha, memory=args.memory_threshold, energy=args.energy_threshold
+        time=args.threshold,
+        alpha=args.alpha,
+        memory=args.memory_threshold,
+        energy=args.energy_threshold,
+        busy_share=args.busy_share,
     )
     cmp = compare_runs(baseline, current, config, allow_env_mismatch=args.allow_env_mismatch, refs=refs)
 

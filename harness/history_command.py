@@ -33,6 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     ls = sub.add_parser("list", help="runs in the history, newest first")
     ls.add_argument("--suite", help="only runs of this suite")
     ls.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50; 0: all)")
+    ls.add_argument("--json", action="store_true", help="print the runs as JSON (for scripts)")
 
     show = sub.add_parser("show", help="a metric's trend for a case or a variant, as a table and a plot")
     show.add_argument("--case", help="a case_id")
@@ -89,6 +90,12 @@ def _list(history: Any, args: argparse.Namespace) -> int:
     from harness.console import make_console
 
     runs = history.runs(suite=args.suite, limit=args.limit or None)
+    if args.json:
+        import dataclasses
+        import json
+
+        print(json.dumps([dataclasses.asdict(r) for r in runs], indent=2))
+        return 0
     console = make_console()
     if not runs:
         console.print(f"no runs in {history.path}" + (f" of suite {args.suite}" if args.suite else ""))

@@ -117,6 +117,17 @@ def test_regression_needs_both_threshold_and_significance(tmp_path: Path) -> Non
     assert cmp.failing == [real]
 
 
+def test_a_change_measured_on_a_busy_machine_is_not_trusted(tmp_path: Path) -> None:
+    busy = {"worker": {"other_cpu_share": 0.6}}
+    base = [Case("quiet", noisy(0.01, 30, 0.01, seed=1)), Case("busy", noisy(0.01, 30, 0.01, seed=2))]
+    cur = [Case("quiet", noisy(0.012, 30, 0.01, seed=3)), Case("busy", noisy(0.012, 30, 0.01, seed=4), extra=busy)]
+    cmp = _compare(tmp_path / "default", base, cur)
+    assert _verdicts(cmp) == {"quiet": "regression", "busy": "unstable"}
+    assert "60% of the CPU" in next(c.reason for c in cmp.cases if c.case_id == "busy")
+    lenient = parse_compare_config({"busy_share": 1.0}, "t.toml")
+    assert _verdicts(_compare(tmp_path / "lenient", base, cur, config=lenient))["busy"] == "regression"
+
+
 def test_identity_verdicts_new_missing_changed_failed(tmp_path: Path) -> None:
     s = noisy(0.01, 20, 0.01, seed=5)
     base = [

@@ -1,0 +1,140 @@
+"""A/A and injected-slowdown experiment: how often does `bench compare` cry wolf, and how
+often does it catch a real slowdown?
+
+Runs the test-only workload `test.slowdown` (tests/plugins/slowdown.py) repeatedly with
+an injected extra cost of 0 (A/A), 1% and 10%, interleaved so that slow drifts of the
+machine's load hit every condition alike, then compares every baseline (extra 0) run with
+every other run of each condition using the same code as `bench compare`:
+
+    python tools/aa_experiment.py --reps 6 --out /tmp/aa
+    python tools/aa_experiment.py --analyse /tmp/aa        # re-analyse stored runs only
+
+Rates are per case comparison: false-alarm rate = share of A/A comparisons judged
+`regression` (or `improvement`), detection rate = share of injected comparisons judged
+`regression`. Each run also records the machine's load (worker.other_cpu_share).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def run_once(folder: Path, extra: float, args: argparse.Namespace) -> None:
+    env = dict(os.environ)
+    env.update(
+        ATTNBENCH_PLUGINS="tests.plugins.slowdown",
+        ATTNBENCH_SLOWDOWN=str(extra),
+        ATTNBENCH_HISTORY="off",
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
+    cmd = [sys.executable, "-m", "harness.cli", "run", "--variants", "test.slowdown", "--backends", "cpu"]
+    cmd += ["--seq-lens", args.seq_lens, "--heads", "4", "--head-dim", "32", "--threads", str(args.threads)]
+    cmd += ["--max-time-per-case", str(args.budget), "--target-ci", "0.002", "--out", str(folder)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    if r.returncode != 0:
+        raise SystemExit(f"bench run failed for {folder}:\n{r.stderr}")
+
+
+def analyse(out: Path, extras: list[float], threshold: float, alpha: float, busy_share: float) -> dict:
+    from harness.compare import CompareConfig, Thresholds, compare_runs
+    from harness.results import load_run
+
+    runs: dict[float, list] = {x: [] for x in extras}
+    for folder in sorted(out.glob("rep*-x*")):
+        extra = float(folder.name.split("-x", 1)[1])
+        if extra in runs and (folder / "run.json").is_file():
+            runs[extra].append(load_run(folder))
+    config = CompareConfig(default=Thresholds(time=threshold, alpha=alpha, busy_share=busy_share), source="experiment")
+    baselines = runs[0.0]
+    report: dict = {"threshold": threshold, "alpha": alpha, "busy_share": busy_share, "conditions": {}}
+    for extra, currents in runs.items():
+        if extra == 0.0:
+            pairs = list(itertools.combinations(baselines, 2))
+        else:
+            pairs = [(b, c) for b in baselines for c in currents]
+        verdicts: list[str] = []
+        ratios: list[float] = []
+        for b, c in pairs:
+            cmp = compare_runs(b, c, config)
+            for case in cmp.cases:
+                verdicts.append(case.verdict)
+                if case.time and case.time.ratio:
+                    ratios.append(case.time.ratio)
+        n = len(verdicts)
+        counts = {v: verdicts.count(v) for v in sorted(set(verdicts))}
+        loads = [
+            (rec.extra.get("worker") or {}).get("other_cpu_share") or 0.0
+            for r in (currents if extra else baselines)
+            for rec in r.cases
+        ]
+        report["conditions"][f"{extra:g}"] = {
+            "runs": len(currents),
+            "run_pairs": len(pairs),
+            "case_comparisons": n,
+            "verdicts": counts,
+            "regression_rate": counts.get("regression", 0) / n if n else None,
+            "improvement_rate": counts.get("improvement", 0) / n if n else None,
+            "median_ratio": statistics.median(ratios) if ratios else None,
+            "ratio_range": [min(ratios), max(ratios)] if ratios else None,
+            "median_other_cpu_share": statistics.median(loads) if loads else None,
+        }
+    return report
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reps", type=int, default=6, help="runs per condition")
+    p.add_argument("--extras", default="0,0.01,0.10", help="injected extra cost fractions (0 must be first)")
+    p.add_argument("--seq-lens", default="64,128,256", help="one case per length")
+    p.add_argument("--budget", type=float, default=1.0, help="seconds of sampling per case")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threshold", type=float, default=0.05)
+    p.add_argument("--alpha", type=float, default=0.01)
+    p.add_argument("--out", type=Path, help="folder for the runs (new experiment)")
+    p.add_argument("--analyse", type=Path, help="analyse the runs already in this folder")
+    args = p.parse_args()
+    extras = [float(x) for x in args.extras.split(",")]
+    if extras[0] != 0.0:
+        raise SystemExit("--extras must start with 0 (the baseline condition)")
+    out = args.analyse or args.out
+    if out is None:
+        raise SystemExit("give --out DIR (run the experiment) or --analyse DIR")
+    if args.analyse is None:
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        for rep in range(args.reps):
+            # Interleaved, and rotated each repetition, so load drift is shared by all conditions.
+            order = extras[rep % len(extras) :] + extras[: rep % len(extras)]
+            for extra in order:
+                folder = out / f"rep{rep:02d}-x{extra:g}"
+                if not (folder / "run.json").is_file():
+                    run_once(folder, extra, args)
+                    print(f"{folder.name} done at {time.perf_counter() - t0:.0f} s", flush=True)
+    # With the default busy-machine guard, and without it (every change judged on its statistics).
+    reports = [analyse(out, extras, args.threshold, args.alpha, share) for share in (0.25, 1.0)]
+    (out / "report.json").write_text(json.dumps(reports, indent=2) + "\n")
+    for report in reports:
+        print(f"threshold {report['threshold']:.0%}, alpha {report['alpha']}, busy_share {report['busy_share']}")
+        for extra, c in report["conditions"].items():
+            print(
+                f"  extra {float(extra):>5.0%}: {c['case_comparisons']:>3} comparisons ({c['run_pairs']} run pairs), "
+                f"regression {c['regression_rate'] or 0:.1%}, improvement {c['improvement_rate'] or 0:.1%}, "
+                f"median ratio {c['median_ratio'] or 0:.3f}, verdicts {c['verdicts']}, "
+                f"median other-CPU share {c['median_other_cpu_share'] or 0:.0%}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
