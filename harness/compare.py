@@ -739,8 +739,8 @@ def render_table(cmp: Comparison, console: Any) -> None:
     for line in cmp.environment_notes:
         console.print(f"[dim]note: {line}[/]", highlight=False)
     table = Table(title_justify="left")
+    table.add_column("case", min_width=24, ratio=3, overflow="fold")
     for col, just in (
-        ("case", "left"),
         ("base ms", "right"),
         ("cur ms", "right"),
         ("change", "right"),
@@ -748,9 +748,9 @@ def render_table(cmp: Comparison, console: Any) -> None:
         ("p", "right"),
         ("memory MiB (Δ)", "right"),
         ("verdict", "left"),
-        ("why", "left"),
     ):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+        table.add_column(col, justify=just, no_wrap=col == "verdict")  # type: ignore[arg-type]
+    table.add_column("why", ratio=2, overflow="fold")
     for case in cmp.cases:
         t = case.time
         style = VERDICT_STYLE[case.verdict]

@@ -118,7 +118,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             out = Path(args.json)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(cmp.to_json(), indent=2) + "\n")
-        render_table(cmp, make_console())
+        console = make_console()
+        if not console.is_terminal:  # CI logs: room for every column rather than wrapped cells
+            console.width = max(console.width, 170)
+        render_table(cmp, console)
     if args.fail_on_regression and cmp.failing:
         sys.stderr.write(
             f"bench compare: {len(cmp.failing)} case(s) regressed or failed: "
