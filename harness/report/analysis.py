@@ -1,0 +1,180 @@
+"""Numbers a report derives from stored measurements: log-log slopes, speedups, crossovers.
+
+Pure Python so it is cheap to import and easy to test; figures and tables both use it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+# Two-sided 95% quantiles of Student's t by degrees of freedom (the slope's CI). Between
+# entries the smaller df's (larger) value is used, so the interval is never too narrow;
+# beyond the table a first-order expansion in 1/df is accurate to 1e-3.
+_T975 = {
+    1: 12.706,
+    2: 4.303,
+    3: 3.182,
+    4: 2.776,
+    5: 2.571,
+    6: 2.447,
+    7: 2.365,
+    8: 2.306,
+    9: 2.262,
+    10: 2.228,
+    11: 2.201,
+    12: 2.179,
+    13: 2.160,
+    14: 2.145,
+    15: 2.131,
+    16: 2.120,
+    17: 2.110,
+    18: 2.101,
+    19: 2.093,
+    20: 2.086,
+    25: 2.060,
+    30: 2.042,
+    40: 2.021,
+    60: 2.000,
+}
+
+
+def t975(df: int) -> float:
+    """The 97.5% quantile of Student's t with `df` degrees of freedom (table, rounded down in df)."""
+    if df < 1:
+        raise ValueError("need at least one degree of freedom")
+    if df > max(_T975):
+        z = 1.959964
+        return z + (z**3 + z) / (4 * df)
+    return _T975[max(k for k in _T975 if k <= df)]
+
+
+@dataclass(frozen=True)
+class SlopeFit:
+    """Least-squares fit of log(y) = a + slope·log(n).
+
+    `stderr` is the slope's standard error from the residuals (None with only two points,
+    where the line passes through both and there is no residual to judge it by); `ci95`
+    is its 95% half-width from Student's t with n-2 degrees of freedom.
+    """
+
+    slope: float
+    intercept: float
+    stderr: float | None
+    points: int
+    min_len: int
+    max_len: int
+
+    @property
+    def ci95(self) -> float | None:
+        return None if self.stderr is None else t975(self.points - 2) * self.stderr
+
+    def predict(self, n: float) -> float:
+        return math.exp(self.intercept + self.slope * math.log(n))
+
+    def text(self) -> str:
+        if self.stderr is None:
+            return f"{self.slope:.2f} (2 points)"
+        return f"{self.slope:.2f} ± {self.ci95:.2f}"
+
+
+def fit_loglog(lengths: Sequence[float], values: Sequence[float]) -> SlopeFit | None:
+    """The log-log slope of values against lengths; None with fewer than two distinct lengths
+    or any non-positive value (a log of it has no meaning)."""
+    pairs = [(float(n), float(y)) for n, y in zip(lengths, values, strict=True)]
+    if len({n for n, _ in pairs}) < 2 or any(n <= 0 or y <= 0 for n, y in pairs):
+        return None
+    lx = [math.log(n) for n, _ in pairs]
+    ly = [math.log(y) for _, y in pairs]
+    k = len(pairs)
+    mx, my = sum(lx) / k, sum(ly) / k
+    sxx = sum((x - mx) ** 2 for x in lx)
+    slope = sum((x - mx) * (y - my) for x, y in zip(lx, ly, strict=True)) / sxx
+    intercept = my - slope * mx
+    stderr = None
+    if k > 2:
+        ssr = sum((y - (intercept + slope * x)) ** 2 for x, y in zip(lx, ly, strict=True))
+        stderr = math.sqrt(ssr / (k - 2) / sxx)
+    return SlopeFit(slope, intercept, stderr, k, int(min(n for n, _ in pairs)), int(max(n for n, _ in pairs)))
+
+
+@dataclass(frozen=True)
+class SpeedupPoint:
+    """Baseline time over variant time at one length, with a conservative 95% band built
+    from both medians' confidence intervals. `outcome` is "measured" when both ran, or
+    "baseline failed" / "variant failed" when only one did (a win or a loss with no ratio)."""
+
+    seq_len: int
+    speedup: float | None
+    low: float | None
+    high: float | None
+    outcome: str
+
+    @property
+    def wins(self) -> bool:
+        if self.outcome == "baseline failed":
+            return True
+        if self.outcome == "variant failed":
+            return False
+        return self.speedup is not None and self.speedup > 1.0
+
+    @property
+    def significant(self) -> bool:
+        """True when the whole band lies on one side of 1 (or one side failed)."""
+        if self.outcome != "measured":
+            return True
+        return self.low is not None and self.high is not None and (self.low > 1.0 or self.high < 1.0)
+
+
+@dataclass(frozen=True)
+class Crossover:
+    """Where a variant starts to beat the baseline for good, over the measured lengths.
+
+    kind: "always" (faster at every common length), "never" (not faster at the longest),
+    "at" (faster from `length` on, slower just below it), or "none" (nothing to compare).
+    `length` is the smallest measured length from which the variant wins at every longer
+    one; `interpolated` is where the log speedup, linear in log n between the two bracketing
+    measured lengths, crosses zero (only when both of them have measured times).
+    """
+
+    kind: str
+    length: int | None = None
+    below: int | None = None
+    interpolated: float | None = None
+    certain: bool = True  # False when the speedup band at `length` or `below` straddles 1
+
+    def text(self) -> str:
+        if self.kind == "none":
+            return "n/a"
+        if self.kind == "always":
+            return f"always (from {self.length:,})"
+        if self.kind == "never":
+            return f"never (to {self.below:,})"
+        out = f"{self.length:,}"
+        if self.interpolated is not None:
+            out += f" (≈{self.interpolated:,.0f})"
+        if not self.certain:
+            out += " ?"
+        return out
+
+
+def crossover(points: Sequence[SpeedupPoint]) -> Crossover:
+    pts = sorted(points, key=lambda p: p.seq_len)
+    if not pts:
+        return Crossover("none")
+    if not pts[-1].wins:
+        return Crossover("never", below=pts[-1].seq_len, certain=pts[-1].significant)
+    k = len(pts) - 1
+    while k > 0 and pts[k - 1].wins:
+        k -= 1
+    if k == 0:
+        return Crossover("always", length=pts[0].seq_len, certain=pts[0].significant)
+    lo, hi = pts[k - 1], pts[k]
+    interp = None
+    if lo.speedup and hi.speedup and lo.outcome == hi.outcome == "measured":
+        a, b = math.log(lo.speedup), math.log(hi.speedup)
+        if b > a:
+            frac = -a / (b - a)
+            interp = math.exp(math.log(lo.seq_len) + frac * (math.log(hi.seq_len) - math.log(lo.seq_len)))
+    return Crossover("at", hi.seq_len, lo.seq_len, interp, certain=lo.significant and hi.significant)

@@ -1,0 +1,648 @@
+"""The report's figures, drawn with matplotlib (Agg) and saved as PNG and SVG.
+
+Conventions shared by every scaling figure: x = sequence length and both axes logarithmic;
+one colour per curve (variant and parameters), one line style and marker per source (run,
+backend, host); a shaded band for the 95% confidence interval of the median; hollow markers
+for unstable points; × on the top edge at lengths whose case is not ok.
+
+Importing this module imports matplotlib: the CLI imports it inside `run` only.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window, never a display server
+
+import matplotlib.pyplot as plt
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+
+from harness.report.data import Group, Point, ReportData, SeriesKey, curve_key
+from harness.report.tables import SeriesStats, calibration_notes, energy_note, fmt_bytes, fmt_len
+
+LINESTYLES = ("-", "--", ":", "-.")
+MARKERS = ("o", "s", "^", "D", "v", "P")
+PALETTE = (
+    "#1f77b4",
+    "#d62728",
+    "#2ca02c",
+    "#ff7f0e",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#17becf",
+    "#bcbd22",
+    "#7f7f7f",
+    "#393b79",
+    "#637939",
+    "#8c6d31",
+    "#843c39",
+    "#7b4173",
+)
+RC = {
+    "figure.figsize": (6.4, 3.8),
+    "figure.dpi": 100,
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.titlepad": 16,  # room for the marker key between the title and the axes
+    "axes.grid": True,
+    "grid.alpha": 0.3,
+    "grid.linewidth": 0.6,
+    "legend.fontsize": 7.5,
+    "legend.framealpha": 0.85,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "svg.hashsalt": "attnbench",  # stable SVG ids: a re-rendered report diffs cleanly
+}
+PNG_DPI = 144
+PATTERN_MAX_LEN = 4096  # masks are rebuilt (n × n booleans), so keep them small
+PATTERN_PREFERRED_LEN = 1024  # long enough for windows and blocks to show as structure
+PATTERN_CELLS = 256  # pooled to at most this many cells a side (each shows the attended share)
+
+
+@dataclass(frozen=True)
+class FigureFile:
+    name: str  # file stem under figures/
+    title: str
+    caption: str
+    png: Path
+    svg: Path
+
+
+@dataclass
+class Figures:
+    """What was drawn, and for what could not be, why."""
+
+    folder: Path
+    files: list[FigureFile]
+    notes: dict[str, list[str]]  # group key (or "patterns", "ponder") -> reasons
+
+    def of(self, prefix: str) -> list[FigureFile]:
+        return [f for f in self.files if f.name.startswith(prefix + "-") or f.name == prefix]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+class Painter:
+    """Colours and line styles fixed for the whole report."""
+
+    def __init__(self, data: ReportData) -> None:
+        self.data = data
+        self.colour = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(data.curves)}
+        self.style = {s: LINESTYLES[i % len(LINESTYLES)] for i, s in enumerate(data.sources)}
+        self.marker = {s: MARKERS[i % len(MARKERS)] for i, s in enumerate(data.sources)}
+
+    def line_kw(self, key: SeriesKey) -> dict:
+        return {"color": self.colour[key.curve], "linestyle": self.style[key.source], "linewidth": 1.5}
+
+    def scatter(self, ax: Axes, key: SeriesKey, xs: list[float], ys: list[float], stable: list[bool]) -> None:
+        colour, marker = self.colour[key.curve], self.marker[key.source]
+        for x, y, s in zip(xs, ys, stable, strict=True):
+            ax.plot(
+                [x],
+                [y],
+                marker=marker,
+                markersize=5,
+                color=colour,
+                markerfacecolor=colour if s else "white",
+                markeredgewidth=1.2,
+                linestyle="none",
+                zorder=3,
+            )
+
+    def failures(self, ax: Axes, key: SeriesKey, points: list[Point]) -> None:
+        bad = [p.seq_len for p in points if not p.ok]
+        if bad:
+            ax.plot(
+                bad,
+                [0.97] * len(bad),
+                marker="x",
+                markersize=7,
+                markeredgewidth=1.8,
+                linestyle="none",
+                color=self.colour[key.curve],
+                transform=ax.get_xaxis_transform(),
+                clip_on=False,
+                zorder=4,
+            )
+
+
+def _length_axis(ax: Axes, lengths: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("sequence length n (tokens)")
+    distinct = sorted(set(lengths))
+    if 0 < len(distinct) <= 12:
+        ax.xaxis.set_major_locator(FixedLocator(distinct))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _pos: fmt_len(x) if x > 0 else ""))
+    if len(distinct) == 1:  # one length: give the point some room
+        ax.set_xlim(distinct[0] / 1.5, distinct[0] * 1.5)
+
+
+def _legend(ax: Axes, handles: list, labels: list[str], marker_key: bool = True, key: tuple = ()) -> None:
+    """Curves in a legend under the axes (never over the data: on log-log axes curves go
+    anywhere); the marker key in one row between the title and the axes."""
+    key_h: list = list(key[0]) if key else []
+    key_l: list[str] = list(key[1]) if key else []
+    if marker_key:
+        key_h += [
+            Patch(facecolor="0.6", alpha=0.3),
+            Line2D([], [], marker="o", color="0.3", linestyle="none"),
+            Line2D([], [], marker="o", color="0.3", markerfacecolor="white", linestyle="none"),
+            Line2D([], [], marker="x", color="0.3", linestyle="none", markeredgewidth=1.8),
+        ]
+        key_l += ["95% CI", "stable", "unstable", "not ok"]
+    if key_h:
+        top = ax.legend(
+            key_h,
+            key_l,
+            loc="lower center",
+            bbox_to_anchor=(0.5, 1.0),
+            ncol=len(key_h),
+            frameon=False,
+            fontsize=7,
+            handlelength=1.4,
+            columnspacing=1.0,
+        )
+        ax.add_artist(top)
+    if handles:
+        ncol = 1 if max((len(lb) for lb in labels), default=0) > 45 else 2
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, frameon=False)
+
+
+def _bytes_formatter() -> FuncFormatter:
+    return FuncFormatter(lambda y, _pos: fmt_bytes(y) if y > 0 else "")
+
+
+def _eng(unit: str) -> FuncFormatter:
+    def f(y: float, _pos: int) -> str:
+        if y <= 0:
+            return ""
+        for prefix, div in (
+            ("P", 1e15),
+            ("T", 1e12),
+            ("G", 1e9),
+            ("M", 1e6),
+            ("k", 1e3),
+            ("", 1.0),
+            ("m", 1e-3),
+            ("µ", 1e-6),
+            ("n", 1e-9),
+        ):
+            if y >= div * 0.9999:
+                return f"{y / div:.3g} {prefix}{unit}"
+        return f"{y:.1e} {unit}"
+
+    return FuncFormatter(f)
+
+
+@dataclass(frozen=True)
+class Metric:
+    kind: str
+    title: str
+    ylabel: str
+    value: Callable[[Point], tuple[float, float, float] | None]  # (y, band low, band high)
+    formatter: Callable[[], FuncFormatter]
+    caption: str
+
+
+def _single(fn: Callable[[Point], float | None]) -> Callable[[Point], tuple[float, float, float] | None]:
+    def f(p: Point) -> tuple[float, float, float] | None:
+        y = fn(p)
+        return None if y is None else (y, y, y)
+
+    return f
+
+
+METRICS = (
+    Metric(
+        "time",
+        "median time per call",
+        "seconds per call",
+        lambda p: p.time(),
+        lambda: _eng("s"),
+        "Median wall time of one call; the band is the median's 95% confidence interval.",
+    ),
+    Metric(
+        "throughput",
+        "throughput",
+        "tokens per second",
+        lambda p: p.throughput(),
+        lambda: _eng("tok/s"),
+        "batch × n / median time; the band follows from the median's 95% CI.",
+    ),
+    Metric(
+        "memory",
+        "peak memory above the inputs",
+        "peak memory",
+        _single(lambda p: p.peak_memory),
+        _bytes_formatter,
+        "Measured peak above the baseline taken after the inputs exist; thin dotted lines: the analytic minimum.",
+    ),
+    Metric(
+        "energy",
+        "energy per token",
+        "joules per token",
+        _single(lambda p: p.energy_per_token),
+        lambda: _eng("J"),
+        "Energy of one call from the device's hardware counter, divided by batch × n.",
+    ),
+)
+
+
+def _save(fig: Figure, folder: Path, name: str, title: str, caption: str) -> FigureFile:
+    png, svg = folder / f"{name}.png", folder / f"{name}.svg"
+    fig.savefig(png, dpi=PNG_DPI, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(svg, bbox_inches="tight", metadata={"Date": None, "Creator": None})
+    plt.close(fig)
+    return FigureFile(name, title, caption, png, svg)
+
+
+def metric_figure(data: ReportData, paint: Painter, group: Group, metric: Metric) -> Figure | None:
+    series = {k: [(p, metric.value(p)) for p in pts] for k, pts in group.series.items()}
+    if not any(v for pts in series.values() for _, v in pts):
+        return None
+    fig, ax = plt.subplots()
+    handles, labels = [], []
+    for key, pts in series.items():
+        good = [(p, v) for p, v in pts if v is not None]
+        xs = [p.seq_len for p, _ in good]
+        ys = [v[0] for _, v in good]
+        if good:
+            (line,) = ax.plot(xs, ys, **paint.line_kw(key))
+            if any(v[1] != v[2] for _, v in good):
+                ax.fill_between(
+                    xs, [v[1] for _, v in good], [v[2] for _, v in good], color=line.get_color(), alpha=0.15, lw=0
+                )
+            paint.scatter(ax, key, xs, ys, [p.stable for p, _ in good])
+            handles.append(line)
+            labels.append(data.series_label(key, group))
+        if metric.kind == "memory":
+            mins = [(p.seq_len, p.analytic_min_bytes) for p in group.series[key] if p.ok and p.analytic_min_bytes]
+            if mins:
+                ax.plot(
+                    *zip(*mins, strict=True), color=paint.colour[key.curve], linestyle=":", linewidth=0.8, alpha=0.8
+                )
+        # Where this metric was not measured at all (e.g. no energy counter) there is nothing to flag.
+        if metric.kind in ("time", "throughput", "memory") or good:
+            paint.failures(ax, key, group.series[key])
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(metric.formatter())
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set_ylabel(metric.ylabel)
+    _length_axis(ax, [p.seq_len for p in group.points])
+    ax.set_title(f"{metric.title} — {group.title}")
+    _legend(ax, handles, labels)
+    return fig
+
+
+def speedup_figure(data: ReportData, paint: Painter, group: Group, stats: list[SeriesStats]) -> Figure | None:
+    compared = [s for s in stats if s.baseline is not None and s.speedups]
+    if not compared:
+        return None
+    fig, ax = plt.subplots()
+    handles, labels = [], []
+    for s in compared:
+        measured = [sp for sp in s.speedups if sp.outcome == "measured"]
+        kw = paint.line_kw(s.key)
+        if measured:
+            xs = [sp.seq_len for sp in measured]
+            (line,) = ax.plot(xs, [sp.speedup for sp in measured], **kw)
+            ax.fill_between(
+                xs, [sp.low for sp in measured], [sp.high for sp in measured], color=kw["color"], alpha=0.15, lw=0
+            )
+            stable = {p.seq_len: p.stable for p in s.points}
+            base_stable = {p.seq_len: p.stable for p in group.series[s.baseline]}  # type: ignore[index]
+            paint.scatter(
+                ax,
+                s.key,
+                xs,
+                [sp.speedup for sp in measured],
+                [stable[x] and base_stable[x] for x in xs],  # type: ignore[misc]
+            )
+        else:
+            line = Line2D([], [], **kw)
+        handles.append(line)
+        labels.append(s.label)
+        for outcome, y, marker in (("baseline failed", 0.97, "^"), ("variant failed", 0.03, "v")):
+            xs = [sp.seq_len for sp in s.speedups if sp.outcome == outcome]
+            if xs:
+                ax.plot(
+                    xs,
+                    [y] * len(xs),
+                    marker=marker,
+                    linestyle="none",
+                    color=kw["color"],
+                    transform=ax.get_xaxis_transform(),
+                    clip_on=False,
+                )
+        c = s.crossover
+        if c.kind == "at":
+            x = c.interpolated or c.length
+            ax.axvline(x, color=kw["color"], linestyle=(0, (2, 2)), linewidth=1, alpha=0.9)
+            ax.plot([x], [1.0], marker="*", markersize=11, color=kw["color"], markeredgecolor="black", zorder=5)
+            ax.annotate(
+                f"n≈{fmt_len(round(x))}",
+                (x, 1.0),
+                xytext=(5, -12),
+                textcoords="offset points",
+                fontsize=7.5,
+                color=kw["color"],
+            )
+    ax.axhline(1.0, color="black", linewidth=0.9)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}×"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    lo, hi = ax.get_ylim()
+    span = max(abs(math.log10(lo)), abs(math.log10(hi)), 0.3)
+    ax.set_ylim(10 ** (-span), 10**span)  # symmetric about 1: faster and slower look alike
+    ax.set_ylabel(f"speedup over {data.baseline} (>1: faster)")
+    _length_axis(ax, [sp.seq_len for s in compared for sp in s.speedups])
+    ax.set_title(f"speedup over {data.baseline} — {group.title}")
+    extra = [
+        Line2D([], [], marker="*", color="0.5", markeredgecolor="black", markersize=9, linestyle="none"),
+        Line2D([], [], marker="^", color="0.3", linestyle="none"),
+        Line2D([], [], marker="v", color="0.3", linestyle="none"),
+    ]
+    extra += [
+        Patch(facecolor="0.6", alpha=0.3),
+        Line2D([], [], marker="o", color="0.3", markerfacecolor="white", linestyle="none"),
+    ]
+    _legend(
+        ax,
+        handles,
+        labels,
+        marker_key=False,
+        key=(extra, ["crossover", "only variant ran", "only baseline ran", "95% band", "unstable"]),
+    )
+    return fig
+
+
+def roofline_figure(data: ReportData, paint: Painter, group: Group) -> tuple[Figure | None, list[str]]:
+    """Achieved FLOP/s against arithmetic intensity under each source's ceilings, if it has any."""
+    sources = sorted({k.source for k in group.series}, key=lambda s: (s.run_index, s.backend))
+    ceilings = {s: data.ceilings(s, group.dtype) for s in sources}
+    notes = calibration_notes(data, group)
+    drawn = [s for s, c in ceilings.items() if c.any]
+    if not drawn:
+        return None, notes
+    pts = [p for k, ps in group.series.items() if k.source in drawn for p in ps if p.intensity and p.flops_per_s]
+    if not pts:
+        return None, [*notes, "roofline: no case records both FLOPs and a minimum byte count."]
+    fig, ax = plt.subplots()
+    xs = [p.intensity for p in pts]
+    lo, hi = min(xs) / 4, max(xs) * 4  # type: ignore[type-var, operator]
+    for s in drawn:
+        c = ceilings[s]
+        if c.flops_per_s and c.bytes_per_s:
+            lo, hi = min(lo, c.flops_per_s / c.bytes_per_s / 4), max(hi, c.flops_per_s / c.bytes_per_s * 4)
+    grid = [lo * (hi / lo) ** (i / 200) for i in range(201)]
+    handles, labels = [], []
+    for s in drawn:
+        c = ceilings[s]
+        roof = [min(c.flops_per_s or math.inf, (c.bytes_per_s or math.inf) * x) for x in grid]
+        (line,) = ax.plot(grid, roof, color="black", linestyle=paint.style[s], linewidth=1.4)
+        where = data.source_label(s, drawn)
+        parts = []
+        if c.flops_per_s:
+            parts.append(_eng("FLOP/s")(c.flops_per_s, 0))
+        if c.bytes_per_s:
+            parts.append(_eng("B/s")(c.bytes_per_s, 0))
+        handles.append(line)
+        labels.append(
+            f"ceiling ({c.source or 'unknown source'}): {', '.join(parts)}" + (f" · {where}" if where else "")
+        )
+    for key, ps in group.series.items():
+        if key.source not in drawn:
+            continue
+        good = sorted((p for p in ps if p.intensity and p.flops_per_s), key=lambda p: p.seq_len)
+        if not good:
+            continue
+        kw = paint.line_kw(key)
+        (line,) = ax.plot(
+            [p.intensity for p in good], [p.flops_per_s for p in good], color=kw["color"], linewidth=0.8, alpha=0.6
+        )
+        paint.scatter(ax, key, [p.intensity for p in good], [p.flops_per_s for p in good], [p.stable for p in good])  # type: ignore[misc]
+        for p in (good[0], good[-1]) if len(good) > 1 else (good[0],):
+            ax.annotate(
+                fmt_len(p.seq_len),
+                (p.intensity, p.flops_per_s),
+                xytext=(3, 3),
+                textcoords="offset points",
+                fontsize=6.5,
+                color=kw["color"],
+            )  # type: ignore[arg-type]
+        handles.append(Line2D([], [], color=kw["color"], marker=paint.marker[key.source]))
+        labels.append(data.series_label(key, group))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (useful FLOPs per minimum byte)")
+    ax.set_ylabel("achieved FLOP/s")
+    ax.yaxis.set_major_formatter(_eng("FLOP/s"))
+    ax.set_title(f"roofline — {group.title}")
+    _legend(ax, handles, labels, marker_key=False)
+    return fig, notes
+
+
+def _pattern_length(points: list[Point]) -> tuple[int, Point | None]:
+    """A measured length that shows the pattern's structure, and a case measured there."""
+    lens = sorted({p.seq_len for p in points})
+    fitting = [n for n in lens if n <= PATTERN_MAX_LEN]
+    if not fitting:
+        return PATTERN_MAX_LEN, None
+    long_enough = [n for n in fitting if n >= PATTERN_PREFERRED_LEN]
+    n = long_enough[0] if long_enough else fitting[-1]
+    return n, next(p for p in points if p.seq_len == n)
+
+
+def pattern_figure(data: ReportData) -> tuple[Figure | None, list[str]]:
+    """Each sparse (or otherwise masked) curve's attention pattern, rebuilt from its stored parameters.
+
+    This computes the variant's definition (its reference mask), never a measurement.
+    """
+    import torch
+
+    from harness.registry import get_workload
+    from workloads.base import Shape
+
+    curves: dict = {}
+    for p in data.points:
+        if p.case.family in ("sparse", "hierarchical"):
+            curves.setdefault(curve_key(p), []).append(p)
+    panels, notes = [], []
+    for curve, pts in curves.items():
+        label = data.curve_label(curve)
+        try:
+            cls = get_workload(curve.variant)
+        except Exception as exc:  # a plugin variant not installed here
+            notes.append(f"{label}: pattern not drawn ({exc}).")
+            continue
+        n, case = _pattern_length(pts)
+        shape = Shape(curve.batch, curve.heads, curve.head_dim, n)
+        try:
+            params = dict(case.case.params) if case else cls.resolve_params(dict(curve.param_dict), shape)
+            module = cls(cls.make_params(params), shape)
+            with torch.no_grad():
+                mask = module.reference_mask(n)
+        except Exception as exc:
+            notes.append(f"{label}: pattern not drawn ({type(exc).__name__}: {exc}).")
+            continue
+        if mask is None:
+            continue  # no mask: every query sees every key, nothing to show
+        panels.append((label, n, mask.to(torch.float32), hasattr(cls, "pattern")))
+    if not panels:
+        return None, notes
+    cols = min(3, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.4 * cols, 3.5 * rows), squeeze=False)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    image = None
+    for ax, (label, n, mask, input_dependent) in zip(axes.flat, panels, strict=False):
+        cell = max(1, math.ceil(n / PATTERN_CELLS))
+        pad = (-n) % cell
+        m = torch.nn.functional.pad(mask, (0, pad, 0, pad))[None, None]
+        pooled = torch.nn.functional.avg_pool2d(m, cell)[0, 0].numpy()
+        image = ax.imshow(
+            pooled, cmap="Blues", vmin=0, vmax=1, extent=(0, n + pad, n + pad, 0), interpolation="nearest"
+        )
+        ax.grid(False)
+        density = float(mask.mean())
+        ax.set_title(
+            f"{label}\nn={n:,}, {density:.1%} of pairs" + (" (example input)" if input_dependent else ""), fontsize=8
+        )
+        ax.set_xlabel("key position")
+        ax.set_ylabel("query position")
+    fig.colorbar(image, ax=list(axes.flat[: len(panels)]), shrink=0.8, label="share of pairs attended (per cell)")
+    return fig, notes
+
+
+def ponder_figure(data: ReportData, paint: Painter) -> Figure | None:
+    """ACT: how many steps tokens took, per curve and length, from the case records."""
+    series: dict[SeriesKey, list[Point]] = {}
+    for p in data.points:
+        if p.ponder_histogram:
+            series.setdefault(SeriesKey(p.source, curve_key(p)), []).append(p)
+    if not series:
+        return None
+    cols = min(2, len(series))
+    rows = math.ceil(len(series) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(series) :]:
+        ax.set_visible(False)
+    cmap = plt.get_cmap("viridis")
+    for ax, (key, pts) in zip(axes.flat, series.items(), strict=False):
+        pts = sorted(pts, key=lambda p: p.seq_len)
+        width = 0.8 / len(pts)
+        for i, p in enumerate(pts):
+            hist = p.ponder_histogram
+            assert hist is not None
+            total = sum(hist)
+            steps = list(range(len(hist)))
+            mean = sum(k * c for k, c in enumerate(hist)) / total
+            colour = cmap(i / max(1, len(pts) - 1) * 0.85)
+            ax.bar(
+                [k - 0.4 + width * (i + 0.5) for k in steps],
+                [c / total for c in hist],
+                width=width,
+                color=colour,
+                label=f"n={fmt_len(p.seq_len)}: mean {mean:.2f}, max {max(k for k, c in enumerate(hist) if c)}",
+            )
+            ax.axvline(mean, color=colour, linestyle="--", linewidth=0.9)
+        target = curve_key(pts[0]).param_dict.get("target_steps")
+        ax.set_xlabel("ponder steps per token" + (f" (target mean {target})" if target is not None else ""))
+        ax.set_ylabel("share of tokens")
+        ax.set_xticks(range(len(pts[0].ponder_histogram or [])))
+        ax.set_title(data.series_label(key), fontsize=9)
+        ax.legend(fontsize=7)
+    fig.suptitle("ACT ponder steps (last timed call of each case; dashed: mean)", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def render(data: ReportData, stats: dict[str, list[SeriesStats]], folder: Path) -> Figures:
+    folder.mkdir(parents=True, exist_ok=True)
+    out = Figures(folder, [], {})
+    with plt.rc_context(RC):
+        paint = Painter(data)
+        for group in data.groups:
+            notes = out.notes.setdefault(group.key, [])
+            base = _slug(group.key)
+            for metric in METRICS:
+                fig = metric_figure(data, paint, group, metric)
+                if fig is None:
+                    if metric.kind == "energy":
+                        notes.append(energy_note(group) or "energy: no ok case has this figure.")
+                    else:
+                        notes.append(f"{metric.title}: no ok case has this figure.")
+                    continue
+                out.files.append(
+                    _save(fig, folder, f"{base}-{metric.kind}", f"{metric.title} — {group.title}", metric.caption)
+                )
+            fig = speedup_figure(data, paint, group, stats[group.key])
+            if fig is None:
+                notes.append(f"speedup: {data.baseline} is not in this group, so there is nothing to compare with.")
+            else:
+                out.files.append(
+                    _save(
+                        fig,
+                        folder,
+                        f"{base}-speedup",
+                        f"speedup over {data.baseline} — {group.title}",
+                        f"{data.baseline}'s median over the variant's, same source, scope and shape; band: "
+                        "conservative 95% interval from both medians' CIs; ★ crossover "
+                        "(interpolated in log-log between the bracketing lengths).",
+                    )
+                )
+            fig, roof_notes = roofline_figure(data, paint, group)
+            notes.extend(roof_notes)
+            if fig is not None:
+                out.files.append(
+                    _save(
+                        fig,
+                        folder,
+                        f"{base}-roofline",
+                        f"roofline — {group.title}",
+                        "Achieved useful FLOP/s against FLOPs per minimum byte; black: the device's ceilings "
+                        "min(peak FLOP/s, intensity × peak bandwidth), as recorded in run.json.",
+                    )
+                )
+        fig, notes = pattern_figure(data)
+        out.notes["patterns"] = notes
+        if fig is not None:
+            out.files.append(
+                _save(
+                    fig,
+                    folder,
+                    "patterns",
+                    "attention patterns",
+                    "Which keys each query attends, rebuilt from each variant's stored parameters at a measured "
+                    "length (its reference mask; computed, not measured). Darker: a larger share of the cell's pairs.",
+                )
+            )
+        fig = ponder_figure(data, paint)
+        if fig is not None:
+            out.files.append(
+                _save(
+                    fig,
+                    folder,
+                    "ponder",
+                    "ACT ponder steps",
+                    "Distribution of ponder steps per token that adaptive.act recorded for the last timed call of "
+                    "each case (workload_metrics.ponder_histogram).",
+                )
+            )
+    return out

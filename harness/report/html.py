@@ -1,0 +1,173 @@
+"""index.html: one self-contained page (figures as data URIs, styles inline, no scripts, no network)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from html import escape
+
+from harness.report.data import FAILED
+from harness.report.figures import FigureFile, Figures
+from harness.report.report import Report
+from harness.report.tables import Table
+
+CSS = """
+:root { --fg:#1d2330; --muted:#5b6475; --line:#dfe3ea; --accent:#1f5fbf; --bad:#b42318; --warn:#9a6700; --bg:#fff; }
+* { box-sizing: border-box; }
+body { margin:0; font: 14px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
+       color:var(--fg); background:var(--bg); }
+header { padding: 24px 32px 12px; border-bottom: 1px solid var(--line); }
+h1 { margin:0; font-size: 22px; }
+header p { margin: 4px 0 0; color: var(--muted); }
+nav { padding: 8px 32px; border-bottom: 1px solid var(--line); font-size: 13px; position: sticky; top: 0;
+      background: rgba(255,255,255,.96); z-index: 1; }
+nav a { margin-right: 14px; color: var(--accent); text-decoration: none; white-space: nowrap; }
+main { padding: 8px 32px 40px; max-width: 1500px; }
+section { margin-top: 28px; }
+h2 { font-size: 18px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
+h3 { font-size: 15px; margin: 18px 0 6px; }
+.warn { border-left: 4px solid var(--warn); background: #fff8e5; padding: 8px 14px; margin-top: 18px; }
+.warn p { margin: 2px 0; }
+ul.highlights { margin: 6px 0 12px; padding-left: 20px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 18px; }
+figure { margin: 0; border: 1px solid var(--line); border-radius: 6px; padding: 10px; background: #fff; }
+figure img { width: 100%; height: auto; display: block; }
+figure.wide { grid-column: 1 / -1; }
+figure.wide img { width: auto; max-width: 100%; margin: 0 auto; }
+figcaption { color: var(--muted); font-size: 12.5px; margin-top: 6px; }
+figcaption a { color: var(--accent); }
+table { border-collapse: collapse; margin: 6px 0; font-size: 13px; }
+th, td { border-bottom: 1px solid var(--line); padding: 4px 10px; text-align: left; vertical-align: top; }
+th { background: #f5f7fa; font-weight: 600; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+td.bad { color: var(--bad); font-weight: 600; }
+td.muted { color: var(--muted); }
+td.unstable { color: var(--warn); }
+.notes { color: var(--muted); font-size: 12.5px; margin: 2px 0; }
+.scroll { overflow-x: auto; }
+details { margin: 10px 0; }
+summary { cursor: pointer; font-weight: 600; }
+pre { background: #f5f7fa; padding: 10px; overflow-x: auto; font-size: 12px; }
+footer { color: var(--muted); font-size: 12.5px; padding: 16px 32px; border-top: 1px solid var(--line); }
+"""
+
+
+def _cell_class(text: str, right: bool) -> str:
+    classes = ["num"] if right else []
+    if text in FAILED:
+        classes.append("bad")
+    elif text in ("skipped", "unsupported"):
+        classes.append("muted")
+    elif text.endswith(" ~"):
+        classes.append("unstable")
+    return f' class="{" ".join(classes)}"' if classes else ""
+
+
+def html_table(table: Table, heading: str = "h3") -> str:
+    parts = [f"<{heading}>{escape(table.title)}</{heading}>"]
+    if not table.rows:
+        parts.append("<p>None.</p>")
+        return "\n".join(parts)
+    parts.append('<div class="scroll"><table><thead><tr>')
+    parts += [f"<th>{escape(h)}</th>" for h in table.headers]
+    parts.append("</tr></thead><tbody>")
+    for row in table.rows:
+        cells = "".join(f"<td{_cell_class(c, i in table.right)}>{escape(c)}</td>" for i, c in enumerate(row))
+        parts.append(f"<tr>{cells}</tr>")
+    parts.append("</tbody></table></div>")
+    parts += [f'<p class="notes">{escape(n)}</p>' for n in table.notes]
+    return "\n".join(parts)
+
+
+def _figure(f: FigureFile, wide: bool = False) -> str:
+    # SVG keeps text sharp at any zoom; matplotlib draws glyphs as paths, so no font is needed.
+    data = base64.b64encode(f.svg.read_bytes()).decode("ascii")
+    return (
+        f'<figure{" class=wide" if wide else ""}><img src="data:image/svg+xml;base64,{data}" alt="{escape(f.title)}">'
+        f"<figcaption>{escape(f.caption)} "
+        f'<a href="figures/{escape(f.png.name)}">PNG</a> · <a href="figures/{escape(f.svg.name)}">SVG</a>'
+        "</figcaption></figure>"
+    )
+
+
+def _environment(report: Report) -> str:
+    parts = []
+    for r in report.data.runs:
+        info = r.run
+        env = {
+            "host": info.host,
+            "packages": info.packages,
+            "devices": info.devices,
+            "git": info.git,
+            "argv": info.argv,
+            "settings": info.extra.get("settings"),
+        }
+        parts.append(
+            f"<details><summary>{escape(info.run_id)} — {escape(str(r.folder))}</summary>"
+            f"<pre>{escape(json.dumps(env, indent=2, default=str))}</pre></details>"
+        )
+    return "\n".join(parts)
+
+
+def render_html(report: Report, figs: Figures) -> str:
+    data = report.data
+    nav = ['<a href="#runs">runs</a>']
+    nav += [f'<a href="#{escape(g.key)}">{escape(g.title)}</a>' for g in data.groups]
+    body = []
+    if report.warnings:
+        body.append('<div class="warn">' + "".join(f"<p>{escape(w)}</p>" for w in report.warnings) + "</div>")
+    body.append(f'<section id="runs">{html_table(report.runs, "h2")}</section>')
+    for g in data.groups:
+        sec = [f'<section id="{escape(g.key)}"><h2>{escape(g.title)}</h2>']
+        sec.append(
+            '<ul class="highlights">' + "".join(f"<li>{escape(h)}</li>" for h in report.highlights[g.key]) + "</ul>"
+        )
+        files = figs.of(g.key)
+        if files:
+            sec.append('<div class="grid">' + "".join(_figure(f) for f in files) + "</div>")
+        notes = figs.notes.get(g.key, [])
+        sec += [f'<p class="notes">{escape(n)}</p>' for n in notes]
+        sec.append(html_table(report.scaling[g.key]))
+        sec.append(html_table(report.times[g.key]))
+        sec.append("</section>")
+        body.append("\n".join(sec))
+    extra = figs.of("patterns") + figs.of("ponder")
+    if extra or figs.notes.get("patterns"):
+        nav.append('<a href="#patterns">patterns</a>')
+        body.append(
+            '<section id="patterns"><h2>Attention patterns and ponder steps</h2>'
+            + '<div class="grid">'
+            + "".join(_figure(f, wide=True) for f in extra)
+            + "</div>"
+            + "".join(f'<p class="notes">{escape(n)}</p>' for n in figs.notes.get("patterns", []))
+            + "</section>"
+        )
+    nav.append('<a href="#failures">not ok</a>')
+    body.append(f'<section id="failures">{html_table(report.failures, "h2")}')
+    if report.unstable.rows:
+        body.append(
+            f"<details><summary>{escape(report.unstable.title)}: {len(report.unstable.rows)}</summary>"
+            f"{html_table(report.unstable, 'h3')}</details>"
+        )
+    body.append("</section>")
+    nav.append('<a href="#environment">environment</a>')
+    body.append(f'<section id="environment"><h2>Environment</h2>{_environment(report)}</section>')
+    return f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>attnbench report: {escape(report.title)}</title>
+<style>{CSS}</style>
+</head>
+<body>
+<header><h1>attnbench report</h1><p>{escape(report.title)} · generated {escape(report.generated_at)}</p></header>
+<nav>{"".join(nav)}</nav>
+<main>
+{chr(10).join(body)}
+</main>
+<footer>{escape(report.footer)}</footer>
+</body>
+</html>
+"""

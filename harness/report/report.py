@@ -1,0 +1,69 @@
+"""A report's content, computed once from the stored runs and shared by every output format."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from harness.report.data import ReportData
+from harness.report.tables import (
+    SeriesStats,
+    Table,
+    failures_table,
+    highlights,
+    runs_table,
+    scaling_table,
+    series_stats,
+    time_table,
+    unstable_table,
+    warnings,
+)
+
+
+@dataclass(frozen=True)
+class Report:
+    data: ReportData
+    title: str
+    command: str
+    generated_at: str
+    stats: dict[str, list[SeriesStats]]  # group key -> one per curve
+    scaling: dict[str, Table]
+    times: dict[str, Table]
+    highlights: dict[str, list[str]]
+    runs: Table
+    failures: Table
+    unstable: Table
+    warnings: list[str]
+
+    @property
+    def footer(self) -> str:
+        return (
+            f"Made by `{self.command}` at {self.generated_at} from stored results only "
+            f"({', '.join(r.run.run_id for r in self.data.runs)}); nothing was re-run."
+        )
+
+
+def default_title(data: ReportData) -> str:
+    runs = data.runs
+    if len(runs) == 1:
+        r = runs[0].run
+        return f"{r.suite} on {r.host.get('hostname', '?')} ({r.run_id})"
+    return " vs ".join(f"{r.run.suite}@{r.run.host.get('hostname', '?')}" for r in runs)
+
+
+def build(data: ReportData, command: str, title: str | None = None, fit_min_len: int = 0) -> Report:
+    stats = {g.key: series_stats(data, g, fit_min_len) for g in data.groups}
+    return Report(
+        data=data,
+        title=title or default_title(data),
+        command=command,
+        generated_at=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        stats=stats,
+        scaling={g.key: scaling_table(data, g, stats[g.key], fit_min_len) for g in data.groups},
+        times={g.key: time_table(data, g) for g in data.groups},
+        highlights={g.key: highlights(data, g, stats[g.key]) for g in data.groups},
+        runs=runs_table(data),
+        failures=failures_table(data),
+        unstable=unstable_table(data),
+        warnings=warnings(data),
+    )

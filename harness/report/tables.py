@@ -1,0 +1,285 @@
+"""The report's tables as plain rows, so HTML, Markdown and the terminal show the same numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from harness.report.analysis import Crossover, SlopeFit, SpeedupPoint, crossover, fit_loglog
+from harness.report.data import FAILED, Group, Point, ReportData, SeriesKey, case_label, curve_key
+
+
+@dataclass(frozen=True)
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    right: frozenset[int] = frozenset()  # column indexes aligned right (numbers)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SeriesStats:
+    """What one curve's analysis found: its fits, and its comparison with the baseline."""
+
+    key: SeriesKey
+    label: str
+    points: list[Point]
+    time_fit: SlopeFit | None
+    memory_fit: SlopeFit | None
+    baseline: SeriesKey | None
+    speedups: list[SpeedupPoint]
+    crossover: Crossover
+
+
+def fmt_ms(seconds: float) -> str:
+    ms = seconds * 1e3
+    return f"{ms:.3g}" if ms < 1000 else f"{ms:,.0f}"
+
+
+def fmt_bytes(n: float) -> str:
+    for unit, div in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= div:
+            return f"{n / div:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
+def fmt_len(n: float) -> str:
+    return f"{n / 1024:g}K" if n >= 1024 and n % 256 == 0 else f"{n:,.0f}"
+
+
+def speedup_points(base: list[Point], var: list[Point]) -> list[SpeedupPoint]:
+    """Baseline over variant at every length both curves reached.
+
+    A length where only one of them ran counts as a win for it when the other ran out of
+    memory or time or was skipped for that reason; errors and unsupported cases say nothing
+    about speed and are left out.
+    """
+    by_len = {p.seq_len: p for p in base}
+    out = []
+    for v in var:
+        b = by_len.get(v.seq_len)
+        if b is None:
+            continue
+        tb, tv = b.time(), v.time()
+        if tb and tv:
+            out.append(SpeedupPoint(v.seq_len, tb[0] / tv[0], tb[1] / tv[2], tb[2] / tv[1], "measured"))
+        elif tv and b.status in ("oom", "timeout", "skipped"):
+            out.append(SpeedupPoint(v.seq_len, None, None, None, "baseline failed"))
+        elif tb and v.status in ("oom", "timeout", "skipped"):
+            out.append(SpeedupPoint(v.seq_len, None, None, None, "variant failed"))
+    return out
+
+
+def series_stats(data: ReportData, group: Group, fit_min_len: int = 0) -> list[SeriesStats]:
+    out = []
+    for key, pts in group.series.items():
+        ok = [p for p in pts if p.ok and p.seq_len >= fit_min_len]
+        time_fit = fit_loglog([p.seq_len for p in ok], [p.time()[0] for p in ok])  # type: ignore[index]
+        mem = [p for p in ok if p.peak_memory]
+        memory_fit = fit_loglog([p.seq_len for p in mem], [p.peak_memory for p in mem])  # type: ignore[misc]
+        base = data.baseline_for(key, group.series)
+        speedups = speedup_points(group.series[base], pts) if base else []
+        out.append(
+            SeriesStats(
+                key, data.series_label(key, group), pts, time_fit, memory_fit, base, speedups, crossover(speedups)
+            )
+        )
+    return out
+
+
+def scaling_table(data: ReportData, group: Group, stats: list[SeriesStats], fit_min_len: int = 0) -> Table:
+    has_peak = any(p.fraction_of_peak.get("flops") is not None for p in group.points)
+    headers = ["variant", "lengths", "ok", "time exp.", "memory exp.", "median @ longest", "speedup @ longest"]
+    headers.append("crossover")
+    if has_peak:
+        headers.append("best % of peak FLOP/s")
+    rows = []
+    for s in stats:
+        lens = sorted({p.seq_len for p in s.points})
+        ok = [p for p in s.points if p.ok]
+        longest = max(ok, key=lambda p: p.seq_len) if ok else None
+        measured = [sp for sp in s.speedups if sp.outcome == "measured"]
+        if s.key.curve.variant == data.baseline:
+            speed, cross = "baseline", "—"
+        elif s.baseline is None:
+            speed, cross = f"no {data.baseline} in scope {s.key.curve.scope}", "n/a"
+        else:
+            last = max(measured, key=lambda sp: sp.seq_len) if measured else None
+            speed = f"{last.speedup:.2f}× @ {fmt_len(last.seq_len)}" if last else "—"
+            if last and not last.significant:
+                speed += " (n.s.)"
+            cross = s.crossover.text()
+        row = [
+            s.label,
+            f"{fmt_len(lens[0])}–{fmt_len(lens[-1])} ({len(lens)})" if len(lens) > 1 else fmt_len(lens[0]),
+            f"{len(ok)}/{len(s.points)}",
+            s.time_fit.text() if s.time_fit else "—",
+            s.memory_fit.text() if s.memory_fit else "—",
+            f"{fmt_ms(longest.time()[0])} ms @ {fmt_len(longest.seq_len)}" if longest else "—",  # type: ignore[index]
+            speed,
+            cross,
+        ]
+        if has_peak:
+            fr = [p.fraction_of_peak.get("flops") for p in ok if p.fraction_of_peak.get("flops") is not None]
+            row.append(f"{max(fr):.1%}" if fr else "—")
+        rows.append(row)
+    notes = [
+        "exp.: least-squares slope of log(figure) on log(n) over the ok cases"
+        + (f" with n ≥ {fit_min_len}" if fit_min_len else "")
+        + ", ± its 95% interval (Student's t); ~1 grows linearly, ~2 quadratically.",
+        f"crossover: the smallest measured length from which the variant beats {data.baseline} at every longer "
+        "measured length; ≈ where the log speedup, interpolated linearly in log n between the bracketing lengths, "
+        "crosses 1; '?' when the 95% band of the speedup there includes 1; n.s.: not significant (band includes 1).",
+    ]
+    return Table(
+        f"Scaling — {group.title} (speedups vs {data.baseline})", headers, rows, frozenset({2, 3, 4, 5}), notes
+    )
+
+
+def time_table(data: ReportData, group: Group) -> Table:
+    """Median milliseconds per call by length: the whole sweep at a glance."""
+    lens = sorted({p.seq_len for p in group.points})
+    rows = []
+    for key, pts in group.series.items():
+        by = {p.seq_len: p for p in pts}
+        row = [data.series_label(key, group)]
+        for n in lens:
+            p = by.get(n)
+            if p is None:
+                row.append("")
+            elif p.ok:
+                row.append(fmt_ms(p.time()[0]) + ("" if p.stable else " ~"))  # type: ignore[index]
+            else:
+                row.append(p.status)
+        rows.append(row)
+    return Table(
+        f"Median ms per call — {group.title}",
+        ["variant", *(fmt_len(n) for n in lens)],
+        rows,
+        frozenset(range(1, len(lens) + 1)),
+        ["~: unstable (the CI target was not reached or IQR/median over 10%); words: the case's status."],
+    )
+
+
+def failures_table(data: ReportData) -> Table:
+    rows = [
+        [case_label(p, data), p.status, p.case.reason or "(no reason recorded)"]
+        for p in sorted(data.points, key=lambda p: (p.status not in FAILED, p.case.variant, p.seq_len))
+        if p.status != "ok"
+    ]
+    return Table("Cases not ok", ["case", "status", "reason"], rows)
+
+
+def unstable_table(data: ReportData) -> Table:
+    rows = []
+    for p in data.points:
+        if p.ok and not p.stable:
+            t = p.time()
+            assert t is not None
+            ci = max(t[0] - t[1], t[2] - t[0]) / t[0]
+            notes = "; ".join(p.case.extra.get("notes") or []) or str(p.case.extra.get("stop_reason") or "")
+            rows.append([case_label(p, data), fmt_ms(t[0]), f"±{ci:.1%}", notes])
+    return Table("Unstable cases (status ok, figure not trusted)", ["case", "median ms", "95% CI", "why"], rows)
+
+
+def runs_table(data: ReportData) -> Table:
+    rows = []
+    for i, r in enumerate(data.runs):
+        info = r.run
+        backends = sorted({c.backend for c in r.cases})
+        devices = ", ".join(
+            f"{d.get('backend', '?')}: {d.get('name', '?')}" for d in info.devices if d.get("backend") in backends
+        )
+        git = info.git or {}
+        commit = str(git.get("commit") or "?")[:10] + (" (dirty)" if git.get("dirty") else "")
+        host = info.host or {}
+        cores = host.get("physical_cores")
+        rows.append(
+            [
+                data.run_label(i),
+                info.run_id,
+                str(host.get("hostname", "?")),
+                f"{host.get('cpu', '?')}" + (f", {cores} cores" if cores else ""),
+                devices or ", ".join(backends),
+                info.suite,
+                info.status,
+                str(len(r.cases)),
+                commit,
+                str(info.started_at)[:19].replace("T", " "),
+            ]
+        )
+    return Table(
+        "Runs", ["label", "run", "host", "cpu", "devices", "suite", "status", "cases", "commit", "started"], rows
+    )
+
+
+def warnings(data: ReportData) -> list[str]:
+    """Things a reader must know before trusting the figures."""
+    out = []
+    for r, share, n in data.busy_runs():
+        out.append(
+            f"run {r.run.run_id}: other processes used up to {share:.0%} of the CPU during {n} case(s); "
+            "timings from a busy machine are not comparable."
+        )
+    for r in data.runs:
+        if r.run.status != "complete":
+            out.append(f"run {r.run.run_id} is {r.run.status}: some cases are missing.")
+    counts = data.status_counts()
+    if counts.get("unstable"):
+        out.append(f"{counts['unstable']} of {len(data.points)} cases are unstable (drawn hollow; see the table).")
+    failed = sum(v for k, v in counts.items() if k not in ("ok", "unstable"))
+    if failed:
+        out.append(f"{failed} case(s) are not ok (drawn as ×; see 'Cases not ok').")
+    if not data.baseline_present:
+        out.append(f"baseline {data.baseline} is not in these runs: no speedups or crossovers (choose --baseline).")
+    return out
+
+
+def highlights(data: ReportData, group: Group, stats: list[SeriesStats]) -> list[str]:
+    """A few sentences that answer the usual questions for one group, from its numbers only."""
+    out = []
+    ok = [p for p in group.points if p.ok]
+    if not ok:
+        return ["no case ran successfully."]
+    longest = max(p.seq_len for p in ok)
+    at_longest = sorted((p for p in ok if p.seq_len == longest), key=lambda p: p.time()[0])  # type: ignore[index]
+    best = at_longest[0]
+    label = data.series_label(SeriesKey(best.source, curve_key(best)), group)
+    out.append(f"fastest at n={fmt_len(longest)}: {label}, {fmt_ms(best.time()[0])} ms per call.")  # type: ignore[index]
+    crossing = [s for s in stats if s.crossover.kind in ("at", "always")]
+    for s in crossing:
+        out.append(f"{s.label} beats {data.baseline} from n={s.crossover.text()}.")
+    fits = [s for s in stats if s.time_fit and s.time_fit.points >= 2]
+    if fits:
+        steep = max(fits, key=lambda s: s.time_fit.slope)  # type: ignore[union-attr]
+        flat = min(fits, key=lambda s: s.time_fit.slope)  # type: ignore[union-attr]
+        if steep is not flat:
+            out.append(
+                f"time grows as n^{steep.time_fit.text()} for {steep.label} "  # type: ignore[union-attr]
+                f"and n^{flat.time_fit.text()} for {flat.label}."  # type: ignore[union-attr]
+            )
+    return out
+
+
+def energy_note(group: Group) -> str | None:
+    """Why the group has no energy figure, or None when some case measured energy."""
+    if any(p.energy_per_token is not None for p in group.points):
+        return None
+    reasons = sorted({str(p.case.energy_reason) for p in group.points if p.ok and p.case.energy_reason})
+    return "energy: not measured" + (f" ({'; '.join(reasons)})" if reasons else "") + "."
+
+
+def calibration_notes(data: ReportData, group: Group) -> list[str]:
+    """One line per source of the group whose device has no roofline ceilings."""
+    out = []
+    for s in sorted({k.source for k in group.series}, key=lambda s: (s.run_index, s.backend)):
+        c = data.ceilings(s, group.dtype)
+        if not c.any:
+            where = data.source_label(s, group.sources) or s.backend
+            out.append(f"roofline: no calibration for {where} ({c.reason}).")
+    return out
+
+
+def group_notes(data: ReportData, group: Group) -> list[str]:
+    energy = energy_note(group)
+    return ([energy] if energy else []) + calibration_notes(data, group)
