@@ -4,6 +4,8 @@
 
 Reads result files only (never re-runs). The exponent is the least-squares slope of
 log(figure) on log(seq_len) over the ok cases of each curve: ~1 is linear, ~2 quadratic.
+The fit is `bench report`'s (harness.report.analysis.fit_loglog), which also gives the
+slope's 95% interval; the report shows these exponents with crossovers and figures.
 """
 
 from __future__ import annotations
@@ -12,13 +14,13 @@ import argparse
 import math
 from collections import defaultdict
 
+from harness.report.analysis import fit_loglog
 from harness.results import load_run
 
 
 def slope(xs: list[float], ys: list[float]) -> float:
-    lx, ly = [math.log(x) for x in xs], [math.log(y) for y in ys]
-    mx, my = sum(lx) / len(lx), sum(ly) / len(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly, strict=True)) / sum((a - mx) ** 2 for a in lx)
+    fit = fit_loglog(xs, ys)
+    return fit.slope if fit is not None else math.nan
 
 
 def main() -> int:
