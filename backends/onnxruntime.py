@@ -116,6 +116,7 @@ class OnnxRuntimeBackend(Backend):
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "float16")
     modes: ClassVar[tuple[str, ...]] = ("forward",)
     records_aten_ops: ClassVar[bool] = False
+    in_available: ClassVar[bool] = False  # each new shape costs an export of seconds: run it when named
     options: ClassVar[dict[str, Option]] = {
         "providers": Option(
             ("CPUExecutionProvider",),
@@ -247,7 +248,7 @@ class OnnxRuntimeBackend(Backend):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.opts["opt_level"]]
-        so.log_severity_level = 3
+        so.log_severity_level = 4  # failures surface as exceptions, which the case records
         if self._memory_phase:
             # The arena and memory patterns keep blocks across runs; without them the process
             # peak follows what this call allocates.

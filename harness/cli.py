@@ -103,7 +103,7 @@ def build_parser() -> Parser:
     )
 
     sub.add_parser("list", help="variants, backends and suites")
-    env = sub.add_parser("env", help="the host fingerprint recorded in run.json")
+    env = sub.add_parser("env", help="host fingerprint, and each backend's device, versions and meters")
     env.add_argument("--json", action="store_true", help="print JSON")
     for name in COMMAND_MODULES:
         module = import_module(name)
@@ -127,9 +127,11 @@ def main(argv: list[str] | None = None) -> int:
 
             return cmd_list()
         if args.command == "env":
+            from harness.commands import backends_environment
             from harness.environment import fingerprint
 
             data = fingerprint()
+            data["backends"] = backends_environment()
             if args.json:
                 print(json.dumps(data, indent=2))
             else:

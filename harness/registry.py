@@ -25,7 +25,7 @@ BACKEND_GROUP = "attnbench.backends"
 PLUGINS_ENV = "ATTNBENCH_PLUGINS"
 
 BUILTIN_WORKLOAD_MODULES = ("workloads.full", "workloads.sparse", "workloads.adaptive", "workloads.hierarchical")
-BUILTIN_BACKEND_MODULES = ("backends.cpu", "backends.onnxruntime")
+BUILTIN_BACKEND_MODULES = ("backends.cpu", "backends.onnxruntime", "backends.cuda", "backends.xla")
 
 WORKLOADS: dict[str, type[AttentionVariant]] = {}
 BACKENDS: dict[str, type[Backend]] = {}

@@ -199,7 +199,8 @@ def resolve_backends(selectors: list[str]) -> tuple[str, ...]:
     out: list[str] = []
     for s in selectors:
         if s == "available":
-            out += sorted(n for n, c in BACKENDS.items() if c.availability().available)
+            # Backends that must export or convert first (ONNX Runtime) run only when named.
+            out += sorted(n for n, c in BACKENDS.items() if c.in_available and c.availability().available)
         else:
             out.append(get_backend(s).name)
     return tuple(dict.fromkeys(out))

@@ -14,6 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault(
     "ATTNBENCH_HISTORY", str(Path(tempfile.mkdtemp(prefix="attnbench-test-history-")) / "history.sqlite")
 )
+# Calibration and the ONNX export cache likewise live in a throwaway folder: a test never
+# sees this machine's real calibration, and exports are really made.
+os.environ.setdefault("ATTNBENCH_CACHE_DIR", tempfile.mkdtemp(prefix="attnbench-test-cache-"))
 FAULTY = "tests.plugins.faulty"
 
 
