@@ -339,9 +339,15 @@ class RayExecutor:
                     "(`ray get-auth-token` on the head node prints it)"
                 ) from None
             except (ConnectionError, TimeoutError) as exc:
+                auth = (
+                    ""
+                    if os.environ.get("RAY_AUTH_MODE") == "token"
+                    else "; if the cluster uses token authentication, set RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH "
+                    "to a file holding its token (`ray get-auth-token` on the head node prints it)"
+                )
                 raise UserError(
-                    f"cannot reach a Ray cluster at {address}: {exc}; check --ray-address (host:port of the "
-                    "head's GCS, as printed by `ray start --head`)"
+                    f"cannot connect to a Ray cluster at {address}: {exc}; check --ray-address (host:port of the "
+                    f"head's GCS, as printed by `ray start --head`){auth}"
                 ) from None
             self._owns_ray = True
         self._task = ray.remote(case_task)
