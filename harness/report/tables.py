@@ -15,6 +15,7 @@ class Table:
     rows: list[list[str]]
     right: frozenset[int] = frozenset()  # column indexes aligned right (numbers)
     notes: list[str] = field(default_factory=list)
+    nowrap: frozenset[int] = frozenset({0})  # columns a narrow terminal must not fold (names, ids)
 
 
 @dataclass(frozen=True)
@@ -208,9 +209,8 @@ def runs_table(data: ReportData) -> Table:
                 str(info.started_at)[:19].replace("T", " "),
             ]
         )
-    return Table(
-        "Runs", ["label", "run", "host", "cpu", "devices", "suite", "status", "cases", "commit", "started"], rows
-    )
+    headers = ["label", "run", "host", "cpu", "devices", "suite", "status", "cases", "commit", "started"]
+    return Table("Runs", headers, rows, nowrap=frozenset({0, 1}))
 
 
 def warnings(data: ReportData) -> list[str]:

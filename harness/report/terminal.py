@@ -23,7 +23,7 @@ def _style(text: str) -> str:
 def rich_table(table: Table) -> RichTable:
     t = RichTable(title=table.title, title_justify="left", title_style="bold")
     for i, h in enumerate(table.headers):
-        t.add_column(h, justify="right" if i in table.right else "left", overflow="fold")
+        t.add_column(h, justify="right" if i in table.right else "left", overflow="fold", no_wrap=i in table.nowrap)
     for row in table.rows:
         t.add_row(*(f"[{_style(c)}]{c}[/]" if _style(c) else c for c in row))
     return t
