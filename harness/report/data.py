@@ -424,6 +424,7 @@ class ReportData:
 def case_label(p: Point, data: ReportData) -> str:
     """A case in one line for tables of failures."""
     c = p.case
-    src = data.source_label(p.source)
+    # The backend is named already; the host or run tell apart sources of the same backend.
+    src = data.source_label(p.source, [s for s in data.sources if s.backend == p.source.backend])
     where = f"{c.backend}/{c.dtype}/{c.mode}" + (f" @ {src}" if src else "")
     return f"{data.curve_label(curve_key(p))} n={c.seq_len} ({where})"

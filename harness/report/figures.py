@@ -25,7 +25,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
-from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
 from harness.report.data import Group, Point, ReportData, SeriesKey, curve_key
 from harness.report.tables import SeriesStats, calibration_notes, energy_note, fmt_bytes, fmt_len
@@ -122,12 +122,14 @@ class Painter:
                 zorder=3,
             )
 
-    def failures(self, ax: Axes, key: SeriesKey, points: list[Point]) -> None:
+    def failures(self, ax: Axes, key: SeriesKey, points: list[Point], row: int = 0) -> None:
+        """× at the top edge for each length whose case is not ok; one row per curve with
+        failures, so two curves failing at the same length stay visible."""
         bad = [p.seq_len for p in points if not p.ok]
         if bad:
             ax.plot(
                 bad,
-                [0.97] * len(bad),
+                [0.97 - 0.045 * row] * len(bad),
                 marker="x",
                 markersize=7,
                 markeredgewidth=1.8,
@@ -181,6 +183,20 @@ def _legend(ax: Axes, handles: list, labels: list[str], marker_key: bool = True,
     if handles:
         ncol = 1 if max((len(lb) for lb in labels), default=0) > 45 else 2
         ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=ncol, frameon=False)
+
+
+def _log_y(ax: Axes, base: int = 10) -> None:
+    """A log y axis labelled often enough to read a value off it: 1-2-5 steps per decade,
+    or every power of two (bytes); sparser when the range is wide."""
+    ax.set_yscale("log", base=base)
+    lo, hi = ax.get_ylim()
+    decades = math.log10(hi / lo) if lo > 0 else 10
+    if base == 2:
+        ax.yaxis.set_major_locator(LogLocator(base=2, numticks=8))
+    elif decades < 3:
+        ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_locator(LogLocator(base=10, subs="auto", numticks=12) if base == 10 else NullLocator())
+    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _bytes_formatter() -> FuncFormatter:
@@ -277,6 +293,7 @@ def metric_figure(data: ReportData, paint: Painter, group: Group, metric: Metric
         return None
     fig, ax = plt.subplots()
     handles, labels = [], []
+    failed_rows = 0
     for key, pts in series.items():
         good = [(p, v) for p, v in pts if v is not None]
         xs = [p.seq_len for p, _ in good]
@@ -290,6 +307,9 @@ def metric_figure(data: ReportData, paint: Painter, group: Group, metric: Metric
             paint.scatter(ax, key, xs, ys, [p.stable for p, _ in good])
             handles.append(line)
             labels.append(data.series_label(key, group))
+        elif metric.kind in ("time", "throughput", "memory"):
+            handles.append(Line2D([], [], **paint.line_kw(key)))  # only × marks: still named
+            labels.append(data.series_label(key, group) + " (no ok case)")
         if metric.kind == "memory":
             mins = [(p.seq_len, p.analytic_min_bytes) for p in group.series[key] if p.ok and p.analytic_min_bytes]
             if mins:
@@ -297,11 +317,12 @@ def metric_figure(data: ReportData, paint: Painter, group: Group, metric: Metric
                     *zip(*mins, strict=True), color=paint.colour[key.curve], linestyle=":", linewidth=0.8, alpha=0.8
                 )
         # Where this metric was not measured at all (e.g. no energy counter) there is nothing to flag.
-        if metric.kind in ("time", "throughput", "memory") or good:
-            paint.failures(ax, key, group.series[key])
-    ax.set_yscale("log")
+        flag = metric.kind in ("time", "throughput", "memory") or good
+        if flag and any(not p.ok for p in group.series[key]):
+            paint.failures(ax, key, group.series[key], failed_rows)
+            failed_rows += 1
+    _log_y(ax, base=2 if metric.kind == "memory" else 10)
     ax.yaxis.set_major_formatter(metric.formatter())
-    ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set_ylabel(metric.ylabel)
     _length_axis(ax, [p.seq_len for p in group.points])
     ax.set_title(f"{metric.title} — {group.title}")
@@ -363,9 +384,8 @@ def speedup_figure(data: ReportData, paint: Painter, group: Group, stats: list[S
                 color=kw["color"],
             )
     ax.axhline(1.0, color="black", linewidth=0.9)
-    ax.set_yscale("log")
+    _log_y(ax)
     ax.yaxis.set_major_formatter(FuncFormatter(lambda y, _pos: f"{y:g}×"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
     lo, hi = ax.get_ylim()
     span = max(abs(math.log10(lo)), abs(math.log10(hi)), 0.3)
     ax.set_ylim(10 ** (-span), 10**span)  # symmetric about 1: faster and slower look alike

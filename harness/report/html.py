@@ -23,7 +23,7 @@ nav { padding: 8px 32px; border-bottom: 1px solid var(--line); font-size: 13px; 
       background: rgba(255,255,255,.96); z-index: 1; }
 nav a { margin-right: 14px; color: var(--accent); text-decoration: none; white-space: nowrap; }
 main { padding: 8px 32px 40px; max-width: 1500px; }
-section { margin-top: 28px; }
+section { margin-top: 28px; scroll-margin-top: 44px; }  /* anchors land below the sticky nav */
 h2 { font-size: 18px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
 h3 { font-size: 15px; margin: 18px 0 6px; }
 .warn { border-left: 4px solid var(--warn); background: #fff8e5; padding: 8px 14px; margin-top: 18px; }
