@@ -129,19 +129,22 @@ def fits(request: dict[str, float], offered: dict[str, float]) -> bool:
 
 
 def _fmt(resources: dict[str, float]) -> str:
-    return ", ".join(f"{k}={v:g}" for k, v in sorted(resources.items()))
+    return ", ".join(
+        f"{k}={v / 2**30:.1f}GiB" if k.endswith("memory") else f"{k}={v:g}" for k, v in sorted(resources.items())
+    )
 
 
-def _hint(request: dict[str, float]) -> str:
-    if CPU_RESOURCE in request:
+def _missing(request: dict[str, float], nodes: list[dict[str, float]]) -> list[str]:
+    """The requested resources that no single node has enough of."""
+    return [k for k, v in sorted(request.items()) if v > 0 and not any(n.get(k, 0.0) >= v for n in nodes)]
+
+
+def _hint(missing: list[str]) -> str:
+    if CPU_RESOURCE in missing:
         return (
-            f"; a CPU node joins with `ray start ... --resources='{{\"{CPU_RESOURCE}\": 1}}'`, "
+            f"; a CPU node offers it once started with `ray start ... --resources='{{\"{CPU_RESOURCE}\": 1}}'`, "
             "which lets one case at a time use its cores"
         )
-    if "GPU" in request:
-        return "; no node has a free-standing GPU for it"
-    if "TPU" in request:
-        return "; no node is a TPU host"
     return ""
 
 
@@ -398,9 +401,11 @@ class RayExecutor:
             f"{n['id'][:8]}: {_fmt({k: v for k, v in n['resources'].items() if not k.startswith('node:')})}"
             for n in self._nodes.values()
         )
+        missing = _missing(request, [n["resources"] for n in self._nodes.values()])
+        lacking = f"; no node has enough {', '.join(missing)}" if missing else ""
         return (
-            f"no node of the Ray cluster offers what a {case.backend} case needs ({_fmt(request)}){_hint(request)}. "
-            f"Nodes: {offered or 'none alive'}"
+            f"no node of the Ray cluster offers what a {case.backend} case needs ({_fmt(request)}){lacking}"
+            f"{_hint(missing)}. Nodes: {offered or 'none alive'}"
         )
 
     # --- running --------------------------------------------------------------------------

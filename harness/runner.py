@@ -257,6 +257,9 @@ class Runner:
 
     def _note_node(self, record: dict[str, Any], outcome: Outcome) -> None:
         """Record where the case ran; run.json lists every node once, with its host fingerprint."""
+        if outcome.node is None and _is_concurrent(self.executor):
+            record["node"] = None  # it never reached a node (e.g. none could run it)
+            return
         if outcome.node is None:
             if self._local_node is None:
                 self._local_node = describe_node()

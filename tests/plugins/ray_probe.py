@@ -1,6 +1,7 @@
 """Test-only plugins for the Ray executor tests (ATTNBENCH_PLUGINS=tests.plugins.ray_probe).
 
 - `test_gpu`: a backend that asks Ray for a GPU, so on a CPU-only cluster no node offers it.
+- `test_pinned`: the CPU backend, but only on nodes that offer the custom resource `pinned`.
 - `test.marked_sleep`: correct attention that first leaves a file named after its process id
   in $ATTNBENCH_TEST_MARKERS, then sleeps per call, so a test can find (and kill) the node
   running it mid-case.
@@ -35,6 +36,14 @@ class GpuOnlyBackend(CpuBackend):
     @classmethod
     def availability(cls) -> Availability:
         return Availability(False, "test-only backend that needs a GPU")
+
+
+@register_backend
+class PinnedBackend(CpuBackend):
+    name: ClassVar[str] = "test_pinned"
+    summary: ClassVar[str] = "test-only: the cpu backend on nodes with the `pinned` resource"
+    ray_resources: ClassVar[dict[str, float]] = {"CPU": 1, "attnbench_cpu": 1, "pinned": 1}
+    in_available: ClassVar[bool] = False  # only when named
 
 
 @dataclass(frozen=True)
