@@ -543,6 +543,11 @@ def make_executor(args: Any, run: dict[str, Any], settings: RunSettings) -> Any:
     name = args.executor or run.get("executor") or "local"
     run["executor"] = name
     if name == "local":
+        if args.ray_address or args.ray_resource:
+            raise UserError(
+                "--ray-address and --ray-resource go with --executor ray; this run uses the local executor "
+                "(add --executor ray to finish it on Ray)"
+            )
         if settings.memory_limit_bytes is None:  # a Ray run finished here: guard with this host's memory
             settings = dataclasses.replace(settings, memory_limit_bytes=int(0.9 * psutil.virtual_memory().available))
         return LocalExecutor(settings)
