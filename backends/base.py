@@ -149,6 +149,8 @@ class Backend(ABC):
     options: ClassVar[dict[str, Option]] = {}
     # Whether one call goes through torch's dispatcher, so the aten ops used can be recorded.
     records_aten_ops: ClassVar[bool] = True
+    # Fewest warm-up calls: lazy or compiling backends may build more than one graph at first.
+    min_warmup_calls: ClassVar[int] = 1
     # Whether the "available" selector picks it; False for backends that convert the model first.
     in_available: ClassVar[bool] = True
     # Whether `bench calibrate` measures this backend's device (else it shares another's peaks).

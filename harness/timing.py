@@ -40,11 +40,12 @@ class Measurement:
     notes: list[str] = field(default_factory=list)
 
 
-def warm_up(step: Step, timer: Timer, policy: SamplingPolicy) -> Warmup:
-    """Run until warm-up time has passed; the first call (lazy init, allocations) is kept apart."""
+def warm_up(step: Step, timer: Timer, policy: SamplingPolicy, min_calls: int = 1) -> Warmup:
+    """Run until warm-up time has passed and at least `min_calls` calls were made (a compiling
+    backend may build a second graph on the second call); the first call is kept apart."""
     first = timer.time(step, 1)
     total, calls, last = first, 1, first
-    while total < policy.warmup_s and calls < 1000:
+    while (total < policy.warmup_s or calls < min_calls) and calls < 1000:
         # Grow the block so fast steps do not pay clock overhead per call.
         block = max(1, min(64, int((policy.warmup_s - total) / max(last, 1e-9))))
         seconds = timer.time(step, block)

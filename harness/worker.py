@@ -126,7 +126,7 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
 
     timer = backend.timer()
     policy = settings.policy()
-    warm = warm_up(step, timer, policy)
+    warm = warm_up(step, timer, policy, backend.min_warmup_calls)
     backend.timed_region_start()
     measurement = sample(step, timer, policy, warm.last_call_s)
     problems = backend.timed_region_stop()
