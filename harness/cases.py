@@ -74,21 +74,28 @@ class Sweep:
     threads: tuple[int | None, ...] = (None,)
     # variant -> parameter -> values to sweep; unnamed parameters take their defaults
     params: tuple[tuple[str, tuple[tuple[str, tuple[Any, ...]], ...]], ...] = field(default=())
+    # backend -> axis ("dtypes" or "batch") -> values replacing the sweep's for that backend
+    per_backend: tuple[tuple[str, tuple[tuple[str, tuple[Any, ...]], ...]], ...] = field(default=())
 
     def params_for(self, variant: str) -> dict[str, tuple[Any, ...]]:
         return dict(dict(self.params).get(variant, ()))
 
+    def axis_for(self, backend: str, axis: str) -> tuple[Any, ...]:
+        return dict(dict(self.per_backend).get(backend, ())).get(axis, getattr(self, axis))
+
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["params"] = {v: {k: list(vals) for k, vals in ps} for v, ps in self.params}
+        d["per_backend"] = {b: {k: list(vals) for k, vals in axes} for b, axes in self.per_backend}
         return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Sweep:
         d = dict(d)
         params = d.pop("params", {})
+        per_backend = d.pop("per_backend", {})  # absent in runs made before it existed
         axes = {k: tuple(v) for k, v in d.items()}
-        return cls(**axes, params=freeze_params(params))
+        return cls(**axes, params=freeze_params(params), per_backend=freeze_params(per_backend))
 
 
 def freeze_params(params: dict[str, dict[str, Any]]) -> tuple:
@@ -122,15 +129,18 @@ def expand(sweep: Sweep) -> list[Case]:
             # which the case records, rather than silently dropping out of "all".
             scopes = [s for s in sweep.scopes if s in cls.scopes] or [cls.scopes[0]]
             for scope in scopes:
-                for backend, dtype, mode, b, h, d, t, n in itertools.product(
-                    sweep.backends,
-                    sweep.dtypes,
-                    sweep.modes,
-                    sweep.batch,
-                    sweep.heads,
-                    sweep.head_dim,
-                    sweep.threads,
-                    sorted(sweep.seq_lens),
+                for backend, dtype, mode, b, h, d, t, n in (
+                    (name, *rest)
+                    for name in sweep.backends
+                    for rest in itertools.product(
+                        sweep.axis_for(name, "dtypes"),
+                        sweep.modes,
+                        sweep.axis_for(name, "batch"),
+                        sweep.heads,
+                        sweep.head_dim,
+                        sweep.threads,
+                        sorted(sweep.seq_lens),
+                    )
                 ):
                     try:
                         at_length = cls.resolve_params(dict(chosen_values), Shape(b, h, d, n))

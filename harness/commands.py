@@ -84,6 +84,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             raise UserError(f"{folder} already holds files; choose an empty --out, or --resume {folder}")
         check_writable(folder)
         run = new_run(run_id, spec.name, sweep, settings, ["bench", *argv], "local")
+        run["suite_notes"] = spec.notes or None  # how this run differs from what the suite mirrors
+        run["reference"] = spec.reference
 
     settings = RunSettings.from_json(run["settings"])
     console.print(
@@ -92,6 +94,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         highlight=False,
         soft_wrap=True,
     )
+    if run.get("suite_notes"):
+        console.print(f"note: {run['suite_notes']}", highlight=False, soft_wrap=True)
     executor = make_executor(args, run, settings)
     runner = Runner(folder, run, executor, RunProgress(console))
     try:

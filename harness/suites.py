@@ -38,7 +38,18 @@ from workloads.base import MODES, SCOPES
 
 SWEEP_KEYS = ("variants", "backends", "seq_lens", "batch", "heads", "head_dim", "dtypes", "modes", "scopes", "threads")
 SETTING_KEYS = ("max_time_per_case", "target_rel_ci", "timeout_s", "seed", "verify")
-TOP_KEYS = ("description", "sweep", "settings", "params", "backend_options", "compare")
+TOP_KEYS = (
+    "description",
+    "notes",
+    "reference",
+    "sweep",
+    "settings",
+    "params",
+    "backend_options",
+    "backend_overrides",
+    "compare",
+)
+OVERRIDE_KEYS = ("dtypes", "batch")  # axes a backend may replace, e.g. float32 where a CPU lacks float16
 
 
 @dataclass(frozen=True)
@@ -52,6 +63,10 @@ class SuiteSpec:
     settings: dict[str, Any]
     params: dict[str, dict[str, list[Any]]]
     backend_options: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+    # backend -> axis -> values replacing the sweep's for that backend (OVERRIDE_KEYS)
+    backend_overrides: dict[str, dict[str, list[Any]]] = dataclasses.field(default_factory=dict)
+    notes: str = ""  # what differs from the set-up the suite mirrors; printed and stored with the run
+    reference: str | None = None  # published figures to compare with (harness.published)
 
 
 def builtin_suites() -> dict[str, str]:
@@ -80,7 +95,7 @@ def parse_suite(text: str, name: str, source: str) -> SuiteSpec:
         from harness.compare import parse_compare_config
 
         parse_compare_config(data["compare"], source)
-    for section in ("sweep", "settings", "params", "backend_options"):
+    for section in ("sweep", "settings", "params", "backend_options", "backend_overrides"):
         if not isinstance(data.get(section, {}), dict):
             raise UserError(f"{source}: [{section}] must be a table of keys, got {data[section]!r}")
     for variant, ps in data.get("params", {}).items():
@@ -95,6 +110,13 @@ def parse_suite(text: str, name: str, source: str) -> SuiteSpec:
         if key not in SETTING_KEYS:
             raise UserError(f"{source}: unknown key '{key}' in [settings] (known: {', '.join(SETTING_KEYS)})")
     params = {v: {k: _as_list(x) for k, x in ps.items()} for v, ps in data.get("params", {}).items()}
+    overrides: dict[str, dict[str, list[Any]]] = {}
+    for backend, axes in data.get("backend_overrides", {}).items():
+        if not isinstance(axes, dict) or any(k not in OVERRIDE_KEYS for k in axes):
+            raise UserError(
+                f"{source}: [backend_overrides.{backend}] may set only {', '.join(OVERRIDE_KEYS)}, got {axes!r}"
+            )
+        overrides[backend] = {k: _as_list(v) for k, v in axes.items()}
     return SuiteSpec(
         name=name,
         source=source,
@@ -103,6 +125,9 @@ def parse_suite(text: str, name: str, source: str) -> SuiteSpec:
         settings=dict(settings),
         params=params,
         backend_options={b: dict(o) for b, o in data.get("backend_options", {}).items()},
+        backend_overrides=overrides,
+        notes=str(data.get("notes", "")).strip(),
+        reference=data.get("reference"),
     )
 
 
@@ -289,6 +314,7 @@ def resolve(spec: SuiteSpec, over: Overrides) -> tuple[Sweep, dict[str, Any]]:
         scopes=_choices(axes.get("scopes", ["core"]), SCOPES, "scope"),
         threads=threads,
         params=freeze_params({v: dict(ps) for v, ps in params.items()}),
+        per_backend=_per_backend(spec, over, backends),
     )
     settings = dict(spec.settings)
     for key in ("max_time_per_case", "timeout_s", "target_rel_ci"):
@@ -299,6 +325,26 @@ def resolve(spec: SuiteSpec, over: Overrides) -> tuple[Sweep, dict[str, Any]]:
             raise UserError(f"{key} must be a positive number, got {settings[key]!r}")
     settings["backend_options"] = resolve_backend_options(spec, over.backend_options)
     return sweep, settings
+
+
+def _per_backend(spec: SuiteSpec, over: Overrides, backends: tuple[str, ...]) -> tuple:
+    """The suite's per-backend axes, minus any the command line set for every backend."""
+    out = []
+    for backend, axes in sorted(spec.backend_overrides.items()):
+        if backend not in BACKENDS:
+            load_plugins()
+        if backend not in BACKENDS:
+            raise UserError(f"{spec.source}: [backend_overrides.{backend}] names an unknown backend")
+        if backend not in backends:
+            continue
+        kept = []
+        if "dtypes" in axes and over.dtypes is None:
+            kept.append(("dtypes", _choices(axes["dtypes"], tuple(DTYPES), "dtype")))
+        if "batch" in axes and over.batch is None:
+            kept.append(("batch", _positive_ints(axes["batch"], f"batch sizes for {backend}")))
+        if kept:
+            out.append((backend, tuple(kept)))
+    return tuple(out)
 
 
 def resolve_backend_options(spec: SuiteSpec, flags: list[str]) -> tuple[tuple[str, str, Any], ...]:

@@ -1,0 +1,1 @@
+"""Published figures the reference suites are compared with (data files only)."""
