@@ -36,7 +36,19 @@ from harness.registry import BACKENDS, WORKLOADS, get_backend, get_workload, loa
 from harness.settings import RunSettings
 from workloads.base import MODES, SCOPES
 
-SWEEP_KEYS = ("variants", "backends", "seq_lens", "batch", "heads", "head_dim", "dtypes", "modes", "scopes", "threads")
+SWEEP_KEYS = (
+    "variants",
+    "backends",
+    "seq_lens",
+    "batch",
+    "heads",
+    "head_dim",
+    "dtypes",
+    "modes",
+    "scopes",
+    "threads",
+    "transforms",
+)
 SETTING_KEYS = ("max_time_per_case", "target_rel_ci", "timeout_s", "seed", "verify")
 TOP_KEYS = (
     "description",
@@ -206,6 +218,17 @@ def _choices(values: list[Any], allowed: tuple[str, ...], what: str) -> tuple[st
     return tuple(dict.fromkeys(values))
 
 
+def _transforms(values: list[Any]) -> tuple[str, ...]:
+    from harness.transforms import check_names
+
+    if not values:
+        raise UserError("no transform given (--transforms); use 'none' for the variants as built")
+    try:
+        return check_names(str(v) for v in values)
+    except ValueError as exc:
+        raise UserError(f"{exc} (--transforms or [sweep] transforms)") from None
+
+
 def resolve_variants(selectors: list[str]) -> tuple[str, ...]:
     load_plugins()
     out: list[str] = []
@@ -275,6 +298,7 @@ class Overrides:
     modes: list[str] | None = None
     scopes: list[str] | None = None
     threads: list[str] | None = None
+    transforms: list[str] | None = None
     params: list[str] = dataclasses.field(default_factory=list)
     backend_options: list[str] = dataclasses.field(default_factory=list)
     max_time_per_case: float | None = None
@@ -313,6 +337,7 @@ def resolve(spec: SuiteSpec, over: Overrides) -> tuple[Sweep, dict[str, Any]]:
         modes=_choices(axes.get("modes", ["forward"]), MODES, "mode"),
         scopes=_choices(axes.get("scopes", ["core"]), SCOPES, "scope"),
         threads=threads,
+        transforms=_transforms(axes.get("transforms", ["none"])),
         params=freeze_params({v: dict(ps) for v, ps in params.items()}),
         per_backend=_per_backend(spec, over, backends),
     )
@@ -323,7 +348,9 @@ def resolve(spec: SuiteSpec, over: Overrides) -> tuple[Sweep, dict[str, Any]]:
     for key in ("max_time_per_case", "timeout_s", "target_rel_ci"):
         if key in settings and not (isinstance(settings[key], (int, float)) and settings[key] > 0):
             raise UserError(f"{key} must be a positive number, got {settings[key]!r}")
-    settings["backend_options"] = resolve_backend_options(spec, over.backend_options)
+    backend_options = resolve_backend_options(spec, over.backend_options)
+    if backend_options:
+        settings["backend_options"] = backend_options
     return sweep, settings
 
 
