@@ -26,6 +26,7 @@ class Case:
     head_dim: int
     seq_len: int
     threads: int | None = None  # None: the backend's default for the host
+    transform: str = "none"  # an optimisation applied to the built module (harness.transforms)
 
     @property
     def family(self) -> str:
@@ -38,6 +39,9 @@ class Case:
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
         d["params"] = self.params_dict
+        # Left out when "none", so every case_id from before transforms existed stays valid.
+        if self.transform == "none":
+            del d["transform"]
         return d
 
     @property
@@ -55,7 +59,8 @@ class Case:
 
     def label(self) -> str:
         p = ",".join(f"{k}={v}" for k, v in self.params)
-        return f"{self.variant}{'[' + p + ']' if p else ''} {self.backend}/{self.dtype}/{self.mode} n={self.seq_len}"
+        t = f" +{self.transform}" if self.transform != "none" else ""
+        return f"{self.variant}{'[' + p + ']' if p else ''}{t} {self.backend}/{self.dtype}/{self.mode} n={self.seq_len}"
 
 
 @dataclass(frozen=True)
@@ -72,6 +77,7 @@ class Sweep:
     modes: tuple[str, ...] = ("forward",)
     scopes: tuple[str, ...] = ("core",)
     threads: tuple[int | None, ...] = (None,)
+    transforms: tuple[str, ...] = ("none",)  # absent in runs made before it existed: the default
     # variant -> parameter -> values to sweep; unnamed parameters take their defaults
     params: tuple[tuple[str, tuple[tuple[str, tuple[Any, ...]], ...]], ...] = field(default=())
     # backend -> axis ("dtypes" or "batch") -> values replacing the sweep's for that backend
@@ -129,7 +135,7 @@ def expand(sweep: Sweep) -> list[Case]:
             # which the case records, rather than silently dropping out of "all".
             scopes = [s for s in sweep.scopes if s in cls.scopes] or [cls.scopes[0]]
             for scope in scopes:
-                for backend, dtype, mode, b, h, d, t, n in (
+                for backend, dtype, mode, b, h, d, t, tr, n in (
                     (name, *rest)
                     for name in sweep.backends
                     for rest in itertools.product(
@@ -139,6 +145,7 @@ def expand(sweep: Sweep) -> list[Case]:
                         sweep.heads,
                         sweep.head_dim,
                         sweep.threads,
+                        sweep.transforms,
                         sorted(sweep.seq_lens),
                     )
                 ):
@@ -147,6 +154,6 @@ def expand(sweep: Sweep) -> list[Case]:
                     except ValueError as exc:
                         raise UserError(f"invalid parameters for {variant} at n={n}: {exc}") from None
                     resolved = tuple(sorted(at_length.items()))
-                    case = Case(variant, resolved, scope, backend, dtype, mode, b, h, d, n, t)
+                    case = Case(variant, resolved, scope, backend, dtype, mode, b, h, d, n, t, tr)
                     cases.setdefault(case.case_id, case)
     return list(cases.values())

@@ -59,6 +59,11 @@ def build_parser() -> Parser:
     run.add_argument("--scope", type=_csv, help="core (attention alone) or layer (a whole transformer layer)")
     run.add_argument("--threads", type=_csv, help="CPU threads (default: physical cores)")
     run.add_argument(
+        "--transforms",
+        type=_csv,
+        help="optimisations to sweep: none, compile, autocast_bf16, autocast_fp16, int8, prune_heads, prune_24, distill",
+    )
+    run.add_argument(
         "--param",
         action="append",
         default=[],

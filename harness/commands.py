@@ -63,6 +63,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
                 modes=args.mode,
                 scopes=args.scope,
                 threads=args.threads,
+                transforms=args.transforms,
                 params=args.param,
                 backend_options=args.backend_option,
                 max_time_per_case=args.max_time_per_case,

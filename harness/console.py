@@ -125,9 +125,11 @@ def _varying_params(cases: list[CaseRecord]) -> dict[str, list[str]]:
 
 def _variant_label(rec: CaseRecord, shown: dict[str, list[str]]) -> str:
     keys = shown.get(rec.variant, [])
+    transform = rec.extra.get("transform") or "none"
+    name = rec.variant if transform == "none" else f"{rec.variant} +{transform}"
     if not keys:
-        return rec.variant
-    return rec.variant + " " + ",".join(f"{k}={rec.params[k]}" for k in keys)
+        return name
+    return name + " " + ",".join(f"{k}={rec.params[k]}" for k in keys)
 
 
 def summary_table(result: RunResult) -> Table:

@@ -123,6 +123,9 @@ def base_record(run_id: str, case: Case) -> dict[str, Any]:
         "head_dim": case.head_dim,
         "seq_len": case.seq_len,
         "threads": case.threads,
+        "transform": case.transform,
+        "transform_details": None,
+        "fidelity": None,
         "status": None,
         "reason": None,
         "time_s": None,
@@ -193,6 +196,9 @@ def finish_record(record: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
         "verification",
     ):
         record[key] = r[key]
+    for key in ("transform_details", "fidelity"):
+        if key in r:
+            record[key] = r[key]
     for key in ("prepare_s", "memory_details", "energy_details", "attention_ops", "backend_details"):
         if r.get(key) is not None:
             record[key] = r[key]
@@ -430,6 +436,7 @@ def _case_of(rec: Any) -> Case:
         rec.head_dim,
         rec.seq_len,
         rec.extra.get("threads"),
+        rec.extra.get("transform", "none"),
     )
 
 

@@ -18,10 +18,11 @@ import torch
 
 from backends.base import DTYPES, Backend, EnergyMeter, EnergyReading, Step, Timer
 from harness.cases import Case
-from harness.kernels import attention_ops
+from harness.kernels import ATTENTION_MARKERS, attention_ops
 from harness.registry import PLUGINS_ENV, get_backend, get_workload, load_plugins
 from harness.settings import RunSettings
 from harness.timing import sample, warm_up
+from harness.transforms import Applied, TransformUnsupported, apply_transform
 from workloads.base import AttentionVariant, Shape
 
 VERIFY_TOLERANCE = {"float64": 1e-8, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
@@ -83,17 +84,32 @@ def _load(case: Case, settings: RunSettings) -> tuple[type[AttentionVariant], Ba
     return cls, backend
 
 
-def _build(cls: type[AttentionVariant], backend: Backend, case: Case, seed: int) -> tuple[Step, float, torch.nn.Module]:
-    """The prepared step for the case, the seconds preparation took, and the module."""
+def _build_transformed(
+    cls: type[AttentionVariant], backend: Backend, case: Case, seed: int
+) -> tuple[Step, float, Applied, tuple[torch.Tensor, ...]]:
+    """The prepared step, the seconds preparation took, the case's transform as applied to
+    the built module (the identity for "none"), and the inputs."""
     params = cls.make_params(case.params_dict)
     shape = Shape(case.batch, case.heads, case.head_dim, case.seq_len)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     module = cls.build(params, shape, case.scope)
     inputs = cls.make_inputs(shape, case.scope, DTYPES[case.dtype], backend.device, gen)
+    try:
+        applied = apply_transform(case, module, inputs, seed)
+    except TransformUnsupported as exc:
+        raise Unsupported(str(exc)) from None
     t0 = time.perf_counter()
-    step = backend.prepare(module, inputs, case)
-    return step, time.perf_counter() - t0, module
+    step = backend.prepare(applied.module, inputs, case)
+    return step, time.perf_counter() - t0, applied, inputs
+
+
+def _build(cls: type[AttentionVariant], backend: Backend, case: Case, seed: int) -> tuple[Step, float, torch.nn.Module]:
+    """The prepared step for the case, the seconds preparation took, and the module."""
+    step, prepare_s, applied, _ = _build_transformed(cls, backend, case, seed)
+    return step, prepare_s, applied.metrics_module or applied.module
+
+
 
 
 def measure_energy(step: Step, timer: Timer, meter: EnergyMeter, per_call_s: float) -> tuple[EnergyReading, int]:
@@ -122,26 +138,44 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
         if settings.verify
         else {"verified": None, "reason": "verification turned off"}
     )
-    step, prepare_s, module = _build(cls, backend, case, settings.seed)
+    step, prepare_s, applied, inputs = _build_transformed(cls, backend, case, settings.seed)
+    module = applied.metrics_module or applied.module
 
     timer = backend.timer()
     policy = settings.policy()
     warm = warm_up(step, timer, policy, backend.min_warmup_calls)
     backend.timed_region_start()
+    applied.timed_start()
     measurement = sample(step, timer, policy, warm.last_call_s)
-    problems = backend.timed_region_stop()
+    problems = backend.timed_region_stop() + applied.timed_stop()
     if problems:
         measurement.stable = False
         measurement.notes.extend(problems)
     energy, energy_calls = measure_energy(step, timer, backend.energy_meter(), measurement.stats.median)
-    kernels = attention_ops(step) if backend.records_aten_ops else backend.details().get("attention_ops")
+    transformed = applied.finish(inputs)  # fidelity vs the float64 untransformed module, after timing
+    if applied.compiles_on_first_call:
+        # The dispatcher cannot see inside a compiled graph: the kernels of inductor's output code.
+        calls = transformed["transform_details"]["kernels"]["library_calls"]
+        kernels = {n: c for n, c in calls.items() if any(m in n for m in ATTENTION_MARKERS)}
+        compile_s = prepare_s + applied.apply_s + warm.first_call_s
+    else:
+        kernels = attention_ops(step) if backend.records_aten_ops else backend.details().get("attention_ops")
+        compile_s = backend.compile_seconds(prepare_s, warm.first_call_s) + applied.apply_s
+    fidelity = transformed["fidelity"]
+    if fidelity is not None and not fidelity["within"]:
+        measurement.notes.append(
+            f"transform {applied.name} beyond its tolerance: rel_err {fidelity['rel_err']:.3g} "
+            f"(max {fidelity['tolerance']['rel_err']:g}), cosine {fidelity['cosine']:.6f} "
+            f"(min {fidelity['tolerance']['min_cosine']:g})"
+        )
+
 
     return {
         "device": backend.describe(),
         "backend_settings": backend_settings,
         "verification": checked,
         "time_s": measurement.stats.to_json(),
-        "compile_s": backend.compile_seconds(prepare_s, warm.first_call_s),
+        "compile_s": compile_s,
         "prepare_s": prepare_s,
         "first_call_s": warm.first_call_s,
         "warmup": {"calls": warm.calls, "seconds": warm.seconds},
@@ -159,6 +193,7 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
         "attention_ops": kernels,
         "backend_details": backend.details(),
         "workload_metrics": cls.case_metrics(module),
+        **transformed,
     }
 
 
