@@ -335,7 +335,7 @@ class RayExecutor:
                     self._local_cluster = True
                 else:
                     ray.init(address=address, **common)
-            except ray.exceptions.AuthenticationError as exc:
+            except getattr(ray.exceptions, "AuthenticationError", ()) as exc:  # Ray 2.52+
                 raise UserError(
                     f"the Ray cluster at {address} refused this client's token ({exc}); set "
                     "RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH to a file holding the cluster's token "
