@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -155,6 +156,9 @@ class Backend(ABC):
     in_available: ClassVar[bool] = True
     # Whether `bench calibrate` measures this backend's device (else it shares another's peaks).
     calibrates: ClassVar[bool] = False
+    # The driver `bench profile` uses (harness.profiling.DRIVERS): torch.profiler unless the
+    # runtime has its own ("onnxruntime", "xla").
+    profiler: ClassVar[str] = "torch"
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.opts = self.parse_options(options or {})
@@ -230,6 +234,15 @@ class Backend(ABC):
 
     def synchronize(self) -> None:
         """Wait for queued device work (a no-op for synchronous devices)."""
+        return
+
+    def profiler_activities(self) -> tuple[str, ...]:
+        """torch.profiler activities for this device: "cpu", plus "cuda" where kernels run on a GPU."""
+        return ("cpu",)
+
+    def start_profiling(self, folder: Path) -> None:
+        """Called in the profile worker before the case is prepared, e.g. to switch on a runtime's own
+        profiler, which writes into `folder`. Never called in a timed or memory worker."""
         return
 
     def details(self) -> dict[str, Any]:

@@ -206,6 +206,9 @@ class CudaBackend(Backend):
     def synchronize(self) -> None:
         torch.cuda.synchronize(self.index)
 
+    def profiler_activities(self) -> tuple[str, ...]:
+        return ("cpu", "cuda")
+
     def timer(self) -> Timer:
         return CudaEventTimer(flush=self.opts["flush_cache"])
 

@@ -117,6 +117,7 @@ class OnnxRuntimeBackend(Backend):
     modes: ClassVar[tuple[str, ...]] = ("forward",)
     records_aten_ops: ClassVar[bool] = False
     in_available: ClassVar[bool] = False  # each new shape costs an export of seconds: run it when named
+    profiler: ClassVar[str] = "onnxruntime"
     options: ClassVar[dict[str, Option]] = {
         "providers": Option(
             ("CPUExecutionProvider",),
@@ -133,6 +134,7 @@ class OnnxRuntimeBackend(Backend):
         self._memory_phase = False
         self._details: dict[str, Any] = {}
         self._sessions: dict[str, Any] = {}
+        self._profile_prefix: str | None = None  # set in the profile worker only
 
     @classmethod
     def availability(cls) -> Availability:
@@ -249,6 +251,9 @@ class OnnxRuntimeBackend(Backend):
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.opts["opt_level"]]
         so.log_severity_level = 4  # failures surface as exceptions, which the case records
+        if self._profile_prefix is not None:
+            so.enable_profiling = True
+            so.profile_file_prefix = self._profile_prefix
         if self._memory_phase:
             # The arena and memory patterns keep blocks across runs; without them the process
             # peak follows what this call allocates.
@@ -387,6 +392,13 @@ class OnnxRuntimeBackend(Backend):
                 if k in ("Attention", "MultiHeadAttention", "Softmax", "MatMul")
             }
         return out
+
+    def start_profiling(self, folder: Path) -> None:
+        self._profile_prefix = str(folder / "ort_session")
+
+    def end_profiling(self) -> list[str]:
+        """Stop the sessions' profiling; the JSON trace files they wrote."""
+        return [sess.end_profiling() for sess in self._sessions.values()] if self._profile_prefix else []
 
     def timer(self) -> Timer:
         return OrtTimer()

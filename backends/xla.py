@@ -98,6 +98,7 @@ class XlaBackend(Backend):
     dtypes: ClassVar[tuple[str, ...]] = ("float32", "bfloat16", "float16")
     calibrates: ClassVar[bool] = True
     min_warmup_calls: ClassVar[int] = 3
+    profiler: ClassVar[str] = "xla"
 
     def __init__(self, options: dict[str, Any] | None = None) -> None:
         super().__init__(options)

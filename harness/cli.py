@@ -27,6 +27,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "harness.history_command",
     "harness.compare_command",
     "harness.export_command",
+    "harness.profile_command",
 )
 
 
@@ -82,6 +83,11 @@ def build_parser() -> Parser:
     run.add_argument("--timeout", type=float, help="seconds before a case's worker is stopped")
     run.add_argument("--max-memory", type=float, help="GiB a worker may hold before it is stopped (oom)")
     run.add_argument("--no-verify", action="store_true", help="skip the float64 reference check before timing")
+    run.add_argument(
+        "--profile",
+        action="store_true",
+        help="after timing each case, profile it in a worker of its own (RUN/profiles/<case_id>/; see bench profile)",
+    )
     run.add_argument("--out", type=Path, help="run folder to write (default: results/<run_id>)")
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
     run.add_argument(

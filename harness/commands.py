@@ -28,11 +28,17 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
 
     console = make_console()
     check_flags(args)
+    if args.profile and args.executor == "ray":
+        raise UserError(
+            "--profile runs with the local executor (profiles are files on the machine that ran the case); "
+            "drop --executor ray, or profile single cases on a node with bench profile"
+        )
     if args.resume is not None:
         given = (
             [f for f in SWEEP_FLAGS if getattr(args, f) is not None]
             + (["param"] if args.param else [])
             + (["backend_option"] if args.backend_option else [])
+            + (["profile"] if args.profile else [])
         )
         if given or args.out is not None:
             raise UserError(
@@ -78,6 +84,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
             memory_limit_bytes=memory_limit,
             plugins=os.environ.get(PLUGINS_ENV, ""),
             **({"verify": False} if args.no_verify else {}),
+            profile=args.profile,
         )
         run_id = new_run_id(spec.name)
         folder = args.out if args.out is not None else Path("results") / run_id
@@ -88,6 +95,8 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         run["suite_notes"] = spec.notes or None  # how this run differs from what the suite mirrors
         run["reference"] = spec.reference
 
+    if run["settings"].get("profile"):  # profiles go beside the run, wherever its folder is now
+        run["settings"]["profile_dir"] = str((folder / "profiles").resolve())
     settings = RunSettings.from_json(run["settings"])
     console.print(
         f"attnbench: suite [bold]{run['suite']}[/] → {folder}  "
@@ -114,6 +123,12 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         if hasattr(executor, "close"):
             executor.close()  # a Ray cluster started for the run goes with it
     print_summary(console, load_run(folder))
+    if settings.profile:
+        console.print(
+            f"profiles: {folder / 'profiles'}/<case_id>/ (trace.json, ops.md, memory.png; bench profile explains them)",
+            highlight=False,
+            soft_wrap=True,
+        )
     from harness.history import record_finished_run
 
     record_finished_run(folder, getattr(args, "history", None), console)  # warns, never fails the run

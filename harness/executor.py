@@ -8,9 +8,11 @@ clean process whose peak memory belongs to that case alone.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import signal
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -82,7 +84,24 @@ class LocalExecutor:
             )
             if memory.traceback:
                 timed.traceback = memory.traceback
+        if self.settings.profile:  # after the figures are taken, in a worker of its own
+            timed.result["profile"] = self.profile_summary(self.profile(case))
         return timed
+
+    def profile(self, case: Case) -> Outcome:
+        """The case under its backend's profiler in a fresh worker (harness.profiling)."""
+        return self._run_phase(case, "profile")
+
+    def profile_summary(self, outcome: Outcome) -> dict[str, Any]:
+        """What a case record keeps of its profile: files (folder relative to the run folder), top operators."""
+        worker = {k: outcome.worker.get(k) for k in ("pid", "wall_s")}
+        if outcome.status != "ok":
+            return {"status": outcome.status, "reason": outcome.reason, "worker": worker}
+        profile = dict(outcome.result["profile"])
+        path = Path(profile.pop("path"))
+        root = Path(self.settings.profile_dir or path.parent).resolve().parent
+        profile["dir"] = os.path.relpath(path, root)
+        return {"status": "ok", **profile, "worker": worker}
 
     def _run_phase(self, case: Case, phase: str) -> Outcome:
         parent_conn, child_conn = self.ctx.Pipe(duplex=False)

@@ -199,7 +199,7 @@ def finish_record(record: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
     for key in ("transform_details", "fidelity"):
         if key in r:
             record[key] = r[key]
-    for key in ("prepare_s", "memory_details", "energy_details", "attention_ops", "backend_details"):
+    for key in ("prepare_s", "memory_details", "energy_details", "attention_ops", "backend_details", "profile"):
         if r.get(key) is not None:
             record[key] = r[key]
     return record

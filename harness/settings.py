@@ -20,6 +20,11 @@ class RunSettings:
     plugins: str = ""  # ATTNBENCH_PLUGINS of the parent, re-applied in each worker
     # (backend, key, value) from [backend_options.NAME] and --backend-option NAME.KEY=VALUE
     backend_options: tuple[tuple[str, str, Any], ...] = ()
+    # After timing and memory, profile each case in a third worker (bench run --profile);
+    # its files go to <profile_dir>/<case_id>/ (a run's is <run folder>/profiles).
+    profile: bool = False
+    profile_dir: str | None = None
+    profile_calls: int = 3  # calls under the profiler, after warm-up
 
     def options_for(self, backend: str) -> dict[str, Any]:
         return {k: v for b, k, v in self.backend_options if b == backend}

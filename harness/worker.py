@@ -216,7 +216,14 @@ def measure_memory(case: Case, settings: RunSettings) -> dict[str, Any]:
     }
 
 
-PHASES = {"time": measure_time, "memory": measure_memory}
+def measure_profile(case: Case, settings: RunSettings) -> dict[str, Any]:
+    """The case under its backend's profiler, in a process of its own (never the timed one)."""
+    from harness.profiling import profile_phase
+
+    return {"profile": profile_phase(case, settings)}
+
+
+PHASES = {"time": measure_time, "memory": measure_memory, "profile": measure_profile}
 
 
 def _mark_oom_victim() -> None:

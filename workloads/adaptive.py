@@ -57,6 +57,7 @@ from workloads.base import (
     TRAIN_FLOP_FACTOR_LINEAR,
     AttentionVariant,
     Shape,
+    step_range,
 )
 from workloads.layer import PreNormLayer
 
@@ -172,7 +173,8 @@ class UniversalTransformer(_Adaptive):
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         # x: (B, n, D)
         for t in range(self.params.steps):
-            x = self.layer(x + self.step_embedding[t])
+            with step_range("universal.step"):  # the shared layer's own ranges nest inside
+                x = self.layer(x + self.step_embedding[t])
         return x
 
     @classmethod
@@ -341,61 +343,71 @@ class ACTUniversalTransformer(_Adaptive):
             steps_run += 1
             inp = state + self.step_embedding[t]  # (B, n, D)
             if gather:
-                counts = running.sum(dim=1)  # (B,)
-                m = int(counts.max())
-                # Running tokens first, in position order; padding rows are halted tokens.
-                order = torch.argsort((~running).to(torch.int8), dim=1, stable=True)[:, :m]  # (B, m)
-                valid = running.gather(1, order)  # (B, m)
-                idx_d = order.unsqueeze(-1).expand(B, m, D)
-                h_g = inp.gather(1, idx_d)  # (B, m, D)
-                p = x.new_zeros(B, n).scatter(1, order, self._halting(h_g) * valid)
-                q, k, v = self._qkv(h_g)  # (B, m, h, d)
-                idx_kv = order[:, :, None, None].expand(B, m, h_, d_)
-                keep = valid[:, :, None, None]
-                k_cache = k_cache.scatter(1, idx_kv, torch.where(keep, k, k_cache.gather(1, idx_kv)))
-                v_cache = v_cache.scatter(1, idx_kv, torch.where(keep, v, v_cache.gather(1, idx_kv)))
-                a = F.scaled_dot_product_attention(
-                    q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2)
-                )  # (B, h, m, d): running queries against all n keys
-                trans_g = self._finish(h_g, a.transpose(1, 2).reshape(B, m, D))  # (B, m, D)
+                with step_range("act.gather"):
+                    counts = running.sum(dim=1)  # (B,)
+                    m = int(counts.max())
+                    # Running tokens first, in position order; padding rows are halted tokens.
+                    order = torch.argsort((~running).to(torch.int8), dim=1, stable=True)[:, :m]  # (B, m)
+                    valid = running.gather(1, order)  # (B, m)
+                    idx_d = order.unsqueeze(-1).expand(B, m, D)
+                    h_g = inp.gather(1, idx_d)  # (B, m, D)
+                with step_range("act.halting"):
+                    p = x.new_zeros(B, n).scatter(1, order, self._halting(h_g) * valid)
+                with step_range("act.qkv"):
+                    q, k, v = self._qkv(h_g)  # (B, m, h, d)
+                    idx_kv = order[:, :, None, None].expand(B, m, h_, d_)
+                    keep = valid[:, :, None, None]
+                    k_cache = k_cache.scatter(1, idx_kv, torch.where(keep, k, k_cache.gather(1, idx_kv)))
+                    v_cache = v_cache.scatter(1, idx_kv, torch.where(keep, v, v_cache.gather(1, idx_kv)))
+                with step_range("act.attention"):
+                    a = F.scaled_dot_product_attention(
+                        q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2)
+                    )  # (B, h, m, d): running queries against all n keys
+                with step_range("act.proj_ffn"):
+                    trans_g = self._finish(h_g, a.transpose(1, 2).reshape(B, m, D))  # (B, m, D)
                 rows_executed += B * m
             else:
-                p = self._halting(inp) * running
-                q, k, v = self._qkv(inp)  # (B, n, h, d)
-                keep = running[:, :, None, None]
-                k_cache = torch.where(keep, k, k_cache)
-                v_cache = torch.where(keep, v, v_cache)
-                a = self.layer.attention(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2))
-                trans = self._finish(inp, a.transpose(1, 2).reshape(B, n, D))  # (B, n, D)
+                with step_range("act.halting"):
+                    p = self._halting(inp) * running
+                with step_range("act.qkv"):
+                    q, k, v = self._qkv(inp)  # (B, n, h, d)
+                    keep = running[:, :, None, None]
+                    k_cache = torch.where(keep, k, k_cache)
+                    v_cache = torch.where(keep, v, v_cache)
+                with step_range("act.attention"):
+                    a = self.layer.attention(q.transpose(1, 2), k_cache.transpose(1, 2), v_cache.transpose(1, 2))
+                with step_range("act.proj_ffn"):
+                    trans = self._finish(inp, a.transpose(1, 2).reshape(B, n, D))  # (B, n, D)
                 rows_executed += B * n
             keys_useful += float(running.sum()) * n
 
             # tensor2tensor's ACT bookkeeping, with a forced halt at the last step.
-            run_f = running.to(x.dtype)
-            reach = halting + p * run_f
-            new_halted = (reach > threshold) & running
-            still = (reach <= threshold) & running
-            if t == T - 1:
-                new_halted = new_halted | still
-                still = torch.zeros_like(still)
-            still_f, new_f = still.to(x.dtype), new_halted.to(x.dtype)
-            halting = halting + p * still_f
-            remainders = remainders + new_f * (1.0 - halting)
-            halting = halting + new_f * remainders
-            # Tokens that halt land on exactly 1.0 (halting + (1 - halting)); make it so.
-            halting = torch.where(new_halted, torch.ones_like(halting), halting)
-            n_updates = n_updates + running.to(torch.int64)
-            w = (p * still_f + new_f * remainders).unsqueeze(-1)  # (B, n, 1)
+            with step_range("act.bookkeeping"):
+                run_f = running.to(x.dtype)
+                reach = halting + p * run_f
+                new_halted = (reach > threshold) & running
+                still = (reach <= threshold) & running
+                if t == T - 1:
+                    new_halted = new_halted | still
+                    still = torch.zeros_like(still)
+                still_f, new_f = still.to(x.dtype), new_halted.to(x.dtype)
+                halting = halting + p * still_f
+                remainders = remainders + new_f * (1.0 - halting)
+                halting = halting + new_f * remainders
+                # Tokens that halt land on exactly 1.0 (halting + (1 - halting)); make it so.
+                halting = torch.where(new_halted, torch.ones_like(halting), halting)
+                n_updates = n_updates + running.to(torch.int64)
+                w = (p * still_f + new_f * remainders).unsqueeze(-1)  # (B, n, 1)
 
-            if gather:
-                w_g = w.gather(1, order.unsqueeze(-1))  # (B, m, 1); 0 on padding rows
-                acc_g = acc.gather(1, idx_d)
-                acc = acc.scatter(1, idx_d, trans_g * w_g + acc_g * (1.0 - w_g))
-                st_g = state.gather(1, idx_d)
-                state = state.scatter(1, idx_d, torch.where(valid.unsqueeze(-1), trans_g, st_g))
-            else:
-                acc = trans * w + acc * (1.0 - w)
-                state = torch.where(running.unsqueeze(-1), trans, state)
+                if gather:
+                    w_g = w.gather(1, order.unsqueeze(-1))  # (B, m, 1); 0 on padding rows
+                    acc_g = acc.gather(1, idx_d)
+                    acc = acc.scatter(1, idx_d, trans_g * w_g + acc_g * (1.0 - w_g))
+                    st_g = state.gather(1, idx_d)
+                    state = state.scatter(1, idx_d, torch.where(valid.unsqueeze(-1), trans_g, st_g))
+                else:
+                    acc = trans * w + acc * (1.0 - w)
+                    state = torch.where(running.unsqueeze(-1), trans, state)
 
         self._record(x, n_updates, rows_executed, keys_useful, steps_run)
         return acc

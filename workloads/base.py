@@ -8,6 +8,7 @@ float64 reference.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from workloads.reference import dense_reference
 
@@ -27,6 +29,20 @@ TRAIN_FLOP_FACTOR_ATTENTION = 3.5
 # Matmuls: backward computes two products (input and weight grads) per forward product.
 TRAIN_FLOP_FACTOR_LINEAR = 3.0
 FFN_MULT = 4
+
+
+_profiler_enabled = torch._C._autograd._profiler_enabled
+_NO_RANGE = contextlib.nullcontext()
+
+
+def step_range(name: str) -> contextlib.AbstractContextManager[Any]:
+    """A named profiler range around one step of a variant ("lsh.hash"), so `bench profile`
+    can attribute time and memory to it.
+
+    `record_function` costs microseconds per use even when no profiler runs (it enters the
+    dispatcher); guarded by the profiler's own flag, an unprofiled call pays a C flag read.
+    """
+    return record_function(name) if _profiler_enabled() else _NO_RANGE
 
 
 def require_int(name: str, value: Any, minimum: int | None = None) -> None:

@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from harness.registry import register_workload
-from workloads.base import AttentionVariant, Shape
+from workloads.base import AttentionVariant, Shape, step_range
 from workloads.reference import causal_mask
 
 
@@ -57,10 +57,14 @@ class NaiveAttention(_DenseVariant):
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         n = q.shape[-2]
-        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, h, n, n)
-        if self.params.causal:
-            scores = scores.masked_fill(~causal_mask(n).to(q.device), float("-inf"))
-        return torch.softmax(scores, dim=-1) @ v  # (B, h, n, d)
+        with step_range("naive.scores"):
+            scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, h, n, n)
+            if self.params.causal:
+                scores = scores.masked_fill(~causal_mask(n).to(q.device), float("-inf"))
+        with step_range("naive.softmax"):
+            probs = torch.softmax(scores, dim=-1)
+        with step_range("naive.output"):
+            return probs @ v  # (B, h, n, d)
 
     @classmethod
     def executed_flops(cls, params: CausalParams, shape: Shape) -> float:
@@ -84,7 +88,8 @@ class SdpaAttention(_DenseVariant):
     summary: ClassVar[str] = "torch scaled_dot_product_attention (fused kernel where torch has one)"
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=self.params.causal)  # (B, h, n, d)
+        with step_range("sdpa.attention"):  # one fused op: the range shows which kernel torch chose
+            return F.scaled_dot_product_attention(q, k, v, is_causal=self.params.causal)  # (B, h, n, d)
 
     @classmethod
     def working_bytes(cls, params: CausalParams, shape: Shape, itemsize: int) -> int:
@@ -121,12 +126,16 @@ class ChunkedAttention(_DenseVariant):
 
     def _chunk(self, q: Tensor, k: Tensor, v: Tensor, start: int) -> Tensor:
         # q: (B, h, c, d) for queries start..start+c; k, v: (B, h, m, d)
-        scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, h, c, m)
-        if self.params.causal:
-            rows = torch.arange(start, start + q.shape[-2], device=q.device)[:, None]
-            cols = torch.arange(k.shape[-2], device=q.device)[None, :]
-            scores = scores.masked_fill(cols > rows, float("-inf"))
-        return torch.softmax(scores, dim=-1) @ v
+        with step_range("chunked.scores"):
+            scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(q.shape[-1]))  # (B, h, c, m)
+            if self.params.causal:
+                rows = torch.arange(start, start + q.shape[-2], device=q.device)[:, None]
+                cols = torch.arange(k.shape[-2], device=q.device)[None, :]
+                scores = scores.masked_fill(cols > rows, float("-inf"))
+        with step_range("chunked.softmax"):
+            probs = torch.softmax(scores, dim=-1)
+        with step_range("chunked.output"):
+            return probs @ v
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         n, c = q.shape[-2], self.params.chunk

@@ -42,7 +42,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.registry import register_workload
-from workloads.base import FFN_MULT, TRAIN_FLOP_FACTOR_ATTENTION, TRAIN_FLOP_FACTOR_LINEAR, AttentionVariant, Shape
+from workloads.base import (
+    FFN_MULT,
+    TRAIN_FLOP_FACTOR_ATTENTION,
+    TRAIN_FLOP_FACTOR_LINEAR,
+    AttentionVariant,
+    Shape,
+    step_range,
+)
 
 # --- Transformer-XL ----------------------------------------------------------------------------
 
@@ -131,23 +138,28 @@ class TransformerXLAttention(AttentionVariant):
         segs = segments(n, L, M)
         kmax = max_keys(n, L, M)
         # Distances kmax−1 … 0: a segment with klen key slots uses the last klen of them.
-        r_all = self._rel(torch.arange(kmax - 1, -1, -1, device=q.device), q)  # (h, kmax, d)
+        with step_range("xl.relative_positions"):
+            r_all = self._rel(torch.arange(kmax - 1, -1, -1, device=q.device), q)  # (h, kmax, d)
         out = q.new_empty(q.shape)  # (B, h, n, d)
         for s, e, m in segs:
             ql, klen = e - s, e - s + m
-            ks, vs = k[:, :, s - m : e], v[:, :, s - m : e]  # memory then current: (B, h, klen, d)
-            if detach and m:
-                ks = torch.cat([ks[:, :, :m].detach(), ks[:, :, m:]], dim=2)
-                vs = torch.cat([vs[:, :, :m].detach(), vs[:, :, m:]], dim=2)
+            with step_range("xl.memory"):
+                ks, vs = k[:, :, s - m : e], v[:, :, s - m : e]  # memory then current: (B, h, klen, d)
+                if detach and m:
+                    ks = torch.cat([ks[:, :, :m].detach(), ks[:, :, m:]], dim=2)
+                    vs = torch.cat([vs[:, :, :m].detach(), vs[:, :, m:]], dim=2)
             qs = q[:, :, s:e]  # (B, h, ql, d)
-            ac = (qs + u) @ ks.transpose(-1, -2)  # content + global content bias: (B, h, ql, klen)
-            bd = rel_shift((qs + pv) @ r_all[:, kmax - klen :].transpose(-1, -2))  # (B, h, ql, klen)
-            # In place: autograd needs the matmuls' inputs, not their outputs.
-            scores = ac.add_(bd).mul_(scale)
-            # Causal within the segment; the memory is all in the past.
-            causal = torch.ones(ql, klen, dtype=torch.bool, device=q.device).triu(m + 1)
-            scores = scores.masked_fill_(causal, float("-inf"))
-            out[:, :, s:e] = torch.softmax(scores, dim=-1) @ vs
+            with step_range("xl.content_scores"):
+                ac = (qs + u) @ ks.transpose(-1, -2)  # content + global content bias: (B, h, ql, klen)
+            with step_range("xl.position_scores"):
+                bd = rel_shift((qs + pv) @ r_all[:, kmax - klen :].transpose(-1, -2))  # (B, h, ql, klen)
+            with step_range("xl.softmax_output"):
+                # In place: autograd needs the matmuls' inputs, not their outputs.
+                scores = ac.add_(bd).mul_(scale)
+                # Causal within the segment; the memory is all in the past.
+                causal = torch.ones(ql, klen, dtype=torch.bool, device=q.device).triu(m + 1)
+                scores = scores.masked_fill_(causal, float("-inf"))
+                out[:, :, s:e] = torch.softmax(scores, dim=-1) @ vs
         self.last_segments, self.last_memory = len(segs), M
         return out
 
@@ -336,12 +348,17 @@ class HierarchicalAttentionNetwork(AttentionVariant):
             x = F.pad(x, (0, 0, 0, S * T - n))
             valid = (torch.arange(S * T, device=x.device) < n).view(1, S, T).expand(B, S, T).reshape(B * S, T)
         words = x.reshape(B * S, T, D)
-        h = self.word_encoder(words, valid)  # (B·S, T, D)
-        return self.word_pool(h, valid).view(B, S, D), valid
+        with step_range("han.word_encoder"):
+            h = self.word_encoder(words, valid)  # (B·S, T, D)
+        with step_range("han.word_pool"):
+            return self.word_pool(h, valid).view(B, S, D), valid
 
     def document(self, sentences: Tensor) -> Tensor:
         """(B, S, D) sentence vectors -> (B, D) document vector."""
-        return self.sentence_pool(self.sentence_encoder(sentences))
+        with step_range("han.sentence_encoder"):
+            encoded = self.sentence_encoder(sentences)
+        with step_range("han.sentence_pool"):
+            return self.sentence_pool(encoded)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
         s, _ = self.sentences(x)

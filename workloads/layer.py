@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from workloads.base import FFN_MULT, AttentionVariant, Shape
+from workloads.base import FFN_MULT, AttentionVariant, Shape, step_range
 
 
 class PreNormLayer(nn.Module):
@@ -26,11 +26,15 @@ class PreNormLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         B, n, D = x.shape
-        qkv = self.qkv(self.norm1(x)).view(B, n, 3, self.heads, self.head_dim)  # (B, n, 3, h, d)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, n, d)
-        a = self.attention(q, k, v).transpose(1, 2).reshape(B, n, D)  # (B, n, D)
-        x = x + self.proj(a)
-        return x + self.ffn(self.norm2(x))
+        with step_range("layer.qkv"):
+            qkv = self.qkv(self.norm1(x)).view(B, n, 3, self.heads, self.head_dim)  # (B, n, 3, h, d)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, n, d)
+        with step_range("layer.attention"):
+            a = self.attention(q, k, v).transpose(1, 2).reshape(B, n, D)  # (B, n, D)
+        with step_range("layer.proj"):
+            x = x + self.proj(a)
+        with step_range("layer.ffn"):
+            return x + self.ffn(self.norm2(x))
 
     @staticmethod
     def linear_flops(shape: Shape) -> float:

@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.registry import register_workload
-from workloads.base import AttentionVariant, Shape, require_int
+from workloads.base import AttentionVariant, Shape, require_int, step_range
 from workloads.full import NaiveAttention, dense_flops, output_bytes
 from workloads.reference import causal_mask
 
@@ -244,7 +244,8 @@ class BigBirdAttention(AttentionVariant):
     # --- forward ---------------------------------------------------------------------------
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if self.params.mode(q.shape[-2]) == "full":
-            return F.scaled_dot_product_attention(q, k, v, is_causal=self.params.causal)
+            with step_range("bigbird.dense"):  # too short for the block layout
+                return F.scaled_dot_product_attention(q, k, v, is_causal=self.params.causal)
         return self._block_sparse(q, k, v)
 
     def _plan(self, n: int, device: torch.device) -> _Plan:
@@ -293,7 +294,8 @@ class BigBirdAttention(AttentionVariant):
                 kg, vg = (torch.cat([t[:b], t[(nb - 1) * b :]]) for t in (kz, vz))
             kr = kz[: (nb - 1) * b].view(nb - 1, b * d)  # random blocks are never the last one
             vr = vz[: (nb - 1) * b].view(nb - 1, b * d)
-            first, last = self._global(qz, kz, vz, plan, out[z] if inplace else None)
+            with step_range("bigbird.global"):
+                first, last = self._global(qz, kz, vz, plan, out[z] if inplace else None)
             pieces = [first]
             for lo, hi, w in plan.chunks:
                 dest = out[z, lo * b : hi * b].view(hi - lo, b, d) if inplace else None
@@ -327,20 +329,39 @@ class BigBirdAttention(AttentionVariant):
         normalised together by one row maximum and one sum (log-sum-exp merge).
         """
         b, d = self.params.block, qz.shape[-1]
-        c, dtype = end - first, qz.dtype
-        low = dtype in (torch.float16, torch.bfloat16)
+        c = end - first
         lo, hi = (first - 1) * b, (end - 2 + w) * b  # keys of blocks first−1 .. end−3+w
         qc = qz[first * b : end * b].view(c, b, d)
-        s_slide = torch.bmm(qc, kz[lo:hi].unfold(0, w * b, b))  # (c, b, w·b)
-        s_glob = torch.mm(qc.view(c * b, d), kg.t())  # (c·b, G)
+        with step_range("bigbird.window_global_scores"):
+            s_slide = torch.bmm(qc, kz[lo:hi].unfold(0, w * b, b))  # (c, b, w·b)
+            s_glob = torch.mm(qc.view(c * b, d), kg.t())  # (c·b, G)
         values = [vz[lo:hi].unfold(0, w * b, b).transpose(1, 2), vg]
         rows = slice(first - 1, end - 1)
         scores = [s_slide, s_glob.view(c, b, -1)]
         if plan.rand.shape[1]:
-            idx = plan.rand[rows].reshape(-1)
-            s_rand = torch.bmm(qc, kr.index_select(0, idx).view(c, -1, d).transpose(1, 2))  # (c, b, r·b)
-            scores.append(s_rand)
-            values.append(vr.index_select(0, idx).view(c, -1, d))
+            with step_range("bigbird.random_gather_scores"):
+                idx = plan.rand[rows].reshape(-1)
+                s_rand = torch.bmm(qc, kr.index_select(0, idx).view(c, -1, d).transpose(1, 2))  # (c, b, r·b)
+                scores.append(s_rand)
+                values.append(vr.index_select(0, idx).view(c, -1, d))
+        with step_range("bigbird.softmax_output"):
+            return self._merge(scores, values, s_glob, vg, plan, first, rows, c, dest)
+
+    def _merge(
+        self,
+        scores: list[Tensor],
+        values: list[Tensor],
+        s_glob: Tensor,
+        vg: Tensor,
+        plan: _Plan,
+        first: int,
+        rows: slice,
+        c: int,
+        dest: Tensor | None,
+    ) -> Tensor:
+        """Masking, the shared log-sum-exp softmax over the score parts and the weighted sum of values."""
+        b, d, dtype = self.params.block, vg.shape[-1], vg.dtype
+        low = dtype in (torch.float16, torch.bfloat16)
         if low:
             scores = [s.float() for s in scores]
         neg = float("-inf")

@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from harness.registry import register_workload
-from workloads.base import AttentionVariant, Shape, require_int
+from workloads.base import AttentionVariant, Shape, require_int, step_range
 
 SELF_SCORE = -1e5  # score of a query against its own position (Reformer's self mask)
 MASKED_SCORE = -1e9  # padding and causal masking in the fast path; weight exactly 0
@@ -169,57 +169,61 @@ class LSHAttention(AttentionVariant):
         dev = q.device
         self_score, masked = _fill_values(q.dtype)
 
-        buckets = lsh_buckets(q, self.n_buckets(n), R, p.seed)  # (B, h, R, n)
-        order = torch.sort(buckets, dim=-1, stable=True).indices  # (B, h, R, n): by (bucket, position)
-        del buckets
-        if npad > n:  # pad each round's sorted sequence at the end with the sentinel n
-            order = F.pad(order, (0, npad - n), value=n)  # (B, h, R, npad)
+        with step_range("lsh.hash"):
+            buckets = lsh_buckets(q, self.n_buckets(n), R, p.seed)  # (B, h, R, n)
+        with step_range("lsh.sort"):
+            order = torch.sort(buckets, dim=-1, stable=True).indices  # (B, h, R, n): by (bucket, position)
+            del buckets
+            if npad > n:  # pad each round's sorted sequence at the end with the sentinel n
+                order = F.pad(order, (0, npad - n), value=n)  # (B, h, R, npad)
         qpos = order.view(B, h, R, K, c)  # original position of each sorted slot
         # Keys: own chunk, then the previous chunk of the round (wrapping), (B, h, R, K, 2c);
         # a single chunk attends only itself.
         kpos = torch.cat([qpos, qpos.roll(1, dims=3)], dim=-1) if K > 1 else qpos
         width = kpos.shape[-1]
 
-        # Flat row indices into (B·h·n, d) sources; padding reads row n-1 and is masked.
-        base = (torch.arange(B * h, device=dev) * n).view(B, h, 1, 1, 1)
-        q_rows = (qpos.clamp(max=n - 1) + base).reshape(-1)
-        k_rows = (kpos.clamp(max=n - 1) + base).reshape(-1)
-        qs = q.reshape(B * h * n, d).index_select(0, q_rows).view(BhR * K, c, d)
-        ks = _keys(q).reshape(B * h * n, d).index_select(0, k_rows).view(BhR * K, width, d)
-        vs = v.reshape(B * h * n, d).index_select(0, k_rows).view(BhR * K, width, d)
+        with step_range("lsh.gather"):
+            # Flat row indices into (B·h·n, d) sources; padding reads row n-1 and is masked.
+            base = (torch.arange(B * h, device=dev) * n).view(B, h, 1, 1, 1)
+            q_rows = (qpos.clamp(max=n - 1) + base).reshape(-1)
+            k_rows = (kpos.clamp(max=n - 1) + base).reshape(-1)
+            qs = q.reshape(B * h * n, d).index_select(0, q_rows).view(BhR * K, c, d)
+            ks = _keys(q).reshape(B * h * n, d).index_select(0, k_rows).view(BhR * K, width, d)
+            vs = v.reshape(B * h * n, d).index_select(0, k_rows).view(BhR * K, width, d)
 
-        scores = torch.bmm(qs, ks.transpose(1, 2)).view(BhR, K, c, width)  # (B·h·R, K, c, 2c)
-        del qs, ks
-        if p.causal:  # later original positions; also covers padding (sentinel n)
-            later = kpos.view(BhR, K, 1, width) > qpos.view(BhR, K, c, 1)
-            scores = scores.masked_fill_(later, masked)
-            del later
-        elif npad > n:  # padding sits in the last chunk's own half and the first's look-back
-            real = n - (K - 1) * c  # real slots in the last chunk
-            scores[:, -1, :, real:c] = masked
-            if K > 1:
-                scores[:, 0, :, c + real :] = masked
-        scores.diagonal(dim1=-2, dim2=-1).fill_(self_score)  # own position: own half's diagonal
+        with step_range("lsh.attention"):
+            scores = torch.bmm(qs, ks.transpose(1, 2)).view(BhR, K, c, width)  # (B·h·R, K, c, 2c)
+            del qs, ks
+            if p.causal:  # later original positions; also covers padding (sentinel n)
+                later = kpos.view(BhR, K, 1, width) > qpos.view(BhR, K, c, 1)
+                scores = scores.masked_fill_(later, masked)
+                del later
+            elif npad > n:  # padding sits in the last chunk's own half and the first's look-back
+                real = n - (K - 1) * c  # real slots in the last chunk
+                scores[:, -1, :, real:c] = masked
+                if K > 1:
+                    scores[:, 0, :, c + real :] = masked
+            scores.diagonal(dim1=-2, dim2=-1).fill_(self_score)  # own position: own half's diagonal
 
-        # Log-sum-exp softmax; the row max is a constant shift (detached, exact).
-        m = scores.detach().amax(dim=-1, keepdim=True)  # (B·h·R, K, c, 1)
-        e = scores.sub_(m).exp_()
-        s = e.sum(dim=-1, keepdim=True)
-        o = torch.bmm(e.view(BhR * K, c, width), vs).view(BhR, K, c, d) / s  # (B·h·R, K, c, d)
-        del e, vs
+            # Log-sum-exp softmax; the row max is a constant shift (detached, exact).
+            m = scores.detach().amax(dim=-1, keepdim=True)  # (B·h·R, K, c, 1)
+            e = scores.sub_(m).exp_()
+            s = e.sum(dim=-1, keepdim=True)
+            o = torch.bmm(e.view(BhR * K, c, width), vs).view(BhR, K, c, d) / s  # (B·h·R, K, c, d)
+            del e, vs
 
-        # Undo the sort: row of the sorted output holding each original position.
-        inv = torch.empty(B, h, R, n, dtype=torch.long, device=dev)
-        inv.scatter_(-1, order[..., :n], torch.arange(n, device=dev).expand(B, h, R, n))
-        rows = (inv + (torch.arange(BhR, device=dev) * npad).view(B, h, R, 1)).reshape(-1)
-        o = o.reshape(BhR * npad, d).index_select(0, rows).view(B, h, R, n, d)
+        with step_range("lsh.unsort"):
+            # Undo the sort: row of the sorted output holding each original position.
+            inv = torch.empty(B, h, R, n, dtype=torch.long, device=dev)
+            inv.scatter_(-1, order[..., :n], torch.arange(n, device=dev).expand(B, h, R, n))
+            rows = (inv + (torch.arange(BhR, device=dev) * npad).view(B, h, R, 1)).reshape(-1)
+            o = o.reshape(BhR * npad, d).index_select(0, rows).view(B, h, R, n, d)
         if R == 1:
-            out = o[:, :, 0]
-        else:
+            return o[:, :, 0]
+        with step_range("lsh.combine"):  # the rounds, weighted by their log-sum-exp
             lse = (m.squeeze(-1) + s.squeeze(-1).log()).reshape(-1).index_select(0, rows).view(B, h, R, n)
             weights = torch.softmax(lse, dim=2).unsqueeze(-1)  # (B, h, R, n, 1)
-            out = (weights * o).sum(dim=2)  # (B, h, n, d)
-        return out
+            return (weights * o).sum(dim=2)  # (B, h, n, d)
 
     # --- definition, for correctness checks ---------------------------------------------
     def pattern(self, q: Tensor) -> Tensor:

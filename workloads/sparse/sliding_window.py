@@ -50,7 +50,7 @@ import torch
 from torch import Tensor
 
 from harness.registry import register_workload
-from workloads.base import AttentionVariant, Shape, require_int
+from workloads.base import AttentionVariant, Shape, require_int, step_range
 
 # Bias for masked scores: finite so a fully masked (padding) row gives no NaN, yet
 # exp(NEG - max) is exactly 0 for any real score, even added up to three times.
@@ -162,34 +162,41 @@ class SlidingWindowAttention(AttentionVariant):
         rows = B * h * lay.r * lay.m_pad  # padded query rows, all subsequences of all heads
         blocks = rows // b
 
-        qf = _fold(q, lay, pad=0)  # (rows, d)
-        kx = _fold(k, lay, pad=b)  # (b + rows + b, d): a zero block at either end
-        vx = _fold(v, lay, pad=b)
+        with step_range("sliding_window.fold"):
+            qf = _fold(q, lay, pad=0)  # (rows, d)
+            kx = _fold(k, lay, pad=b)  # (b + rows + b, d): a zero block at either end
+            vx = _fold(v, lay, pad=b)
         qb = qf.view(blocks, b, d)
         k_win = kx.unfold(0, 3 * b, b)  # (blocks, d, 3b) view: keys of blocks t-1, t, t+1
         v_win = vx.unfold(0, 3 * b, b).transpose(1, 2)  # (blocks, 3b, d) view
 
-        band_bias, edge_bias = self._band_bias(lay, q.device)
-        if low:  # scores in the input precision, masking and softmax in float32 (as Longformer)
-            scores = torch.bmm(qb, k_win).float().mul_(scale).add_(band_bias)
-        else:
-            scores = torch.baddbmm(band_bias.to(dtype), qb, k_win, alpha=scale)  # (blocks, b, 3b)
-        s5 = scores.view(B * h, lay.r, lay.nb, b, 3 * b)
-        # Keys before the start or past the end of each subsequence: only first and last two blocks.
-        s5[:, :, :1].add_(edge_bias[:, :1])
-        tail = max(1, lay.nb - 2)
-        if tail < lay.nb:
-            s5[:, :, tail:].add_(edge_bias[:, tail:])
+        with step_range("sliding_window.scores"):
+            band_bias, edge_bias = self._band_bias(lay, q.device)
+            if low:  # scores in the input precision, masking and softmax in float32 (as Longformer)
+                scores = torch.bmm(qb, k_win).float().mul_(scale).add_(band_bias)
+            else:
+                scores = torch.baddbmm(band_bias.to(dtype), qb, k_win, alpha=scale)  # (blocks, b, 3b)
+            s5 = scores.view(B * h, lay.r, lay.nb, b, 3 * b)
+            # Keys before the start or past the end of each subsequence: only first and last two blocks.
+            s5[:, :, :1].add_(edge_bias[:, :1])
+            tail = max(1, lay.nb - 2)
+            if tail < lay.nb:
+                s5[:, :, tail:].add_(edge_bias[:, tail:])
 
         if lay.g == 0:
-            probs = torch.softmax(scores, -1, out=scores) if inplace else torch.softmax(scores, -1)
-            out = torch.bmm(probs.to(dtype) if low else probs, v_win)  # (blocks, b, d)
+            with step_range("sliding_window.softmax"):
+                probs = torch.softmax(scores, -1, out=scores) if inplace else torch.softmax(scores, -1)
+            with step_range("sliding_window.output"):
+                out = torch.bmm(probs.to(dtype) if low else probs, v_win)  # (blocks, b, d)
         else:
-            out = self._with_global_keys(scores, qf, k, v, v_win, lay, inplace)
+            with step_range("sliding_window.global_keys"):
+                out = self._with_global_keys(scores, qf, k, v, v_win, lay, inplace)
 
-        out = _unfold(out, lay, B, h, n, d)  # (B, h, n, d)
+        with step_range("sliding_window.unfold"):
+            out = _unfold(out, lay, B, h, n, d)  # (B, h, n, d)
         if lay.g:
-            out = torch.cat([self._global_rows(q, k, v, lay), out[:, :, lay.g :]], dim=2)
+            with step_range("sliding_window.global_rows"):
+                out = torch.cat([self._global_rows(q, k, v, lay), out[:, :, lay.g :]], dim=2)
         return out
 
     def _band_bias(self, lay: _Layout, device: torch.device) -> tuple[Tensor, Tensor]:
