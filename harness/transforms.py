@@ -388,6 +388,7 @@ def apply_int8(module: nn.Module, inputs: tuple[Tensor, ...], case: Case) -> App
         # torch deprecates quantised tensor creation in favour of torchao; it still runs, and
         # the record names the method, so the warning would only repeat per layer.
         warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
         quantised = quantize_dynamic(module, {nn.Linear}, dtype=torch.qint8, inplace=False)
     details = {
         "method": "torch.ao.quantization.quantize_dynamic, qint8 per-tensor weights, activations per call",
