@@ -241,6 +241,10 @@ def print_profile(console: Any, profile: dict[str, Any], top: int) -> None:
             f"{o['allocated_bytes'] / 2**20:.2f}",
         )
     console.print(t)
+    for name, m in (summary.get("metrics") or {}).items():
+        console.print(
+            f"torch-xla {name}: {m['count']} × {m['total_s'] / max(1, m['count']) * 1e3:.3f} ms", highlight=False
+        )
     for note in summary.get("notes", []):
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     files = [profile[k] for k in ("trace", "ops_md", "ops_csv", "memory_png", "summary")]
