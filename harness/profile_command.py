@@ -41,6 +41,7 @@ RUN_FLAGS = (
 )
 SELECTING = tuple(f for f in RUN_FLAGS if f not in ("suite", "timeout", "max_memory", "backend_option"))
 DEFAULT_ROOT = Path("results") / "profiles"
+PROFILE_TIMEOUT_S = 900.0  # without --timeout
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -87,6 +88,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         raise UserError(f"backend {case.backend} is not available here: {avail.reason}")
 
     settings = dataclasses.replace(settings, profile=True, profile_dir=str(root.resolve()), profile_calls=args.calls)
+    if args.timeout is None:  # one case, asked for by hand: wait for a slow export or compile
+        settings = dataclasses.replace(settings, timeout_s=max(PROFILE_TIMEOUT_S, settings.case_timeout()))
     console = make_console()
     console.print(
         f"profiling [bold]{case.label()}[/] ({case.case_id}): {args.calls} call(s) after warm-up, in a fresh worker",

@@ -140,6 +140,7 @@ def analyze_torch_trace(trace: dict[str, Any], calls: int) -> Analysis:
     spans: list[tuple[str, float, float]] = []
     launches: dict[Any, tuple[int, list[str]]] = {}  # correlation -> (op occurrence, open steps)
     memory: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    outside_alloc = 0  # allocated inside a call but in no named step
 
     for events in per_thread.values():
         events.sort(key=lambda e: (e["ts"], 0 if e["ph"] == "X" else 1, -float(e.get("dur", 0))))
@@ -169,6 +170,8 @@ def analyze_torch_trace(trace: dict[str, Any], calls: int) -> Analysis:
                         occ_alloc[op.occ] += nbytes
                     for name in set(steps):
                         ranges[name]["alloc"] += nbytes
+                    if not steps:
+                        outside_alloc += nbytes
                 continue
             dur = float(ev.get("dur", 0))
             cat, name = ev.get("cat"), ev.get("name", "")
@@ -261,7 +264,8 @@ def analyze_torch_trace(trace: dict[str, Any], calls: int) -> Analysis:
     covered = sum(s.total_s for s in steps_out if s.depth == 1)
     if steps_out and call_us:
         rest = max(0.0, call_us / 1e6 / calls - covered)
-        steps_out.append(StepStat(OUTSIDE, 1.0, rest, rest / (call_us / 1e6 / calls), 0, None, 1))
+        share = rest / (call_us / 1e6 / calls)
+        steps_out.append(StepStat(OUTSIDE, 1.0, rest, share, int(outside_alloc / calls), None, 1))
     steps_out.sort(key=lambda s: (s.depth, -s.total_s))
 
     series = []
