@@ -272,6 +272,21 @@ def apply_compile(module: nn.Module, inputs: tuple[Tensor, ...], case: Case, mod
         "dynamic": "seq_len dimension marked maybe-dynamic",
         "torch": torch.__version__,
     }
+    # Compile now, with one call in the grad mode the step will use, so that a graph the
+    # compiler cannot handle makes the case unsupported with its message (as a failed ONNX
+    # export does) rather than an error mid-warm-up. The seconds count in compile_s.
+    if case.mode == "forward":
+        module.requires_grad_(False)
+    else:
+        for t in inputs:
+            t.requires_grad_(True)
+    t0 = time.perf_counter()
+    try:
+        compiled(*inputs)
+    except Exception as exc:  # inductor raises many types; each is "could not compile this"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise TransformUnsupported(f"torch.compile ({mode}) failed: {type(exc).__name__}: {first}") from None
+    details["compile_call_s"] = time.perf_counter() - t0
     counts: dict[str, Any] = {}
 
     def start() -> None:
