@@ -22,6 +22,7 @@ from harness.cli import main
 from harness.errors import UserError
 from harness.report.command import default_out, prepare_out
 from harness.report.data import ReportData, find_run, load_runs
+from harness.report.tables import series_stats
 from harness.results import load_run
 from tests.conftest import BENCH, cli_env
 from tests.report_fixtures import REAL_CPU, REAL_CPU_ORT, SYNTHETIC, rendered_report, write_run
@@ -305,3 +306,31 @@ def test_without_out_the_report_goes_under_reports_and_says_where(tmp_path: Path
     folder = tmp_path / "reports" / "20260101-000000-tiny-0001"
     assert (folder / "index.html").is_file()
     assert "reports/20260101-000000-tiny-0001/index.html" in out.stdout
+
+
+def test_transformed_cases_are_curves_of_their_own_compared_with_the_untransformed(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "run")
+    lines = [json.loads(x) for x in (run / "cases.jsonl").read_text().splitlines()]
+    compiled = []
+    for rec in lines:
+        if rec["variant"] == "full.sdpa":
+            c = json.loads(json.dumps(rec))
+            c["case_id"] += "-compile"
+            c["transform"] = "compile"
+            c["fidelity"] = {"rel_err": 1e-6, "cosine": 1.0, "within": True}
+            for k in ("median", "ci95_low", "ci95_high"):
+                c["time_s"][k] /= 2
+            compiled.append(c)
+    (run / "cases.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines + compiled))
+    data = ReportData(load_runs([run]))
+    [group] = data.groups
+    key = next(k for k in group.series if k.curve.transform == "compile")
+    assert data.series_label(key, group) == "full.sdpa +compile"
+    base = data.baseline_for(key, group.series)
+    assert base is not None and base.curve.variant == "full.sdpa" and base.curve.transform == "none"
+    [stats] = [s for s in series_stats(data, group) if s.key == key]
+    assert [sp.speedup for sp in stats.speedups] == pytest.approx([2.0] * 5)
+    from harness.report.figures import transforms_figure
+
+    fig, note = transforms_figure(data)
+    assert fig is not None and note is None

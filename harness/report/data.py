@@ -213,6 +213,7 @@ class CurveKey:
     heads: int
     head_dim: int
     params: str  # JSON of the parameters that do not follow from the length
+    transform: str = "none"  # an optimisation applied to the workload (compile, int8, ...): its own curve
 
     @property
     def param_dict(self) -> dict[str, Any]:
@@ -229,7 +230,8 @@ def curve_key(point: Point) -> CurveKey:
     c = point.case
     derived = set(c.extra.get("derived_params") or ())
     params = {k: v for k, v in c.params.items() if k not in derived}
-    return CurveKey(c.variant, point.scope, c.batch, c.heads, c.head_dim, _freeze(params))
+    transform = str(c.extra.get("transform") or "none")
+    return CurveKey(c.variant, point.scope, c.batch, c.heads, c.head_dim, _freeze(params), transform)
 
 
 @dataclass(frozen=True)
@@ -327,6 +329,8 @@ class ReportData:
             label += f" B{curve.batch} h{curve.heads} d{curve.head_dim}"
         if scopes and curve.scope != "core":
             label += f" [{curve.scope}]"
+        if curve.transform != "none":
+            label += f" +{curve.transform}"
         return label
 
     def series_label(self, key: SeriesKey, group: Group | None = None) -> str:
@@ -337,7 +341,10 @@ class ReportData:
     @cached_property
     def curves(self) -> list[CurveKey]:
         """Every curve, in a stable order: colour i belongs to curves[i]."""
-        return sorted({curve_key(p) for p in self.points}, key=lambda c: (c.variant, c.scope, c.params, c.batch))
+        return sorted(
+            {curve_key(p) for p in self.points},
+            key=lambda c: (c.variant, c.transform != "none", c.transform, c.scope, c.params, c.batch),
+        )
 
     # ---------------------------------------------------------------- grouping
     def _series_of(self, points: list[Point]) -> dict[SeriesKey, list[Point]]:
@@ -373,19 +380,24 @@ class ReportData:
 
     # ---------------------------------------------------------------- baseline
     def baseline_for(self, key: SeriesKey, series: dict[SeriesKey, list[Point]]) -> SeriesKey | None:
-        """The baseline curve this one is compared with: same source, scope and shape; when the
+        """The baseline curve this one is compared with: same source, scope and shape; the
+        baseline under the same transform if there is one (compiled against compiled), else
+        untransformed (so a transformed baseline is compared with itself as it was); when the
         baseline has several parameter sets, the one with the same `causal` setting."""
-        if key.curve.variant == self.baseline:
-            return None
         c = key.curve
+        if c.variant == self.baseline and c.transform == "none":
+            return None
         candidates = [
             k
             for k in series
             if k.source == key.source
+            and k != key
             and k.curve.variant == self.baseline
             and (k.curve.scope, k.curve.batch, k.curve.heads, k.curve.head_dim)
             == (c.scope, c.batch, c.heads, c.head_dim)
         ]
+        same = [k for k in candidates if k.curve.transform == c.transform]
+        candidates = same or [k for k in candidates if k.curve.transform == "none"]
         causal = c.param_dict.get("causal")
         matching = [k for k in candidates if k.curve.param_dict.get("causal") == causal]
         return (matching or candidates or [None])[0]

@@ -593,6 +593,15 @@ def ponder_figure(data: ReportData, paint: Painter) -> Figure | None:
     return fig
 
 
+def transforms_figure(data: ReportData) -> tuple[Figure | None, str | None]:
+    """The transforms' own trade-off figure (speedup and memory saving against fidelity loss)."""
+    try:
+        from harness.transforms import tradeoff_figure
+    except ImportError as exc:  # an attnbench without transforms reading a newer run
+        return None, f"transform trade-offs: not drawn ({exc})."
+    return tradeoff_figure([p.case for p in data.points]), None
+
+
 def render(data: ReportData, stats: dict[str, list[SeriesStats]], folder: Path) -> Figures:
     folder.mkdir(parents=True, exist_ok=True)
     out = Figures(folder, [], {})
@@ -653,6 +662,22 @@ def render(data: ReportData, stats: dict[str, list[SeriesStats]], folder: Path) 
                     "length (its reference mask; computed, not measured). Darker: a larger share of the cell's pairs.",
                 )
             )
+        if any(p.case.extra.get("transform") not in (None, "none") for p in data.points):
+            fig, note = transforms_figure(data)
+            if note:
+                out.notes["patterns"].append(note)
+            if fig is not None:
+                out.files.append(
+                    _save(
+                        fig,
+                        folder,
+                        "transforms",
+                        "transform trade-offs",
+                        "Per transform and variant: speedup and peak-memory saving over the untransformed case of the "
+                        "same configuration, against the fidelity loss recorded in each case "
+                        "(harness.transforms.tradeoff_figure).",
+                    )
+                )
         fig = ponder_figure(data, paint)
         if fig is not None:
             out.files.append(

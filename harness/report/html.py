@@ -131,7 +131,7 @@ def render_html(report: Report, figs: Figures) -> str:
         sec.append(html_table(report.times[g.key]))
         sec.append("</section>")
         body.append("\n".join(sec))
-    extra = figs.of("patterns") + figs.of("ponder")
+    extra = figs.of("patterns") + figs.of("ponder") + figs.of("transforms")
     if extra or figs.notes.get("patterns"):
         nav.append('<a href="#patterns">patterns</a>')
         body.append(

@@ -55,9 +55,10 @@ def render_markdown(report: Report, figs: Figures, base_url: str | None = None) 
         notes = figs.notes.get(group.key, [])
         out += [f"- {n}" for n in notes] + ([""] if notes else [])
         out += _figures(figs, group.key, base_url)
-    if figs.of("patterns") or figs.of("ponder"):
-        out += ["### Attention patterns and ponder steps", ""]
-        out += _figures(figs, "patterns", base_url) + _figures(figs, "ponder", base_url)
+    if figs.of("patterns") or figs.of("ponder") or figs.of("transforms"):
+        out += ["### Attention patterns, ponder steps, transforms", ""]
+        for name in ("patterns", "ponder", "transforms"):
+            out += _figures(figs, name, base_url)
     out += [f"- {n}" for n in figs.notes.get("patterns", [])]
     out.append(md_table(report.failures, "###"))
     if report.unstable.rows:

@@ -100,7 +100,7 @@ def scaling_table(data: ReportData, group: Group, stats: list[SeriesStats], fit_
         ok = [p for p in s.points if p.ok]
         longest = max(ok, key=lambda p: p.seq_len) if ok else None
         measured = [sp for sp in s.speedups if sp.outcome == "measured"]
-        if s.key.curve.variant == data.baseline:
+        if s.key.curve.variant == data.baseline and s.key.curve.transform == "none":
             speed, cross = "baseline", "—"
         elif s.baseline is None:
             speed, cross = f"no {data.baseline} in scope {s.key.curve.scope}", "n/a"
