@@ -113,6 +113,8 @@ def compare(run: RunResult) -> list[Comparison]:
                 for n, value in zip(lengths, values, strict=True):
                     base = by_variant.get(baseline, {}).get((*group, n))
                     ours = by_variant.get(variant, {}).get((*group, n))
+                    if base is None and ours is None:
+                        continue  # a length this run did not sweep
                     measured, why = _ratio(metric, base, ours)
                     if measured is None:
                         verdict = "not measured"

@@ -39,8 +39,7 @@ def test_comparison_says_where_the_conclusion_holds_and_where_it_flips() -> None
     assert reformer_mem.measured == pytest.approx(3.0) and reformer_mem.verdict == "holds"  # both > 1
     bigbird = by[("train", "speed", "BigBird", 1024)]
     assert bigbird.verdict == "not measured" and "error" in (bigbird.why or "")
-    missing = by[("train", "speed", "Longformer", 4096)]
-    assert missing.verdict == "not measured" and missing.why == "length not in this run"
+    assert ("train", "speed", "Longformer", 4096) not in by  # lengths the run did not sweep are left out
     fwd = by[("forward", "speed", "Longformer", 1024)]
     assert fwd.published == pytest.approx(1.27 / 1.56)  # derived from the published milliseconds
     assert fwd.verdict == "flips"  # 2.0 here against 0.81 published
@@ -62,3 +61,17 @@ def test_reference_suites_expand_as_documented() -> None:
     assert lra_sweep.scopes == ("layer",) and lra_sweep.modes == ("train",)
     vit, _ = resolve(load_suite("vit"), Overrides(backends=["cpu"]))
     assert vit.seq_lens == tuple((px // 16) ** 2 + 1 for px in (224, 384, 512, 1024))
+
+
+def test_report_of_a_reference_run_shows_the_published_comparison(tmp_path: Path) -> None:
+    from harness.report.command import add_parser  # noqa: F401 - the command module imports cleanly
+    from harness.report.data import ReportData
+    from harness.report.report import build
+
+    report = build(ReportData([load_run(FIXTURE)]), "bench report tests/fixtures/published")
+    table = report.published
+    assert table.rows and table.title == "Published comparison"
+    flips = [r for r in table.rows if r[-1].startswith("FLIPS")]
+    assert any(r[0] == "Reformer (sparse.lsh)" and r[3] == "train" and r[4] == "speed" for r in flips)
+    assert any("FlashAttention, Appendix E.6" in n for n in table.notes)
+    assert any("hand-made" in n for n in table.notes)  # the suite's notes travel with the run

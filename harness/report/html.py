@@ -142,6 +142,9 @@ def render_html(report: Report, figs: Figures) -> str:
             + "".join(f'<p class="notes">{escape(n)}</p>' for n in figs.notes.get("patterns", []))
             + "</section>"
         )
+    if report.published.rows:
+        nav.append('<a href="#published">published</a>')
+        body.append(f'<section id="published">{html_table(report.published, "h2")}</section>')
     nav.append('<a href="#failures">not ok</a>')
     body.append(f'<section id="failures">{html_table(report.failures, "h2")}')
     if report.unstable.rows:

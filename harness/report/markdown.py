@@ -60,6 +60,8 @@ def render_markdown(report: Report, figs: Figures, base_url: str | None = None) 
         for name in ("patterns", "ponder", "transforms"):
             out += _figures(figs, name, base_url)
     out += [f"- {n}" for n in figs.notes.get("patterns", [])]
+    if report.published.rows:
+        out.append(md_table(report.published, "###"))
     out.append(md_table(report.failures, "###"))
     if report.unstable.rows:
         out += [

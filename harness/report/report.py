@@ -11,6 +11,7 @@ from harness.report.tables import (
     Table,
     failures_table,
     highlights,
+    published_table,
     runs_table,
     scaling_table,
     series_stats,
@@ -34,6 +35,7 @@ class Report:
     failures: Table
     unstable: Table
     warnings: list[str]
+    published: Table  # rows only for runs of a reference suite
 
     @property
     def footer(self) -> str:
@@ -66,4 +68,5 @@ def build(data: ReportData, command: str, title: str | None = None, fit_min_len:
         failures=failures_table(data),
         unstable=unstable_table(data),
         warnings=warnings(data),
+        published=published_table(data),
     )

@@ -283,3 +283,50 @@ def calibration_notes(data: ReportData, group: Group) -> list[str]:
 def group_notes(data: ReportData, group: Group) -> list[str]:
     energy = energy_note(group)
     return ([energy] if energy else []) + calibration_notes(data, group)
+
+
+def published_table(data: ReportData) -> Table:
+    """For runs of a reference suite (flash-e6, lra): published ratios beside those measured here."""
+    from harness.published import compare, published
+
+    rows: list[list[str]] = []
+    notes: list[str] = []
+    for r in data.runs:
+        found = compare(r)
+        if not found:
+            continue
+        info = published()[found[0].reference]
+        notes.append(f"{r.run.run_id}: published figures from {info['source']} ({info['hardware']}).")
+        if r.run.extra.get("suite_notes"):
+            notes.append(f"{r.run.run_id}: {r.run.extra['suite_notes']}")
+        for c in found:
+            if c.verdict == "holds":
+                verdict = f"holds: {c.published_claim}"
+            elif c.verdict == "flips":
+                verdict = f"FLIPS: {c.measured_claim} here, {c.published_claim} published"
+            else:
+                verdict = f"not measured ({c.why})"
+            rows.append(
+                [
+                    f"{c.method} ({c.variant})",
+                    c.backend,
+                    c.dtype,
+                    c.mode,
+                    c.metric,
+                    fmt_len(c.seq_len),
+                    f"{c.published:.2f}",
+                    f"{c.measured:.2f}" if c.measured is not None else "–",
+                    verdict,
+                ]
+            )
+    notes.append(
+        "speed = dense time / method time (above 1: faster than dense); memory = method peak / dense peak "
+        "(below 1: less). A conclusion holds when the measured ratio is on the same side of 1 as the published one."
+    )
+    return Table(
+        "Published comparison",
+        ["method (ours)", "backend", "dtype", "mode", "metric", "n", "published", "measured here", "conclusion"],
+        rows,
+        right=frozenset({5, 6, 7}),
+        notes=notes,
+    )
