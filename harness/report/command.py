@@ -103,8 +103,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     folder = args.out if args.out is not None else default_out([r.run.run_id for r in runs])
     prepare_out(folder)
     figs = render(data, report.stats, folder / "figures")
-    (folder / "index.html").write_text(render_html(report, figs))
-    (folder / "report.md").write_text(render_markdown(report, figs, args.figure_base_url))
+    (folder / "index.html").write_text(render_html(report, figs, link_base=folder))
+    (folder / "report.md").write_text(render_markdown(report, figs, args.figure_base_url, link_base=folder))
     write_csv(data, report.stats, folder / "data.csv")
     console.print(
         f"report: {folder / 'index.html'} (also report.md, data.csv, {len(figs.files)} figures in "

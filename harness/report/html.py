@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from html import escape
+from pathlib import Path
 
 from harness.report.data import FAILED
 from harness.report.figures import FigureFile, Figures
@@ -63,7 +65,7 @@ def _cell_class(text: str, right: bool) -> str:
     return f' class="{" ".join(classes)}"' if classes else ""
 
 
-def html_table(table: Table, heading: str = "h3") -> str:
+def html_table(table: Table, heading: str = "h3", link_base: Path | None = None) -> str:
     parts = [f"<{heading}>{escape(table.title)}</{heading}>"]
     if not table.rows:
         parts.append("<p>None.</p>")
@@ -71,9 +73,14 @@ def html_table(table: Table, heading: str = "h3") -> str:
     parts.append('<div class="scroll"><table><thead><tr>')
     parts += [f"<th>{escape(h)}</th>" for h in table.headers]
     parts.append("</tr></thead><tbody>")
-    for row in table.rows:
-        cells = "".join(f"<td{_cell_class(c, i in table.right)}>{escape(c)}</td>" for i, c in enumerate(row))
-        parts.append(f"<tr>{cells}</tr>")
+    for r, row in enumerate(table.rows):
+        cells = []
+        for i, c in enumerate(row):
+            text = escape(c)
+            if (r, i) in table.links:
+                text = f'<a href="{escape(link_href(table.links[(r, i)], link_base))}">{text}</a>'
+            cells.append(f"<td{_cell_class(c, i in table.right)}>{text}</td>")
+        parts.append(f"<tr>{''.join(cells)}</tr>")
     parts.append("</tbody></table></div>")
     parts += [f'<p class="notes">{escape(n)}</p>' for n in table.notes]
     return "\n".join(parts)
@@ -109,7 +116,14 @@ def _environment(report: Report) -> str:
     return "\n".join(parts)
 
 
-def render_html(report: Report, figs: Figures) -> str:
+def link_href(path: str, base: Path | None) -> str:
+    """A link to a file beside the runs: relative to the report folder, so both can move together."""
+    if base is None:
+        return Path(path).resolve().as_uri()
+    return os.path.relpath(Path(path).resolve(), base.resolve()).replace(os.sep, "/")
+
+
+def render_html(report: Report, figs: Figures, link_base: Path | None = None) -> str:
     data = report.data
     nav = ['<a href="#runs">runs</a>']
     nav += [f'<a href="#{escape(g.key)}">{escape(g.title)}</a>' for g in data.groups]
@@ -129,6 +143,8 @@ def render_html(report: Report, figs: Figures) -> str:
         sec += [f'<p class="notes">{escape(n)}</p>' for n in notes]
         sec.append(html_table(report.scaling[g.key]))
         sec.append(html_table(report.times[g.key]))
+        if report.profiles[g.key].rows:
+            sec.append(html_table(report.profiles[g.key], link_base=link_base))
         sec.append("</section>")
         body.append("\n".join(sec))
     extra = figs.of("patterns") + figs.of("ponder") + figs.of("transforms")

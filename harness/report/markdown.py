@@ -7,7 +7,10 @@ from wherever the report folder is published.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from harness.report.figures import Figures
+from harness.report.html import link_href
 from harness.report.report import Report
 from harness.report.tables import Table
 
@@ -16,14 +19,18 @@ def _cell(text: str) -> str:
     return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip() or " "
 
 
-def md_table(table: Table, heading: str | None = "###") -> str:
+def md_table(table: Table, heading: str | None = "###", link_base: Path | None = None) -> str:
     lines = [f"{heading} {table.title}", ""] if heading else []
     if not table.rows:
         return "\n".join([*lines, "None.", ""])
     lines.append("| " + " | ".join(_cell(h) for h in table.headers) + " |")
     lines.append("|" + "|".join("---:" if i in table.right else "---" for i in range(len(table.headers))) + "|")
-    for row in table.rows:
-        lines.append("| " + " | ".join(_cell(c) for c in row) + " |")
+    for r, row in enumerate(table.rows):
+        cells = [
+            f"[{_cell(c)}]({link_href(table.links[(r, i)], link_base)})" if (r, i) in table.links else _cell(c)
+            for i, c in enumerate(row)
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines += [f"<sub>{n}</sub>  " for n in table.notes]
     return "\n".join(lines) + "\n"
@@ -39,7 +46,7 @@ def _figures(figs: Figures, prefix: str, base_url: str | None) -> list[str]:
     return ["Figures (in the report folder): " + ", ".join(f"`figures/{f.png.name}`" for f in files), ""]
 
 
-def render_markdown(report: Report, figs: Figures, base_url: str | None = None) -> str:
+def render_markdown(report: Report, figs: Figures, base_url: str | None = None, link_base: Path | None = None) -> str:
     data = report.data
     out = [f"## attnbench report: {report.title}", ""]
     warnings = report.warnings
@@ -52,6 +59,8 @@ def render_markdown(report: Report, figs: Figures, base_url: str | None = None) 
         if group.backend is not None:
             out.append(md_table(report.scaling[group.key], heading="####"))
             out.append(md_table(report.times[group.key], heading="####"))
+            if report.profiles[group.key].rows:
+                out.append(md_table(report.profiles[group.key], heading="####", link_base=link_base))
         notes = figs.notes.get(group.key, [])
         out += [f"- {n}" for n in notes] + ([""] if notes else [])
         out += _figures(figs, group.key, base_url)

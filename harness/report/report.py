@@ -11,6 +11,7 @@ from harness.report.tables import (
     Table,
     failures_table,
     highlights,
+    profiles_table,
     published_table,
     runs_table,
     scaling_table,
@@ -36,6 +37,7 @@ class Report:
     unstable: Table
     warnings: list[str]
     published: Table  # rows only for runs of a reference suite
+    profiles: dict[str, Table]  # group key -> its profiled cases
 
     @property
     def footer(self) -> str:
@@ -69,4 +71,5 @@ def build(data: ReportData, command: str, title: str | None = None, fit_min_len:
         unstable=unstable_table(data),
         warnings=warnings(data),
         published=published_table(data),
+        profiles={g.key: profiles_table(data, g) for g in data.groups},
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from harness.report.analysis import Crossover, SlopeFit, SpeedupPoint, crossover, fit_loglog
 from harness.report.data import FAILED, Group, Point, ReportData, SeriesKey, case_label, curve_key
@@ -16,6 +17,7 @@ class Table:
     right: frozenset[int] = frozenset()  # column indexes aligned right (numbers)
     notes: list[str] = field(default_factory=list)
     nowrap: frozenset[int] = frozenset({0})  # columns a narrow terminal must not fold (names, ids)
+    links: dict[tuple[int, int], str] = field(default_factory=dict)  # (row, column) -> absolute file path
 
 
 @dataclass(frozen=True)
@@ -329,4 +331,49 @@ def published_table(data: ReportData) -> Table:
         rows,
         right=frozenset({5, 6, 7}),
         notes=notes,
+    )
+
+
+def _profile_of(data: ReportData, point: Point) -> tuple[dict, Path] | None:
+    """A case's profile summary and its folder: from the record (`bench run --profile`), or the
+    profile.json that `bench profile RUN/CASE` leaves beside the run."""
+    import json
+
+    folder = data.runs[point.source.run_index].folder
+    prof = point.case.extra.get("profile")
+    if isinstance(prof, dict) and prof.get("status", "ok") == "ok" and prof.get("dir"):
+        return prof, folder / prof["dir"]
+    on_disk = folder / "profiles" / point.case.case_id / "profile.json"
+    if on_disk.is_file():
+        try:
+            return json.loads(on_disk.read_text()), on_disk.parent
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def profiles_table(data: ReportData, group: Group) -> Table:
+    """The profiled cases of a group: where their time went, with links to the trace and tables."""
+    rows: list[list[str]] = []
+    links: dict[tuple[int, int], str] = {}
+    for points in group.series.values():
+        for p in sorted(points, key=lambda q: q.seq_len):
+            found = _profile_of(data, p)
+            if found is None:
+                continue
+            prof, where = found
+            steps = prof.get("steps") or []
+            top_step = f"{steps[0]['name']} {steps[0]['share']:.0%}" if steps else "–"
+            ops = ", ".join(f"{o['name']} {o['share']:.0%}" for o in (prof.get("top_ops") or [])[:3]) or "–"
+            i = len(rows)
+            rows.append([case_label(p, data), fmt_len(p.seq_len), top_step, ops, "trace", "operators"])
+            links[(i, 4)] = str(where / prof.get("trace", "trace.json"))
+            links[(i, 5)] = str(where / prof.get("ops_md", "ops.md"))
+    return Table(
+        "Profiles",
+        ["case", "n", "top step", "top operators (self time)", "trace", "tables"],
+        rows,
+        right=frozenset({1}),
+        notes=["From `bench run --profile` or `bench profile`, in a worker of its own after timing."] if rows else [],
+        links=links,
     )

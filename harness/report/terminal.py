@@ -46,6 +46,8 @@ def print_report(console: Console, report: Report) -> None:
             console.print(rich_table(report.times[g.key]))
             for n in report.scaling[g.key].notes + report.times[g.key].notes:
                 print_(n, "dim")
+            if report.profiles[g.key].rows:
+                console.print(rich_table(report.profiles[g.key]))
     if report.published.rows:
         console.print(rich_table(report.published))
         for n in report.published.notes:
