@@ -71,7 +71,8 @@ def test_case_id_differs_when_a_field_differs(change):
 
 def test_case_id_covers_every_field():
     # A field added to Case without reaching the id would make different cases collide.
-    covered = set(make_case().identity())
+    # (transform "none" is left out of the id on purpose, so ids from before it existed hold.)
+    covered = set(make_case(transform="int8").identity())
     assert covered == {f.name for f in dataclasses.fields(Case)}
 
 
