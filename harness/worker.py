@@ -110,8 +110,6 @@ def _build(cls: type[AttentionVariant], backend: Backend, case: Case, seed: int)
     return step, prepare_s, applied.metrics_module or applied.module
 
 
-
-
 def measure_energy(step: Step, timer: Timer, meter: EnergyMeter, per_call_s: float) -> tuple[EnergyReading, int]:
     """Joules over a window of calls long enough for the counter (after timing, never during it)."""
     if not meter.available:
@@ -168,7 +166,6 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
             f"(max {fidelity['tolerance']['rel_err']:g}), cosine {fidelity['cosine']:.6f} "
             f"(min {fidelity['tolerance']['min_cosine']:g})"
         )
-
 
     return {
         "device": backend.describe(),

@@ -42,6 +42,8 @@ def step_range(name: str) -> contextlib.AbstractContextManager[Any]:
     `record_function` costs microseconds per use even when no profiler runs (it enters the
     dispatcher); guarded by the profiler's own flag, an unprofiled call pays a C flag read.
     """
+    if torch.compiler.is_compiling():  # the profiler flag is opaque to dynamo: reading it breaks the graph
+        return _NO_RANGE
     return record_function(name) if _profiler_enabled() else _NO_RANGE
 
 
