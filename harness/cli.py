@@ -62,7 +62,8 @@ def build_parser() -> Parser:
     run.add_argument(
         "--transforms",
         type=_csv,
-        help="optimisations to sweep: none, compile, autocast_bf16, autocast_fp16, int8, prune_heads, prune_24, distill",
+        help="optimisations to sweep: none, compile, autocast_bf16, autocast_fp16, int8, prune_heads, prune_24, "
+        "distill",
     )
     run.add_argument(
         "--param",

@@ -16,7 +16,9 @@ def case(variant: str, n: int = 64, **kw) -> Case:
 @pytest.fixture
 def executor(faulty_plugins: str) -> LocalExecutor:
     # A generous timeout: on a busy 2-core machine even a tiny case can take seconds.
-    settings = RunSettings(max_time_per_case=0.2, timeout_s=30.0, memory_limit_bytes=768 * 2**20, plugins=faulty_plugins)
+    settings = RunSettings(
+        max_time_per_case=0.2, timeout_s=30.0, memory_limit_bytes=768 * 2**20, plugins=faulty_plugins
+    )
     return LocalExecutor(settings)
 
 
