@@ -157,7 +157,8 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
         kernels = {n: c for n, c in calls.items() if any(m in n for m in ATTENTION_MARKERS)}
         compile_s = prepare_s + applied.apply_s + warm.first_call_s
     else:
-        kernels = attention_ops(step) if backend.records_aten_ops else backend.details().get("attention_ops")
+        # Aten-level kernels are recorded by the memory worker, on its unmeasured first call.
+        kernels = None if backend.records_aten_ops else backend.details().get("attention_ops")
         compile_s = backend.compile_seconds(prepare_s, warm.first_call_s) + applied.apply_s
     fidelity = transformed["fidelity"]
     if fidelity is not None and not fidelity["within"]:
@@ -200,17 +201,23 @@ def measure_memory(case: Case, settings: RunSettings) -> dict[str, Any]:
     meter = backend.memory_meter()
     meter.prepare_process()
     backend.setup(case)
-    step, _, _ = _build(cls, backend, case, settings.seed)
-    step()  # lazy initialisation belongs to no call
+    step, _, applied, _ = _build_transformed(cls, backend, case, settings.seed)
+    # Lazy initialisation belongs to no measurement, so that call also records which attention
+    # kernels ran (a compiled graph is opaque to the dispatcher: the timed worker reads those).
+    record_ops = backend.records_aten_ops and not applied.compiles_on_first_call
+    ops = attention_ops(step) if record_ops else step()
     meter.start()
     step()
     reading = meter.stop()
-    return {
+    out = {
         "peak_memory_bytes": reading.peak_bytes,
         "memory_method": reading.method,
         "memory_reason": reading.reason,
         "memory_details": reading.details,
     }
+    if record_ops:
+        out["attention_ops"] = ops
+    return out
 
 
 def measure_profile(case: Case, settings: RunSettings) -> dict[str, Any]:
