@@ -24,7 +24,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from harness.registry import PLUGINS_ENV
     from harness.runner import Runner, new_run, new_run_id, read_run_json
     from harness.settings import RunSettings
-    from harness.suites import Overrides, load_suite, resolve
+    from harness.suites import load_suite, overrides_from_args, resolve
 
     console = make_console()
     check_flags(args)
@@ -56,27 +56,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         check_writable(folder)
     else:
         spec = load_suite(args.suite)
-        sweep, suite_settings = resolve(
-            spec,
-            Overrides(
-                variants=args.variants,
-                backends=args.backends,
-                seq_lens=args.seq_lens,
-                batch=args.batch,
-                heads=args.heads,
-                head_dim=args.head_dim,
-                dtypes=args.dtypes,
-                modes=args.mode,
-                scopes=args.scope,
-                threads=args.threads,
-                transforms=args.transforms,
-                params=args.param,
-                backend_options=args.backend_option,
-                max_time_per_case=args.max_time_per_case,
-                timeout_s=args.timeout,
-                target_rel_ci=args.target_ci,
-            ),
-        )
+        sweep, suite_settings = resolve(spec, overrides_from_args(args))
         # On Ray each node guards with its own free memory unless a limit is given.
         memory_limit = None if args.executor == "ray" and args.max_memory is None else _memory_limit(args.max_memory)
         settings = RunSettings(

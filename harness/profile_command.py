@@ -34,6 +34,7 @@ RUN_FLAGS = (
     "mode",
     "scope",
     "threads",
+    "transforms",
     "param",
     "backend_option",
     "timeout",
@@ -146,7 +147,7 @@ def _case_from_flags(args: argparse.Namespace) -> tuple[Case, RunSettings, Path]
     from harness.commands import _memory_limit
     from harness.registry import PLUGINS_ENV
     from harness.settings import RunSettings
-    from harness.suites import Overrides, load_suite, resolve
+    from harness.suites import load_suite, overrides_from_args, resolve
 
     if not any(getattr(args, f, None) for f in SELECTING) and args.suite == "default":
         raise UserError(
@@ -154,24 +155,7 @@ def _case_from_flags(args: argparse.Namespace) -> tuple[Case, RunSettings, Path]
             "(e.g. --variants sparse.lsh --seq-lens 1024 --backends cpu)"
         )
     spec = load_suite(args.suite)
-    sweep, suite_settings = resolve(
-        spec,
-        Overrides(
-            variants=args.variants,
-            backends=args.backends,
-            seq_lens=args.seq_lens,
-            batch=args.batch,
-            heads=args.heads,
-            head_dim=args.head_dim,
-            dtypes=args.dtypes,
-            modes=args.mode,
-            scopes=args.scope,
-            threads=args.threads,
-            params=args.param,
-            backend_options=args.backend_option,
-            timeout_s=args.timeout,
-        ),
-    )
+    sweep, suite_settings = resolve(spec, overrides_from_args(args))
     cases = expand(sweep)
     if len(cases) != 1:
         axes = _varying(cases)

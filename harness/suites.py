@@ -306,6 +306,33 @@ class Overrides:
     target_rel_ci: float | None = None
 
 
+def overrides_from_args(args: Any) -> Overrides:
+    """The sweep flags of `bench run` (also borrowed by `bench profile`) as suite overrides;
+    a flag a command does not offer counts as not given."""
+
+    def flag(name: str, default: Any = None) -> Any:
+        return getattr(args, name, default)
+
+    return Overrides(
+        variants=flag("variants"),
+        backends=flag("backends"),
+        seq_lens=flag("seq_lens"),
+        batch=flag("batch"),
+        heads=flag("heads"),
+        head_dim=flag("head_dim"),
+        dtypes=flag("dtypes"),
+        modes=flag("mode"),
+        scopes=flag("scope"),
+        threads=flag("threads"),
+        transforms=flag("transforms"),
+        params=flag("param") or [],
+        backend_options=flag("backend_option") or [],
+        max_time_per_case=flag("max_time_per_case"),
+        timeout_s=flag("timeout"),
+        target_rel_ci=flag("target_ci"),
+    )
+
+
 def resolve(spec: SuiteSpec, over: Overrides) -> tuple[Sweep, dict[str, Any]]:
     """The concrete sweep (selectors expanded, values checked) and the settings overrides."""
     axes = {k: list(v) for k, v in spec.sweep.items()}
