@@ -81,6 +81,11 @@ def build_parser() -> Parser:
     )
     run.add_argument("--max-time-per-case", type=float, help="seconds of sampling per case")
     run.add_argument("--target-ci", type=float, help="stop sampling when the median's 95%% CI is within ±this")
+    run.add_argument(
+        "--passes",
+        type=int,
+        help="time each case in N fresh workers, one per pass over the sweep, sharing its budget (default 1)",
+    )
     run.add_argument("--timeout", type=float, help="seconds before a case's worker is stopped")
     run.add_argument("--max-memory", type=float, help="GiB a worker may hold before it is stopped (oom)")
     run.add_argument("--no-verify", action="store_true", help="skip the float64 reference check before timing")

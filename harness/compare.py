@@ -7,6 +7,20 @@ Per case present in both runs (matched by case_id):
   beats the threshold (default 5%) *and* the test is significant (default p < 0.01);
   a change beyond the threshold that the test cannot confirm is `unstable`, and so is a
   small change whose CI cannot rule out one beyond the threshold.
+  A guard then stops the host's own changes of speed from passing for a change of the
+  code (it only ever turns a regression or improvement into `unstable`, with the reason):
+  the fastest sample must have moved beyond the threshold in the same direction as the
+  median. A cloud VM switches between speeds 30-40% apart within seconds
+  (harness.machine_check); that moves the median, which sits wherever the mix of fast and
+  slow samples puts it, while the fastest sample stays where the code puts it: the robust
+  estimate when interference only ever adds time (Chen & Revels, "Robust benchmarking in
+  noisy environments", 2016). It needs samples from more than one stretch of the host's
+  speed, which is what measuring each case in several passes over the run gives
+  (RunSettings.passes; the nightly suite uses 3). The spread of the host's reference
+  kernel over both runs is reported with each change (machine_drift).
+  Given earlier runs of the same suite (the history), a change of the fastest sample must
+  also exceed the case's run-to-run noise floor, the change that runs of unchanged code
+  show at the same significance level (harness.noise); otherwise it is `unstable`.
 - memory: deterministic (one metered call), so a threshold alone, with a floor in bytes
   below which page-granular jitter is not a change.
 - energy: joules per call from a counter, a single figure, so a threshold alone.
@@ -34,7 +48,10 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from harness import machine_check
 from harness.errors import UserError
+from harness.noise import MIN_RUNS, NoiseEstimate
+from harness.noise import estimate as estimate_noise
 
 if TYPE_CHECKING:
     import numpy as np
@@ -378,6 +395,10 @@ class MetricChange:
     ci_low: float | None = None  # bootstrap 95% CI of the ratio (time only)
     ci_high: float | None = None
     p_value: float | None = None  # Mann–Whitney (time only)
+    fastest_ratio: float | None = None  # ratio of the fastest samples (time only)
+    machine_drift: float | None = None  # spread of the host's reference-kernel times over both runs
+    noise_floor: float | None = None  # smallest change of the fastest sample beyond run-to-run noise
+    noise_runs: int | None = None  # earlier runs holding this case that the floor rests on
     threshold: float | None = None
     verdict: str | None = None  # regression | improvement | no change | unstable; None: not measured
     note: str | None = None
@@ -466,6 +487,7 @@ def _time_change(base: CaseRecord, cur: CaseRecord, th: Thresholds) -> tuple[Met
     reps = bootstrap_median_ratios(bs, cs, N_BOOTSTRAP, _seed(base.case_id))
     lo, hi = percentile_ci(reps)
     _, p = mann_whitney_u(bs, cs)
+    fastest = min(cs) / min(bs)
     significant = p < th.alpha
     note = None
     if (up or down) and significant:
@@ -480,8 +502,55 @@ def _time_change(base: CaseRecord, cur: CaseRecord, th: Thresholds) -> tuple[Met
             note = f"95% CI [{lo:.3f}, {hi:.3f}] reaches beyond ±{th.time:.0%}"
     else:
         verdict = "no change"
-    change = MetricChange("time", bmed, cmed, ratio, lo, hi, p, th.time, verdict, note)
+    change = MetricChange(
+        "time", bmed, cmed, ratio, lo, hi, p, fastest_ratio=fastest, threshold=th.time, verdict=verdict, note=note
+    )
     return change, reps
+
+
+# Stands for "a history was asked for but holds too few runs": no change can be called.
+_NO_HISTORY = NoiseEstimate(runs=0, case_sigma=None, suite_sigma=math.inf)
+
+
+def _host_guard(
+    time: MetricChange, base: CaseRecord, cur: CaseRecord, th: Thresholds, noise: NoiseEstimate | None
+) -> MetricChange:
+    """Turn a regression or improvement into `unstable` when the host, not the code, can
+    explain it: a busy machine, a median that moved while the fastest sample did not, or a
+    change of the fastest sample within the case's run-to-run noise."""
+    drift = machine_check.drift(base.extra.get("machine_check"), cur.extra.get("machine_check"))
+    floor = noise.floor(th.alpha) if noise is not None and noise is not _NO_HISTORY else None
+    time = replace(time, machine_drift=drift, noise_floor=floor, noise_runs=noise.runs if noise else None)
+    if time.verdict not in ("regression", "improvement") or time.ratio is None:
+        return time
+    change = f"{time.ratio - 1:+.1%} (p={_p(time.p_value)})"
+    fastest = time.fastest_ratio
+    busy = max(_busy(base), _busy(cur))
+    if busy > th.busy_share:
+        note = f"{change} measured while other processes used up to {busy:.0%} of the CPU: not trusted"
+    elif fastest is not None and not (
+        fastest > 1 + th.time if time.verdict == "regression" else fastest < 1 / (1 + th.time)
+    ):
+        host = f"; the host's reference kernel ran {drift:.0%} apart over the runs" if drift else ""
+        note = (
+            f"median {change} but the fastest sample {fastest - 1:+.1%}: the mix of fast and slow "
+            f"stretches of the host moved, not the code{host}"
+        )
+    elif noise is _NO_HISTORY:
+        note = (
+            f"{change}, fastest sample {_pct(fastest)}: no run-to-run noise estimate yet (fewer than {MIN_RUNS} "
+            "runs of this suite in the history), and two runs alone cannot tell the code from the host; "
+            "--noise-runs 0 judges on them anyway"
+        )
+    elif floor is not None and fastest is not None and abs(math.log(fastest)) <= math.log1p(floor):
+        runs = f"{noise.runs} earlier runs" if noise and noise.runs >= MIN_RUNS else "the suite's earlier runs"
+        note = (
+            f"{change}, fastest sample {fastest - 1:+.1%}: within this case's run-to-run noise "
+            f"(±{floor:.1%} from {runs}, at alpha {th.alpha:g})"
+        )
+    else:
+        return time
+    return replace(time, verdict="unstable", note=note)
 
 
 def _memory_change(base: CaseRecord, cur: CaseRecord, th: Thresholds) -> MetricChange:
@@ -521,7 +590,9 @@ def case_label(rec: CaseRecord) -> str:
     return f"{rec.variant} {rec.backend}/{rec.dtype}/{rec.mode}/{scope} n={rec.seq_len}"
 
 
-def compare_case(base: CaseRecord | None, cur: CaseRecord | None, config: CompareConfig) -> tuple[CaseComparison, Any]:
+def compare_case(
+    base: CaseRecord | None, cur: CaseRecord | None, config: CompareConfig, noise: NoiseEstimate | None = None
+) -> tuple[CaseComparison, Any]:
     rec = cur or base
     assert rec is not None
     common = {
@@ -552,14 +623,7 @@ def compare_case(base: CaseRecord | None, cur: CaseRecord | None, config: Compar
             **common, verdict="changed", reason="workload source or parameters changed (workload_hash differs)"
         ), None
     time, reps = _time_change(base, cur, th)
-    busy = max(_busy(base), _busy(cur))
-    if time.verdict in ("regression", "improvement") and busy > th.busy_share:
-        time = replace(
-            time,
-            verdict="unstable",
-            note=f"{time.ratio - 1:+.1%} (p={time.p_value:.2g}) measured while other processes used up to "  # type: ignore[operator]
-            f"{busy:.0%} of the CPU: not trusted",
-        )
+    time = _host_guard(time, base, cur, th, noise)
     memory = _memory_change(base, cur, th)
     energy = _energy_change(base, cur, th)
     verdicts = [m.verdict for m in (time, memory, energy) if m is not None and m.verdict]
@@ -616,9 +680,11 @@ def compare_runs(
     config: CompareConfig | None = None,
     allow_env_mismatch: bool = False,
     refs: tuple[str, str] = ("baseline", "current"),
+    noise_runs: Sequence[RunResult] | None = None,
 ) -> Comparison:
     """Compare every case of two runs. Refuses (UserError) runs from different environments
-    unless allow_env_mismatch."""
+    unless allow_env_mismatch. noise_runs: other runs of unchanged code on this kind of host
+    (from the history) for each case's run-to-run noise floor; None: no floor."""
     import numpy as np
 
     refusals, notes = environment_differences(baseline.run, current.run)
@@ -630,12 +696,28 @@ def compare_runs(
             "versions, or pass --allow-env-mismatch to compare anyway"
         )
     config = config or suite_compare_config(current.run)
+    noise: dict[str, NoiseEstimate] = {}
+    if noise_runs is not None:
+        others = [r for r in noise_runs if r.run.run_id != current.run.run_id]
+        others = [r for r in others if not environment_differences(r.run, current.run)[0]]
+        if all(r.run.run_id != baseline.run.run_id for r in others):
+            others.append(baseline)
+        noise, used = estimate_noise(others, current)
+        if noise:
+            notes.append(f"run-to-run noise floor from {used} other run(s) of this suite on this kind of host")
+        else:
+            noise = {c.case_id: _NO_HISTORY for c in current.cases}
+            notes.append(
+                f"no run-to-run noise floor: {used} run(s) of this suite on this kind of host, {MIN_RUNS} needed; "
+                "time changes are reported but not called (unstable) until then (--noise-runs 0: judge the two "
+                "runs alone)"
+            )
     base_cases = {c.case_id: c for c in baseline.cases}
     cur_cases = {c.case_id: c for c in current.cases}
     results: list[CaseComparison] = []
     replicates: list[Any] = []
     for case_id in [*cur_cases, *(k for k in base_cases if k not in cur_cases)]:
-        comparison, reps = compare_case(base_cases.get(case_id), cur_cases.get(case_id), config)
+        comparison, reps = compare_case(base_cases.get(case_id), cur_cases.get(case_id), config, noise.get(case_id))
         results.append(comparison)
         if reps is not None:
             replicates.append(reps)

@@ -12,11 +12,17 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.errors import UserError
 from harness.history_command import HISTORY_HELP
 
+if TYPE_CHECKING:
+    from harness.history import History
+    from harness.results import RunResult
+
 EXIT_REGRESSION = 1
+NOISE_RUNS = 10
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,6 +48,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument(
         "--thresholds", type=Path, metavar="TOML", help="a suite or thresholds file whose [compare] table to use"
     )
+    p.add_argument(
+        "--noise-runs",
+        type=int,
+        default=NOISE_RUNS,
+        metavar="K",
+        help=f"estimate each case's run-to-run noise from up to K earlier runs of the suite in the history "
+        f"(default {NOISE_RUNS}; 0: judge on the two runs alone)",
+    )
     p.add_argument("--allow-env-mismatch", action="store_true", help="compare runs from different hosts or versions")
     p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a case regressed or now fails")
     p.add_argument("--markdown", type=Path, metavar="FILE", help="also write the report as Markdown")
@@ -53,11 +67,25 @@ def _is_folder_ref(ref: str) -> bool:
     return Path(ref).exists() or "/" in ref or ref.startswith(".")
 
 
+def _earlier_runs(current: RunResult, args: argparse.Namespace, opened: dict[str, History]) -> list[RunResult]:
+    """Up to --noise-runs complete runs of the current run's suite that started before it,
+    newest first, from the history when there is one (none otherwise)."""
+    from harness.history import History, history_path
+
+    path = history_path(args.history)
+    if path is None or not path.exists():
+        return []
+    h = opened.get("h") or opened.setdefault("h", History.open(path, create=False))
+    rows = [r for r in h.runs(suite=current.run.suite, complete_only=True) if r.run_id != current.run.run_id]
+    rows = [r for r in rows if r.started_at < current.run.started_at][: args.noise_runs]
+    return [h.load(r.run_id) for r in rows]
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     from harness.compare import compare_runs, load_compare_config, render_markdown, render_table, suite_compare_config
     from harness.console import make_console
     from harness.history import History, history_path
-    from harness.results import RunResult, load_run
+    from harness.results import load_run
 
     opened: dict[str, History] = {}
 
@@ -75,6 +103,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         h = history()
         return h.load(h.resolve(ref, suite))
 
+    if args.noise_runs < 0:
+        raise UserError(f"--noise-runs must be 0 or more, got {args.noise_runs}")
     try:
         refs = (args.baseline, args.current)
         suite = args.suite
@@ -85,6 +115,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             loaded[i] = load(refs[i], suite)
             suite = suite or loaded[i].run.suite
         baseline, current = loaded[0], loaded[1]
+        noise_runs = _earlier_runs(current, args, opened) if args.noise_runs else None
     finally:
         for h in opened.values():
             h.close()
@@ -100,7 +131,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         energy=args.energy_threshold,
         busy_share=args.busy_share,
     )
-    cmp = compare_runs(baseline, current, config, allow_env_mismatch=args.allow_env_mismatch, refs=refs)
+    cmp = compare_runs(
+        baseline, current, config, allow_env_mismatch=args.allow_env_mismatch, refs=refs, noise_runs=noise_runs
+    )
 
     markdown = render_markdown(cmp)
     if args.markdown:

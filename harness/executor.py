@@ -11,7 +11,7 @@ import multiprocessing as mp
 import os
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,10 @@ class LocalExecutor:
             timed.result["profile"] = self.profile_summary(self.profile(case))
         return timed
 
+    def run_pass(self, case: Case) -> Outcome:
+        """One more timing pass of a case already verified and metered in its first pass."""
+        return self._run_phase(case, "time", replace(self.settings, verify=False))
+
     def profile(self, case: Case) -> Outcome:
         """The case under its backend's profiler in a fresh worker (harness.profiling)."""
         return self._run_phase(case, "profile")
@@ -103,12 +107,13 @@ class LocalExecutor:
         profile["dir"] = os.path.relpath(path, root)
         return {"status": "ok", **profile, "worker": worker}
 
-    def _run_phase(self, case: Case, phase: str) -> Outcome:
+    def _run_phase(self, case: Case, phase: str, settings: RunSettings | None = None) -> Outcome:
         parent_conn, child_conn = self.ctx.Pipe(duplex=False)
         from harness.worker import child_main
 
         started = time.perf_counter()
-        proc = self.ctx.Process(target=child_main, args=(child_conn, case, self.settings, phase), daemon=True)
+        args = (child_conn, case, settings or self.settings, phase)
+        proc = self.ctx.Process(target=child_main, args=args, daemon=True)
         proc.start()
         self._current = proc
         child_conn.close()

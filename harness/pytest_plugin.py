@@ -59,6 +59,9 @@ class _Session:
                     max_time_per_case=config.getoption("attnbench_max_time"),
                 ),
             )
+            # One pass per case: pytest runs a case's test at once, so there is no sweep to
+            # spread passes over, and the case keeps the suite's whole sampling budget.
+            suite_settings["passes"] = 1
             self.settings = RunSettings(**suite_settings, plugins=os.environ.get(PLUGINS_ENV, ""))
         except UserError as exc:
             raise pytest.UsageError(f"--attnbench-suite {name}: {exc}") from None

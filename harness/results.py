@@ -3,6 +3,8 @@
 Layout (the public contract, see README and DESIGN.md):
     <run folder>/run.json      the run: environment, sweep, status
     <run folder>/cases.jsonl   one JSON object per case, appended and fsynced as each ends
+    <run folder>/passes.jsonl  with passes > 1 only: each finished pass of a case, before its
+                               record is complete (harness.passes); not part of the contract
 """
 
 from __future__ import annotations

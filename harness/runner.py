@@ -18,8 +18,11 @@ from backends.peaks import fraction_of_peak
 from harness.cases import Case, Sweep, expand
 from harness.compare import workload_hash
 from harness.environment import fingerprint
+from harness.errors import UserError
 from harness.executor import Outcome
 from harness.nodes import case_node, describe_node
+from harness.passes import PASSES_FILE, save_pass, saved_passes
+from harness.passes import merge as merge_passes
 from harness.registry import get_backend, get_workload
 from harness.results import CASE_SCHEMA, RUN_SCHEMA, RunWriter, load_run
 from harness.settings import RunSettings
@@ -199,7 +202,16 @@ def finish_record(record: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
     for key in ("transform_details", "fidelity"):
         if key in r:
             record[key] = r[key]
-    for key in ("prepare_s", "memory_details", "energy_details", "attention_ops", "backend_details", "profile"):
+    for key in (
+        "prepare_s",
+        "memory_details",
+        "energy_details",
+        "attention_ops",
+        "backend_details",
+        "profile",
+        "machine_check",
+        "passes",
+    ):
         if r.get(key) is not None:
             record[key] = r[key]
     return record
@@ -235,6 +247,8 @@ class Runner:
         # curve -> (length, case_id, status) where it ran out of memory or time
         self._stopped_at: dict[tuple, tuple[int, str, str]] = {}
         self._local_node: dict[str, Any] | None = None
+        # case_id -> (case, record, outcomes of its passes so far, wall seconds so far)
+        self._pending: dict[str, tuple[Case, dict[str, Any], list[Outcome], float]] = {}
 
     def _unavailable(self, backend: str) -> str | None:
         if backend not in self._availability:
@@ -340,6 +354,84 @@ class Runner:
         self._writer.append(record)  # on disk as soon as the case ends
         self.progress.case_finished(case, record)
 
+    def _finish(self, case: Case, record: dict[str, Any], outcome: Outcome, started: float) -> None:
+        record = finish_record(record, outcome)
+        self._add_device(outcome)
+        self._note_node(record, outcome)
+        if outcome.status in STOPPING:
+            self._note_stop(case, outcome.status)
+        record["wall_s"] = time.perf_counter() - started
+        self._append(case, record)
+
+    def _execute_serial(self, todo: list[Case]) -> int:
+        """Each case in turn; with passes > 1, the cases that passed the first pass are timed
+        again in later passes over the list, and recorded when their last pass ends."""
+        passes = self.settings.passes
+        recorded = 0
+        resumed = saved_passes(self.folder) if passes > 1 else {}
+        for case in todo:
+            if case.case_id in resumed:  # its first passes ran before the driver stopped
+                outcomes, wall = resumed[case.case_id]
+                record = base_record(self.run["run_id"], case)
+                self._pending[case.case_id] = (case, record, outcomes[:passes], wall)
+                continue
+            self.progress.case_started(case)
+            record = base_record(self.run["run_id"], case)
+            refused = self._pre_check(case)
+            started = time.perf_counter()
+            if refused:
+                status, reason = refused
+                record.update(status=status, reason=reason, energy_reason=f"case {status}", wall_s=0.0)
+                self._append(case, record)
+                recorded += 1
+                continue
+            outcome = self.executor.run(case)
+            if outcome.status == "ok" and passes > 1:
+                wall = time.perf_counter() - started
+                save_pass(self.folder, case.case_id, 1, outcome, wall)
+                self._pending[case.case_id] = (case, record, [outcome], wall)
+                continue
+            self._finish(case, record, outcome, started)
+            recorded += 1
+        for number in range(2, passes + 1):
+            for case_id in list(self._pending):
+                case, record, outcomes, wall = self._pending[case_id]
+                if len(outcomes) >= number:  # resumed with this pass already done
+                    continue
+                self.progress.case_started(case)
+                started = time.perf_counter()
+                outcome = self.executor.run_pass(case)  # type: ignore[attr-defined]
+                wall += time.perf_counter() - started
+                if outcome.status != "ok":
+                    # A case that fails in a later pass is recorded as failing: flaky is not fine.
+                    del self._pending[case_id]
+                    outcome.reason = f"pass {number} of {passes}: {outcome.reason}"
+                    outcome.result = {}
+                    self._finish(case, record, outcome, time.perf_counter() - wall)
+                    recorded += 1
+                    continue
+                save_pass(self.folder, case_id, number, outcome, time.perf_counter() - started)
+                outcomes.append(outcome)
+                self._pending[case_id] = (case, record, outcomes, wall)
+        recorded += self._flush_pending(None)
+        return recorded
+
+    def _flush_pending(self, why: str | None) -> int:
+        """Record the cases still waiting for passes: all done, or the run was interrupted."""
+        pending = self._pending
+        for case, record, outcomes, wall in pending.values():
+            outcome = merge_passes(outcomes, self.settings.target_rel_ci)
+            if why is not None:
+                outcome.result["stable"] = False
+                outcome.result["notes"] = [
+                    f"{why} after {len(outcomes)} of {self.settings.passes} passes",
+                    *outcome.result["notes"],
+                ]
+            self._finish(case, record, outcome, time.perf_counter() - wall)
+        count = len(pending)
+        self._pending = {}
+        return count
+
     def execute(self) -> int:
         """Run every case not yet recorded. Returns the number of cases recorded now."""
         cases = expand(self.sweep)
@@ -351,6 +443,11 @@ class Runner:
         self.run["cases_total"] = len(cases)
         self._writer = RunWriter.create(self.folder, self.run)
         todo = [c for c in cases if c.case_id not in done]
+        if self.settings.passes > 1 and _is_concurrent(self.executor):
+            raise UserError(
+                f"passes = {self.settings.passes} needs the local executor (a case's passes are spread over one "
+                "machine's run); drop --passes or run without --executor ray"
+            )
         self.progress.start(len(cases), len(cases) - len(todo))
         recorded = 0
         try:
@@ -364,28 +461,10 @@ class Runner:
                 if _is_concurrent(self.executor):
                     recorded = self._execute_concurrent(todo)
                     todo = []
-                for case in todo:
-                    self.progress.case_started(case)
-                    record = base_record(self.run["run_id"], case)
-                    refused = self._pre_check(case)
-                    started = time.perf_counter()
-                    if refused:
-                        status, reason = refused
-                        record.update(status=status, reason=reason, energy_reason=f"case {status}")
-                    else:
-                        outcome = self.executor.run(case)
-                        record = finish_record(record, outcome)
-                        self._add_device(outcome)
-                        self._note_node(record, outcome)
-                        if outcome.status in STOPPING:
-                            self._note_stop(case, outcome.status)
-                    record["wall_s"] = time.perf_counter() - started
-                    record["finished_at"] = now_iso()
-                    self._writer.append(record)  # on disk before the next case starts
-                    recorded += 1
-                    self.progress.case_finished(case, record)
+                recorded += self._execute_serial(todo)
         except KeyboardInterrupt:
             self.executor.abandon()
+            self._flush_pending("interrupted")
             self.run["status"] = "interrupted"
             self.run["finished_at"] = None
             self._writer.save()
@@ -393,6 +472,7 @@ class Runner:
             self.progress.stop()
             raise
         self.progress.stop()
+        (self.folder / PASSES_FILE).unlink(missing_ok=True)  # every pass is in a record now
         self.run["status"] = "complete"
         self.run["finished_at"] = now_iso()
         self._writer.save()

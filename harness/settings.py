@@ -25,12 +25,16 @@ class RunSettings:
     profile: bool = False
     profile_dir: str | None = None
     profile_calls: int = 3  # calls under the profiler, after warm-up
+    # Each case is timed in this many fresh workers, one per pass over the whole sweep, so
+    # its samples span the run's length instead of one stretch of the host's speed; the
+    # sampling budget is shared among the passes. Verification and memory run in pass 1.
+    passes: int = 1
 
     def options_for(self, backend: str) -> dict[str, Any]:
         return {k: v for b, k, v in self.backend_options if b == backend}
 
     def policy(self) -> SamplingPolicy:
-        return SamplingPolicy(budget_s=self.max_time_per_case, target_rel_ci=self.target_rel_ci)
+        return SamplingPolicy(budget_s=self.max_time_per_case / self.passes, target_rel_ci=self.target_rel_ci)
 
     def case_timeout(self) -> float:
         if self.timeout_s is not None:

@@ -8,7 +8,7 @@ seq_lens = [512, 1024]
 batch = [1]; heads = [8]; head_dim = [64]
 dtypes = ["float32"]; modes = ["forward"]; scopes = ["core"]; threads = [2]
 [settings]
-max_time_per_case = 1.0      # also target_rel_ci, timeout_s, seed, verify
+max_time_per_case = 1.0      # also target_rel_ci, timeout_s, seed, verify, passes
 [params."full.chunked"]      # per-variant parameters; a list sweeps
 chunk = [256, 1024]
 [backend_options.onnxruntime]  # backend settings (see `bench env`); not sweep axes
@@ -49,7 +49,7 @@ SWEEP_KEYS = (
     "threads",
     "transforms",
 )
-SETTING_KEYS = ("max_time_per_case", "target_rel_ci", "timeout_s", "seed", "verify")
+SETTING_KEYS = ("max_time_per_case", "target_rel_ci", "timeout_s", "seed", "verify", "passes")
 TOP_KEYS = (
     "description",
     "notes",
@@ -304,6 +304,7 @@ class Overrides:
     max_time_per_case: float | None = None
     timeout_s: float | None = None
     target_rel_ci: float | None = None
+    passes: int | None = None
 
 
 def overrides_from_args(args: Any) -> Overrides:
@@ -330,6 +331,7 @@ def overrides_from_args(args: Any) -> Overrides:
         max_time_per_case=flag("max_time_per_case"),
         timeout_s=flag("timeout"),
         target_rel_ci=flag("target_ci"),
+        passes=flag("passes"),
     )
 
 
@@ -369,12 +371,15 @@ def resolve(spec: SuiteSpec, over: Overrides) -> tuple[Sweep, dict[str, Any]]:
         per_backend=_per_backend(spec, over, backends),
     )
     settings = dict(spec.settings)
-    for key in ("max_time_per_case", "timeout_s", "target_rel_ci"):
+    for key in ("max_time_per_case", "timeout_s", "target_rel_ci", "passes"):
         if getattr(over, key) is not None:
             settings[key] = getattr(over, key)
     for key in ("max_time_per_case", "timeout_s", "target_rel_ci"):
         if key in settings and not (isinstance(settings[key], (int, float)) and settings[key] > 0):
             raise UserError(f"{key} must be a positive number, got {settings[key]!r}")
+    passes = settings.get("passes", 1)
+    if not (isinstance(passes, int) and not isinstance(passes, bool) and 1 <= passes <= 20):
+        raise UserError(f"passes must be a whole number from 1 to 20, got {passes!r}")
     backend_options = resolve_backend_options(spec, over.backend_options)
     if backend_options:
         settings["backend_options"] = backend_options

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from backends.base import DTYPES, Backend, EnergyMeter, EnergyReading, Step, Timer
+from harness import machine_check
 from harness.cases import Case
 from harness.kernels import ATTENTION_MARKERS, attention_ops
 from harness.registry import PLUGINS_ENV, get_backend, get_workload, load_plugins
@@ -141,11 +142,13 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
 
     timer = backend.timer()
     policy = settings.policy()
+    machine_before = machine_check.reference_seconds()
     warm = warm_up(step, timer, policy, backend.min_warmup_calls)
     backend.timed_region_start()
     applied.timed_start()
     measurement = sample(step, timer, policy, warm.last_call_s)
     problems = backend.timed_region_stop() + applied.timed_stop()
+    machine_after = machine_check.reference_seconds()
     if problems:
         measurement.stable = False
         measurement.notes.extend(problems)
@@ -178,6 +181,7 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
         "first_call_s": warm.first_call_s,
         "warmup": {"calls": warm.calls, "seconds": warm.seconds},
         "calls_per_sample": measurement.calls_per_sample,
+        "machine_check": machine_check.record(machine_before, machine_after),
         "converged": measurement.converged,
         "stable": measurement.stable,
         "stop_reason": measurement.stop_reason,

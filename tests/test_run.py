@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -123,6 +124,47 @@ def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
     assert all(r["status"] == "ok" or r["reason"] for r in by.values())
 
 
+def test_passes_spread_a_case_over_the_run_and_merge_its_samples(tmp_path: Path) -> None:
+    """--passes 2: every case is timed again in a second pass over the sweep (after the
+    others' first passes), its samples merged; a case failing only in a later pass is recorded
+    as failing, not passed off with its first pass's figures."""
+    out = tmp_path / "run"
+    flaky = tmp_path / "flaky"
+    flaky.mkdir()
+    proc = bench(
+        "run", "--variants", "full.sdpa,test.fails_in_later_pass", "--seq-lens", "64,96", "--heads", "2",
+        "--head-dim", "16", "--max-time-per-case", "0.2", "--passes", "2", "--out", str(out),
+        ATTNBENCH_PLUGINS=FAULTY, ATTNBENCH_FLAKY_DIR=str(flaky),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = lines(out)
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["passes"] == 2 and run["status"] == "complete"
+    by = {(r["variant"], r["seq_len"]): r for r in records}
+    assert len(records) == 4
+    for n in (64, 96):
+        rec = by["full.sdpa", n]
+        check_ok_case(rec, run["run_id"])
+        first, second = rec["passes"]
+        assert (first["pass"], second["pass"]) == (1, 2)
+        assert rec["time_s"]["n"] == first["n"] + second["n"] == len(rec["time_s"]["samples"])
+        assert rec["time_s"]["min"] == min(first["min_s"], second["min_s"])
+        assert len(rec["machine_check"]["readings_s"]) == 4 and all(v > 0 for v in rec["machine_check"]["readings_s"])
+        assert rec["verification"]["verified"] is True  # from pass 1; pass 2 only times
+        assert rec["peak_memory_bytes"] is not None
+        assert rec["stop_reason"].startswith("2 passes")
+    assert not (out / "passes.jsonl").exists()  # working state, gone once every record is written
+    failed = by["test.fails_in_later_pass", 64]
+    assert failed["status"] == "error"
+    assert failed["reason"].startswith("pass 2 of 2:") and "deliberate failure after the first pass" in failed["reason"]
+
+
+def test_passes_are_checked(tmp_path: Path) -> None:
+    proc = bench("run", "--suite", "smoke", "--passes", "0", "--out", str(tmp_path / "r"))
+    assert proc.returncode != 0
+    assert "passes must be a whole number from 1 to 20, got 0" in proc.stderr
+
+
 def test_case_that_cannot_fit_is_skipped_before_it_starts(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = bench("run", "--variants", "full.naive", "--seq-lens", "400000", "--out", str(out))
@@ -170,6 +212,39 @@ def test_interrupt_then_resume(tmp_path: Path) -> None:
     again = bench("run", "--resume", str(out), ATTNBENCH_PLUGINS=FAULTY)
     assert again.returncode == 0
     assert len(lines(out)) == 4  # nothing left to run, nothing duplicated
+
+
+def test_a_killed_driver_loses_no_finished_pass(tmp_path: Path) -> None:
+    """--passes 2, the driver killed outright (SIGKILL: no chance to write anything) after
+    the first passes: --resume runs only the second passes, and each record merges both."""
+    out = tmp_path / "run"
+    args = [
+        "run", "--variants", "test.sleepy", "--param", "test.sleepy.sleep=0.3", "--seq-lens", "16,32",
+        "--heads", "1", "--head-dim", "8", "--max-time-per-case", "0.2", "--passes", "2", "--out", str(out),
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [*BENCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=cli_env(ATTNBENCH_PLUGINS=FAULTY), start_new_session=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    saved = out / "passes.jsonl"
+    while time.monotonic() < deadline and not (saved.exists() and saved.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its workers
+    proc.communicate(timeout=60)
+    assert not (out / "cases.jsonl").exists() or lines(out) == []
+    before = [json.loads(line) for line in saved.read_text().splitlines()]
+    assert [(e["case_id"], e["pass"]) for e in before][:2] == [(before[0]["case_id"], 1), (before[1]["case_id"], 1)]
+
+    resumed = bench("run", "--resume", str(out), ATTNBENCH_PLUGINS=FAULTY)
+    assert resumed.returncode == 0, resumed.stderr
+    records = lines(out)
+    assert sorted(r["seq_len"] for r in records) == [16, 32]
+    first_samples = {e["case_id"]: e["outcome"]["result"]["time_s"]["samples"] for e in before if e["pass"] == 1}
+    for rec in records:
+        assert [p["pass"] for p in rec["passes"]] == [1, 2]
+        # Pass 1 is the one measured before the kill, not a re-run.
+        assert rec["time_s"]["samples"][: len(first_samples[rec["case_id"]])] == first_samples[rec["case_id"]]
 
 
 def test_entry_point_plugins_are_found(tmp_path: Path) -> None:

@@ -40,13 +40,16 @@ def run_once(folder: Path, extra: float, args: argparse.Namespace) -> None:
     )
     cmd = [sys.executable, "-m", "harness.cli", "run", "--variants", "test.slowdown", "--backends", "cpu"]
     cmd += ["--seq-lens", args.seq_lens, "--heads", "4", "--head-dim", "32", "--threads", str(args.threads)]
-    cmd += ["--max-time-per-case", str(args.budget), "--target-ci", "0.002", "--out", str(folder)]
+    cmd += ["--max-time-per-case", str(args.budget), "--target-ci", "0.002", "--passes", str(args.passes)]
+    cmd += ["--out", str(folder)]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
     if r.returncode != 0:
         raise SystemExit(f"bench run failed for {folder}:\n{r.stderr}")
 
 
-def analyse(out: Path, extras: list[float], threshold: float, alpha: float, busy_share: float) -> dict:
+def analyse(out: Path, extras: list[float], threshold: float, alpha: float, noise: bool) -> dict:
+    """noise: give each comparison the other A/A runs (not in the pair) as its history of
+    unchanged code, for the run-to-run noise floor, as a nightly history would."""
     from harness.compare import CompareConfig, Thresholds, compare_runs
     from harness.results import load_run
 
@@ -55,22 +58,39 @@ def analyse(out: Path, extras: list[float], threshold: float, alpha: float, busy
         extra = float(folder.name.split("-x", 1)[1])
         if extra in runs and (folder / "run.json").is_file():
             runs[extra].append(load_run(folder))
-    config = CompareConfig(default=Thresholds(time=threshold, alpha=alpha, busy_share=busy_share), source="experiment")
+    config = CompareConfig(default=Thresholds(time=threshold, alpha=alpha), source="experiment")
     baselines = runs[0.0]
-    report: dict = {"threshold": threshold, "alpha": alpha, "busy_share": busy_share, "conditions": {}}
+    report: dict = {"threshold": threshold, "alpha": alpha, "noise_floor": noise, "conditions": {}}
     for extra, currents in runs.items():
         if extra == 0.0:
             pairs = list(itertools.combinations(baselines, 2))
         else:
             pairs = [(b, c) for b in baselines for c in currents]
         verdicts: list[str] = []
+        naive: list[str] = []  # the median and Mann-Whitney alone, without the host guards
+        guards: dict[str, int] = {}
         ratios: list[float] = []
         for b, c in pairs:
-            cmp = compare_runs(b, c, config)
+            history = [r for r in baselines if r is not b and r is not c] if noise else None
+            cmp = compare_runs(b, c, config, noise_runs=history)
             for case in cmp.cases:
                 verdicts.append(case.verdict)
-                if case.time and case.time.ratio:
-                    ratios.append(case.time.ratio)
+                t = case.time
+                if t and t.ratio:
+                    ratios.append(t.ratio)
+                    significant = t.p_value is not None and t.p_value < alpha
+                    up, down = t.ratio > 1 + threshold, t.ratio < 1 / (1 + threshold)
+                    naive.append("regression" if up and significant else "improvement" if down and significant else "-")
+                    note = t.note or ""
+                    for key, marker in (
+                        ("busy", "other processes"),
+                        ("fastest sample", "but the fastest"),
+                        ("noise floor", "run-to-run noise"),
+                        ("not significant", "not significant"),
+                        ("wide CI", "95% CI"),
+                    ):
+                        if marker in note:
+                            guards[key] = guards.get(key, 0) + 1
         n = len(verdicts)
         counts = {v: verdicts.count(v) for v in sorted(set(verdicts))}
         loads = [
@@ -85,6 +105,9 @@ def analyse(out: Path, extras: list[float], threshold: float, alpha: float, busy
             "verdicts": counts,
             "regression_rate": counts.get("regression", 0) / n if n else None,
             "improvement_rate": counts.get("improvement", 0) / n if n else None,
+            "naive_regression_rate": naive.count("regression") / len(naive) if naive else None,
+            "naive_improvement_rate": naive.count("improvement") / len(naive) if naive else None,
+            "unstable_because": guards,
             "median_ratio": statistics.median(ratios) if ratios else None,
             "ratio_range": [min(ratios), max(ratios)] if ratios else None,
             "median_other_cpu_share": statistics.median(loads) if loads else None,
@@ -97,7 +120,8 @@ def main() -> int:
     p.add_argument("--reps", type=int, default=6, help="runs per condition")
     p.add_argument("--extras", default="0,0.01,0.10", help="injected extra cost fractions (0 must be first)")
     p.add_argument("--seq-lens", default="64,128,256", help="one case per length")
-    p.add_argument("--budget", type=float, default=1.0, help="seconds of sampling per case")
+    p.add_argument("--budget", type=float, default=3.0, help="seconds of sampling per case, over all its passes")
+    p.add_argument("--passes", type=int, default=3, help="passes over the cases per run (bench run --passes)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--threshold", type=float, default=0.05)
     p.add_argument("--alpha", type=float, default=0.01)
@@ -121,17 +145,22 @@ def main() -> int:
                 if not (folder / "run.json").is_file():
                     run_once(folder, extra, args)
                     print(f"{folder.name} done at {time.perf_counter() - t0:.0f} s", flush=True)
-    # With the default busy-machine guard, and without it (every change judged on its statistics).
-    reports = [analyse(out, extras, args.threshold, args.alpha, share) for share in (0.25, 1.0)]
+    # Each pair on its own samples, then with the other A/A runs as its history (noise floor).
+    reports = [analyse(out, extras, args.threshold, args.alpha, noise) for noise in (False, True)]
     (out / "report.json").write_text(json.dumps(reports, indent=2) + "\n")
     for report in reports:
-        print(f"threshold {report['threshold']:.0%}, alpha {report['alpha']}, busy_share {report['busy_share']}")
+        floor = "with the noise floor from the other A/A runs" if report["noise_floor"] else "no history"
+        print(f"threshold {report['threshold']:.0%}, alpha {report['alpha']}, {floor}")
         for extra, c in report["conditions"].items():
             print(
                 f"  extra {float(extra):>5.0%}: {c['case_comparisons']:>3} comparisons ({c['run_pairs']} run pairs), "
                 f"regression {c['regression_rate'] or 0:.1%}, improvement {c['improvement_rate'] or 0:.1%}, "
                 f"median ratio {c['median_ratio'] or 0:.3f}, verdicts {c['verdicts']}, "
                 f"median other-CPU share {c['median_other_cpu_share'] or 0:.0%}"
+            )
+            print(
+                f"      without the host guards: regression {c['naive_regression_rate'] or 0:.1%}, "
+                f"improvement {c['naive_improvement_rate'] or 0:.1%}; unstable because {c['unstable_because']}"
             )
     return 0
 

@@ -100,3 +100,23 @@ class Sleepy(_Faulty):
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         time.sleep(self.params.sleep)
         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+@register_workload
+class FailsAfterTwoWorkers(_Faulty):
+    """Correct in the first two worker processes to build it (pass 1's timing and memory
+    workers), failing in any later one: a case that breaks in a later pass of a run.
+    The processes are counted as files in $ATTNBENCH_FLAKY_DIR."""
+
+    name: ClassVar[str] = "test.fails_in_later_pass"
+
+    def __init__(self, params: object, shape: Shape) -> None:
+        super().__init__(params, shape)
+        folder = os.environ["ATTNBENCH_FLAKY_DIR"]
+        open(os.path.join(folder, str(os.getpid())), "a").close()
+        self.fail = len(os.listdir(folder)) > 2
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if self.fail:
+            raise ValueError("deliberate failure after the first pass")
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)

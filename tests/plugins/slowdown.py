@@ -2,8 +2,9 @@
 `bench compare` flags an injected slowdown and stays quiet when nothing changed.
 
 `test.slowdown` is correct attention (torch's SDPA) followed by a fixed amount of
-CPU-bound filler work: `base_steps` small matrix products. ATTNBENCH_SLOWDOWN=0.10 adds
-10% more of the same products per call. The extra is read from the environment, not a
+compute-bound filler work: `base_steps` products of 128×128 matrices (about 55 µs each
+on one core, so the dispatcher's few µs per op do not dominate, as they did with 64×64).
+ATTNBENCH_SLOWDOWN=0.10 adds 10% more of the same products per call. The extra is read from the environment, not a
 parameter, so the case_id and workload_hash stay the same: to the comparison it looks
 exactly like a code change that made the same case slower.
 """
@@ -21,11 +22,12 @@ from harness.registry import register_workload
 from workloads.base import AttentionVariant, Shape
 
 SLOWDOWN_ENV = "ATTNBENCH_SLOWDOWN"
+FILLER_SIZE = 128
 
 
 @dataclass(frozen=True)
 class SlowdownParams:
-    base_steps: int = 200  # filler products per call; the injected extra is a fraction of these
+    base_steps: int = 100  # filler products per call; the injected extra is a fraction of these
 
 
 @register_workload
@@ -42,7 +44,8 @@ class Slowdown(AttentionVariant):
         self.steps = round(params.base_steps * (1 + extra))
         gen = torch.Generator().manual_seed(0)
         # Orthogonal, so repeated products neither blow up nor vanish.
-        self.register_buffer("w", torch.linalg.qr(torch.randn(64, 64, generator=gen))[0], persistent=False)
+        w = torch.linalg.qr(torch.randn(FILLER_SIZE, FILLER_SIZE, generator=gen))[0]
+        self.register_buffer("w", w, persistent=False)
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         out = torch.nn.functional.scaled_dot_product_attention(q, k, v)

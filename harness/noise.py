@@ -1,0 +1,88 @@
+"""Run-to-run noise of each case, estimated from earlier runs of the same code on the same
+kind of host, so that `bench compare` does not call a change that runs of unchanged code
+also show.
+
+Samples within one run cannot show it: a cloud host's speed drifts between runs (and a
+whole run can sit in a slow stretch), so two runs of unchanged code differ by more than
+their within-run statistics allow. Measured here on the 2-core VM, the fastest sample of a
+case moved by 2-3% (one standard deviation) from run to run, with one run in six slower
+by a third. Each earlier run gives one value per case, the log of its fastest sample;
+their standard deviation is the case's run-to-run noise. Because a handful of runs gives a
+rough figure, the larger of the case's own and the median over all cases is used.
+
+A change between two runs, each one draw with that spread, is beyond the noise when its
+log exceeds t(1 - alpha/2, runs - 1) * sqrt(2) * sigma: the `noise floor`, the smallest
+change this history lets the comparison call at its significance level. Student's t, not
+the normal quantile, because sigma comes from few runs: with 4 runs the floor is 6.5 sigma,
+with 10 runs 4.6 sigma, so a young history widens the floor instead of raising false alarms.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from harness.results import CaseRecord, RunResult
+
+MIN_RUNS = 3  # fewest runs with the case for a standard deviation worth using
+
+
+@dataclass(frozen=True)
+class NoiseEstimate:
+    runs: int  # runs with this case that the case's own figure rests on (0: suite figure only)
+    case_sigma: float | None  # SD of log(fastest sample) over those runs
+    suite_sigma: float  # median of case_sigma over the suite's cases
+
+    @property
+    def sigma(self) -> float:
+        return max(self.case_sigma or 0.0, self.suite_sigma)
+
+    def floor(self, alpha: float) -> float:
+        """Relative change that runs of unchanged code exceed with probability alpha: Student's
+        t with the degrees of freedom of the case's estimate, so a short history gives a wide
+        floor rather than false alarms."""
+        return math.expm1(t_quantile(1 - alpha / 2, max(self.runs - 1, MIN_RUNS - 1)) * math.sqrt(2) * self.sigma)
+
+
+def t_quantile(p: float, df: int) -> float:
+    """Student's t quantile by the Cornish-Fisher expansion about the normal one (Abramowitz &
+    Stegun 26.7.5): within 0.2 of the exact value at df = 2, p = 0.995, and 0.02 at df >= 5."""
+    z = statistics.NormalDist().inv_cdf(p)
+    g1 = (z**3 + z) / 4
+    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
+    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
+    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
+    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+
+
+def fastest(rec: CaseRecord) -> float | None:
+    samples = (rec.time_s or {}).get("samples") or []
+    return min(samples) if rec.status == "ok" and samples else None
+
+
+def estimate(runs: Sequence[RunResult], current: RunResult) -> tuple[dict[str, NoiseEstimate], int]:
+    """Per case_id of `current`, its noise from `runs` (same workload_hash only), and how many
+    runs were usable. Empty when fewer than MIN_RUNS runs hold the suite's cases."""
+    hashes = {c.case_id: c.extra.get("workload_hash") for c in current.cases}
+    logs: dict[str, list[float]] = {}
+    used = 0
+    for run in runs:
+        took = False
+        for rec in run.cases:
+            if rec.case_id not in hashes or rec.extra.get("workload_hash") != hashes[rec.case_id]:
+                continue
+            value = fastest(rec)
+            if value is not None and value > 0:
+                logs.setdefault(rec.case_id, []).append(math.log(value))
+                took = True
+        used += took
+    sigmas = {k: statistics.stdev(v) for k, v in logs.items() if len(v) >= MIN_RUNS}
+    if not sigmas:
+        return {}, used
+    suite_sigma = statistics.median(sigmas.values())
+    out = {case_id: NoiseEstimate(len(logs.get(case_id, [])), sigmas.get(case_id), suite_sigma) for case_id in hashes}
+    return out, used
