@@ -18,6 +18,8 @@ Per case present in both runs (matched by case_id):
   speed, which is what measuring each case in several passes over the run gives
   (RunSettings.passes; the nightly suite uses 3). The spread of the host's reference
   kernel over both runs is reported with each change (machine_drift).
+  Nor is a change called for a case timed, in either run, only while the host was slow
+  (its reference-kernel readings never within HOST_SLOW of the fastest over both runs).
   Given earlier runs of the same suite (the history), a change of the fastest sample must
   also exceed the case's run-to-run noise floor, the change that runs of unchanged code
   show at the same significance level (harness.noise); otherwise it is `unstable`.
@@ -508,16 +510,31 @@ def _time_change(base: CaseRecord, cur: CaseRecord, th: Thresholds) -> tuple[Met
     return change, reps
 
 
+HOST_SLOW = 0.15  # a case whose runs never saw the host this close to its fastest is not judged
+
+
+def _slowest_reach(base: CaseRecord, cur: CaseRecord) -> float:
+    """The slower of the two runs' best reference-kernel readings for this case (0: none)."""
+    best = [min(v) for v in (machine_check.values(r.extra.get("machine_check")) for r in (base, cur)) if v]
+    return max(best) if len(best) == 2 else 0.0
+
+
 # Stands for "a history was asked for but holds too few runs": no change can be called.
 _NO_HISTORY = NoiseEstimate(runs=0, case_sigma=None, suite_sigma=math.inf)
 
 
 def _host_guard(
-    time: MetricChange, base: CaseRecord, cur: CaseRecord, th: Thresholds, noise: NoiseEstimate | None
+    time: MetricChange,
+    base: CaseRecord,
+    cur: CaseRecord,
+    th: Thresholds,
+    noise: NoiseEstimate | None,
+    host_fast_s: float | None,
 ) -> MetricChange:
     """Turn a regression or improvement into `unstable` when the host, not the code, can
-    explain it: a busy machine, a median that moved while the fastest sample did not, or a
-    change of the fastest sample within the case's run-to-run noise."""
+    explain it: a busy machine, a median that moved while the fastest sample did not, a case
+    timed while the host never reached its fast speed (its reference kernel, host_fast_s
+    being the fastest reading over both runs), or a change within the run-to-run noise."""
     drift = machine_check.drift(base.extra.get("machine_check"), cur.extra.get("machine_check"))
     floor = noise.floor(th.alpha) if noise is not None and noise is not _NO_HISTORY else None
     time = replace(time, machine_drift=drift, noise_floor=floor, noise_runs=noise.runs if noise else None)
@@ -535,6 +552,12 @@ def _host_guard(
         note = (
             f"median {change} but the fastest sample {fastest - 1:+.1%}: the mix of fast and slow "
             f"stretches of the host moved, not the code{host}"
+        )
+    elif host_fast_s is not None and (slowest := _slowest_reach(base, cur)) > host_fast_s * (1 + HOST_SLOW):
+        note = (
+            f"{change}: in one run the host's reference kernel never came within {HOST_SLOW:.0%} of its fastest "
+            f"({slowest * 1e3:.2f} ms at best against {host_fast_s * 1e3:.2f} ms) while this case was timed, so "
+            "its fastest sample is the host's, not the code's"
         )
     elif noise is _NO_HISTORY:
         note = (
@@ -591,7 +614,11 @@ def case_label(rec: CaseRecord) -> str:
 
 
 def compare_case(
-    base: CaseRecord | None, cur: CaseRecord | None, config: CompareConfig, noise: NoiseEstimate | None = None
+    base: CaseRecord | None,
+    cur: CaseRecord | None,
+    config: CompareConfig,
+    noise: NoiseEstimate | None = None,
+    host_fast_s: float | None = None,
 ) -> tuple[CaseComparison, Any]:
     rec = cur or base
     assert rec is not None
@@ -623,7 +650,7 @@ def compare_case(
             **common, verdict="changed", reason="workload source or parameters changed (workload_hash differs)"
         ), None
     time, reps = _time_change(base, cur, th)
-    time = _host_guard(time, base, cur, th, noise)
+    time = _host_guard(time, base, cur, th, noise, host_fast_s)
     memory = _memory_change(base, cur, th)
     energy = _energy_change(base, cur, th)
     verdicts = [m.verdict for m in (time, memory, energy) if m is not None and m.verdict]
@@ -714,10 +741,19 @@ def compare_runs(
             )
     base_cases = {c.case_id: c for c in baseline.cases}
     cur_cases = {c.case_id: c for c in current.cases}
+    # The host's fastest reference-kernel reading over both runs, per thread count (it runs on the case's threads).
+    host_fast: dict[Any, float] = {}
+    for rec in [*baseline.cases, *current.cases]:
+        check = rec.extra.get("machine_check")
+        for value in machine_check.values(check):
+            key = check.get("threads")
+            host_fast[key] = min(value, host_fast.get(key, value))
     results: list[CaseComparison] = []
     replicates: list[Any] = []
     for case_id in [*cur_cases, *(k for k in base_cases if k not in cur_cases)]:
-        comparison, reps = compare_case(base_cases.get(case_id), cur_cases.get(case_id), config, noise.get(case_id))
+        b, c = base_cases.get(case_id), cur_cases.get(case_id)
+        threads = ((c or b).extra.get("machine_check") or {}).get("threads")  # type: ignore[union-attr]
+        comparison, reps = compare_case(b, c, config, noise.get(case_id), host_fast.get(threads))
         results.append(comparison)
         if reps is not None:
             replicates.append(reps)

@@ -159,6 +159,24 @@ def test_a_host_speed_switch_moves_the_median_not_the_fastest_sample(tmp_path: P
     assert "fastest sample" in (same.reason or "") and "reference kernel ran 33% apart" in (same.reason or "")
 
 
+def test_a_case_timed_while_the_host_never_reached_its_fast_speed_is_not_judged(tmp_path: Path) -> None:
+    """Every sample of one run's case came from a slow stretch of the host (all its reference
+    readings 40% above the host's fastest): even its fastest sample moved, yet that is the
+    host; a case whose runs both saw the fast host is judged."""
+
+    def check(*readings: float) -> dict:
+        return {"machine_check": {"kernel": "test", "threads": 1, "readings_s": list(readings)}}
+
+    base = [Case("slow-host", noisy(0.010, 40, 0.01, seed=1), extra=check(1e-3, 1.01e-3))]
+    base.append(Case("fast-host", noisy(0.010, 40, 0.01, seed=2), extra=check(1e-3, 1.02e-3)))
+    cur = [Case("slow-host", noisy(0.013, 40, 0.01, seed=3), extra=check(1.4e-3, 1.42e-3))]
+    cur.append(Case("fast-host", noisy(0.013, 40, 0.01, seed=4), extra=check(1.01e-3, 1.38e-3)))
+    cmp = _compare(tmp_path, base, cur)
+    assert _verdicts(cmp) == {"slow-host": "unstable", "fast-host": "regression"}
+    slow = next(c for c in cmp.cases if c.case_id == "slow-host")
+    assert "never came within 15% of its fastest (1.40 ms at best against 1.00 ms)" in (slow.reason or "")
+
+
 def test_earlier_runs_set_a_run_to_run_noise_floor(tmp_path: Path) -> None:
     """Five earlier runs of unchanged code whose speed wandered ±3% from run to run: a +7%
     change is within that (unstable, with the floor given); +25% is beyond it. Judged on the
