@@ -184,6 +184,9 @@ def test_interrupt_then_resume(tmp_path: Path) -> None:
     proc = subprocess.Popen(
         [*BENCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         env=cli_env(ATTNBENCH_PLUGINS=FAULTY),
+        # A shell without job control starts background jobs with SIGINT ignored, and Python
+        # then never installs its handler: give the driver the default, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     deadline = time.monotonic() + 120
     cases = out / "cases.jsonl"
