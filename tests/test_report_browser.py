@@ -8,6 +8,7 @@ to download one.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -53,6 +54,11 @@ def browser() -> Iterator:
 def page(browser) -> Path:  # type: ignore[no-untyped-def]
     index = rendered_report(SYNTHETIC, REAL_CPU) / "index.html"
     browser.get(index.as_uri())
+    # get() can return before the load event on a busy machine (readyState still "loading",
+    # seen once in CI): wait for it, so every test reads the finished page.
+    deadline = time.monotonic() + 60
+    while browser.execute_script("return document.readyState") != "complete" and time.monotonic() < deadline:
+        time.sleep(0.1)
     return index
 
 
