@@ -537,7 +537,7 @@ def _host_guard(
     being the fastest reading over both runs), or a change within the run-to-run noise."""
     drift = machine_check.drift(base.extra.get("machine_check"), cur.extra.get("machine_check"))
     floor = noise.floor(th.alpha) if noise is not None and noise is not _NO_HISTORY else None
-    time = replace(time, machine_drift=drift, noise_floor=floor, noise_runs=noise.runs if noise else None)
+    time = replace(time, machine_drift=drift, noise_floor=floor, noise_runs=noise.runs if noise is not None else None)
     if time.verdict not in ("regression", "improvement") or time.ratio is None:
         return time
     change = f"{time.ratio - 1:+.1%} (p={_p(time.p_value)})"
@@ -566,7 +566,7 @@ def _host_guard(
             "--noise-runs 0 judges on them anyway"
         )
     elif floor is not None and fastest is not None and abs(math.log(fastest)) <= math.log1p(floor):
-        runs = f"{noise.runs} earlier runs" if noise and noise.runs >= MIN_RUNS else "the suite's earlier runs"
+        runs = f"{noise.runs} other runs" if noise is not None and noise.runs >= MIN_RUNS else "the suite's other runs"
         note = (
             f"{change}, fastest sample {fastest - 1:+.1%}: within this case's run-to-run noise "
             f"(±{floor:.1%} from {runs}, at alpha {th.alpha:g})"

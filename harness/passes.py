@@ -70,7 +70,6 @@ def pass_summary(number: int, outcome: Outcome) -> dict[str, Any]:
         "min_s": min(samples),
         "calls_per_sample": r["calls_per_sample"],
         "stop_reason": r["stop_reason"],
-        "machine_check": r.get("machine_check"),
         "other_cpu_share": outcome.worker.get("other_cpu_share"),
         "wall_s": outcome.worker.get("wall_s"),
     }

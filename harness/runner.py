@@ -354,13 +354,13 @@ class Runner:
         self._writer.append(record)  # on disk as soon as the case ends
         self.progress.case_finished(case, record)
 
-    def _finish(self, case: Case, record: dict[str, Any], outcome: Outcome, started: float) -> None:
+    def _finish(self, case: Case, record: dict[str, Any], outcome: Outcome, wall_s: float) -> None:
         record = finish_record(record, outcome)
         self._add_device(outcome)
         self._note_node(record, outcome)
         if outcome.status in STOPPING:
             self._note_stop(case, outcome.status)
-        record["wall_s"] = time.perf_counter() - started
+        record["wall_s"] = wall_s
         self._append(case, record)
 
     def _execute_serial(self, todo: list[Case]) -> int:
@@ -391,7 +391,7 @@ class Runner:
                 save_pass(self.folder, case.case_id, 1, outcome, wall)
                 self._pending[case.case_id] = (case, record, [outcome], wall)
                 continue
-            self._finish(case, record, outcome, started)
+            self._finish(case, record, outcome, time.perf_counter() - started)
             recorded += 1
         for number in range(2, passes + 1):
             for case_id in list(self._pending):
@@ -400,14 +400,14 @@ class Runner:
                     continue
                 self.progress.case_started(case)
                 started = time.perf_counter()
-                outcome = self.executor.run_pass(case)  # type: ignore[attr-defined]
+                outcome = self.executor.run_pass(case)  # type: ignore[attr-defined]  # local executor only
                 wall += time.perf_counter() - started
                 if outcome.status != "ok":
                     # A case that fails in a later pass is recorded as failing: flaky is not fine.
                     del self._pending[case_id]
                     outcome.reason = f"pass {number} of {passes}: {outcome.reason}"
                     outcome.result = {}
-                    self._finish(case, record, outcome, time.perf_counter() - wall)
+                    self._finish(case, record, outcome, wall)
                     recorded += 1
                     continue
                 save_pass(self.folder, case_id, number, outcome, time.perf_counter() - started)
@@ -427,7 +427,7 @@ class Runner:
                     f"{why} after {len(outcomes)} of {self.settings.passes} passes",
                     *outcome.result["notes"],
                 ]
-            self._finish(case, record, outcome, time.perf_counter() - wall)
+            self._finish(case, record, outcome, wall)
         count = len(pending)
         self._pending = {}
         return count

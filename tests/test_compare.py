@@ -44,6 +44,14 @@ def test_mann_whitney_matches_scipy(n1: int, n2: int) -> None:
         assert p == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-15)
 
 
+@pytest.mark.parametrize("df", [1, 2, 3, 5, 9, 30])
+def test_t_quantile_of_the_noise_floor_matches_scipy(df: int) -> None:
+    from harness.noise import t_quantile
+
+    exact = scipy.stats.t.ppf(0.995, df)
+    assert t_quantile(0.995, df) == pytest.approx(exact, abs=0.05 if df == 3 else 0.01)
+
+
 def test_mann_whitney_with_ties_uses_tie_corrected_normal_approximation() -> None:
     x = [1, 1, 2, 2, 3, 3, 3, 4, 5, 5]
     y = [2, 3, 3, 4, 4, 5, 5, 5, 6, 6]

@@ -4,8 +4,8 @@
 `test.slowdown` is correct attention (torch's SDPA) followed by a fixed amount of
 compute-bound filler work: `base_steps` products of 128×128 matrices (about 55 µs each
 on one core, so the dispatcher's few µs per op do not dominate, as they did with 64×64).
-ATTNBENCH_SLOWDOWN=0.10 adds 10% more of the same products per call. The extra is read from the environment, not a
-parameter, so the case_id and workload_hash stay the same: to the comparison it looks
+ATTNBENCH_SLOWDOWN=0.10 adds 10% more of the same products per call. The extra is read
+from the environment, not a parameter, so the case_id and workload_hash stay the same: to the comparison it looks
 exactly like a code change that made the same case slower.
 """
 
