@@ -3,26 +3,36 @@
 Per case present in both runs (matched by case_id):
 
 - time: the ratio of medians (current / baseline) with a percentile-bootstrap 95% CI,
-  and a two-sided Mann–Whitney U test on the raw samples. A change counts only when it
-  beats the threshold (default 5%) *and* the test is significant (default p < 0.01);
-  a change beyond the threshold that the test cannot confirm is `unstable`, and so is a
-  small change whose CI cannot rule out one beyond the threshold.
-  A guard then stops the host's own changes of speed from passing for a change of the
-  code (it only ever turns a regression or improvement into `unstable`, with the reason):
-  the fastest sample must have moved beyond the threshold in the same direction as the
-  median. A cloud VM switches between speeds 30-40% apart within seconds
-  (harness.machine_check); that moves the median, which sits wherever the mix of fast and
-  slow samples puts it, while the fastest sample stays where the code puts it: the robust
-  estimate when interference only ever adds time (Chen & Revels, "Robust benchmarking in
-  noisy environments", 2016). It needs samples from more than one stretch of the host's
-  speed, which is what measuring each case in several passes over the run gives
-  (RunSettings.passes; the nightly suite uses 3). The spread of the host's reference
-  kernel over both runs is reported with each change (machine_drift).
-  Nor is a change called for a case timed, in either run, only while the host was slow
-  (its reference-kernel readings never within HOST_SLOW of the fastest over both runs).
-  Given earlier runs of the same suite (the history), a change of the fastest sample must
-  also exceed the case's run-to-run noise floor, the change that runs of unchanged code
-  show at the same significance level (harness.noise); otherwise it is `unstable`.
+  and a two-sided Mann–Whitney U test on the samples. A change counts only when it beats
+  the threshold (default 5%) *and* the test is significant (default p < 0.01); a change
+  beyond the threshold that the test cannot confirm is `unstable`, and so is a small
+  change whose CI cannot rule out one beyond the threshold.
+  Basis: a cloud VM switches between speeds 30-40% apart, each held for a fraction of a
+  second to tens of seconds (harness.machine_check); raw medians of unchanged code then
+  differ by tens of percent between runs, and with hundreds of samples the difference is
+  "significant". Where both runs paired every sample with a short reading of the host's
+  reference kernel taken around it (cases on the host CPU), the statistics above run on
+  the host-relative samples, sample / paired reading: the host's speed cancels and the
+  code's cost stays (basis "host-relative"; `raw_ratio` keeps the raw medians' ratio).
+  Otherwise (GPU cases, runs from before the pairing) on the raw samples (basis "raw"),
+  with guards that only ever turn a regression or improvement into `unstable`, with the
+  reason: the fastest sample must have moved beyond the threshold in the same direction
+  as the median, since interference only ever adds time (Chen & Revels, "Robust
+  benchmarking in noisy environments", 2016; it needs samples from more than one stretch
+  of the host's speed, which RunSettings.passes gives), and a case timed, in either run,
+  only while the host was slow (reference-kernel readings never within HOST_SLOW of the
+  fastest over both runs) is not judged.
+  On both bases a change measured while other processes used much of the CPU is not
+  judged; where both runs timed the case in MIN_PASSES or more passes, the change must
+  also hold across them (Welch's t-test on the per-pass log medians, p < alpha): each pass
+  is a fresh process, and processes of unchanged code differ by about 3% on that VM
+  however many samples each takes, so the samples alone overstate the evidence (the
+  process, not the sample, is the unit that is replicated). Given earlier runs of the
+  same suite (the history), the judged figure (the host-relative ratio, or the fastest
+  sample's) must exceed the case's run-to-run noise floor, the change runs of unchanged
+  code show at the same significance level (harness.noise); otherwise it is `unstable`.
+  The spread of the host's reference kernel over both runs is reported with each change
+  (machine_drift).
 - memory: deterministic (one metered call), so a threshold alone, with a floor in bytes
   below which page-granular jitter is not a change.
 - energy: joules per call from a counter, a single figure, so a threshold alone.
@@ -45,6 +55,7 @@ import hashlib
 import inspect
 import json
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -189,6 +200,52 @@ def mann_whitney_u(x: Sequence[float], y: Sequence[float]) -> tuple[float, float
         return u1, 1.0
     z = (abs(u1 - mu) - 0.5) / math.sqrt(var)
     return u1, min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2)))
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """Continued fraction of the incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    c, d = 1.0, 1.0 - (a + b) * x / (a + 1)
+    d = 1 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        for num in (
+            m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m)),
+            -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1)),
+        ):
+            d = 1 + num * d
+            d = 1 / (d if abs(d) > tiny else tiny)
+            c = 1 + num / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1) < 1e-15:
+            break
+    return h
+
+
+def betainc(a: float, b: float, x: float) -> float:
+    """Regularised incomplete beta function I_x(a, b)."""
+    if x <= 0:
+        return 0.0
+    if x >= 1:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1) / (a + b + 2):
+        return front * _betacf(a, b, x) / a
+    return 1 - front * _betacf(b, a, 1 - x) / b
+
+
+def welch_t_test(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, float]:
+    """Two-sided Welch t-test of mean(y) against mean(x): (t, degrees of freedom, p)."""
+    if len(x) < 2 or len(y) < 2:
+        raise ValueError("Welch's t-test needs two values on each side")
+    vx, vy = statistics.variance(x) / len(x), statistics.variance(y) / len(y)
+    diff = statistics.fmean(y) - statistics.fmean(x)
+    if vx + vy == 0:
+        return (0.0 if diff == 0 else math.copysign(math.inf, diff)), math.inf, 1.0 if diff == 0 else 0.0
+    t = diff / math.sqrt(vx + vy)
+    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+    return t, df, betainc(df / 2, 0.5, df / (df + t * t))
 
 
 def _seed(text: str) -> int:
@@ -397,9 +454,17 @@ class MetricChange:
     ci_low: float | None = None  # bootstrap 95% CI of the ratio (time only)
     ci_high: float | None = None
     p_value: float | None = None  # Mann–Whitney (time only)
-    fastest_ratio: float | None = None  # ratio of the fastest samples (time only)
+    # What time ratio, CI and p rest on: "host-relative" (each sample over the host's reference
+    # kernel timed around it, harness.machine_check) when both runs have it, else "raw".
+    basis: str | None = None
+    raw_ratio: float | None = None  # ratio of the raw medians (time only; equals ratio when raw)
+    fastest_ratio: float | None = None  # ratio of the fastest raw samples (time only)
+    # Welch's t-test on the two runs' per-pass log medians (each pass a fresh process): whether
+    # the change holds across processes, not only across samples (time, MIN_PASSES+ passes each).
+    pass_p: float | None = None
     machine_drift: float | None = None  # spread of the host's reference-kernel times over both runs
-    noise_floor: float | None = None  # smallest change of the fastest sample beyond run-to-run noise
+    noise_floor: float | None = None  # smallest change beyond run-to-run noise (of ratio when host-relative,
+    # of fastest_ratio when raw)
     noise_runs: int | None = None  # earlier runs holding this case that the floor rests on
     threshold: float | None = None
     verdict: str | None = None  # regression | improvement | no change | unstable; None: not measured
@@ -473,24 +538,75 @@ class Comparison:
 # ----------------------------------------------------------------------------- comparing
 
 
+RELATIVE, RAW = "host-relative", "raw"
+
+
+def time_basis(base: CaseRecord, cur: CaseRecord) -> str:
+    """host-relative when both records pair their samples with the host's reference kernel."""
+    rel = [machine_check.relative_samples(r.time_s, r.extra.get("machine_check")) for r in (base, cur)]
+    return RELATIVE if all(rel) else RAW
+
+
+MIN_PASSES = 3  # passes in each run for the pass-level test
+
+
+def pass_log_medians(rec: CaseRecord, basis: str) -> list[float] | None:
+    """The log median of each pass of a case (its samples on the given basis), or None when
+    the record does not say how many samples each pass gave."""
+    passes = rec.extra.get("passes")
+    if basis == RELATIVE:
+        samples = machine_check.relative_samples(rec.time_s, rec.extra.get("machine_check"))
+    else:
+        samples = list((rec.time_s or {}).get("samples") or [])
+    if not isinstance(passes, list) or not samples:
+        return None
+    counts = [p.get("n") if isinstance(p, dict) else None for p in passes]
+    if not all(isinstance(n, int) and n > 0 for n in counts) or sum(counts) != len(samples):  # type: ignore[arg-type]
+        return None
+    out, start = [], 0
+    for n in counts:
+        out.append(math.log(statistics.median(samples[start : start + n])))  # type: ignore[operator]
+        start += n  # type: ignore[operator]
+    return out
+
+
 def _time_change(base: CaseRecord, cur: CaseRecord, th: Thresholds) -> tuple[MetricChange, Any]:
-    """The time comparison and its bootstrap replicates (for the geometric-mean CI)."""
+    """The time comparison and its bootstrap replicates (for the geometric-mean CI).
+
+    On the host-relative basis the ratio, its CI and the test are those of the samples in
+    units of the reference kernel; baseline and current stay the raw medians in seconds."""
     bmed, cmed = base.median_s, cur.median_s
     assert bmed is not None and cmed is not None
-    ratio = cmed / bmed
-    bs = list((base.time_s or {}).get("samples") or [])
-    cs = list((cur.time_s or {}).get("samples") or [])
+    raw_ratio = cmed / bmed
+    basis = time_basis(base, cur)
+    if basis == RELATIVE:
+        bs = machine_check.relative_samples(base.time_s, base.extra.get("machine_check")) or []
+        cs = machine_check.relative_samples(cur.time_s, cur.extra.get("machine_check")) or []
+        ratio = statistics.median(cs) / statistics.median(bs)
+    else:
+        bs = list((base.time_s or {}).get("samples") or [])
+        cs = list((cur.time_s or {}).get("samples") or [])
+        ratio = raw_ratio
     up, down = ratio > 1 + th.time, ratio < 1 / (1 + th.time)
     if not bs or not cs:
         # Without raw samples (e.g. imported summaries) significance cannot be tested.
         verdict = "unstable" if up or down else "no change"
         note = "no raw samples: significance not tested"
-        return MetricChange("time", bmed, cmed, ratio, threshold=th.time, verdict=verdict, note=note), None
+        change = MetricChange(
+            "time", bmed, cmed, ratio, basis=basis, raw_ratio=raw_ratio, threshold=th.time, verdict=verdict, note=note
+        )
+        return change, None
     reps = bootstrap_median_ratios(bs, cs, N_BOOTSTRAP, _seed(base.case_id))
     lo, hi = percentile_ci(reps)
     _, p = mann_whitney_u(bs, cs)
-    fastest = min(cs) / min(bs)
+    raw_b = (base.time_s or {}).get("samples") or [bmed]
+    raw_c = (cur.time_s or {}).get("samples") or [cmed]
+    fastest = min(raw_c) / min(raw_b)
     significant = p < th.alpha
+    pass_p = None
+    bp, cp = pass_log_medians(base, basis), pass_log_medians(cur, basis)
+    if bp is not None and cp is not None and min(len(bp), len(cp)) >= MIN_PASSES:
+        pass_p = welch_t_test(bp, cp)[2]
     note = None
     if (up or down) and significant:
         verdict = "regression" if up else "improvement"
@@ -505,7 +621,20 @@ def _time_change(base: CaseRecord, cur: CaseRecord, th: Thresholds) -> tuple[Met
     else:
         verdict = "no change"
     change = MetricChange(
-        "time", bmed, cmed, ratio, lo, hi, p, fastest_ratio=fastest, threshold=th.time, verdict=verdict, note=note
+        "time",
+        bmed,
+        cmed,
+        ratio,
+        lo,
+        hi,
+        p,
+        basis=basis,
+        raw_ratio=raw_ratio,
+        fastest_ratio=fastest,
+        pass_p=pass_p,
+        threshold=th.time,
+        verdict=verdict,
+        note=note,
     )
     return change, reps
 
@@ -532,46 +661,63 @@ def _host_guard(
     host_fast_s: float | None,
 ) -> MetricChange:
     """Turn a regression or improvement into `unstable` when the host, not the code, can
-    explain it: a busy machine, a median that moved while the fastest sample did not, a case
-    timed while the host never reached its fast speed (its reference kernel, host_fast_s
-    being the fastest reading over both runs), or a change within the run-to-run noise."""
+    explain it: a busy machine, passes that do not agree on the change, or a change within
+    the run-to-run noise. On the raw basis
+    also a median that moved while the fastest sample did not, and a case timed while the
+    host never reached its fast speed (its reference kernel, host_fast_s being the fastest
+    reading over both runs); the host-relative basis has taken the host's speed out of
+    each sample already."""
     drift = machine_check.drift(base.extra.get("machine_check"), cur.extra.get("machine_check"))
     floor = noise.floor(th.alpha) if noise is not None and noise is not _NO_HISTORY else None
     time = replace(time, machine_drift=drift, noise_floor=floor, noise_runs=noise.runs if noise is not None else None)
     if time.verdict not in ("regression", "improvement") or time.ratio is None:
         return time
     change = f"{time.ratio - 1:+.1%} (p={_p(time.p_value)})"
+    relative = time.basis == RELATIVE
     fastest = time.fastest_ratio
+    # The figure the noise floor applies to: what the verdict rests on.
+    judged = time.ratio if relative else fastest
     busy = max(_busy(base), _busy(cur))
     if busy > th.busy_share:
         note = f"{change} measured while other processes used up to {busy:.0%} of the CPU: not trusted"
-    elif fastest is not None and not (
-        fastest > 1 + th.time if time.verdict == "regression" else fastest < 1 / (1 + th.time)
+    elif time.pass_p is not None and time.pass_p >= th.alpha:
+        note = (
+            f"{change} over the samples, but not across the runs' passes (Welch p={_p(time.pass_p)} on the "
+            "per-pass medians): each process sees its own speed, and these differ by as much"
+        )
+    elif noise is _NO_HISTORY:
+        what = f"{change} host-relative" if relative else f"{change}, fastest sample {_pct(fastest)}"
+        note = (
+            f"{what}: no run-to-run noise estimate yet (fewer than {MIN_RUNS} runs of this suite in the history), "
+            "and two runs alone cannot tell the code from the host; --noise-runs 0 judges on them anyway"
+        )
+    elif (
+        not relative
+        and fastest is not None
+        and not (fastest > 1 + th.time if time.verdict == "regression" else fastest < 1 / (1 + th.time))
     ):
         host = f"; the host's reference kernel ran {drift:.0%} apart over the runs" if drift else ""
         note = (
             f"median {change} but the fastest sample {fastest - 1:+.1%}: the mix of fast and slow "
             f"stretches of the host moved, not the code{host}"
         )
-    elif host_fast_s is not None and (slowest := _slowest_reach(base, cur)) > host_fast_s * (1 + HOST_SLOW):
+    elif (
+        not relative
+        and host_fast_s is not None
+        and (slowest := _slowest_reach(base, cur)) > host_fast_s * (1 + HOST_SLOW)
+    ):
         note = (
             f"{change}: in one run the host's reference kernel never came within {HOST_SLOW:.0%} of its fastest "
             f"({slowest * 1e3:.2f} ms at best against {host_fast_s * 1e3:.2f} ms) while this case was timed, so "
             "its fastest sample is the host's, not the code's"
         )
-    elif noise is _NO_HISTORY:
-        note = (
-            f"{change}, fastest sample {_pct(fastest)}: no run-to-run noise estimate yet (fewer than {MIN_RUNS} "
-            "runs of this suite in the history), and two runs alone cannot tell the code from the host; "
-            "--noise-runs 0 judges on them anyway"
-        )
-    elif floor is not None and fastest is not None and abs(math.log(fastest)) <= math.log1p(floor):
-        runs = f"{noise.runs} other runs" if noise is not None and noise.runs >= MIN_RUNS else "the suite's other runs"
-        note = (
-            f"{change}, fastest sample {fastest - 1:+.1%}: within this case's run-to-run noise "
-            f"(±{floor:.1%} from {runs}, at alpha {th.alpha:g})"
-        )
     else:
+        note = None
+    if note is None and floor is not None and judged is not None and abs(math.log(judged)) <= math.log1p(floor):
+        runs = f"{noise.runs} other runs" if noise is not None and noise.runs >= MIN_RUNS else "the suite's other runs"
+        what = f"{change} host-relative" if relative else f"{change}, fastest sample {judged - 1:+.1%}"
+        note = f"{what}: within this case's run-to-run noise (±{floor:.1%} from {runs}, at alpha {th.alpha:g})"
+    if note is None:
         return time
     return replace(time, verdict="unstable", note=note)
 
@@ -729,7 +875,12 @@ def compare_runs(
         others = [r for r in others if not environment_differences(r.run, current.run)[0]]
         if all(r.run.run_id != baseline.run.run_id for r in others):
             others.append(baseline)
-        noise, used = estimate_noise(others, current)
+        bases = {
+            c.case_id: time_basis(b, c)
+            for c in current.cases
+            if (b := next((r for r in baseline.cases if r.case_id == c.case_id), None)) is not None
+        }
+        noise, used = estimate_noise(others, current, bases)
         if noise:
             notes.append(f"run-to-run noise floor from {used} other run(s) of this suite on this kind of host")
         else:
@@ -758,6 +909,12 @@ def compare_runs(
         if reps is not None:
             replicates.append(reps)
     timed = [c.time for c in results if c.time is not None and c.time.ratio is not None]
+    relative = sum(1 for m in timed if m.basis == RELATIVE)
+    if relative:
+        notes.append(
+            f"time judged host-relative for {relative} of {len(timed)} cases: each sample over the host's reference "
+            "kernel timed around it, so the host's changes of speed cancel (base/cur ms stay raw medians)"
+        )
     geo = _geomean(m.ratio for m in timed)  # type: ignore[misc]
     lo = hi = None
     if replicates:
@@ -800,6 +957,13 @@ def _mib(n: float | None) -> str:
 
 def _p(p: float | None) -> str:
     return "-" if p is None else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
+
+
+def _raw(m: MetricChange | None) -> str:
+    """The raw medians' change where the verdict rests on host-relative samples ("=": the same)."""
+    if m is None or m.raw_ratio is None:
+        return "-"
+    return _pct(m.raw_ratio) if m.basis == RELATIVE else "="
 
 
 def _ci(m: MetricChange | None) -> str:
@@ -862,6 +1026,7 @@ def render_table(cmp: Comparison, console: Any) -> None:
         ("base ms", "right"),
         ("cur ms", "right"),
         ("change", "right"),
+        ("raw", "right"),
         ("95% CI", "right"),
         ("p", "right"),
         ("memory MiB (Δ)", "right"),
@@ -877,6 +1042,7 @@ def render_table(cmp: Comparison, console: Any) -> None:
             _ms(t.baseline if t else None),
             _ms(t.current if t else None),
             _pct(t.ratio if t else None),
+            _raw(t),
             _ci(t),
             _p(t.p_value if t else None),
             _mem_cell(case.memory),
@@ -900,13 +1066,15 @@ def render_markdown(cmp: Comparison) -> str:
         f"- current: `{c['run_id']}` ({c['ref']}; {c['started_at']}; commit `{(c['git'] or {}).get('commit')}`)",
         f"- thresholds: {cmp.config_source}; a change counts when beyond the threshold *and* Mann–Whitney "
         "p below alpha",
+        "- change, CI and p are host-relative where the runs paired each sample with the host's reference kernel "
+        "(the host's own speed cancels); raw: the change of the raw medians there",
     ]
     lines += [f"- environment differs (allowed): {r}" for r in cmp.environment_refusals]
     lines += [f"- note: {n}" for n in cmp.environment_notes]
     lines += [
         "",
-        "| case | base ms | cur ms | change | 95% CI | p | memory MiB (Δ) | verdict | why |",
-        "|---|--:|--:|--:|--:|--:|--:|---|---|",
+        "| case | base ms | cur ms | change | raw | 95% CI | p | memory MiB (Δ) | verdict | why |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|---|---|",
     ]
     for case in cmp.cases:
         t = case.time
@@ -914,7 +1082,7 @@ def render_markdown(cmp: Comparison) -> str:
         why = (case.reason or "").replace("|", "\\|")
         lines.append(
             f"| `{case.label}` | {_ms(t.baseline if t else None)} | {_ms(t.current if t else None)} | "
-            f"{_pct(t.ratio if t else None)} | {_ci(t)} | {_p(t.p_value if t else None)} | "
+            f"{_pct(t.ratio if t else None)} | {_raw(t)} | {_ci(t)} | {_p(t.p_value if t else None)} | "
             f"{_mem_cell(case.memory)} | {verdict} | {why} |"
         )
     return "\n".join(lines) + "\n"

@@ -10,6 +10,11 @@ by a third. Each earlier run gives one value per case, the log of its fastest sa
 their standard deviation is the case's run-to-run noise. Because a handful of runs gives a
 rough figure, the larger of the case's own and the median over all cases is used.
 
+Which figure of a run: the one the comparison judges (harness.compare). For a case whose
+samples are paired with the host's reference kernel (harness.machine_check), the median
+of the host-relative samples; its run-to-run spread, measured the same way, was about 1%.
+Otherwise the fastest raw sample, as above.
+
 A change between two runs, each one draw with that spread, is beyond the noise when its
 log exceeds t(1 - alpha/2, runs - 1) * sqrt(2) * sigma: the `noise floor`, the smallest
 change this history lets the comparison call at its significance level. Student's t, not
@@ -24,6 +29,8 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from harness import machine_check
 
 if TYPE_CHECKING:
     from harness.results import CaseRecord, RunResult
@@ -69,9 +76,28 @@ def fastest(rec: CaseRecord) -> float | None:
     return min(samples) if rec.status == "ok" and samples else None
 
 
-def estimate(runs: Sequence[RunResult], current: RunResult) -> tuple[dict[str, NoiseEstimate], int]:
+def relative_median(rec: CaseRecord) -> float | None:
+    """The median of the case's samples in units of the host's reference kernel."""
+    if rec.status != "ok":
+        return None
+    rel = machine_check.relative_samples(rec.time_s, rec.extra.get("machine_check"))
+    return statistics.median(rel) if rel else None
+
+
+def statistic(rec: CaseRecord, basis: str) -> float | None:
+    """The figure of one run that the comparison judges on this basis: the host-relative
+    median, or the fastest raw sample."""
+    return relative_median(rec) if basis == "host-relative" else fastest(rec)
+
+
+def estimate(
+    runs: Sequence[RunResult], current: RunResult, bases: dict[str, str] | None = None
+) -> tuple[dict[str, NoiseEstimate], int]:
     """Per case_id of `current`, its noise from `runs` (same workload_hash only), and how many
-    runs were usable. Empty when fewer than MIN_RUNS runs hold the suite's cases."""
+    runs were usable. bases: case_id -> the basis its comparison judges on ("host-relative" or
+    "raw", the default); each basis has its own suite figure. Empty when fewer than MIN_RUNS
+    runs hold the suite's cases."""
+    bases = bases or {}
     hashes = {c.case_id: c.extra.get("workload_hash") for c in current.cases}
     logs: dict[str, list[float]] = {}
     used = 0
@@ -80,7 +106,7 @@ def estimate(runs: Sequence[RunResult], current: RunResult) -> tuple[dict[str, N
         for rec in run.cases:
             if rec.case_id not in hashes or rec.extra.get("workload_hash") != hashes[rec.case_id]:
                 continue
-            value = fastest(rec)
+            value = statistic(rec, bases.get(rec.case_id, "raw"))
             if value is not None and value > 0:
                 logs.setdefault(rec.case_id, []).append(math.log(value))
                 took = True
@@ -88,6 +114,11 @@ def estimate(runs: Sequence[RunResult], current: RunResult) -> tuple[dict[str, N
     sigmas = {k: statistics.stdev(v) for k, v in logs.items() if len(v) >= MIN_RUNS}
     if not sigmas:
         return {}, used
-    suite_sigma = statistics.median(sigmas.values())
-    out = {case_id: NoiseEstimate(len(logs.get(case_id, [])), sigmas.get(case_id), suite_sigma) for case_id in hashes}
+    out = {}
+    for basis in set(bases.get(case_id, "raw") for case_id in hashes):
+        of_basis = [v for k, v in sigmas.items() if bases.get(k, "raw") == basis]
+        suite_sigma = statistics.median(of_basis) if of_basis else statistics.median(sigmas.values())
+        for case_id in hashes:
+            if bases.get(case_id, "raw") == basis:
+                out[case_id] = NoiseEstimate(len(logs.get(case_id, [])), sigmas.get(case_id), suite_sigma)
     return out, used

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from backends.base import Step, Timer
@@ -38,6 +39,7 @@ class Measurement:
     sampling_s: float
     stop_reason: str
     notes: list[str] = field(default_factory=list)
+    pair_readings_s: list[float] | None = None  # n + 1 reference readings around the n samples
 
 
 def warm_up(step: Step, timer: Timer, policy: SamplingPolicy, min_calls: int = 1) -> Warmup:
@@ -55,14 +57,27 @@ def warm_up(step: Step, timer: Timer, policy: SamplingPolicy, min_calls: int = 1
     return Warmup(first_call_s=first, calls=calls, seconds=total, last_call_s=last)
 
 
-def sample(step: Step, timer: Timer, policy: SamplingPolicy, per_call_estimate_s: float) -> Measurement:
-    """Adaptive sampling: stop when the CI target is met or the budget is spent."""
+def sample(
+    step: Step,
+    timer: Timer,
+    policy: SamplingPolicy,
+    per_call_estimate_s: float,
+    reference: Callable[[], float] | None = None,
+) -> Measurement:
+    """Adaptive sampling: stop when the CI target is met or the budget is spent.
+
+    reference: a reading of the host's reference kernel (harness.machine_check), taken
+    before the first sample and after every sample, outside the timed blocks, so each
+    sample has the host's speed just before and just after it."""
     calls = max(1, math.ceil(policy.min_sample_s / max(per_call_estimate_s, 1e-9)))
     samples: list[float] = []
+    readings: list[float] | None = None if reference is None else [reference()]
     start = time.perf_counter()
     stop_reason = "max samples reached"
     while len(samples) < policy.max_samples:
         samples.append(timer.time(step, calls) / calls)
+        if readings is not None and reference is not None:
+            readings.append(reference())
         elapsed = time.perf_counter() - start
         if len(samples) >= policy.min_samples and converged(summarize(samples), policy.target_rel_ci):
             stop_reason = f"95% CI of the median within ±{policy.target_rel_ci:.0%}"
@@ -89,4 +104,5 @@ def sample(step: Step, timer: Timer, policy: SamplingPolicy, per_call_estimate_s
         sampling_s=time.perf_counter() - start,
         stop_reason=stop_reason,
         notes=notes,
+        pair_readings_s=readings,
     )

@@ -143,10 +143,13 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
     timer = backend.timer()
     policy = settings.policy()
     machine_before = machine_check.reference_seconds()
+    device = backend.describe()
+    # Samples are paired with the host's speed only where the host runs them (not a GPU).
+    reference = machine_check.pair_reader() if device.get("kind") == "cpu" else None
     warm = warm_up(step, timer, policy, backend.min_warmup_calls)
     backend.timed_region_start()
     applied.timed_start()
-    measurement = sample(step, timer, policy, warm.last_call_s)
+    measurement = sample(step, timer, policy, warm.last_call_s, reference)
     problems = backend.timed_region_stop() + applied.timed_stop()
     machine_after = machine_check.reference_seconds()
     if problems:
@@ -172,7 +175,7 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
         )
 
     return {
-        "device": backend.describe(),
+        "device": device,
         "backend_settings": backend_settings,
         "verification": checked,
         "time_s": measurement.stats.to_json(),
@@ -181,7 +184,7 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
         "first_call_s": warm.first_call_s,
         "warmup": {"calls": warm.calls, "seconds": warm.seconds},
         "calls_per_sample": measurement.calls_per_sample,
-        "machine_check": machine_check.record(machine_before, machine_after),
+        "machine_check": machine_check.record(machine_before, machine_after, measurement.pair_readings_s),
         "converged": measurement.converged,
         "stable": measurement.stable,
         "stop_reason": measurement.stop_reason,

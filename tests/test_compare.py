@@ -22,6 +22,7 @@ from harness.compare import (
     parse_compare_config,
     render_markdown,
     suite_compare_config,
+    welch_t_test,
 )
 from harness.errors import UserError
 from harness.results import load_run
@@ -209,6 +210,114 @@ def test_earlier_runs_set_a_run_to_run_noise_floor(tmp_path: Path) -> None:
     assert small.time.noise_floor is not None and 0.07 < small.time.noise_floor < 0.25
     assert "within this case's run-to-run noise" in (small.reason or "")
     assert any("noise floor from 6 other run(s)" in n for n in floored.environment_notes)
+
+
+def _host_paired(code_s: float, slow_share: float, n: int, seed: int) -> tuple[list[float], dict]:
+    """A case on a host switching between two speeds 33% apart, each sample paired with
+    reference readings that saw the same speed (harness.machine_check), 2% noise each."""
+    rng = random.Random(seed)
+    speeds = [1.33 if rng.random() < slow_share else 1.0 for _ in range(n)]
+    samples = [code_s * s * rng.lognormvariate(0.0, 0.02) for s in speeds]
+    # n + 1 readings around n samples; the speed holds across each sample and its neighbours.
+    readings = [1e-3 * s * rng.lognormvariate(0.0, 0.02) for s in [speeds[0], *speeds]]
+    check = {"kernel": "test", "threads": 1, "readings_s": [min(readings), max(readings)]}
+    check["pair_readings_s"] = [readings]
+    return samples, {"machine_check": check}
+
+
+def test_host_relative_samples_see_through_the_host_and_catch_a_real_slowdown(tmp_path: Path) -> None:
+    """Same code on a mostly-fast then mostly-slow host: raw medians move ~30%, the
+    host-relative ratio does not (no change). A real 10% slowdown whose raw median barely
+    moved, because the host turned faster at the same time, is a regression on the
+    host-relative basis. A case without pair readings in one run falls back to raw."""
+    same_b, same_bx = _host_paired(0.010, 0.2, 80, seed=1)
+    same_c, same_cx = _host_paired(0.010, 0.8, 80, seed=2)
+    ten_b, ten_bx = _host_paired(0.010, 0.6, 80, seed=3)
+    ten_c, ten_cx = _host_paired(0.011, 0.2, 80, seed=4)
+    raw_b, raw_bx = _host_paired(0.010, 0.2, 80, seed=5)
+    raw_c, _ = _host_paired(0.010, 0.8, 80, seed=6)
+    base = [Case("same", same_b, extra=same_bx), Case("ten", ten_b, extra=ten_bx), Case("raw", raw_b, extra=raw_bx)]
+    cur = [Case("same", same_c, extra=same_cx), Case("ten", ten_c, extra=ten_cx), Case("raw", raw_c)]
+    cmp = _compare(tmp_path, base, cur)
+    assert _verdicts(cmp) == {"same": "no change", "ten": "regression", "raw": "unstable"}
+    by = {c.case_id: c.time for c in cmp.cases}
+    same, ten, raw = by["same"], by["ten"], by["raw"]
+    assert same is not None and same.basis == "host-relative"
+    assert same.raw_ratio is not None and same.raw_ratio > 1.2 and same.ratio == pytest.approx(1.0, abs=0.02)
+    assert ten is not None and ten.basis == "host-relative" and ten.ratio == pytest.approx(1.10, abs=0.02)
+    assert ten.raw_ratio is not None and ten.raw_ratio < 1.0 and ten.p_value is not None and ten.p_value < 1e-4
+    assert ten.ci_low is not None and ten.ci_low > 1.05
+    assert raw is not None and raw.basis == "raw" and "fastest sample" in (raw.note or "")
+    assert any("host-relative" in n for n in cmp.environment_notes)
+
+
+def test_the_noise_floor_of_a_host_relative_case_comes_from_its_host_relative_medians(tmp_path: Path) -> None:
+    """Earlier runs whose host-relative medians wandered ±1%: +10% is beyond the floor, +4%
+    (beyond a threshold of 2%) within it."""
+    history = []
+    for i, wobble in enumerate([1.0, 1.01, 0.99, 1.012, 0.99, 1.0]):
+        cases = []
+        for k, name in enumerate(("small", "big")):
+            samples, extra = _host_paired(0.010 * wobble, 0.5, 60, seed=100 * i + k)
+            cases.append(Case(name, samples, extra=extra))
+        history.append(load_run(write_run(tmp_path / f"h{i}", f"h{i}", cases)))
+    b1, b1x = _host_paired(0.010, 0.5, 300, seed=1)
+    b2, b2x = _host_paired(0.010, 0.5, 300, seed=2)
+    c1, c1x = _host_paired(0.0104, 0.5, 300, seed=3)
+    c2, c2x = _host_paired(0.011, 0.5, 300, seed=4)
+    base = [Case("small", b1, extra=b1x), Case("big", b2, extra=b2x)]
+    cur = [Case("small", c1, extra=c1x), Case("big", c2, extra=c2x)]
+    strict = CompareConfig(default=Thresholds(time=0.02))
+    cmp = _compare(tmp_path / "cmp", base, cur, config=strict, noise_runs=history)
+    assert _verdicts(cmp) == {"small": "unstable", "big": "regression"}
+    small = next(c for c in cmp.cases if c.case_id == "small")
+    assert small.time is not None and small.time.basis == "host-relative"
+    assert small.time.noise_floor is not None and 0.03 < small.time.noise_floor < 0.09
+    assert "host-relative: within this case's run-to-run noise" in (small.reason or "")
+
+
+def _in_passes(code_s: float, offsets: list[float], n: int, seed: int) -> tuple[list[float], dict]:
+    """Samples from len(offsets) passes, each a process with its own speed (offset), 1% noise."""
+    rng = random.Random(seed)
+    samples = [code_s * (1 + off) * rng.lognormvariate(0.0, 0.01) for off in offsets for _ in range(n)]
+    return samples, {"passes": [{"pass": i + 1, "n": n} for i in range(len(offsets))]}
+
+
+def test_a_change_must_hold_across_the_passes_not_only_across_samples(tmp_path: Path) -> None:
+    """Each pass a process with its own speed, up to ±6% apart: a +6% change of the pooled median
+    is significant over 240 samples, yet the passes say it could be which processes ran;
+    +15% holds across them. With fewer than MIN_PASSES passes no pass test is made."""
+    spread = [-0.06, 0.05, 0.0, 0.06, -0.05, 0.01]
+    b1, bx1 = _in_passes(0.010, spread, 40, seed=1)
+    c1, cx1 = _in_passes(0.0106, spread[::-1], 40, seed=2)
+    b2, bx2 = _in_passes(0.010, spread, 40, seed=3)
+    c2, cx2 = _in_passes(0.0115, spread[1:] + spread[:1], 40, seed=4)
+    b3, bx3 = _in_passes(0.010, [-0.04, 0.04], 40, seed=5)
+    c3, cx3 = _in_passes(0.0106, [0.04, -0.04], 40, seed=6)
+    base = [Case("six", b1, extra=bx1), Case("fifteen", b2, extra=bx2), Case("two-passes", b3, extra=bx3)]
+    cur = [Case("six", c1, extra=cx1), Case("fifteen", c2, extra=cx2), Case("two-passes", c3, extra=cx3)]
+    cmp = _compare(tmp_path, base, cur)
+    by = {c.case_id: c for c in cmp.cases}
+    assert by["six"].verdict == "unstable" and by["fifteen"].verdict == "regression"
+    six, fifteen = by["six"].time, by["fifteen"].time
+    assert six is not None and six.p_value is not None and six.p_value < 1e-6
+    assert six.pass_p is not None and six.pass_p > 0.01
+    assert "not across the runs' passes" in (by["six"].reason or "")
+    assert fifteen is not None and fifteen.pass_p is not None and fifteen.pass_p < 0.01
+    assert by["two-passes"].time is not None and by["two-passes"].time.pass_p is None
+
+
+@pytest.mark.parametrize("n1,n2", [(2, 2), (3, 3), (3, 6), (6, 6), (10, 4), (30, 30)])
+def test_welch_t_test_matches_scipy(n1: int, n2: int) -> None:
+    rng = random.Random(n1 * 100 + n2)
+    for shift in (0.0, 0.5, 2.0, 5.0):
+        x = [rng.gauss(0, 1) for _ in range(n1)]
+        y = [rng.gauss(shift, rng.choice([0.5, 1.0, 3.0])) for _ in range(n2)]
+        t, df, p = welch_t_test(x, y)
+        ref = scipy.stats.ttest_ind(y, x, equal_var=False)
+        assert df == pytest.approx(ref.df, rel=1e-9)
+        assert t == pytest.approx(ref.statistic, rel=1e-9)
+        assert p == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-300)
 
 
 def test_identity_verdicts_new_missing_changed_failed(tmp_path: Path) -> None:

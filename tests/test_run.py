@@ -150,6 +150,9 @@ def test_passes_spread_a_case_over_the_run_and_merge_its_samples(tmp_path: Path)
         assert rec["time_s"]["n"] == first["n"] + second["n"] == len(rec["time_s"]["samples"])
         assert rec["time_s"]["min"] == min(first["min_s"], second["min_s"])
         assert len(rec["machine_check"]["readings_s"]) == 4 and all(v > 0 for v in rec["machine_check"]["readings_s"])
+        # One list of n + 1 short reference readings per pass, around that pass's n samples.
+        pairs = rec["machine_check"]["pair_readings_s"]
+        assert [len(p) for p in pairs] == [first["n"] + 1, second["n"] + 1] and all(v > 0 for p in pairs for v in p)
         assert rec["verification"]["verified"] is True  # from pass 1; pass 2 only times
         assert rec["peak_memory_bytes"] is not None
         assert rec["stop_reason"].startswith("2 passes")

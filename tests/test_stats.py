@@ -268,3 +268,19 @@ def test_sample_calls_per_sample(min_sample_s, estimate, expected):
     assert set(timer.calls_seen) == {expected}
     # Each sample is the per-call time: the block's seconds divided by its calls.
     assert m.stats.median == pytest.approx(0.004)
+
+
+def test_sample_reads_the_reference_before_the_first_sample_and_after_each():
+    timer = ScriptedTimer([0.001])
+    events: list[str] = []
+
+    def reference() -> float:
+        events.append(f"ref after {len(timer.calls_seen)} samples")
+        return 2e-4
+
+    policy = SamplingPolicy(budget_s=60.0, min_sample_s=0.0, target_rel_ci=0.02)
+    m = sample(never_called, timer, policy, per_call_estimate_s=0.001, reference=reference)
+    assert m.stats.n == 6
+    assert events == [f"ref after {i} samples" for i in range(7)]  # outside every timed block
+    assert m.pair_readings_s == [2e-4] * 7
+    assert sample(never_called, ScriptedTimer([0.001]), policy, 0.001).pair_readings_s is None

@@ -9,6 +9,11 @@ every other run of each condition using the same code as `bench compare`:
     python tools/aa_experiment.py --reps 6 --out /tmp/aa
     python tools/aa_experiment.py --analyse /tmp/aa        # re-analyse stored runs only
 
+"No history" judges each pair on its own samples (bench compare --noise-runs 0); "with the
+noise floor" gives it the other A/A runs as its history. Each condition also prints the
+ratios judged (host-relative when the runs pair samples with the reference kernel) and
+the raw medians' ratios, and the verdicts that raw medians and Mann-Whitney alone give.
+
 Rates are per case comparison: false-alarm rate = share of A/A comparisons judged
 `regression` (or `improvement`), detection rate = share of injected comparisons judged
 `regression`. Each run also records the machine's load (worker.other_cpu_share).
@@ -50,7 +55,7 @@ def run_once(folder: Path, extra: float, args: argparse.Namespace) -> None:
 def analyse(out: Path, extras: list[float], threshold: float, alpha: float, noise: bool) -> dict:
     """noise: give each comparison the other A/A runs (not in the pair) as its history of
     unchanged code, for the run-to-run noise floor, as a nightly history would."""
-    from harness.compare import CompareConfig, Thresholds, compare_runs
+    from harness.compare import CompareConfig, Thresholds, compare_runs, mann_whitney_u
     from harness.results import load_run
 
     runs: dict[float, list] = {x: [] for x in extras}
@@ -67,24 +72,35 @@ def analyse(out: Path, extras: list[float], threshold: float, alpha: float, nois
         else:
             pairs = [(b, c) for b in baselines for c in currents]
         verdicts: list[str] = []
-        naive: list[str] = []  # the median and Mann-Whitney alone, without the host guards
+        # The raw medians and Mann-Whitney on the raw samples alone: no host-relative basis, no guards.
+        naive: list[str] = []
         guards: dict[str, int] = {}
         ratios: list[float] = []
+        raw_ratios: list[float] = []
+        bases: dict[str, int] = {}
         for b, c in pairs:
             history = [r for r in baselines if r is not b and r is not c] if noise else None
             cmp = compare_runs(b, c, config, noise_runs=history)
+            base_cases = {r.case_id: r for r in b.cases}
+            cur_cases = {r.case_id: r for r in c.cases}
             for case in cmp.cases:
                 verdicts.append(case.verdict)
                 t = case.time
-                if t and t.ratio:
+                if t and t.ratio and t.raw_ratio:
                     ratios.append(t.ratio)
-                    significant = t.p_value is not None and t.p_value < alpha
-                    up, down = t.ratio > 1 + threshold, t.ratio < 1 / (1 + threshold)
+                    raw_ratios.append(t.raw_ratio)
+                    bases[t.basis or "?"] = bases.get(t.basis or "?", 0) + 1
+                    _, p_raw = mann_whitney_u(
+                        base_cases[case.case_id].time_s["samples"], cur_cases[case.case_id].time_s["samples"]
+                    )
+                    up, down = t.raw_ratio > 1 + threshold, t.raw_ratio < 1 / (1 + threshold)
+                    significant = p_raw < alpha
                     naive.append("regression" if up and significant else "improvement" if down and significant else "-")
                     note = t.note or ""
                     for key, marker in (
                         ("busy", "other processes"),
                         ("fastest sample", "but the fastest"),
+                        ("passes disagree", "across the runs' passes"),
                         ("noise floor", "run-to-run noise"),
                         ("not significant", "not significant"),
                         ("wide CI", "95% CI"),
@@ -108,8 +124,11 @@ def analyse(out: Path, extras: list[float], threshold: float, alpha: float, nois
             "naive_regression_rate": naive.count("regression") / len(naive) if naive else None,
             "naive_improvement_rate": naive.count("improvement") / len(naive) if naive else None,
             "unstable_because": guards,
+            "bases": bases,
             "median_ratio": statistics.median(ratios) if ratios else None,
             "ratio_range": [min(ratios), max(ratios)] if ratios else None,
+            "median_raw_ratio": statistics.median(raw_ratios) if raw_ratios else None,
+            "raw_ratio_range": [min(raw_ratios), max(raw_ratios)] if raw_ratios else None,
             "median_other_cpu_share": statistics.median(loads) if loads else None,
         }
     return report
@@ -155,11 +174,16 @@ def main() -> int:
             print(
                 f"  extra {float(extra):>5.0%}: {c['case_comparisons']:>3} comparisons ({c['run_pairs']} run pairs), "
                 f"regression {c['regression_rate'] or 0:.1%}, improvement {c['improvement_rate'] or 0:.1%}, "
-                f"median ratio {c['median_ratio'] or 0:.3f}, verdicts {c['verdicts']}, "
-                f"median other-CPU share {c['median_other_cpu_share'] or 0:.0%}"
+                f"verdicts {c['verdicts']}, median other-CPU share {c['median_other_cpu_share'] or 0:.0%}"
+            )
+            lo, hi = c["ratio_range"] or (0, 0)
+            rlo, rhi = c["raw_ratio_range"] or (0, 0)
+            print(
+                f"      judged ratio (bases {c['bases']}): median {c['median_ratio'] or 0:.3f}, "
+                f"range {lo:.3f}-{hi:.3f}; raw medians: {c['median_raw_ratio'] or 0:.3f}, range {rlo:.3f}-{rhi:.3f}"
             )
             print(
-                f"      without the host guards: regression {c['naive_regression_rate'] or 0:.1%}, "
+                f"      raw medians and Mann-Whitney alone: regression {c['naive_regression_rate'] or 0:.1%}, "
                 f"improvement {c['naive_improvement_rate'] or 0:.1%}; unstable because {c['unstable_because']}"
             )
     return 0
