@@ -49,6 +49,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         "--thresholds", type=Path, metavar="TOML", help="a suite or thresholds file whose [compare] table to use"
     )
     p.add_argument(
+        "--time-basis",
+        choices=("raw", "host-relative"),  # harness.compare.TIME_BASES, without importing it here
+        default="raw",
+        help="judge time on raw samples (default) or host-relative ones (each sample over the host's reference "
+        "kernel timed around it; CPU cases only): see README before choosing host-relative",
+    )
+    p.add_argument(
         "--noise-runs",
         type=int,
         default=NOISE_RUNS,
@@ -132,7 +139,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         busy_share=args.busy_share,
     )
     cmp = compare_runs(
-        baseline, current, config, allow_env_mismatch=args.allow_env_mismatch, refs=refs, noise_runs=noise_runs
+        baseline,
+        current,
+        config,
+        allow_env_mismatch=args.allow_env_mismatch,
+        refs=refs,
+        noise_runs=noise_runs,
+        time_basis=args.time_basis,
     )
 
     markdown = render_markdown(cmp)

@@ -226,8 +226,9 @@ def _host_paired(code_s: float, slow_share: float, n: int, seed: int) -> tuple[l
 
 
 def test_host_relative_samples_see_through_the_host_and_catch_a_real_slowdown(tmp_path: Path) -> None:
-    """Same code on a mostly-fast then mostly-slow host: raw medians move ~30%, the
-    host-relative ratio does not (no change). A real 10% slowdown whose raw median barely
+    """Asked for (time_basis), on a workload the reference kernel tracks exactly: same code
+    on a mostly-fast then mostly-slow host: raw medians move ~30%, the host-relative ratio
+    does not (no change). A real 10% slowdown whose raw median barely
     moved, because the host turned faster at the same time, is a regression on the
     host-relative basis. A case without pair readings in one run falls back to raw."""
     same_b, same_bx = _host_paired(0.010, 0.2, 80, seed=1)
@@ -238,7 +239,12 @@ def test_host_relative_samples_see_through_the_host_and_catch_a_real_slowdown(tm
     raw_c, _ = _host_paired(0.010, 0.8, 80, seed=6)
     base = [Case("same", same_b, extra=same_bx), Case("ten", ten_b, extra=ten_bx), Case("raw", raw_b, extra=raw_bx)]
     cur = [Case("same", same_c, extra=same_cx), Case("ten", ten_c, extra=ten_cx), Case("raw", raw_c)]
-    cmp = _compare(tmp_path, base, cur)
+    default = _compare(tmp_path / "default", base, cur)  # raw unless asked: host-relative is reported only
+    assert all(c.time is not None and c.time.basis == "raw" for c in default.cases)
+    assert next(c for c in default.cases if c.case_id == "same").time.host_relative_ratio == pytest.approx(
+        1.0, abs=0.02
+    )
+    cmp = _compare(tmp_path, base, cur, time_basis="host-relative")
     assert _verdicts(cmp) == {"same": "no change", "ten": "regression", "raw": "unstable"}
     by = {c.case_id: c.time for c in cmp.cases}
     same, ten, raw = by["same"], by["ten"], by["raw"]
@@ -268,7 +274,7 @@ def test_the_noise_floor_of_a_host_relative_case_comes_from_its_host_relative_me
     base = [Case("small", b1, extra=b1x), Case("big", b2, extra=b2x)]
     cur = [Case("small", c1, extra=c1x), Case("big", c2, extra=c2x)]
     strict = CompareConfig(default=Thresholds(time=0.02))
-    cmp = _compare(tmp_path / "cmp", base, cur, config=strict, noise_runs=history)
+    cmp = _compare(tmp_path / "cmp", base, cur, config=strict, noise_runs=history, time_basis="host-relative")
     assert _verdicts(cmp) == {"small": "unstable", "big": "regression"}
     small = next(c for c in cmp.cases if c.case_id == "small")
     assert small.time is not None and small.time.basis == "host-relative"
