@@ -10,10 +10,9 @@ by a third. Each earlier run gives one value per case, the log of its fastest sa
 their standard deviation is the case's run-to-run noise. Because a handful of runs gives a
 rough figure, the larger of the case's own and the median over all cases is used.
 
-Which figure of a run: the one the comparison judges (harness.compare). For a case whose
-samples are paired with the host's reference kernel (harness.machine_check), the median
-of the host-relative samples; its run-to-run spread, measured the same way, was about 1%.
-Otherwise the fastest raw sample, as above.
+Which figure of a run: the one the comparison judges (harness.compare): the fastest raw
+sample, as above, or, when it judges host-relative time (--time-basis host-relative), the
+median of the host-relative samples (harness.machine_check).
 
 A change between two runs, each one draw with that spread, is beyond the noise when its
 log exceeds t(1 - alpha/2, runs - 1) * sqrt(2) * sigma: the `noise floor`, the smallest

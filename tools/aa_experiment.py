@@ -52,7 +52,7 @@ def run_once(folder: Path, extra: float, args: argparse.Namespace) -> None:
         raise SystemExit(f"bench run failed for {folder}:\n{r.stderr}")
 
 
-def analyse(out: Path, extras: list[float], threshold: float, alpha: float, noise: bool) -> dict:
+def analyse(out: Path, extras: list[float], threshold: float, alpha: float, noise: bool, basis: str = "raw") -> dict:
     """noise: give each comparison the other A/A runs (not in the pair) as its history of
     unchanged code, for the run-to-run noise floor, as a nightly history would."""
     from harness.compare import CompareConfig, Thresholds, compare_runs, mann_whitney_u
@@ -65,7 +65,7 @@ def analyse(out: Path, extras: list[float], threshold: float, alpha: float, nois
             runs[extra].append(load_run(folder))
     config = CompareConfig(default=Thresholds(time=threshold, alpha=alpha), source="experiment")
     baselines = runs[0.0]
-    report: dict = {"threshold": threshold, "alpha": alpha, "noise_floor": noise, "conditions": {}}
+    report: dict = {"threshold": threshold, "alpha": alpha, "noise_floor": noise, "basis": basis, "conditions": {}}
     for extra, currents in runs.items():
         if extra == 0.0:
             pairs = list(itertools.combinations(baselines, 2))
@@ -77,10 +77,11 @@ def analyse(out: Path, extras: list[float], threshold: float, alpha: float, nois
         guards: dict[str, int] = {}
         ratios: list[float] = []
         raw_ratios: list[float] = []
+        rel_ratios: list[float] = []
         bases: dict[str, int] = {}
         for b, c in pairs:
             history = [r for r in baselines if r is not b and r is not c] if noise else None
-            cmp = compare_runs(b, c, config, noise_runs=history)
+            cmp = compare_runs(b, c, config, noise_runs=history, time_basis=basis)
             base_cases = {r.case_id: r for r in b.cases}
             cur_cases = {r.case_id: r for r in c.cases}
             for case in cmp.cases:
@@ -89,6 +90,8 @@ def analyse(out: Path, extras: list[float], threshold: float, alpha: float, nois
                 if t and t.ratio and t.raw_ratio:
                     ratios.append(t.ratio)
                     raw_ratios.append(t.raw_ratio)
+                    if t.host_relative_ratio:
+                        rel_ratios.append(t.host_relative_ratio)
                     bases[t.basis or "?"] = bases.get(t.basis or "?", 0) + 1
                     _, p_raw = mann_whitney_u(
                         base_cases[case.case_id].time_s["samples"], cur_cases[case.case_id].time_s["samples"]
@@ -129,6 +132,8 @@ def analyse(out: Path, extras: list[float], threshold: float, alpha: float, nois
             "ratio_range": [min(ratios), max(ratios)] if ratios else None,
             "median_raw_ratio": statistics.median(raw_ratios) if raw_ratios else None,
             "raw_ratio_range": [min(raw_ratios), max(raw_ratios)] if raw_ratios else None,
+            "median_host_relative_ratio": statistics.median(rel_ratios) if rel_ratios else None,
+            "host_relative_ratio_range": [min(rel_ratios), max(rel_ratios)] if rel_ratios else None,
             "median_other_cpu_share": statistics.median(loads) if loads else None,
         }
     return report
@@ -146,6 +151,7 @@ def main() -> int:
     p.add_argument("--alpha", type=float, default=0.01)
     p.add_argument("--out", type=Path, help="folder for the runs (new experiment)")
     p.add_argument("--analyse", type=Path, help="analyse the runs already in this folder")
+    p.add_argument("--time-basis", default="raw", choices=("raw", "host-relative"), help="as bench compare's")
     args = p.parse_args()
     extras = [float(x) for x in args.extras.split(",")]
     if extras[0] != 0.0:
@@ -165,11 +171,11 @@ def main() -> int:
                     run_once(folder, extra, args)
                     print(f"{folder.name} done at {time.perf_counter() - t0:.0f} s", flush=True)
     # Each pair on its own samples, then with the other A/A runs as its history (noise floor).
-    reports = [analyse(out, extras, args.threshold, args.alpha, noise) for noise in (False, True)]
+    reports = [analyse(out, extras, args.threshold, args.alpha, noise, args.time_basis) for noise in (False, True)]
     (out / "report.json").write_text(json.dumps(reports, indent=2) + "\n")
     for report in reports:
         floor = "with the noise floor from the other A/A runs" if report["noise_floor"] else "no history"
-        print(f"threshold {report['threshold']:.0%}, alpha {report['alpha']}, {floor}")
+        print(f"threshold {report['threshold']:.0%}, alpha {report['alpha']}, {floor}, time basis {report['basis']}")
         for extra, c in report["conditions"].items():
             print(
                 f"  extra {float(extra):>5.0%}: {c['case_comparisons']:>3} comparisons ({c['run_pairs']} run pairs), "
@@ -181,6 +187,11 @@ def main() -> int:
             print(
                 f"      judged ratio (bases {c['bases']}): median {c['median_ratio'] or 0:.3f}, "
                 f"range {lo:.3f}-{hi:.3f}; raw medians: {c['median_raw_ratio'] or 0:.3f}, range {rlo:.3f}-{rhi:.3f}"
+            )
+            hlo, hhi = c["host_relative_ratio_range"] or (0, 0)
+            print(
+                f"      host-relative medians (reported, not judged by default): "
+                f"{c['median_host_relative_ratio'] or 0:.3f}, range {hlo:.3f}-{hhi:.3f}"
             )
             print(
                 f"      raw medians and Mann-Whitney alone: regression {c['naive_regression_rate'] or 0:.1%}, "
