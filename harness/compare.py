@@ -900,6 +900,14 @@ def compare_runs(
             "versions, or pass --allow-env-mismatch to compare anyway"
         )
     config = config or suite_compare_config(current.run)
+    for result in (baseline, current):
+        if result.run.status == "running":
+            notes.append(
+                f"run {result.run.run_id} has status 'running': it is still being measured (or its driver died), so "
+                "cases not yet written are missing; compare it once `bench run` has finished (or --resume it)"
+            )
+        elif result.run.status != "complete":
+            notes.append(f"run {result.run.run_id} is {result.run.status}: cases it did not finish are missing")
     noise: dict[str, NoiseEstimate] = {}
     if noise_runs is not None:
         others = [r for r in noise_runs if r.run.run_id != current.run.run_id]

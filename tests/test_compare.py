@@ -326,6 +326,13 @@ def test_welch_t_test_matches_scipy(n1: int, n2: int) -> None:
         assert p == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-300)
 
 
+def test_a_run_still_being_measured_is_named_in_the_notes(tmp_path: Path) -> None:
+    s = noisy(0.01, 20, 0.01, seed=7)
+    base, cur = _pair(tmp_path, [Case("a", s)], [Case("a", s)], status="running")
+    cmp = compare_runs(base, cur, CompareConfig())
+    assert any("has status 'running'" in n for n in cmp.environment_notes)
+
+
 def test_identity_verdicts_new_missing_changed_failed(tmp_path: Path) -> None:
     s = noisy(0.01, 20, 0.01, seed=5)
     base = [
