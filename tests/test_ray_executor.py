@@ -182,6 +182,14 @@ def _runs_on(node: Any, pid: int) -> bool:
     return node.all_processes["raylet"][0].process.pid in ancestors
 
 
+def _pinned_case_on(node: Any, marker: Path) -> bool:
+    try:
+        backend = marker.read_text().split()[0]
+    except (OSError, IndexError):  # being written
+        return False
+    return backend == "test_pinned" and _runs_on(node, int(marker.name))
+
+
 def test_node_dies_mid_case(cluster: Any, tmp_path: Path) -> None:
     """Kill the node running a case: that case is an error naming the node, the rest completes.
 
@@ -199,8 +207,9 @@ def test_node_dies_mid_case(cluster: Any, tmp_path: Path) -> None:
     try:
         victim = cluster.pinned
         deadline = time.monotonic() + 120
-        while not any(_runs_on(victim, int(m.name)) for m in cluster.markers.iterdir()):
-            assert time.monotonic() < deadline, "the marked case never started on the pinned node"
+        # The test_pinned case, not a cpu one that Ray may also have placed on the pinned node.
+        while not any(_pinned_case_on(victim, m) for m in cluster.markers.iterdir()):
+            assert time.monotonic() < deadline, "the marked test_pinned case never started on the pinned node"
             time.sleep(0.05)
         cluster.remove_node(victim, allow_graceful=False)  # mid-case: its worker is sleeping in forward()
         _, stderr = proc.communicate(timeout=180)

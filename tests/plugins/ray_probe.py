@@ -3,8 +3,8 @@
 - `test_gpu`: a backend that asks Ray for a GPU, so on a CPU-only cluster no node offers it.
 - `test_pinned`: the CPU backend, but only on nodes that offer the custom resource `pinned`.
 - `test.marked_sleep`: correct attention that first leaves a file named after its process id
-  in $ATTNBENCH_TEST_MARKERS, then sleeps per call, so a test can find (and kill) the node
-  running it mid-case.
+  in $ATTNBENCH_TEST_MARKERS (holding its backend and length), then sleeps per call, so a
+  test can find (and kill) the node running it mid-case.
 """
 
 from __future__ import annotations
@@ -13,18 +13,20 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from backends.base import Availability
 from backends.cpu import CpuBackend
+from harness.cases import Case
 from harness.registry import register_backend, register_workload
 from tests.plugins.faulty import _Faulty
 from workloads.base import Shape
 
 MARKERS_ENV = "ATTNBENCH_TEST_MARKERS"
+MARKER_BACKEND_ENV = "ATTNBENCH_TEST_MARKER_BACKEND"
 
 
 @register_backend
@@ -44,6 +46,12 @@ class PinnedBackend(CpuBackend):
     summary: ClassVar[str] = "test-only: the cpu backend on nodes with the `pinned` resource"
     ray_resources: ClassVar[dict[str, float]] = {"CPU": 1, "attnbench_cpu": 1, "pinned": 1}
     in_available: ClassVar[bool] = False  # only when named
+
+    def setup(self, case: Case) -> dict[str, Any]:
+        # The marker names the backend, so a test waiting for this backend's case on the pinned
+        # node is not fooled by a cpu-backend case that Ray also placed there.
+        os.environ[MARKER_BACKEND_ENV] = self.name
+        return super().setup(case)
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,6 @@ class MarkedSleep(_Faulty):
         if folder:
             marker = Path(folder) / str(os.getpid())
             if not marker.exists():
-                marker.write_text(str(q.shape[-2]))
+                marker.write_text(f"{os.environ.get(MARKER_BACKEND_ENV, 'cpu')} {q.shape[-2]}")
         time.sleep(self.params.sleep)
         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
