@@ -545,21 +545,16 @@ RELATIVE, RAW = "host-relative", "raw"
 TIME_BASES = (RAW, RELATIVE)
 
 
-def time_basis(base: CaseRecord, cur: CaseRecord, wanted: str = RAW) -> str:
+def judged_basis(base: CaseRecord, cur: CaseRecord, wanted: str = RAW) -> str:
     """host-relative when asked for and both records pair their samples with the host's
     reference kernel; raw otherwise."""
     if wanted != RELATIVE:
         return RAW
-    rel = [machine_check.relative_samples(r.time_s, r.extra.get("machine_check")) for r in (base, cur)]
-    return RELATIVE if all(rel) else RAW
+    return RELATIVE if all(_relative(r) for r in (base, cur)) else RAW
 
 
-_basis_of = time_basis  # compare_runs and compare_case take a parameter of that name
-
-
-def _host_relative_ratio(base: CaseRecord, cur: CaseRecord) -> float | None:
-    rel = [machine_check.relative_samples(r.time_s, r.extra.get("machine_check")) for r in (base, cur)]
-    return statistics.median(rel[1]) / statistics.median(rel[0]) if rel[0] and rel[1] else None
+def _relative(rec: CaseRecord) -> list[float] | None:
+    return machine_check.relative_samples(rec.time_s, rec.extra.get("machine_check"))
 
 
 MIN_PASSES = 3  # passes in each run for the pass-level test
@@ -569,19 +564,19 @@ def pass_log_medians(rec: CaseRecord, basis: str) -> list[float] | None:
     """The log median of each pass of a case (its samples on the given basis), or None when
     the record does not say how many samples each pass gave."""
     passes = rec.extra.get("passes")
-    if basis == RELATIVE:
-        samples = machine_check.relative_samples(rec.time_s, rec.extra.get("machine_check"))
-    else:
-        samples = list((rec.time_s or {}).get("samples") or [])
+    samples = _relative(rec) if basis == RELATIVE else list((rec.time_s or {}).get("samples") or [])
     if not isinstance(passes, list) or not samples:
         return None
     counts = [p.get("n") if isinstance(p, dict) else None for p in passes]
-    if not all(isinstance(n, int) and n > 0 for n in counts) or sum(counts) != len(samples):  # type: ignore[arg-type]
+    if not all(isinstance(n, int) and n > 0 for n in counts):
+        return None
+    sizes = [int(n) for n in counts if n is not None]
+    if sum(sizes) != len(samples):
         return None
     out, start = [], 0
-    for n in counts:
-        out.append(math.log(statistics.median(samples[start : start + n])))  # type: ignore[operator]
-        start += n  # type: ignore[operator]
+    for n in sizes:
+        out.append(math.log(statistics.median(samples[start : start + n])))
+        start += n
     return out
 
 
@@ -593,34 +588,22 @@ def _time_change(base: CaseRecord, cur: CaseRecord, th: Thresholds, wanted: str 
     bmed, cmed = base.median_s, cur.median_s
     assert bmed is not None and cmed is not None
     raw_ratio = cmed / bmed
-    host_relative = _host_relative_ratio(base, cur)
-    basis = time_basis(base, cur, wanted)
-    if basis == RELATIVE:
-        bs = machine_check.relative_samples(base.time_s, base.extra.get("machine_check")) or []
-        cs = machine_check.relative_samples(cur.time_s, cur.extra.get("machine_check")) or []
-        ratio = statistics.median(cs) / statistics.median(bs)
+    rel_b, rel_c = _relative(base), _relative(cur)
+    host_relative = statistics.median(rel_c) / statistics.median(rel_b) if rel_b and rel_c else None
+    basis = RELATIVE if wanted == RELATIVE and host_relative is not None else RAW
+    if rel_b and rel_c and basis == RELATIVE:
+        bs, cs, ratio = rel_b, rel_c, host_relative
     else:
         bs = list((base.time_s or {}).get("samples") or [])
         cs = list((cur.time_s or {}).get("samples") or [])
         ratio = raw_ratio
     up, down = ratio > 1 + th.time, ratio < 1 / (1 + th.time)
+    common = {"basis": basis, "raw_ratio": raw_ratio, "host_relative_ratio": host_relative, "threshold": th.time}
     if not bs or not cs:
         # Without raw samples (e.g. imported summaries) significance cannot be tested.
         verdict = "unstable" if up or down else "no change"
         note = "no raw samples: significance not tested"
-        change = MetricChange(
-            "time",
-            bmed,
-            cmed,
-            ratio,
-            basis=basis,
-            raw_ratio=raw_ratio,
-            host_relative_ratio=host_relative,
-            threshold=th.time,
-            verdict=verdict,
-            note=note,
-        )
-        return change, None
+        return MetricChange("time", bmed, cmed, ratio, **common, verdict=verdict, note=note), None
     reps = bootstrap_median_ratios(bs, cs, N_BOOTSTRAP, _seed(base.case_id))
     lo, hi = percentile_ci(reps)
     _, p = mann_whitney_u(bs, cs)
@@ -646,21 +629,7 @@ def _time_change(base: CaseRecord, cur: CaseRecord, th: Thresholds, wanted: str 
     else:
         verdict = "no change"
     change = MetricChange(
-        "time",
-        bmed,
-        cmed,
-        ratio,
-        lo,
-        hi,
-        p,
-        basis=basis,
-        raw_ratio=raw_ratio,
-        host_relative_ratio=host_relative,
-        fastest_ratio=fastest,
-        pass_p=pass_p,
-        threshold=th.time,
-        verdict=verdict,
-        note=note,
+        "time", bmed, cmed, ratio, lo, hi, p, **common, fastest_ratio=fastest, pass_p=pass_p, verdict=verdict, note=note
     )
     return change, reps
 
@@ -915,7 +884,7 @@ def compare_runs(
         if all(r.run.run_id != baseline.run.run_id for r in others):
             others.append(baseline)
         bases = {
-            c.case_id: _basis_of(b, c, time_basis)
+            c.case_id: judged_basis(b, c, time_basis)
             for c in current.cases
             if (b := next((r for r in baseline.cases if r.case_id == c.case_id), None)) is not None
         }
@@ -998,7 +967,7 @@ def _p(p: float | None) -> str:
     return "-" if p is None else (f"{p:.1e}" if p < 1e-3 else f"{p:.3f}")
 
 
-def _raw(m: MetricChange | None) -> str:
+def _host_rel(m: MetricChange | None) -> str:
     """The change of the host-relative medians, where both runs paired their samples."""
     return "-" if m is None or m.host_relative_ratio is None else _pct(m.host_relative_ratio)
 
@@ -1084,7 +1053,7 @@ def render_table(cmp: Comparison, console: Any) -> None:
             _ms(t.baseline if t else None),
             _ms(t.current if t else None),
             _pct(t.ratio if t else None),
-            _raw(t),
+            _host_rel(t),
             _ci(t),
             _p(t.p_value if t else None),
             _mem_cell(case.memory),
@@ -1124,7 +1093,7 @@ def render_markdown(cmp: Comparison) -> str:
         why = (case.reason or "").replace("|", "\\|")
         lines.append(
             f"| `{case.label}` | {_ms(t.baseline if t else None)} | {_ms(t.current if t else None)} | "
-            f"{_pct(t.ratio if t else None)} | {_raw(t)} | {_ci(t)} | {_p(t.p_value if t else None)} | "
+            f"{_pct(t.ratio if t else None)} | {_host_rel(t)} | {_ci(t)} | {_p(t.p_value if t else None)} | "
             f"{_mem_cell(case.memory)} | {verdict} | {why} |"
         )
     return "\n".join(lines) + "\n"
