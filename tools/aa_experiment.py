@@ -43,7 +43,7 @@ def run_once(folder: Path, extra: float, args: argparse.Namespace) -> None:
         ATTNBENCH_HISTORY="off",
         PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
     )
-    cmd = [sys.executable, "-m", "harness.cli", "run", "--variants", "test.slowdown", "--backends", "cpu"]
+    cmd = [sys.executable, "-m", "harness.cli", "run", "--variants", "test.slowdown", "--backends", args.backends]
     cmd += ["--seq-lens", args.seq_lens, "--heads", "4", "--head-dim", "32", "--threads", str(args.threads)]
     cmd += ["--max-time-per-case", str(args.budget), "--target-ci", "0.002", "--passes", str(args.passes)]
     cmd += ["--out", str(folder)]
@@ -147,6 +147,7 @@ def main() -> int:
     p.add_argument("--budget", type=float, default=3.0, help="seconds of sampling per case, over all its passes")
     p.add_argument("--passes", type=int, default=3, help="passes over the cases per run (bench run --passes)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--backends", default="cpu", help="backend to time on (bench run --backends)")
     p.add_argument("--threshold", type=float, default=0.05)
     p.add_argument("--alpha", type=float, default=0.01)
     p.add_argument("--out", type=Path, help="folder for the runs (new experiment)")
