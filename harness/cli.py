@@ -28,6 +28,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "harness.compare_command",
     "harness.export_command",
     "harness.profile_command",
+    "harness.ab_command",
 )
 
 
@@ -43,11 +44,11 @@ def _csv(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
-def build_parser() -> Parser:
-    parser = Parser(prog="bench", description="Hardware-aware benchmarks of transformer attention.")
-    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+RUN_OUT_HELP = "run folder to write (default: results/<run_id>)"
 
-    run = sub.add_parser("run", help="run a suite (default: the built-in 'default' suite)")
+
+def add_run_arguments(run: argparse.ArgumentParser, out_help: str = RUN_OUT_HELP) -> None:
+    """The flags of `bench run` (bench ab takes them too, for both of its sides)."""
     run.add_argument("--suite", default="default", help="built-in suite name or path to a .toml file")
     run.add_argument("--variants", type=_csv, help="comma list of variants, or 'all', 'subquadratic'")
     run.add_argument("--backends", type=_csv, help="comma list of backends, or 'available'")
@@ -94,7 +95,7 @@ def build_parser() -> Parser:
         action="store_true",
         help="after timing each case, profile it in a worker of its own (RUN/profiles/<case_id>/; see bench profile)",
     )
-    run.add_argument("--out", type=Path, help="run folder to write (default: results/<run_id>)")
+    run.add_argument("--out", type=Path, help=out_help)
     run.add_argument("--resume", type=Path, metavar="RUN_DIR", help="finish an interrupted run")
     run.add_argument(
         "--history",
@@ -118,6 +119,13 @@ def build_parser() -> Parser:
         metavar="[BACKEND:]NAME=AMOUNT",
         help="a Ray resource cases ask for, to target a machine type, e.g. cuda:accelerator_type:H100=0.01",
     )
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="bench", description="Hardware-aware benchmarks of transformer attention.")
+    sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
+
+    add_run_arguments(sub.add_parser("run", help="run a suite (default: the built-in 'default' suite)"))
 
     sub.add_parser("list", help="variants, backends and suites")
     env = sub.add_parser("env", help="host fingerprint, and each backend's device, versions and meters")

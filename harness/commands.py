@@ -25,6 +25,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
     from harness.runner import Runner, new_run, new_run_id, read_run_json
     from harness.settings import RunSettings
     from harness.suites import load_suite, overrides_from_args, resolve
+    from harness.turns import interleaved_from_env
 
     console = make_console()
     check_flags(args)
@@ -74,6 +75,9 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         run = new_run(run_id, spec.name, sweep, settings, ["bench", *argv], "local")
         run["suite_notes"] = spec.notes or None  # how this run differs from what the suite mirrors
         run["reference"] = spec.reference
+        interleaved = interleaved_from_env()
+        if interleaved:  # a side of bench ab: compare pairs it with the other side pass by pass
+            run["interleaved"] = interleaved
 
     if run["settings"].get("profile"):  # profiles go beside the run, wherever its folder is now
         run["settings"]["profile_dir"] = str((folder / "profiles").resolve())

@@ -32,6 +32,14 @@ Per case present in both runs (matched by case_id):
   same suite (the history), the judged figure (the host-relative ratio, or the fastest
   sample's) must exceed the case's run-to-run noise floor, the change runs of unchanged
   code show at the same significance level (harness.noise); otherwise it is `unstable`.
+  Two runs that are the sides of one `bench ab` (harness.turns: they took turns, case by
+  case and pass by pass) are judged as a pair, on each pass's log ratio (pass k of one
+  beside pass k of the other, seconds apart, so the host's slow drift is common to both):
+  the change is the Hodges–Lehmann estimate of their centre (paired_ratio) and the test
+  the Wilcoxon signed-rank test (pass_p), which needs 8 or more pass pairs to reach
+  p < 0.01. The fastest-sample and host-slow guards and the history's noise floor do not
+  apply to a pair (runs made at other times say nothing about a pair timed together);
+  the busy guard does.
   The spread of the host's reference kernel over both runs is reported with each change
   (machine_drift).
 - memory: deterministic (one metered call), so a threshold alone, with a floor in bytes
@@ -201,6 +209,48 @@ def mann_whitney_u(x: Sequence[float], y: Sequence[float]) -> tuple[float, float
         return u1, 1.0
     z = (abs(u1 - mu) - 0.5) / math.sqrt(var)
     return u1, min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2)))
+
+
+@functools.lru_cache(maxsize=64)
+def _signed_rank_counts(n: int) -> tuple[int, ...]:
+    """Number of sign assignments giving each W+ = 0..n(n+1)/2 under the null (no ties, no zeros)."""
+    counts = [1]
+    for rank in range(1, n + 1):
+        nxt = counts + [0] * rank
+        for w, c in enumerate(counts):
+            nxt[w + rank] += c
+        counts = nxt
+    return tuple(counts)
+
+
+def wilcoxon_signed_rank(d: Sequence[float]) -> tuple[float, float]:
+    """Two-sided Wilcoxon signed-rank test of the differences d against 0: (W+, p-value).
+
+    Zeros are dropped (Wilcox); exact null distribution up to EXACT_MAX_N differences
+    without ties, normal approximation with tie and continuity corrections otherwise."""
+    nonzero = [x for x in d if x != 0]
+    n = len(nonzero)
+    if n == 0:
+        return 0.0, 1.0
+    ranks, ties = _ranks([abs(x) for x in nonzero])
+    w_plus = sum(r for r, x in zip(ranks, nonzero, strict=True) if x > 0)
+    total = n * (n + 1) / 2
+    if n <= EXACT_MAX_N and not ties:
+        counts = _signed_rank_counts(n)
+        w = round(min(w_plus, total - w_plus))
+        p = 2 * sum(counts[: w + 1]) / 2**n
+        return w_plus, min(1.0, p)
+    mu = total / 2
+    var = n * (n + 1) * (2 * n + 1) / 24 - sum(t**3 - t for t in ties) / 48
+    if var <= 0:
+        return w_plus, 1.0
+    z = (abs(w_plus - mu) - 0.5) / math.sqrt(var)
+    return w_plus, min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2)))
+
+
+def hodges_lehmann(d: Sequence[float]) -> float:
+    """The one-sample Hodges–Lehmann estimate: the median of the Walsh averages (d_i + d_j) / 2, i ≤ j."""
+    return statistics.median((d[i] + d[j]) / 2 for i in range(len(d)) for j in range(i, len(d)))
 
 
 def _betacf(a: float, b: float, x: float) -> float:
@@ -461,10 +511,15 @@ class MetricChange:
     basis: str | None = None
     raw_ratio: float | None = None  # ratio of the raw medians (time only; equals ratio when raw)
     host_relative_ratio: float | None = None  # ratio of the host-relative medians, when both runs paired
+    # The two sides of one bench ab: exp of the Hodges–Lehmann centre of the per-pass log ratios;
+    # what their verdict rests on (with the Wilcoxon signed-rank test, pass_p).
+    paired_ratio: float | None = None
     fastest_ratio: float | None = None  # ratio of the fastest raw samples (time only)
-    # Welch's t-test on the two runs' per-pass log medians (each pass a fresh process): whether
-    # the change holds across processes, not only across samples (time, MIN_PASSES+ passes each).
+    # Whether the change holds across processes, not only across samples (time, MIN_PASSES+ passes
+    # each): Welch's t-test on the two runs' per-pass log medians (each pass a fresh process), or,
+    # for the two sides of one bench ab, the Wilcoxon signed-rank test on each pass's log ratio (pass_test).
     pass_p: float | None = None
+    pass_test: str | None = None  # "welch" | "paired"
     machine_drift: float | None = None  # spread of the host's reference-kernel times over both runs
     noise_floor: float | None = None  # smallest change beyond run-to-run noise (of ratio when host-relative,
     # of fastest_ratio when raw)
@@ -580,11 +635,43 @@ def pass_log_medians(rec: CaseRecord, basis: str) -> list[float] | None:
     return out
 
 
-def _time_change(base: CaseRecord, cur: CaseRecord, th: Thresholds, wanted: str = RAW) -> tuple[MetricChange, Any]:
+def interleaved(baseline: RunInfo, current: RunInfo) -> bool:
+    """Whether the two runs are the two sides of one bench ab (harness.turns): their passes
+    of each case were timed seconds apart, taking turns, and pair up."""
+    b, c = baseline.extra.get("interleaved"), current.extra.get("interleaved")
+    if not isinstance(b, dict) or not isinstance(c, dict):
+        return False
+    return b.get("group") is not None and b.get("group") == c.get("group") and b.get("side") != c.get("side")
+
+
+def _pass_test(
+    bp: list[float] | None, cp: list[float] | None, paired: bool
+) -> tuple[float | None, str | None, float | None]:
+    """(p, test, paired ratio) of the per-pass log medians.
+
+    Two sides of one bench ab: each pass's log ratio d_k (pass k of one timed beside pass k
+    of the other), the Hodges–Lehmann estimate of their centre as the ratio, and the
+    Wilcoxon signed-rank test (the ratios are heavy-tailed: a pass pair split by one of the
+    host's speed switches is off by 30-90%, so no normality is assumed). Otherwise Welch's
+    t-test, with MIN_PASSES or more passes each; (None, None, None) with fewer."""
+    if bp is None or cp is None:
+        return None, None, None
+    if paired and len(bp) == len(cp) and len(bp) >= 2:
+        d = [y - x for x, y in zip(bp, cp, strict=True)]
+        return wilcoxon_signed_rank(d)[1], "paired", math.exp(hodges_lehmann(d))
+    if min(len(bp), len(cp)) < MIN_PASSES:
+        return None, None, None
+    return welch_t_test(bp, cp)[2], "welch", None
+
+
+def _time_change(
+    base: CaseRecord, cur: CaseRecord, th: Thresholds, wanted: str = RAW, paired: bool = False
+) -> tuple[MetricChange, Any]:
     """The time comparison and its bootstrap replicates (for the geometric-mean CI).
 
     On the host-relative basis the ratio, its CI and the test are those of the samples in
-    units of the reference kernel; baseline and current stay the raw medians in seconds."""
+    units of the reference kernel; baseline and current stay the raw medians in seconds.
+    paired: the runs took turns (bench ab), so pass k of one is tested against pass k of the other."""
     bmed, cmed = base.median_s, cur.median_s
     assert bmed is not None and cmed is not None
     raw_ratio = cmed / bmed
@@ -597,8 +684,18 @@ def _time_change(base: CaseRecord, cur: CaseRecord, th: Thresholds, wanted: str 
         bs = list((base.time_s or {}).get("samples") or [])
         cs = list((cur.time_s or {}).get("samples") or [])
         ratio = raw_ratio
-    up, down = ratio > 1 + th.time, ratio < 1 / (1 + th.time)
-    common = {"basis": basis, "raw_ratio": raw_ratio, "host_relative_ratio": host_relative, "threshold": th.time}
+    pass_p, pass_test, paired_ratio = _pass_test(pass_log_medians(base, basis), pass_log_medians(cur, basis), paired)
+    # A pair timed in turn is judged on its passes' own ratios: pooled samples mix the
+    # host's speed states in proportions that differ between the sides by chance.
+    judged = paired_ratio if paired_ratio is not None else ratio
+    up, down = judged > 1 + th.time, judged < 1 / (1 + th.time)
+    common = {
+        "basis": basis,
+        "raw_ratio": raw_ratio,
+        "host_relative_ratio": host_relative,
+        "paired_ratio": paired_ratio,
+        "threshold": th.time,
+    }
     if not bs or not cs:
         # Without raw samples (e.g. imported summaries) significance cannot be tested.
         verdict = "unstable" if up or down else "no change"
@@ -611,16 +708,20 @@ def _time_change(base: CaseRecord, cur: CaseRecord, th: Thresholds, wanted: str 
     raw_c = (cur.time_s or {}).get("samples") or [cmed]
     fastest = min(raw_c) / min(raw_b)
     significant = p < th.alpha
-    pass_p = None
-    bp, cp = pass_log_medians(base, basis), pass_log_medians(cur, basis)
-    if bp is not None and cp is not None and min(len(bp), len(cp)) >= MIN_PASSES:
-        pass_p = welch_t_test(bp, cp)[2]
     note = None
+    if paired_ratio is not None and pass_p is not None:
+        significant = pass_p < th.alpha
+        what = f"paired {paired_ratio - 1:+.1%} over {len(base.extra.get('passes') or [])} pass pairs"
+        if (up or down) and not significant:
+            note = f"{what}, not significant (Wilcoxon signed-rank p={_p(pass_p)})"
+            floor = 2 / 2 ** len(base.extra.get("passes") or [])
+            if floor >= th.alpha:
+                note += f"; with so few passes p cannot go below {_p(floor)}: bench ab needs 8 or more"
     if (up or down) and significant:
         verdict = "regression" if up else "improvement"
     elif up or down:
         verdict = "unstable"
-        note = f"{ratio - 1:+.1%} but not significant (p={p:.2g}, n={len(bs)}/{len(cs)})"
+        note = note or f"{ratio - 1:+.1%} but not significant (p={p:.2g}, n={len(bs)}/{len(cs)})"
     elif hi > 1 + th.time or lo < 1 / (1 + th.time):
         # Inside the threshold, but the data cannot rule out a change beyond it.
         verdict = "unstable" if not significant else "no change"
@@ -629,7 +730,19 @@ def _time_change(base: CaseRecord, cur: CaseRecord, th: Thresholds, wanted: str 
     else:
         verdict = "no change"
     change = MetricChange(
-        "time", bmed, cmed, ratio, lo, hi, p, **common, fastest_ratio=fastest, pass_p=pass_p, verdict=verdict, note=note
+        "time",
+        bmed,
+        cmed,
+        ratio,
+        lo,
+        hi,
+        p,
+        **common,
+        fastest_ratio=fastest,
+        pass_p=pass_p,
+        pass_test=pass_test,
+        verdict=verdict,
+        note=note,
     )
     return change, reps
 
@@ -661,7 +774,9 @@ def _host_guard(
     also a median that moved while the fastest sample did not, and a case timed while the
     host never reached its fast speed (its reference kernel, host_fast_s being the fastest
     reading over both runs); the host-relative basis has taken the host's speed out of
-    each sample already."""
+    each sample already, and the two sides of one bench ab saw the same stretches of the
+    host pass by pass (their verdict rests on the passes' own ratios), so for those only a
+    busy machine counts."""
     drift = machine_check.drift(base.extra.get("machine_check"), cur.extra.get("machine_check"))
     floor = noise.floor(th.alpha) if noise is not None and noise is not _NO_HISTORY else None
     time = replace(time, machine_drift=drift, noise_floor=floor, noise_runs=noise.runs if noise is not None else None)
@@ -673,8 +788,12 @@ def _host_guard(
     # The figure the noise floor applies to: what the verdict rests on.
     judged = time.ratio if relative else fastest
     busy = max(_busy(base), _busy(cur))
+    if time.paired_ratio is not None:
+        change = f"paired {time.paired_ratio - 1:+.1%} (Wilcoxon p={_p(time.pass_p)})"
     if busy > th.busy_share:
         note = f"{change} measured while other processes used up to {busy:.0%} of the CPU: not trusted"
+    elif time.paired_ratio is not None:
+        note = None
     elif time.pass_p is not None and time.pass_p >= th.alpha:
         note = (
             f"{change} over the samples, but not across the runs' passes (Welch p={_p(time.pass_p)} on the "
@@ -761,6 +880,7 @@ def compare_case(
     noise: NoiseEstimate | None = None,
     host_fast_s: float | None = None,
     time_basis: str = RAW,
+    paired: bool = False,
 ) -> tuple[CaseComparison, Any]:
     rec = cur or base
     assert rec is not None
@@ -791,7 +911,7 @@ def compare_case(
         return CaseComparison(
             **common, verdict="changed", reason="workload source or parameters changed (workload_hash differs)"
         ), None
-    time, reps = _time_change(base, cur, th, time_basis)
+    time, reps = _time_change(base, cur, th, time_basis, paired)
     time = _host_guard(time, base, cur, th, noise, host_fast_s)
     memory = _memory_change(base, cur, th)
     energy = _energy_change(base, cur, th)
@@ -878,7 +998,13 @@ def compare_runs(
         elif result.run.status != "complete":
             notes.append(f"run {result.run.run_id} is {result.run.status}: cases it did not finish are missing")
     noise: dict[str, NoiseEstimate] = {}
-    if noise_runs is not None:
+    paired = interleaved(baseline.run, current.run)
+    if paired:
+        notes.append(
+            "the two runs took turns case by case (bench ab): each case is judged pass by pass on the pair alone; "
+            "runs made at other times (the history's noise floor) say nothing about a pair timed together"
+        )
+    elif noise_runs is not None:
         others = [r for r in noise_runs if r.run.run_id != current.run.run_id]
         others = [r for r in others if not environment_differences(r.run, current.run)[0]]
         if all(r.run.run_id != baseline.run.run_id for r in others):
@@ -912,7 +1038,7 @@ def compare_runs(
     for case_id in [*cur_cases, *(k for k in base_cases if k not in cur_cases)]:
         b, c = base_cases.get(case_id), cur_cases.get(case_id)
         threads = ((c or b).extra.get("machine_check") or {}).get("threads")  # type: ignore[union-attr]
-        comparison, reps = compare_case(b, c, config, noise.get(case_id), host_fast.get(threads), time_basis)
+        comparison, reps = compare_case(b, c, config, noise.get(case_id), host_fast.get(threads), time_basis, paired)
         results.append(comparison)
         if reps is not None:
             replicates.append(reps)
@@ -1011,6 +1137,17 @@ VERDICT_STYLE = {
 }
 
 
+def _paired_cell(m: MetricChange | None) -> str:
+    if m is None or m.paired_ratio is None:
+        return "-"
+    return f"{_pct(m.paired_ratio)} (p={_p(m.pass_p)})"
+
+
+def is_paired(cmp: Comparison) -> bool:
+    """Whether the runs are the two sides of one bench ab (judged on the passes' ratios)."""
+    return any(c.time is not None and c.time.paired_ratio is not None for c in cmp.cases)
+
+
 def time_basis_used(cmp: Comparison) -> bool:
     """Whether any case's time was judged host-relative."""
     return any(c.time is not None and c.time.basis == RELATIVE for c in cmp.cases)
@@ -1033,11 +1170,12 @@ def render_table(cmp: Comparison, console: Any) -> None:
         console.print(f"[dim]note: {line}[/]", highlight=False)
     table = Table(title_justify="left")
     table.add_column("case", min_width=24, ratio=3, overflow="fold")
+    paired = is_paired(cmp)
     for col, just in (
         ("base ms", "right"),
         ("cur ms", "right"),
         ("change", "right"),
-        ("host-rel", "right"),
+        ("paired (p)" if paired else "host-rel", "right"),
         ("95% CI", "right"),
         ("p", "right"),
         ("memory MiB (Δ)", "right"),
@@ -1053,7 +1191,7 @@ def render_table(cmp: Comparison, console: Any) -> None:
             _ms(t.baseline if t else None),
             _ms(t.current if t else None),
             _pct(t.ratio if t else None),
-            _host_rel(t),
+            _paired_cell(t) if paired else _host_rel(t),
             _ci(t),
             _p(t.p_value if t else None),
             _mem_cell(case.memory),
@@ -1075,16 +1213,27 @@ def render_markdown(cmp: Comparison) -> str:
         "",
         f"- baseline: `{b['run_id']}` ({b['ref']}; {b['started_at']}; commit `{(b['git'] or {}).get('commit')}`)",
         f"- current: `{c['run_id']}` ({c['ref']}; {c['started_at']}; commit `{(c['git'] or {}).get('commit')}`)",
-        f"- thresholds: {cmp.config_source}; a change counts when beyond the threshold *and* Mann–Whitney "
-        "p below alpha",
-        f"- change, CI and p on {'host-relative' if time_basis_used(cmp) else 'raw'} samples; host-rel: the change "
-        "of each sample over the host's reference kernel timed around it (for reading; see the README)",
     ]
+    paired = is_paired(cmp)
+    if paired:
+        lines += [
+            f"- thresholds: {cmp.config_source}; the runs took turns (bench ab), so a change counts when the paired "
+            "estimate (Hodges–Lehmann over the pass pairs) is beyond the threshold *and* the Wilcoxon signed-rank "
+            "p is below alpha; change, CI and p (Mann–Whitney) are those of the pooled samples, for reading",
+        ]
+    else:
+        lines += [
+            f"- thresholds: {cmp.config_source}; a change counts when beyond the threshold *and* Mann–Whitney "
+            "p below alpha",
+            f"- change, CI and p on {'host-relative' if time_basis_used(cmp) else 'raw'} samples; host-rel: the "
+            "change of each sample over the host's reference kernel timed around it (for reading; see the README)",
+        ]
     lines += [f"- environment differs (allowed): {r}" for r in cmp.environment_refusals]
     lines += [f"- note: {n}" for n in cmp.environment_notes]
     lines += [
         "",
-        "| case | base ms | cur ms | change | host-rel | 95% CI | p | memory MiB (Δ) | verdict | why |",
+        f"| case | base ms | cur ms | change | {'paired (p)' if paired else 'host-rel'} | 95% CI | p | "
+        "memory MiB (Δ) | verdict | why |",
         "|---|--:|--:|--:|--:|--:|--:|--:|---|---|",
     ]
     for case in cmp.cases:
@@ -1093,7 +1242,8 @@ def render_markdown(cmp: Comparison) -> str:
         why = (case.reason or "").replace("|", "\\|")
         lines.append(
             f"| `{case.label}` | {_ms(t.baseline if t else None)} | {_ms(t.current if t else None)} | "
-            f"{_pct(t.ratio if t else None)} | {_host_rel(t)} | {_ci(t)} | {_p(t.p_value if t else None)} | "
+            f"{_pct(t.ratio if t else None)} | {_paired_cell(t) if paired else _host_rel(t)} | {_ci(t)} | "
+            f"{_p(t.p_value if t else None)} | "
             f"{_mem_cell(case.memory)} | {verdict} | {why} |"
         )
     return "\n".join(lines) + "\n"

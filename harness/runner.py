@@ -26,6 +26,7 @@ from harness.passes import merge as merge_passes
 from harness.registry import get_backend, get_workload
 from harness.results import CASE_SCHEMA, RUN_SCHEMA, RunWriter, load_run
 from harness.settings import RunSettings
+from harness.turns import gate_from_env
 from workloads.base import Shape
 
 MEMORY_HEADROOM = 0.9  # share of free memory a case may be expected to use
@@ -249,6 +250,7 @@ class Runner:
         self._local_node: dict[str, Any] | None = None
         # case_id -> (case, record, outcomes of its passes so far, wall seconds so far)
         self._pending: dict[str, tuple[Case, dict[str, Any], list[Outcome], float]] = {}
+        self._gate = gate_from_env()  # bench ab: each worker phase waits for its turn
 
     def _unavailable(self, backend: str) -> str | None:
         if backend not in self._availability:
@@ -385,7 +387,8 @@ class Runner:
                 self._append(case, record)
                 recorded += 1
                 continue
-            outcome = self.executor.run(case)
+            with self._gate.turn(case.case_id):
+                outcome = self.executor.run(case)
             if outcome.status == "ok" and passes > 1:
                 wall = time.perf_counter() - started
                 save_pass(self.folder, case.case_id, 1, outcome, wall)
@@ -400,7 +403,8 @@ class Runner:
                     continue
                 self.progress.case_started(case)
                 started = time.perf_counter()
-                outcome = self.executor.run_pass(case)  # type: ignore[attr-defined]  # local executor only
+                with self._gate.turn(case.case_id):
+                    outcome = self.executor.run_pass(case)  # type: ignore[attr-defined]  # local executor only
                 wall += time.perf_counter() - started
                 if outcome.status != "ok":
                     # A case that fails in a later pass is recorded as failing: flaky is not fine.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA checks in one go on a GPU machine (about five minutes on one current GPU):
+# The CUDA checks in one go on a GPU machine (about ten minutes on an H200; give AA=1 its own call):
 # backend tests (events vs host clock, allocator peak, NVML match, the CUDA profiler, 2:4
 # sparsity), a calibration against the datasheet, a smoke sweep on cuda with energy and
 # memory, and (AA=1) an A/A + injected-slowdown experiment on cuda and on the host CPU.
@@ -22,12 +22,14 @@ rc=0
 echo "== bench env"; bench env 2>&1 | tail -30
 echo "== bench list"; bench list 2>&1 | grep -i -A12 backend | head -20
 echo "== pytest -m gpu"
-timeout 300 "$py" -m pytest -p no:cacheprovider -m gpu -q -rs tests/test_cuda.py \
+# The smoke suite runs once, below (test_smoke_suite_on_cuda is the same sweep: about five minutes
+# on an H200, a fresh worker per case paying CUDA's start).
+timeout 240 "$py" -m pytest -p no:cacheprovider -m gpu -q -rs --durations=5 -k "not smoke_suite" tests/test_cuda.py \
     tests/test_profile.py::test_bench_profile_cuda tests/test_transforms.py::test_two_four_on_cuda_within_tolerance \
     2>&1 | tee "$out/pytest.log" | tail -40 || rc=1
 echo "== bench calibrate --backends cuda"; timeout 120 "$py" -m harness.cli calibrate --backends cuda --quick 2>&1 | tail -20 || rc=1
 echo "== bench run --suite smoke --backends cuda"
-timeout 240 "$py" -m harness.cli run --suite smoke --backends cuda --dtypes float32,bfloat16 --out "$out/smoke" 2>&1 | tail -25 || rc=1
+timeout 360 "$py" -m harness.cli run --suite smoke --backends cuda --dtypes float32,bfloat16 --out "$out/smoke" 2>&1 | tail -25 || rc=1
 "$py" - "$out/smoke" <<'PY' || rc=1
 import json, sys, pathlib
 recs = [json.loads(l) for l in (pathlib.Path(sys.argv[1]) / "cases.jsonl").read_text().splitlines()]

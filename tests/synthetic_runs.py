@@ -99,6 +99,7 @@ def write_run(
     packages: dict[str, Any] | None = None,
     status: str = "complete",
     argv: list[str] | None = None,
+    run_extra: dict[str, Any] | None = None,
 ) -> Path:
     run = {
         "schema": RUN_SCHEMA,
@@ -113,6 +114,7 @@ def write_run(
         "packages": {**PACKAGES, **(packages or {})},
         "devices": [{"backend": "cpu", "name": HOST["cpu"], "kind": "cpu"}],
         "settings": {"max_time_per_case": 1.0},
+        **(run_extra or {}),
     }
     writer = RunWriter.create(folder, run)
     for c in cases:

@@ -18,11 +18,13 @@ from harness.compare import (
     CompareConfig,
     Thresholds,
     compare_runs,
+    hodges_lehmann,
     mann_whitney_u,
     parse_compare_config,
     render_markdown,
     suite_compare_config,
     welch_t_test,
+    wilcoxon_signed_rank,
 )
 from harness.errors import UserError
 from harness.results import load_run
@@ -324,6 +326,94 @@ def test_welch_t_test_matches_scipy(n1: int, n2: int) -> None:
         assert df == pytest.approx(ref.df, rel=1e-9)
         assert t == pytest.approx(ref.statistic, rel=1e-9)
         assert p == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-300)
+
+
+@pytest.mark.parametrize("n", [1, 3, 8, 20, 60])
+def test_wilcoxon_signed_rank_matches_scipy(n: int) -> None:
+    rng = random.Random(n)
+    for shift in (0.0, 0.3, 1.0):
+        d = [rng.gauss(shift, 1) for _ in range(n)]
+        _, p = wilcoxon_signed_rank(d)
+        ref = scipy.stats.wilcoxon(d, method="exact" if n <= 50 else "approx", correction=True)
+        assert p == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-12)
+    tied = [0.1, -0.1, 0.2, 0.2, 0.3, 0.0, 0.4, 0.4, 0.5]  # ties and a zero: the normal approximation
+    ref = scipy.stats.wilcoxon(tied, method="approx", correction=True, zero_method="wilcox")
+    assert wilcoxon_signed_rank(tied)[1] == pytest.approx(ref.pvalue, rel=1e-9)
+    assert wilcoxon_signed_rank([0.0, 0.0]) == (0.0, 1.0)
+
+
+def test_hodges_lehmann_is_the_median_of_walsh_averages() -> None:
+    assert hodges_lehmann([1.0]) == 1.0
+    assert hodges_lehmann([0.0, 1.0, 10.0]) == pytest.approx(3.0)  # averages 0, .5, 1, 5, 5.5, 10
+    rng = random.Random(3)
+    d = [rng.gauss(0.1, 0.3) for _ in range(15)] + [50.0]  # an outlier barely moves it
+    assert abs(hodges_lehmann(d) - 0.1) < 0.2
+
+
+def _interleaved_pair(tmp_path: Path, base_cases: list[Case], cur_cases: list[Case], group: str = "g1") -> tuple:
+    side = lambda name: {"interleaved": {"group": group, "side": name}}  # noqa: E731
+    base = write_run(tmp_path / "base", "run-base", base_cases, run_extra=side("baseline"))
+    cur = write_run(
+        tmp_path / "cur", "run-cur", cur_cases, started_at="2026-11-01T00:00:01+00:00", run_extra=side("candidate")
+    )
+    return load_run(base), load_run(cur)
+
+
+def test_the_sides_of_one_bench_ab_are_judged_pass_by_pass(tmp_path: Path) -> None:
+    """The host's speed moves up to ±20% from pass to pass, but each pass of the candidate was
+    timed right beside the baseline's (bench ab), at the same speed. Unpaired, the passes
+    cannot confirm a +10% change (Welch); paired, every pass says +10% (Hodges–Lehmann,
+    Wilcoxon signed-rank), and it is a regression, even where one pass pair straddled a
+    switch of the host's speed. A/A under the same drift is no change; a change the passes
+    do not agree on stays unstable; with 6 pass pairs nothing can be called at alpha 0.01."""
+    host = [-0.20, 0.15, 0.0, 0.20, -0.10, 0.05, 0.18, -0.15, 0.02, 0.10]
+    b, bx = _in_passes(0.010, host, 40, seed=1)
+    c, cx = _in_passes(0.011, [h + (0.4 if i == 3 else 0.0) for i, h in enumerate(host)], 40, seed=2)
+    a, ax = _in_passes(0.010, host, 40, seed=3)
+    swing = [0.0, -0.3, 0.3, 0.0, -0.3, 0.3, 0.0, -0.3, 0.3, 0.0]
+    disagree, dx = _in_passes(0.011, [h + d for h, d in zip(host, swing, strict=True)], 40, 4)
+    base = [Case("ten", b, extra=bx), Case("aa", b, extra=bx), Case("disagree", b, extra=bx)]
+    cur = [Case("ten", c, extra=cx), Case("aa", a, extra=ax), Case("disagree", disagree, extra=dx)]
+    unpaired = compare_runs(*_pair(tmp_path / "seq", base, cur), CompareConfig())
+    ten = next(x for x in unpaired.cases if x.case_id == "ten")
+    assert ten.verdict == "unstable" and ten.time is not None and ten.time.pass_test == "welch"
+    history = [load_run(write_run(tmp_path / f"h{i}", f"h{i}", base)) for i in range(3)]
+    paired = compare_runs(*_interleaved_pair(tmp_path / "ab", base, cur), CompareConfig(), noise_runs=history)
+    by = {x.case_id: x for x in paired.cases}
+    assert by["ten"].verdict == "regression", by["ten"].reason
+    t = by["ten"].time
+    assert t is not None and t.pass_test == "paired" and t.pass_p is not None and t.pass_p < 0.01
+    assert t.paired_ratio == pytest.approx(1.10, abs=0.01)
+    assert t.noise_floor is None  # the history's floor is not applied to a pair timed together
+    assert by["aa"].verdict in ("no change", "unstable") and "regression" not in (by["aa"].reason or "")
+    assert by["disagree"].verdict == "unstable" and "Wilcoxon" in (by["disagree"].reason or "")
+    assert any("took turns" in n for n in paired.environment_notes)
+
+    def six(cases: list[Case]) -> list[Case]:
+        out = []
+        for x in cases:
+            n = sum(p["n"] for p in x.extra["passes"][:6])
+            out.append(Case(x.case_id, x.samples[:n], extra={"passes": x.extra["passes"][:6]}))
+        return out
+
+    few = compare_runs(*_interleaved_pair(tmp_path / "six", six(base), six(cur)), CompareConfig())
+    ten6 = next(x for x in few.cases if x.case_id == "ten")
+    assert ten6.verdict == "unstable" and "needs 8 or more" in (ten6.reason or "")
+
+
+def test_runs_of_different_bench_ab_jobs_are_not_paired(tmp_path: Path) -> None:
+    from harness.compare import interleaved
+
+    base, cur = _interleaved_pair(tmp_path / "one", [Case("a", [1.0])], [Case("a", [1.0])])
+    assert interleaved(base.run, cur.run)
+    assert not interleaved(base.run, base.run)  # the same side twice
+    other = load_run(
+        write_run(
+            tmp_path / "two", "x", [Case("a", [1.0])], run_extra={"interleaved": {"group": "g2", "side": "candidate"}}
+        )
+    )
+    assert not interleaved(base.run, other.run)
+    assert not interleaved(base.run, load_run(write_run(tmp_path / "plain", "y", [Case("a", [1.0])])).run)
 
 
 def test_a_run_still_being_measured_is_named_in_the_notes(tmp_path: Path) -> None:

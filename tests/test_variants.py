@@ -153,3 +153,28 @@ def test_analytic_minimum_memory_separates_materialised_from_fused() -> None:
     assert naive == 8 * 4096**2 * 4 + 8 * 4096 * 64 * 4  # one n×n score buffer plus the output
     assert sdpa == 8 * 4096 * 64 * 4
     assert chunked == 8 * 512 * 4096 * 4 + sdpa
+
+
+# Host syncs on data (ACT's halting decision reads a value back) cannot run on "meta".
+DATA_DEPENDENT = "cannot be called on meta tensors"
+
+
+@pytest.mark.parametrize(
+    "variant", sorted(n for n, c in WORKLOADS.items() if c.__module__.startswith(tuple(BUILTIN_WORKLOAD_MODULES)))
+)
+def test_every_variant_keeps_its_tensors_on_the_inputs_device(variant: str) -> None:
+    """On a device that is not the CPU (here "meta", which has no data) a variant must make
+    every tensor it needs on its inputs' device: transformer_xl once built its sinusoid
+    frequencies on the CPU, which failed only on a GPU (found on an H200)."""
+    cls = WORKLOADS[variant]
+    shape = Shape(1, 2, 16, 96)
+    for scope in cls.scopes:
+        module = cls.build(cls.make_params({}), shape, scope).to("meta")
+        inputs = cls.make_inputs(shape, scope, torch.float32, torch.device("meta"), torch.Generator().manual_seed(0))
+        try:
+            out = module(*inputs)
+        except RuntimeError as exc:
+            if DATA_DEPENDENT in str(exc):
+                continue
+            raise
+        assert out.device.type == "meta"

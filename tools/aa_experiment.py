@@ -52,6 +52,65 @@ def run_once(folder: Path, extra: float, args: argparse.Namespace) -> None:
         raise SystemExit(f"bench run failed for {folder}:\n{r.stderr}")
 
 
+def run_pair(folder: Path, extra: float, args: argparse.Namespace) -> None:
+    """One bench ab: the baseline (extra 0) and the candidate (extra) taking turns case by case."""
+    env = dict(os.environ)
+    env.update(
+        ATTNBENCH_PLUGINS="tests.plugins.slowdown",
+        ATTNBENCH_HISTORY="off",
+        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+    )
+    cmd = [sys.executable, "-m", "harness.cli", "ab", "--baseline", str(ROOT)]
+    cmd += ["--baseline-env", "ATTNBENCH_SLOWDOWN=0", "--candidate-env", f"ATTNBENCH_SLOWDOWN={extra}"]
+    cmd += ["--variants", "test.slowdown", "--backends", args.backends]
+    cmd += ["--seq-lens", args.seq_lens, "--heads", "4", "--head-dim", "32", "--threads", str(args.threads)]
+    cmd += ["--max-time-per-case", str(args.budget), "--target-ci", "0.002", "--passes", str(args.passes)]
+    cmd += ["--threshold", str(args.threshold), "--alpha", str(args.alpha), "--out", str(folder)]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    if r.returncode != 0:
+        raise SystemExit(f"bench ab failed for {folder}:\n{r.stderr}")
+
+
+def analyse_pairs(out: Path, extras: list[float], threshold: float, alpha: float) -> dict:
+    """Each bench ab pair judged on its own (the comparison pairs their passes)."""
+    from harness.compare import CompareConfig, Thresholds, compare_runs
+    from harness.results import load_run
+
+    config = CompareConfig(default=Thresholds(time=threshold, alpha=alpha), source="experiment")
+    report: dict = {"threshold": threshold, "alpha": alpha, "interleaved": True, "conditions": {}}
+    for extra in extras:
+        verdicts: list[str] = []
+        ratios: list[float] = []
+        pass_ps: list[float] = []
+        reasons: dict[str, int] = {}
+        folders = sorted(f for f in out.glob(f"rep*-x{extra:g}") if (f / "candidate" / "run.json").is_file())
+        for folder in folders:
+            cmp = compare_runs(load_run(folder / "baseline"), load_run(folder / "candidate"), config)
+            for case in cmp.cases:
+                verdicts.append(case.verdict)
+                if case.time and case.time.ratio:
+                    ratios.append(case.time.ratio)
+                    if case.time.pass_p is not None:
+                        pass_ps.append(case.time.pass_p)
+                if case.verdict == "unstable" and case.time and case.time.note:
+                    key = "passes" if "pass by pass" in case.time.note else case.time.note.split(":")[0][-40:]
+                    reasons[key] = reasons.get(key, 0) + 1
+        n = len(verdicts)
+        counts = {v: verdicts.count(v) for v in sorted(set(verdicts))}
+        report["conditions"][f"{extra:g}"] = {
+            "pairs": len(folders),
+            "case_comparisons": n,
+            "verdicts": counts,
+            "regression_rate": counts.get("regression", 0) / n if n else None,
+            "improvement_rate": counts.get("improvement", 0) / n if n else None,
+            "median_ratio": statistics.median(ratios) if ratios else None,
+            "ratio_range": [min(ratios), max(ratios)] if ratios else None,
+            "median_pass_p": statistics.median(pass_ps) if pass_ps else None,
+            "unstable_because": reasons,
+        }
+    return report
+
+
 def analyse(out: Path, extras: list[float], threshold: float, alpha: float, noise: bool, basis: str = "raw") -> dict:
     """noise: give each comparison the other A/A runs (not in the pair) as its history of
     unchanged code, for the run-to-run noise floor, as a nightly history would."""
@@ -139,6 +198,31 @@ def analyse(out: Path, extras: list[float], threshold: float, alpha: float, nois
     return report
 
 
+def interleaved_experiment(out: Path, extras: list[float], args: argparse.Namespace) -> int:
+    if args.analyse is None:
+        out.mkdir(parents=True, exist_ok=True)
+        t0 = time.perf_counter()
+        for rep in range(args.reps):
+            order = extras[rep % len(extras) :] + extras[: rep % len(extras)]
+            for extra in order:
+                folder = out / f"rep{rep:02d}-x{extra:g}"
+                if not (folder / "candidate" / "run.json").is_file():
+                    run_pair(folder, extra, args)
+                    print(f"{folder.name} done at {time.perf_counter() - t0:.0f} s", flush=True)
+    report = analyse_pairs(out, extras, args.threshold, args.alpha)
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(f"interleaved pairs (bench ab), threshold {report['threshold']:.0%}, alpha {report['alpha']}")
+    for extra, c in report["conditions"].items():
+        lo, hi = c["ratio_range"] or (0, 0)
+        print(
+            f"  extra {float(extra):>5.0%}: {c['case_comparisons']:>3} comparisons ({c['pairs']} pairs), "
+            f"regression {c['regression_rate'] or 0:.1%}, improvement {c['improvement_rate'] or 0:.1%}, "
+            f"verdicts {c['verdicts']}; ratio median {c['median_ratio'] or 0:.3f} range {lo:.3f}-{hi:.3f}; "
+            f"median pass p {c['median_pass_p']}; unstable because {c['unstable_because']}"
+        )
+    return 0
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=6, help="runs per condition")
@@ -153,6 +237,11 @@ def main() -> int:
     p.add_argument("--out", type=Path, help="folder for the runs (new experiment)")
     p.add_argument("--analyse", type=Path, help="analyse the runs already in this folder")
     p.add_argument("--time-basis", default="raw", choices=("raw", "host-relative"), help="as bench compare's")
+    p.add_argument(
+        "--interleaved",
+        action="store_true",
+        help="each condition as one bench ab (baseline and candidate taking turns), judged pair by pair",
+    )
     args = p.parse_args()
     extras = [float(x) for x in args.extras.split(",")]
     if extras[0] != 0.0:
@@ -160,6 +249,8 @@ def main() -> int:
     out = args.analyse or args.out
     if out is None:
         raise SystemExit("give --out DIR (run the experiment) or --analyse DIR")
+    if args.interleaved:
+        return interleaved_experiment(out, extras, args)
     if args.analyse is None:
         out.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()

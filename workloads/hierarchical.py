@@ -70,7 +70,7 @@ class XLParams:
 
 def sinusoid(distances: Tensor, dim: int) -> Tensor:
     """(len,) float distances -> (len, dim) sinusoidal embeddings, [sin | cos] as in the paper."""
-    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, dtype=torch.float64) / dim))
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, dim, 2, dtype=torch.float64, device=distances.device) / dim))
     angles = distances.to(torch.float64)[:, None] * inv_freq[None, :]  # (len, dim/2)
     emb = torch.cat([angles.sin(), angles.cos()], dim=-1)
     return emb[:, :dim]

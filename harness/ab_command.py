@@ -1,0 +1,258 @@
+"""`bench ab --baseline DIR [bench run flags]`: two versions of the code timed in one job,
+taking turns case by case and pass by pass, then compared pass by pass.
+
+Runs made one after the other see different stretches of a shared host, whose speed can
+drift by tens of percent over minutes; interleaving puts both versions on the same
+stretches (harness.turns), so the comparison can pair each pass of a case with the other
+side's pass taken seconds apart and judge their differences (bench compare does so
+whenever two runs are the sides of one `bench ab`).
+
+The baseline is another checkout of attnbench (e.g. `git worktree add ../base <commit>`),
+new enough to take turns (it has harness/turns.py); the candidate is this checkout unless
+--candidate names another. Each side's `bench run` gets the same flags and runs in its
+checkout, so each imports its own code (workloads, plugins); --baseline-env and
+--candidate-env set variables on one side only. OUT holds baseline/ and candidate/ (two
+ordinary run folders), each side's log, and the comparison (compare.json, compare.md).
+Only the candidate's run is recorded in the history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+
+from harness.errors import UserError
+from harness.turns import INTERLEAVED_ENV, TURNS_ENV, Side, alternate
+
+ROOT = Path(__file__).resolve().parent.parent  # this checkout
+SIDES = ("baseline", "candidate")
+# bench ab's own flags, with whether each takes a value; the rest go to both sides' bench run.
+OWN_FLAGS = {
+    "--baseline": True,
+    "--candidate": True,
+    "--baseline-env": True,
+    "--candidate-env": True,
+    "--python": True,
+    "--out": True,
+    "--history": True,
+    "--threshold": True,
+    "--alpha": True,
+    "--fail-on-regression": False,
+}
+REFUSED = {
+    "--resume": "an interrupted bench ab cannot be resumed as a pair; run it again",
+    "--executor": "the two sides take turns on this machine; drop --executor",
+    "--ray-address": "the two sides take turns on this machine; drop --ray-address",
+    "--profile": "profile the cases with bench profile, outside the timed pair",
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from harness.cli import add_run_arguments
+
+    p = subparsers.add_parser(
+        "ab",
+        help="time a baseline checkout and this one interleaved, case by case, and compare them",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # the flags not ours are passed on verbatim; no abbreviations to untangle
+    )
+    p.add_argument("--baseline", type=Path, required=True, metavar="DIR", help="the baseline's attnbench checkout")
+    p.add_argument("--candidate", type=Path, metavar="DIR", help="the candidate's checkout (default: this one)")
+    for side in SIDES:
+        p.add_argument(
+            f"--{side}-env",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"an environment variable for the {side}'s run only (repeatable)",
+        )
+    p.add_argument("--python", metavar="EXE", help="the Python both sides run with (default: this one)")
+    p.add_argument("--threshold", type=float, help="relative time change that counts (default 0.05, or the suite's)")
+    p.add_argument("--alpha", type=float, help="significance level (default 0.01)")
+    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a case regressed or now fails")
+    out_help = "folder for the pair: baseline/, candidate/, logs, compare.* (default: results/ab-<time>)"
+    add_run_arguments(p, out_help=out_help)
+    return p
+
+
+def side_flags(argv: list[str]) -> list[str]:
+    """The `bench run` flags in bench ab's command line: everything but bench ab's own."""
+    out: list[str] = []
+    tokens = iter(argv[1:] if argv and argv[0] == "ab" else argv)
+    for token in tokens:
+        name = token.split("=", 1)[0]
+        if name in REFUSED:
+            raise UserError(f"bench ab does not take {name}: {REFUSED[name]}")
+        if name in OWN_FLAGS:
+            if OWN_FLAGS[name] and "=" not in token:
+                next(tokens, None)
+            continue
+        out.append(token)
+    return out
+
+
+def _checkout(path: Path, flag: str) -> Path:
+    path = path.resolve()
+    if not (path / "harness" / "cli.py").is_file():
+        raise UserError(
+            f"{flag} {path} is not an attnbench checkout (no harness/cli.py); make one with "
+            f"`git worktree add {path} <commit>`"
+        )
+    if not (path / "harness" / "turns.py").is_file():
+        raise UserError(
+            f"{flag} {path} predates bench ab (no harness/turns.py), so its runs cannot take turns; compare "
+            "runs made one after the other with bench compare instead"
+        )
+    return path
+
+
+def _env_pairs(values: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep or not name:
+            raise UserError(f"{flag} takes NAME=VALUE, got {value!r}")
+        out[name] = setting
+    return out
+
+
+def _absolute_suite(flags: list[str]) -> list[str]:
+    """A --suite given as a file path, made absolute: each side runs in its own checkout."""
+    out = list(flags)
+    for i, token in enumerate(out):
+        if token.startswith("--suite="):
+            value = token.split("=", 1)[1]
+            if Path(value).is_file():
+                out[i] = f"--suite={Path(value).resolve()}"
+        elif token == "--suite" and i + 1 < len(out) and Path(out[i + 1]).is_file():
+            out[i + 1] = str(Path(out[i + 1]).resolve())
+    return out
+
+
+class _Family:
+    """A side's process and those it started (its fork server): noted while it runs, waited for at its end."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.children: list[psutil.Process] = []
+
+    def note(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            self.children = psutil.Process(self.proc.pid).children(recursive=True)
+
+    def wait(self) -> None:
+        self.proc.wait()
+        psutil.wait_procs(self.children, timeout=30)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from harness.console import make_console
+    from harness.history import history_path
+
+    console = make_console()
+    flags = _absolute_suite(side_flags(argv))
+    checkouts = {
+        "baseline": _checkout(args.baseline, "--baseline"),
+        "candidate": _checkout(args.candidate or ROOT, "--candidate"),
+    }
+    envs = {side: _env_pairs(getattr(args, f"{side}_env"), f"--{side}-env") for side in SIDES}
+    out = (args.out or Path("results") / time.strftime("ab-%Y%m%dT%H%M%S")).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} already holds files; choose an empty --out")
+    out.mkdir(parents=True, exist_ok=True)
+    history = history_path(args.history)
+    group = uuid.uuid4().hex[:12]
+    python = args.python or sys.executable
+
+    sides: list[Side] = []
+    procs: dict[str, subprocess.Popen] = {}
+    logs = {}
+    for name in SIDES:
+        to_side_r, to_side_w = os.pipe()
+        from_side_r, from_side_w = os.pipe()
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([str(checkouts[name]), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env[TURNS_ENV] = f"{to_side_r},{from_side_w}"
+        env[INTERLEAVED_ENV] = json.dumps({"group": group, "side": name, "checkout": str(checkouts[name])})
+        env.update(envs[name])
+        record = str(history) if name == "candidate" and history is not None else "off"
+        cmd = [python, "-m", "harness.cli", "run", *flags, "--out", str(out / name), "--history", record]
+        logs[name] = out / f"{name}.log"
+        with open(logs[name], "w") as log:
+            # cwd: the side's checkout, so `-m harness.cli` imports that checkout's code.
+            procs[name] = subprocess.Popen(
+                cmd,
+                cwd=checkouts[name],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(to_side_r, from_side_w),
+            )
+        os.close(to_side_r)
+        os.close(from_side_w)
+        family = _Family(procs[name])
+        sides.append(Side(name, to_side_w, from_side_r, on_exit=family.wait, on_ask=family.note))
+    console.print(
+        f"bench ab: baseline {checkouts['baseline']} and candidate {checkouts['candidate']} taking turns → {out} "
+        f"(logs: {logs['baseline'].name}, {logs['candidate'].name})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    started = time.perf_counter()
+    last = [started]
+
+    def progress(side: Side) -> None:
+        now = time.perf_counter()
+        if now - last[0] > 30:
+            last[0] = now
+            counts = ", ".join(f"{s.name} {s.turns}" for s in sides)
+            console.print(f"  {now - started:5.0f} s: worker phases done: {counts}", highlight=False)
+
+    try:
+        alternate(sides, progress)
+        codes = {name: p.wait() for name, p in procs.items()}
+    except KeyboardInterrupt:
+        for p in procs.values():
+            p.wait()
+        console.print(f"[bold yellow]interrupted[/]: the sides' runs so far are in {out}", highlight=False)
+        return 130
+    finally:
+        for s in sides:
+            os.close(s.to_side)
+            os.close(s.from_side)
+    failed = {name: code for name, code in codes.items() if code != 0}
+    if failed:
+        name, code = next(iter(failed.items()))
+        tail = logs[name].read_text().strip().splitlines()[-5:]
+        raise UserError(f"the {name}'s bench run exited with {code}: " + " / ".join(tail))
+    console.print(
+        f"both sides done in {time.perf_counter() - started:.0f} s "
+        f"({sides[0].turns} and {sides[1].turns} worker phases)",
+        highlight=False,
+    )
+    return _compare(out, args, argv)
+
+
+def _compare(out: Path, args: argparse.Namespace, argv: list[str]) -> int:
+    from harness import compare_command
+    from harness.cli import build_parser
+
+    cmp_argv = ["compare", str(out / "baseline"), str(out / "candidate"), "--noise-runs", "0"]
+    cmp_argv += ["--json", str(out / "compare.json"), "--markdown", str(out / "compare.md")]
+    if args.threshold is not None:
+        cmp_argv += ["--threshold", str(args.threshold)]
+    if args.alpha is not None:
+        cmp_argv += ["--alpha", str(args.alpha)]
+    if args.fail_on_regression:
+        cmp_argv.append("--fail-on-regression")
+    return compare_command.run(build_parser().parse_args(cmp_argv), cmp_argv)
