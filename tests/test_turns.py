@@ -78,3 +78,21 @@ def test_a_side_whose_driver_is_gone_stops_as_if_interrupted() -> None:
     assert issubclass(DriverGone, KeyboardInterrupt)  # the runner records what it has and stops, resumable
     for fd in (to_r, from_r, from_w):
         os.close(fd)
+
+
+def test_the_driver_notes_each_ask_and_waits_for_each_side_once(tmp_path: Path) -> None:
+    """on_ask runs while no side is timing (bench ab notes the side's processes then);
+    on_exit once per side, before the other side's next turn is granted."""
+    events: list[str] = []
+    procs, sides = [], []
+    for name, turns in (("a", 3), ("b", 1)):
+        proc, side = _start(name, tmp_path / f"{name}.json", turns)
+        side.on_ask = lambda n=name: events.append(f"ask {n}")
+        side.on_exit = lambda n=name, p=proc: events.append(f"exit {n} rc={p.wait(10)}")
+        procs.append(proc)
+        sides.append(side)
+    alternate(sides, lambda side: events.append(f"turn {side.name}"))
+    assert events.count("exit a rc=0") == 1 and events.count("exit b rc=0") == 1
+    assert events.count("ask a") == 3 and events.count("ask b") == 1
+    # b's last turn ends, b exits and is waited for, and only then does a get its next turn
+    assert events.index("exit b rc=0") < len(events) - 1 - events[::-1].index("turn a")
