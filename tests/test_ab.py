@@ -26,6 +26,7 @@ def _ab(*args: str, history: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*BENCH, "ab", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
+@pytest.mark.slow  # two real bench runs taking turns (~30 s): run by CI (-m slow); the protocol is in test_turns
 def test_bench_ab_times_both_sides_in_turns_and_compares_them(tmp_path: Path) -> None:
     """The candidate runs 50% more filler: each side imports its own settings (env), both
     run folders say they are one pair, and the comparison pairs their passes."""

@@ -7,11 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import BENCH, ROOT, cli_env
 
 EXAMPLE = ROOT / "examples" / "attnbench-example-plugin"
 
 
+@pytest.mark.slow  # pip-installs a package: run by CI (-m slow), kept out of the default run
 def test_example_plugin_package_installs_and_runs_a_case(tmp_path: Path) -> None:
     site = tmp_path / "site"
     pip = subprocess.run(

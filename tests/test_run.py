@@ -220,6 +220,7 @@ def test_interrupt_then_resume(tmp_path: Path) -> None:
     assert len(lines(out)) == 4  # nothing left to run, nothing duplicated
 
 
+@pytest.mark.slow  # test_interrupt_then_resume covers resuming in the default run
 def test_a_killed_driver_loses_no_finished_pass(tmp_path: Path) -> None:
     """--passes 2, the driver killed outright (SIGKILL: no chance to write anything) after
     the first passes: --resume runs only the second passes, and each record merges both."""
