@@ -185,7 +185,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         env[TURNS_ENV] = f"{to_side_r},{from_side_w}"
         env[INTERLEAVED_ENV] = json.dumps({"group": group, "side": name, "checkout": str(checkouts[name])})
         env.update(envs[name])
-        record = str(history) if name == "candidate" and history is not None else "off"
+        # Resolved here: the side runs in its checkout, where a relative path would mean another file.
+        record = str(Path(history).resolve()) if name == "candidate" and history is not None else "off"
         cmd = [python, "-m", "harness.cli", "run", *flags, "--out", str(out / name), "--history", record]
         logs[name] = out / f"{name}.log"
         with open(logs[name], "w") as log:
