@@ -93,7 +93,9 @@ def analyse_pairs(out: Path, extras: list[float], threshold: float, alpha: float
                     if case.time.pass_p is not None:
                         pass_ps.append(case.time.pass_p)
                 if case.verdict == "unstable" and case.time and case.time.note:
-                    key = "passes" if "pass by pass" in case.time.note else case.time.note.split(":")[0][-40:]
+                    note = case.time.note
+                    kinds = (("Wilcoxon", "passes disagree"), ("95% CI", "wide CI"), ("other processes", "busy"))
+                    key = next((k for marker, k in kinds if marker in note), note[:40])
                     reasons[key] = reasons.get(key, 0) + 1
         n = len(verdicts)
         counts = {v: verdicts.count(v) for v in sorted(set(verdicts))}
