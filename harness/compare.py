@@ -711,10 +711,11 @@ def _time_change(
     note = None
     if paired_ratio is not None and pass_p is not None:
         significant = pass_p < th.alpha
-        what = f"paired {paired_ratio - 1:+.1%} over {len(base.extra.get('passes') or [])} pass pairs"
         if (up or down) and not significant:
-            note = f"{what}, not significant (Wilcoxon signed-rank p={_p(pass_p)})"
-            floor = 2 / 2 ** len(base.extra.get("passes") or [])
+            pairs = len(base.extra.get("passes") or [])
+            note = f"paired {paired_ratio - 1:+.1%} over {pairs} pass pairs, not significant (Wilcoxon signed-rank "
+            note += f"p={_p(pass_p)})"
+            floor = 2 / 2**pairs  # the exact test's smallest two-sided p: every sign alike
             if floor >= th.alpha:
                 note += f"; with so few passes p cannot go below {_p(floor)}: bench ab needs 8 or more"
     if (up or down) and significant:

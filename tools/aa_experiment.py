@@ -35,14 +35,20 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def run_once(folder: Path, extra: float, args: argparse.Namespace) -> None:
+def _env(**extra: str) -> dict[str, str]:
+    """bench's environment for the experiment: the test workload registered, no history."""
     env = dict(os.environ)
     env.update(
         ATTNBENCH_PLUGINS="tests.plugins.slowdown",
-        ATTNBENCH_SLOWDOWN=str(extra),
         ATTNBENCH_HISTORY="off",
         PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        **extra,
     )
+    return env
+
+
+def run_once(folder: Path, extra: float, args: argparse.Namespace) -> None:
+    env = _env(ATTNBENCH_SLOWDOWN=str(extra))
     cmd = [sys.executable, "-m", "harness.cli", "run", "--variants", "test.slowdown", "--backends", args.backends]
     cmd += ["--seq-lens", args.seq_lens, "--heads", "4", "--head-dim", "32", "--threads", str(args.threads)]
     cmd += ["--max-time-per-case", str(args.budget), "--target-ci", "0.002", "--passes", str(args.passes)]
@@ -54,12 +60,7 @@ def run_once(folder: Path, extra: float, args: argparse.Namespace) -> None:
 
 def run_pair(folder: Path, extra: float, args: argparse.Namespace) -> None:
     """One bench ab: the baseline (extra 0) and the candidate (extra) taking turns case by case."""
-    env = dict(os.environ)
-    env.update(
-        ATTNBENCH_PLUGINS="tests.plugins.slowdown",
-        ATTNBENCH_HISTORY="off",
-        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
-    )
+    env = _env()
     cmd = [sys.executable, "-m", "harness.cli", "ab", "--baseline", str(ROOT)]
     cmd += ["--baseline-env", "ATTNBENCH_SLOWDOWN=0", "--candidate-env", f"ATTNBENCH_SLOWDOWN={extra}"]
     cmd += ["--variants", "test.slowdown", "--backends", args.backends]
@@ -200,17 +201,24 @@ def analyse(out: Path, extras: list[float], threshold: float, alpha: float, nois
     return report
 
 
+def run_conditions(out: Path, extras: list[float], args: argparse.Namespace, interleaved: bool) -> None:
+    """args.reps runs (or bench ab pairs) of every condition, into out/repNN-xEXTRA; those
+    already there are kept. Conditions take turns, rotated each repetition, so slow drifts
+    of the machine's load hit every condition alike."""
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    for rep in range(args.reps):
+        order = extras[rep % len(extras) :] + extras[: rep % len(extras)]
+        for extra in order:
+            folder = out / f"rep{rep:02d}-x{extra:g}"
+            if not (folder / "candidate" / "run.json" if interleaved else folder / "run.json").is_file():
+                (run_pair if interleaved else run_once)(folder, extra, args)
+                print(f"{folder.name} done at {time.perf_counter() - t0:.0f} s", flush=True)
+
+
 def interleaved_experiment(out: Path, extras: list[float], args: argparse.Namespace) -> int:
     if args.analyse is None:
-        out.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        for rep in range(args.reps):
-            order = extras[rep % len(extras) :] + extras[: rep % len(extras)]
-            for extra in order:
-                folder = out / f"rep{rep:02d}-x{extra:g}"
-                if not (folder / "candidate" / "run.json").is_file():
-                    run_pair(folder, extra, args)
-                    print(f"{folder.name} done at {time.perf_counter() - t0:.0f} s", flush=True)
+        run_conditions(out, extras, args, interleaved=True)
     report = analyse_pairs(out, extras, args.threshold, args.alpha)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"interleaved pairs (bench ab), threshold {report['threshold']:.0%}, alpha {report['alpha']}")
@@ -254,16 +262,7 @@ def main() -> int:
     if args.interleaved:
         return interleaved_experiment(out, extras, args)
     if args.analyse is None:
-        out.mkdir(parents=True, exist_ok=True)
-        t0 = time.perf_counter()
-        for rep in range(args.reps):
-            # Interleaved, and rotated each repetition, so load drift is shared by all conditions.
-            order = extras[rep % len(extras) :] + extras[: rep % len(extras)]
-            for extra in order:
-                folder = out / f"rep{rep:02d}-x{extra:g}"
-                if not (folder / "run.json").is_file():
-                    run_once(folder, extra, args)
-                    print(f"{folder.name} done at {time.perf_counter() - t0:.0f} s", flush=True)
+        run_conditions(out, extras, args, interleaved=False)
     # Each pair on its own samples, then with the other A/A runs as its history (noise floor).
     reports = [analyse(out, extras, args.threshold, args.alpha, noise, args.time_basis) for noise in (False, True)]
     (out / "report.json").write_text(json.dumps(reports, indent=2) + "\n")
