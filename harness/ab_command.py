@@ -1,11 +1,12 @@
 """`bench ab --baseline DIR [bench run flags]`: two versions of the code timed in one job,
-taking turns case by case and pass by pass, then compared pass by pass.
+taking turns block by block, then compared block by block.
 
 Runs made one after the other see different stretches of a shared host, whose speed can
-drift by tens of percent over minutes; interleaving puts both versions on the same
-stretches (harness.turns), so the comparison can pair each pass of a case with the other
-side's pass taken seconds apart and judge their differences (bench compare does so
-whenever two runs are the sides of one `bench ab`).
+drift by tens of percent over minutes and switch between states within a second;
+interleaving puts both versions on the same stretches (harness.turns: both sides' workers
+of a case run at once and take turns per ~10 ms block of samples), so the comparison can
+pair each block of a case with the other side's block timed right beside it (bench
+compare does so whenever two runs are the sides of one `bench ab`).
 
 The baseline is another checkout of attnbench (e.g. `git worktree add ../base <commit>`),
 new enough to take turns (it has harness/turns.py); the candidate is this checkout unless
@@ -31,7 +32,7 @@ from pathlib import Path
 import psutil
 
 from harness.errors import UserError
-from harness.turns import INTERLEAVED_ENV, TURNS_ENV, Side, alternate
+from harness.turns import INTERLEAVED_ENV, TURN_UNIT_ENV, TURNS_ENV, Side, alternate
 
 ROOT = Path(__file__).resolve().parent.parent  # this checkout
 SIDES = ("baseline", "candidate")
@@ -47,6 +48,7 @@ OWN_FLAGS = {
     "--threshold": True,
     "--alpha": True,
     "--fail-on-regression": False,
+    "--turns": True,
 }
 REFUSED = {
     "--resume": "an interrupted bench ab cannot be resumed as a pair; run it again",
@@ -61,7 +63,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
     p = subparsers.add_parser(
         "ab",
-        help="time a baseline checkout and this one interleaved, case by case, and compare them",
+        help="time a baseline checkout and this one interleaved, block by block, and compare them",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         allow_abbrev=False,  # the flags not ours are passed on verbatim; no abbreviations to untangle
@@ -77,6 +79,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
             help=f"an environment variable for the {side}'s run only (repeatable)",
         )
     p.add_argument("--python", metavar="EXE", help="the Python both sides run with (default: this one)")
+    p.add_argument(
+        "--turns",
+        choices=("blocks", "passes"),
+        default="blocks",
+        help="what the sides take turns with: blocks of samples (default; both sides' workers of a case are "
+        "alive at once, each holding its inputs) or whole passes (one worker at a time: for cases that fill "
+        "the device's memory)",
+    )
     p.add_argument("--threshold", type=float, help="relative time change that counts (default 0.05, or the suite's)")
     p.add_argument("--alpha", type=float, help="significance level (default 0.01)")
     p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a case regressed or now fails")
@@ -183,7 +193,9 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join([str(checkouts[name]), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
         env[TURNS_ENV] = f"{to_side_r},{from_side_w}"
-        env[INTERLEAVED_ENV] = json.dumps({"group": group, "side": name, "checkout": str(checkouts[name])})
+        env[TURN_UNIT_ENV] = args.turns
+        side = {"group": group, "side": name, "checkout": str(checkouts[name]), "turns": args.turns}
+        env[INTERLEAVED_ENV] = json.dumps(side)
         env.update(envs[name])
         # Resolved here: the side runs in its checkout, where a relative path would mean another file.
         record = str(Path(history).resolve()) if name == "candidate" and history is not None else "off"

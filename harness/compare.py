@@ -32,12 +32,15 @@ Per case present in both runs (matched by case_id):
   same suite (the history), the judged figure (the host-relative ratio, or the fastest
   sample's) must exceed the case's run-to-run noise floor, the change runs of unchanged
   code show at the same significance level (harness.noise); otherwise it is `unstable`.
-  Two runs that are the sides of one `bench ab` (harness.turns: they took turns, case by
-  case and pass by pass) are judged as a pair, on each pass's log ratio (pass k of one
-  beside pass k of the other, seconds apart, so the host's slow drift is common to both):
-  the change is the Hodges–Lehmann estimate of their centre (paired_ratio) and the test
-  the Wilcoxon signed-rank test (pass_p), which needs 8 or more pass pairs to reach
-  p < 0.01. The fastest-sample and host-slow guards and the history's noise floor do not
+  Two runs that are the sides of one `bench ab` (harness.turns: they took turns) are
+  judged as a pair (_pass_test). Sides that timed in block turns: block k of one side
+  was timed right after block k of the other (~20 ms apart, inside one of the host's
+  speed states), so each pass's change is the Hodges–Lehmann estimate of its block log
+  ratios, and the change across passes is tested with a t-test (the process is the
+  replicated unit); the figure judged is exp of their mean (paired_ratio). Sides that
+  took whole passes in turn: each pass's log ratio, the Hodges–Lehmann estimate of their
+  centre and the Wilcoxon signed-rank test (8 or more pass pairs to reach p < 0.01).
+  The fastest-sample and host-slow guards and the history's noise floor do not
   apply to a pair (runs made at other times say nothing about a pair timed together);
   the busy guard does.
   The spread of the host's reference kernel over both runs is reported with each change
@@ -299,6 +302,18 @@ def welch_t_test(x: Sequence[float], y: Sequence[float]) -> tuple[float, float, 
     return t, df, betainc(df / 2, 0.5, df / (df + t * t))
 
 
+def one_sample_t_test(d: Sequence[float]) -> tuple[float, float, float]:
+    """Two-sided t-test of mean(d) against 0: (t, degrees of freedom, p)."""
+    if len(d) < 2:
+        raise ValueError("a t-test needs two values")
+    mean, se = statistics.fmean(d), statistics.stdev(d) / math.sqrt(len(d))
+    df = len(d) - 1
+    if se == 0:
+        return (0.0 if mean == 0 else math.copysign(math.inf, mean)), df, 1.0 if mean == 0 else 0.0
+    t = mean / se
+    return t, df, betainc(df / 2, 0.5, df / (df + t * t))
+
+
 def _seed(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
@@ -511,15 +526,15 @@ class MetricChange:
     basis: str | None = None
     raw_ratio: float | None = None  # ratio of the raw medians (time only; equals ratio when raw)
     host_relative_ratio: float | None = None  # ratio of the host-relative medians, when both runs paired
-    # The two sides of one bench ab: exp of the Hodges–Lehmann centre of the per-pass log ratios;
-    # what their verdict rests on (with the Wilcoxon signed-rank test, pass_p).
+    # The two sides of one bench ab: their paired change (_pass_test), what their verdict rests
+    # on (with pass_p).
     paired_ratio: float | None = None
     fastest_ratio: float | None = None  # ratio of the fastest raw samples (time only)
     # Whether the change holds across processes, not only across samples (time, MIN_PASSES+ passes
     # each): Welch's t-test on the two runs' per-pass log medians (each pass a fresh process), or,
-    # for the two sides of one bench ab, the Wilcoxon signed-rank test on each pass's log ratio (pass_test).
+    # for the two sides of one bench ab, the paired test of _pass_test (pass_test names it).
     pass_p: float | None = None
-    pass_test: str | None = None  # "welch" | "paired"
+    pass_test: str | None = None  # "welch" | "paired" | "paired blocks" | "blocks"
     machine_drift: float | None = None  # spread of the host's reference-kernel times over both runs
     noise_floor: float | None = None  # smallest change beyond run-to-run noise (of ratio when host-relative,
     # of fastest_ratio when raw)
@@ -644,24 +659,90 @@ def interleaved(baseline: RunInfo, current: RunInfo) -> bool:
     return b.get("group") is not None and b.get("group") == c.get("group") and b.get("side") != c.get("side")
 
 
-def _pass_test(
-    bp: list[float] | None, cp: list[float] | None, paired: bool
-) -> tuple[float | None, str | None, float | None]:
-    """(p, test, paired ratio) of the per-pass log medians.
+def pass_blocks(rec: CaseRecord) -> list[list[list[float]]] | None:
+    """Each pass's raw samples cut into the blocks it timed on its turns in a bench ab
+    (harness.turns), or None when the record has no block turns."""
+    samples = list((rec.time_s or {}).get("samples") or [])
+    passes = rec.extra.get("passes")
+    if isinstance(passes, list) and passes:
+        sizes = [p.get("blocks") if isinstance(p, dict) else None for p in passes]
+    else:
+        sizes = [rec.extra.get("block_samples")]
+    if not samples or not all(
+        isinstance(b, list) and b and all(isinstance(n, int) and n > 0 for n in b) for b in sizes
+    ):
+        return None
+    if sum(sum(b) for b in sizes) != len(samples):  # type: ignore[arg-type]
+        return None
+    out, start = [], 0
+    for blocks in sizes:
+        cut = []
+        for n in blocks:  # type: ignore[union-attr]
+            cut.append(samples[start : start + n])
+            start += n
+        out.append(cut)
+    return out
 
-    Two sides of one bench ab: each pass's log ratio d_k (pass k of one timed beside pass k
-    of the other), the Hodges–Lehmann estimate of their centre as the ratio, and the
-    Wilcoxon signed-rank test (the ratios are heavy-tailed: a pass pair split by one of the
-    host's speed switches is off by 30-90%, so no normality is assumed). Otherwise Welch's
-    t-test, with MIN_PASSES or more passes each; (None, None, None) with fewer."""
+
+def _block_sizes(blocks: Any) -> bool:
+    return isinstance(blocks, list) and bool(blocks) and all(isinstance(n, int) and n > 0 for n in blocks)
+
+
+def block_log_ratios(base: CaseRecord, cur: CaseRecord) -> list[list[float]] | None:
+    """Per pass, log(median of the current's block k / median of the baseline's block k):
+    the two blocks were timed one right after the other. None without block turns on both
+    sides or with different numbers of passes; blocks past the shorter side's are unpaired."""
+    bp, cp = pass_blocks(base), pass_blocks(cur)
+    if bp is None or cp is None or len(bp) != len(cp):
+        return None
+    ratios = [
+        [math.log(statistics.median(c) / statistics.median(b)) for b, c in zip(bb, cb, strict=False)]
+        for bb, cb in zip(bp, cp, strict=True)
+    ]
+    return ratios if all(ratios) else None
+
+
+@dataclass(frozen=True)
+class PassTest:
+    p: float | None = None
+    test: str | None = None  # "paired blocks", "blocks", "paired" (bench ab) or "welch"
+    paired_ratio: float | None = None
+    pairs: int = 0  # what the test's units are: passes, or blocks for "blocks"
+
+
+def _pass_test(
+    bp: list[float] | None, cp: list[float] | None, blocks: list[list[float]] | None, paired: bool
+) -> PassTest:
+    """The test of the change across the runs' processes, and for a bench ab pair its estimate.
+
+    Two sides of one bench ab whose samples were timed in block turns (blocks: each pass's
+    block log ratios): each pass's change is the Hodges–Lehmann estimate of its block
+    ratios (paired within ~20 ms, so the host's speed states mostly cancel), and with
+    MIN_PASSES or more passes the test is the one-sample t-test of those per-pass changes
+    against 0: the process is the replicated unit, since processes of unchanged code
+    differ by a few percent however many blocks each times; the change is exp of their
+    mean. With fewer passes, the Wilcoxon signed-rank test on all the blocks, which cannot
+    see process-to-process differences (the note says so). Sides timed in whole-phase
+    turns (no blocks): each pass's log ratio d_k, the Hodges–Lehmann estimate of their
+    centre, and the Wilcoxon signed-rank test (those ratios are heavy-tailed: a pass pair
+    split by one of the host's speed switches is off by 30-90%). Otherwise Welch's t-test
+    on the per-pass log medians, with MIN_PASSES or more passes each."""
+    if paired and blocks is not None:
+        per_pass = [hodges_lehmann(r) for r in blocks]
+        if len(per_pass) >= MIN_PASSES:
+            return PassTest(
+                one_sample_t_test(per_pass)[2], "paired blocks", math.exp(statistics.fmean(per_pass)), len(per_pass)
+            )
+        pooled = [x for r in blocks for x in r]
+        return PassTest(wilcoxon_signed_rank(pooled)[1], "blocks", math.exp(hodges_lehmann(pooled)), len(pooled))
     if bp is None or cp is None:
-        return None, None, None
+        return PassTest()
     if paired and len(bp) == len(cp) and len(bp) >= 2:
         d = [y - x for x, y in zip(bp, cp, strict=True)]
-        return wilcoxon_signed_rank(d)[1], "paired", math.exp(hodges_lehmann(d))
+        return PassTest(wilcoxon_signed_rank(d)[1], "paired", math.exp(hodges_lehmann(d)), len(d))
     if min(len(bp), len(cp)) < MIN_PASSES:
-        return None, None, None
-    return welch_t_test(bp, cp)[2], "welch", None
+        return PassTest()
+    return PassTest(welch_t_test(bp, cp)[2], "welch")
 
 
 def _time_change(
@@ -671,7 +752,7 @@ def _time_change(
 
     On the host-relative basis the ratio, its CI and the test are those of the samples in
     units of the reference kernel; baseline and current stay the raw medians in seconds.
-    paired: the runs took turns (bench ab), so pass k of one is tested against pass k of the other."""
+    paired: the runs took turns (bench ab), so block k (or pass k) of one is tested against that of the other."""
     bmed, cmed = base.median_s, cur.median_s
     assert bmed is not None and cmed is not None
     raw_ratio = cmed / bmed
@@ -684,7 +765,9 @@ def _time_change(
         bs = list((base.time_s or {}).get("samples") or [])
         cs = list((cur.time_s or {}).get("samples") or [])
         ratio = raw_ratio
-    pass_p, pass_test, paired_ratio = _pass_test(pass_log_medians(base, basis), pass_log_medians(cur, basis), paired)
+    blocks = block_log_ratios(base, cur) if paired else None
+    tested = _pass_test(pass_log_medians(base, basis), pass_log_medians(cur, basis), blocks, paired)
+    pass_p, pass_test, paired_ratio = tested.p, tested.test, tested.paired_ratio
     # A pair timed in turn is judged on its passes' own ratios: pooled samples mix the
     # host's speed states in proportions that differ between the sides by chance.
     judged = paired_ratio if paired_ratio is not None else ratio
@@ -712,12 +795,9 @@ def _time_change(
     if paired_ratio is not None and pass_p is not None:
         significant = pass_p < th.alpha
         if (up or down) and not significant:
-            pairs = len(base.extra.get("passes") or [])
-            note = f"paired {paired_ratio - 1:+.1%} over {pairs} pass pairs, not significant (Wilcoxon signed-rank "
-            note += f"p={_p(pass_p)})"
-            floor = 2 / 2**pairs  # the exact test's smallest two-sided p: every sign alike
-            if floor >= th.alpha:
-                note += f"; with so few passes p cannot go below {_p(floor)}: bench ab needs 8 or more"
+            note = _paired_note(tested, th.alpha)
+        elif tested.test == "blocks":
+            note = f"one process per side ({tested.pairs} block pairs): process-to-process differences not tested"
     if (up or down) and significant:
         verdict = "regression" if up else "improvement"
     elif up or down:
@@ -746,6 +826,23 @@ def _time_change(
         note=note,
     )
     return change, reps
+
+
+PAIRED_TESTS = {"paired blocks": "t-test p", "blocks": "Wilcoxon p, blocks", "paired": "Wilcoxon p"}
+
+
+def _paired_note(tested: PassTest, alpha: float) -> str:
+    """Why a bench ab pair's change beyond the threshold is not called."""
+    change = f"paired {tested.paired_ratio - 1:+.1%}"  # type: ignore[operator]
+    if tested.test == "paired blocks":
+        return f"{change} over {tested.pairs} passes, not significant (t-test of the per-pass changes p={_p(tested.p)})"
+    if tested.test == "blocks":
+        return f"{change} over {tested.pairs} block pairs of one process each, not significant (p={_p(tested.p)})"
+    note = f"{change} over {tested.pairs} pass pairs, not significant (Wilcoxon signed-rank p={_p(tested.p)})"
+    floor = 2 / 2**tested.pairs  # the exact test's smallest two-sided p: every sign alike
+    if floor >= alpha:
+        note += f"; with so few passes p cannot go below {_p(floor)}: bench ab needs 8 or more"
+    return note
 
 
 HOST_SLOW = 0.15  # a case whose runs never saw the host this close to its fastest is not judged
@@ -790,7 +887,8 @@ def _host_guard(
     judged = time.ratio if relative else fastest
     busy = max(_busy(base), _busy(cur))
     if time.paired_ratio is not None:
-        change = f"paired {time.paired_ratio - 1:+.1%} (Wilcoxon p={_p(time.pass_p)})"
+        test = PAIRED_TESTS.get(time.pass_test or "", "p")
+        change = f"paired {time.paired_ratio - 1:+.1%} ({test}={_p(time.pass_p)})"
     if busy > th.busy_share:
         note = f"{change} measured while other processes used up to {busy:.0%} of the CPU: not trusted"
     elif time.paired_ratio is not None:
@@ -1002,7 +1100,8 @@ def compare_runs(
     paired = interleaved(baseline.run, current.run)
     if paired:
         notes.append(
-            "the two runs took turns case by case (bench ab): each case is judged pass by pass on the pair alone; "
+            "the two runs took turns (bench ab): each case is judged on the pair alone, block by block (or pass by "
+            "pass where a side timed whole passes in turn); "
             "runs made at other times (the history's noise floor) say nothing about a pair timed together"
         )
     elif noise_runs is not None:
@@ -1219,8 +1318,10 @@ def render_markdown(cmp: Comparison) -> str:
     if paired:
         lines += [
             f"- thresholds: {cmp.config_source}; the runs took turns (bench ab), so a change counts when the paired "
-            "estimate (Hodges–Lehmann over the pass pairs) is beyond the threshold *and* the Wilcoxon signed-rank "
-            "p is below alpha; change, CI and p (Mann–Whitney) are those of the pooled samples, for reading",
+            "estimate is beyond the threshold *and* its test's p is below alpha (sides timed in block turns: the "
+            "mean over passes of each pass's Hodges–Lehmann change over its block pairs, t-test across passes; "
+            "in whole-pass turns: Hodges–Lehmann and Wilcoxon signed-rank over the pass pairs); change, CI and "
+            "p (Mann–Whitney) are those of the pooled samples, for reading",
         ]
     else:
         lines += [

@@ -19,6 +19,7 @@ import psutil
 
 from harness.cases import Case
 from harness.settings import RunSettings
+from harness.turns import Gate, NoGate
 
 POLL_S = 0.05
 
@@ -48,6 +49,7 @@ class LocalExecutor:
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(["harness.preload"])
         self._current: Any = None
+        self.gate: Gate | NoGate = NoGate()  # bench ab: the timing worker asks it for block turns
 
     def warm(self) -> float:
         """Start the fork server now (it imports torch), so the first case is not charged for it."""
@@ -112,11 +114,15 @@ class LocalExecutor:
         from harness.worker import child_main
 
         started = time.perf_counter()
-        args = (child_conn, case, settings or self.settings, phase)
+        turns = self.gate.worker_turns() if phase == "time" else None
+        args = (child_conn, case, settings or self.settings, phase, turns)
         proc = self.ctx.Process(target=child_main, args=args, daemon=True)
         proc.start()
         self._current = proc
         child_conn.close()
+        if turns is not None:  # the worker holds its own copies now
+            turns.read.close()
+            turns.write.close()
         try:
             return self._wait(proc, parent_conn, started)
         finally:
@@ -154,6 +160,10 @@ class LocalExecutor:
                 proc.join(5)
                 worker["exitcode"] = proc.exitcode
                 if message[0] == "ok":
+                    turns = message[1].get("turns") if isinstance(message[1], dict) else None
+                    if turns and turns.get("other_cpu_share") is not None:
+                        # bench ab: the other side timed while this worker waited; only its own turns count
+                        worker["other_cpu_share"] = turns["other_cpu_share"]
                     return Outcome("ok", None, message[1], worker=worker)
                 _, status, reason, tb = message
                 return Outcome(status, reason, traceback=tb, worker=worker)

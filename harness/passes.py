@@ -69,6 +69,7 @@ def pass_summary(number: int, outcome: Outcome) -> dict[str, Any]:
         "median_s": r["time_s"]["median"],
         "min_s": min(samples),
         "calls_per_sample": r["calls_per_sample"],
+        "blocks": r.get("block_samples"),  # bench ab: samples per block turn (harness.turns)
         "stop_reason": r["stop_reason"],
         "other_cpu_share": outcome.worker.get("other_cpu_share"),
         "wall_s": outcome.worker.get("wall_s"),
@@ -99,6 +100,15 @@ def merge(outcomes: list[Outcome], target_rel_ci: float) -> Outcome:
     result["notes"] = notes
     result["machine_check"] = machine_check.merge([o.result.get("machine_check") for o in outcomes])
     result["passes"] = [pass_summary(i, o) for i, o in enumerate(outcomes, start=1)]
+    blocks = [o.result.get("block_samples") for o in outcomes]
+    result["block_samples"] = [n for b in blocks for n in b] if all(blocks) else None  # type: ignore[union-attr]
+    turns = [o.result.get("turns") for o in outcomes]
+    if all(turns):
+        shares = [t["other_cpu_share"] for t in turns if t.get("other_cpu_share") is not None]  # type: ignore[union-attr]
+        result["turns"] = {
+            **{k: sum(t[k] for t in turns) for k in ("blocks", "waited_s", "turn_s")},  # type: ignore[index]
+            "other_cpu_share": max(shares) if shares else None,
+        }
     worker = dict(first.worker)
     shares = [o.worker.get("other_cpu_share") for o in outcomes]
     shares = [s for s in shares if isinstance(s, (int, float))]

@@ -8,7 +8,7 @@ import secrets
 import signal
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +26,7 @@ from harness.passes import merge as merge_passes
 from harness.registry import get_backend, get_workload
 from harness.results import CASE_SCHEMA, RUN_SCHEMA, RunWriter, load_run
 from harness.settings import RunSettings
-from harness.turns import gate_from_env
+from harness.turns import DriverGone, gate_from_env
 from workloads.base import Shape
 
 MEMORY_HEADROOM = 0.9  # share of free memory a case may be expected to use
@@ -212,6 +212,8 @@ def finish_record(record: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
         "profile",
         "machine_check",
         "passes",
+        "block_samples",
+        "turns",
     ):
         if r.get(key) is not None:
             record[key] = r[key]
@@ -251,6 +253,8 @@ class Runner:
         # case_id -> (case, record, outcomes of its passes so far, wall seconds so far)
         self._pending: dict[str, tuple[Case, dict[str, Any], list[Outcome], float]] = {}
         self._gate = gate_from_env()  # bench ab: each worker phase waits for its turn
+        if hasattr(executor, "gate"):  # and its timing worker for a turn per block of samples
+            executor.gate = self._gate
 
     def _unavailable(self, backend: str) -> str | None:
         if backend not in self._availability:
@@ -387,8 +391,7 @@ class Runner:
                 self._append(case, record)
                 recorded += 1
                 continue
-            with self._gate.turn(case.case_id):
-                outcome = self.executor.run(case)
+            outcome = self._in_turn(case, self.executor.run)
             if outcome.status == "ok" and passes > 1:
                 wall = time.perf_counter() - started
                 save_pass(self.folder, case.case_id, 1, outcome, wall)
@@ -403,8 +406,7 @@ class Runner:
                     continue
                 self.progress.case_started(case)
                 started = time.perf_counter()
-                with self._gate.turn(case.case_id):
-                    outcome = self.executor.run_pass(case)  # type: ignore[attr-defined]  # local executor only
+                outcome = self._in_turn(case, self.executor.run_pass)  # type: ignore[attr-defined]  # local only
                 wall += time.perf_counter() - started
                 if outcome.status != "ok":
                     # A case that fails in a later pass is recorded as failing: flaky is not fine.
@@ -419,6 +421,14 @@ class Runner:
                 self._pending[case_id] = (case, record, outcomes, wall)
         recorded += self._flush_pending(None)
         return recorded
+
+    def _in_turn(self, case: Case, phase: Callable[[Case], Outcome]) -> Outcome:
+        """A worker phase, on its turn when bench ab interleaves this run with another."""
+        with self._gate.phase(case.case_id):
+            outcome = phase(case)
+        if outcome.status != "ok" and (outcome.reason or "").startswith(DriverGone.__name__):
+            raise DriverGone(outcome.reason)  # the driver stopped while the worker waited: stop, resumable
+        return outcome
 
     def _flush_pending(self, why: str | None) -> int:
         """Record the cases still waiting for passes: all done, or the run was interrupted."""

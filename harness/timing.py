@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 from backends.base import Step, Timer
 from harness.stats import TimeStats, converged, is_stable, summarize
+from harness.turns import BLOCK_S, BlockTurns, NoTurns
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class Measurement:
     stop_reason: str
     notes: list[str] = field(default_factory=list)
     pair_readings_s: list[float] | None = None  # n + 1 reference readings around the n samples
+    block_samples: list[int] | None = None  # bench ab: samples per block turn, in order (sum: n)
 
 
 def warm_up(step: Step, timer: Timer, policy: SamplingPolicy, min_calls: int = 1) -> Warmup:
@@ -63,28 +65,49 @@ def sample(
     policy: SamplingPolicy,
     per_call_estimate_s: float,
     reference: Callable[[], float] | None = None,
+    turns: BlockTurns | NoTurns | None = None,
 ) -> Measurement:
     """Adaptive sampling: stop when the CI target is met or the budget is spent.
 
     reference: a reading of the host's reference kernel (harness.machine_check), taken
     before the first sample and after every sample, outside the timed blocks, so each
-    sample has the host's speed just before and just after it."""
+    sample has the host's speed just before and just after it.
+    turns: in a bench ab, samples are taken in blocks of about BLOCK_S, each on a turn
+    (harness.turns); the time spent waiting for turns does not count against the budget,
+    and block_samples records how many samples each block gave, so a comparison can pair
+    block k of one side with block k of the other."""
+    turns = turns or NoTurns()
     calls = max(1, math.ceil(policy.min_sample_s / max(per_call_estimate_s, 1e-9)))
     samples: list[float] = []
-    readings: list[float] | None = None if reference is None else [reference()]
-    start = time.perf_counter()
+    readings: list[float] | None = None if reference is None else []
+    blocks: list[int] = []
+    start, waited = time.perf_counter(), turns.waited_s
     stop_reason = "max samples reached"
-    while len(samples) < policy.max_samples:
-        samples.append(timer.time(step, calls) / calls)
-        if readings is not None and reference is not None:
-            readings.append(reference())
-        elapsed = time.perf_counter() - start
-        if len(samples) >= policy.min_samples and converged(summarize(samples), policy.target_rel_ci):
-            stop_reason = f"95% CI of the median within ±{policy.target_rel_ci:.0%}"
-            break
-        if elapsed >= policy.budget_s and len(samples) >= policy.floor_samples:
-            stop_reason = f"time budget of {policy.budget_s:g} s spent before the CI target"
-            break
+    done = False
+    while not done:
+        with turns.block():
+            began = time.perf_counter()
+            if readings is not None and reference is not None and not readings:
+                readings.append(reference())
+            blocks.append(0)
+            while True:
+                samples.append(timer.time(step, calls) / calls)
+                blocks[-1] += 1
+                if readings is not None and reference is not None:
+                    readings.append(reference())
+                elapsed = time.perf_counter() - start - (turns.waited_s - waited)
+                done = True
+                if len(samples) >= policy.max_samples:
+                    break
+                if len(samples) >= policy.min_samples and converged(summarize(samples), policy.target_rel_ci):
+                    stop_reason = f"95% CI of the median within ±{policy.target_rel_ci:.0%}"
+                    break
+                if elapsed >= policy.budget_s and len(samples) >= policy.floor_samples:
+                    stop_reason = f"time budget of {policy.budget_s:g} s spent before the CI target"
+                    break
+                done = False
+                if time.perf_counter() - began >= BLOCK_S:
+                    break
     stats = summarize(samples)
     ok = converged(stats, policy.target_rel_ci)
     notes = []
@@ -101,8 +124,9 @@ def sample(
         calls_per_sample=calls,
         converged=ok,
         stable=is_stable(stats, ok),
-        sampling_s=time.perf_counter() - start,
+        sampling_s=time.perf_counter() - start - (turns.waited_s - waited),
         stop_reason=stop_reason,
         notes=notes,
         pair_readings_s=readings,
+        block_samples=None if isinstance(turns, NoTurns) else blocks,
     )

@@ -24,6 +24,7 @@ from harness.registry import PLUGINS_ENV, get_backend, get_workload, load_plugin
 from harness.settings import RunSettings
 from harness.timing import sample, warm_up
 from harness.transforms import Applied, TransformUnsupported, apply_transform
+from harness.turns import BlockTurns, NoTurns
 from workloads.base import AttentionVariant, Shape
 
 VERIFY_TOLERANCE = {"float64": 1e-8, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
@@ -128,8 +129,12 @@ def measure_energy(step: Step, timer: Timer, meter: EnergyMeter, per_call_s: flo
     return meter.stop(), calls
 
 
-def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
-    """Verification, warm-up, timing and energy for one case; raises on failure."""
+def measure_time(case: Case, settings: RunSettings, turns: BlockTurns | NoTurns | None = None) -> dict[str, Any]:
+    """Verification, warm-up, timing and energy for one case; raises on failure.
+
+    turns: in a bench ab, the timed stretches (warm-up, each block of samples, the closing
+    readings) each wait for a turn (harness.turns); building and verifying do not."""
+    turns = turns or NoTurns()
     cls, backend = _load(case, settings)
     backend_settings = backend.setup(case)
     checked = (
@@ -142,20 +147,22 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
 
     timer = backend.timer()
     policy = settings.policy()
-    machine_before = machine_check.reference_seconds()
     device = backend.describe()
     # Samples are paired with the host's speed only where the host runs them (not a GPU).
     reference = machine_check.pair_reader() if device.get("kind") == "cpu" else None
-    warm = warm_up(step, timer, policy, backend.min_warmup_calls)
+    with turns.block():
+        machine_before = machine_check.reference_seconds()
+        warm = warm_up(step, timer, policy, backend.min_warmup_calls)
     backend.timed_region_start()
     applied.timed_start()
-    measurement = sample(step, timer, policy, warm.last_call_s, reference)
+    measurement = sample(step, timer, policy, warm.last_call_s, reference, turns)
     problems = backend.timed_region_stop() + applied.timed_stop()
-    machine_after = machine_check.reference_seconds()
     if problems:
         measurement.stable = False
         measurement.notes.extend(problems)
-    energy, energy_calls = measure_energy(step, timer, backend.energy_meter(), measurement.stats.median)
+    with turns.block():
+        machine_after = machine_check.reference_seconds()
+        energy, energy_calls = measure_energy(step, timer, backend.energy_meter(), measurement.stats.median)
     transformed = applied.finish(inputs)  # fidelity vs the float64 untransformed module, after timing
     if applied.compiles_on_first_call:
         # The dispatcher cannot see inside a compiled graph: the kernels of inductor's output code.
@@ -184,6 +191,8 @@ def measure_time(case: Case, settings: RunSettings) -> dict[str, Any]:
         "first_call_s": warm.first_call_s,
         "warmup": {"calls": warm.calls, "seconds": warm.seconds},
         "calls_per_sample": measurement.calls_per_sample,
+        "block_samples": measurement.block_samples,
+        "turns": turns.summary(),
         "machine_check": machine_check.record(machine_before, machine_after, measurement.pair_readings_s),
         "converged": measurement.converged,
         "stable": measurement.stable,
@@ -246,7 +255,9 @@ def _mark_oom_victim() -> None:
         pass
 
 
-def child_main(conn: Connection, case: Case, settings: RunSettings, phase: str) -> None:
+def child_main(
+    conn: Connection, case: Case, settings: RunSettings, phase: str, turns: BlockTurns | None = None
+) -> None:
     """Entry point of the worker process: send back ("ok", result) or ("failed", status, reason, tb)."""
     entered = time.perf_counter()
     # Ctrl-C reaches the whole process group; the parent decides what happens to this case.
@@ -255,7 +266,7 @@ def child_main(conn: Connection, case: Case, settings: RunSettings, phase: str) 
     if settings.plugins:
         os.environ[PLUGINS_ENV] = settings.plugins
     try:
-        result = PHASES[phase](case, settings)
+        result = measure_time(case, settings, turns) if phase == "time" else PHASES[phase](case, settings)
         message: tuple = ("ok", result)
     except BaseException as exc:
         status = classify(exc)

@@ -42,9 +42,13 @@ def test_bench_ab_times_both_sides_in_turns_and_compares_them(tmp_path: Path) ->
     assert b["group"] == c["group"] and (b["side"], c["side"]) == ("baseline", "candidate")
     assert [x.extra["workload_metrics"]["filler_calls"] for x in (base.cases[0], cand.cases[0])] == [20, 30]
     assert len(base.cases[0].extra["passes"]) == len(cand.cases[0].extra["passes"]) == 3
+    for case in (base.cases[0], cand.cases[0]):  # the samples were timed in block turns
+        assert all(sum(p["blocks"]) == p["n"] for p in case.extra["passes"])
+        assert case.extra["turns"]["blocks"] >= sum(len(p["blocks"]) for p in case.extra["passes"])
+        assert case.extra["turns"]["other_cpu_share"] == case.extra["worker"]["other_cpu_share"]
     cmp = json.loads((out / "compare.json").read_text())
     time = cmp["cases"][0]["time"]
-    assert time["pass_test"] == "paired" and time["ratio"] > 1.2
+    assert time["pass_test"] == "paired blocks" and time["paired_ratio"] > 1.2
     assert any("took turns" in n for n in cmp["environment_notes"])
     assert (out / "compare.md").read_text().strip()
     with History.open(history, create=False) as h:  # only the candidate is recorded
@@ -69,7 +73,7 @@ def test_bench_ab_refuses_bad_input_in_one_line(tmp_path: Path, args: list[str],
 
 
 def test_only_the_run_flags_reach_the_sides() -> None:
-    argv = ["ab", "--baseline", "b", "--candidate-env=X=1", "--suite", "nightly", "--out", "o", "--fail-on-regression"]
+    argv = ["ab", "--baseline", "b", "--candidate-env=X=1", "--suite", "nightly", "--out", "o", "--turns", "passes"]
     assert side_flags([*argv, "--threshold", "0.1", "--passes", "6"]) == ["--suite", "nightly", "--passes", "6"]
     with pytest.raises(UserError, match="--profile"):
         side_flags(["ab", "--baseline", "b", "--profile"])

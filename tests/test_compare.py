@@ -20,6 +20,7 @@ from harness.compare import (
     compare_runs,
     hodges_lehmann,
     mann_whitney_u,
+    one_sample_t_test,
     parse_compare_config,
     render_markdown,
     suite_compare_config,
@@ -399,6 +400,74 @@ def test_the_sides_of_one_bench_ab_are_judged_pass_by_pass(tmp_path: Path) -> No
     few = compare_runs(*_interleaved_pair(tmp_path / "six", six(base), six(cur)), CompareConfig())
     ten6 = next(x for x in few.cases if x.case_id == "ten")
     assert ten6.verdict == "unstable" and "needs 8 or more" in (ten6.reason or "")
+
+
+def _in_blocks(code_s: float, states: list[list[float]], process: list[float], seed: int) -> tuple[list[float], dict]:
+    """Samples of a side of bench ab timed in block turns: pass p, block k at the host's speed
+    state states[p][k] (shared with the other side's block k), in a process of its own speed
+    process[p], 1% noise; block sizes 1 or 2 samples."""
+    rng = random.Random(seed)
+    samples: list[float] = []
+    passes = []
+    for number, (blocks, off) in enumerate(zip(states, process, strict=True), start=1):
+        sizes = [1 + (k % 3 == 0) for k in range(len(blocks))]
+        for state, size in zip(blocks, sizes, strict=True):
+            samples += [code_s * (1 + state) * (1 + off) * rng.lognormvariate(0.0, 0.01) for _ in range(size)]
+        passes.append({"pass": number, "n": sum(sizes), "blocks": sizes})
+    return samples, {"passes": passes}
+
+
+def test_the_sides_of_one_bench_ab_timed_in_block_turns_are_judged_block_by_block(tmp_path: Path) -> None:
+    """The host switches between two speeds 1.5x apart from block to block (as the 2-core VM
+    does within a pass), and each process has its own speed (±2%). Block k of one side was
+    timed right after block k of the other, in the same state: each pass's change over its
+    block pairs is close to the code's, and the t-test across the passes calls +10% a
+    regression at 6 passes, where pass-level pairing cannot (its p has a floor of 0.031).
+    Unchanged code and +1% are not flagged. With one pass per side the blocks are tested
+    alone, and the note says process-to-process differences were not."""
+    rng = random.Random(11)
+    states = [[rng.choice([0.0, 0.5]) for _ in range(30)] for _ in range(6)]
+    procs = [[rng.uniform(-0.02, 0.02) for _ in range(6)] for _ in range(4)]
+    b, bx = _in_blocks(0.010, states, procs[0], seed=1)
+    ten, tx = _in_blocks(0.011, states, procs[1], seed=2)
+    aa, ax = _in_blocks(0.010, states, procs[2], seed=3)
+    one, ox = _in_blocks(0.0101, states, procs[3], seed=4)
+    base = [Case("ten", b, extra=bx), Case("aa", b, extra=bx), Case("one", b, extra=bx)]
+    cur = [Case("ten", ten, extra=tx), Case("aa", aa, extra=ax), Case("one", one, extra=ox)]
+    paired = compare_runs(*_interleaved_pair(tmp_path / "ab", base, cur), CompareConfig())
+    by = {x.case_id: x for x in paired.cases}
+    t = by["ten"].time
+    assert by["ten"].verdict == "regression", by["ten"].reason
+    assert t is not None and t.pass_test == "paired blocks" and t.pass_p is not None and t.pass_p < 0.01
+    assert t.paired_ratio == pytest.approx(1.10, abs=0.02)
+    assert by["aa"].verdict == "no change" and by["one"].verdict == "no change"
+    assert by["aa"].time is not None and by["aa"].time.paired_ratio == pytest.approx(1.0, abs=0.02)
+
+    def first_pass(cases: list[Case]) -> list[Case]:
+        return [
+            Case(x.case_id, x.samples[: x.extra["passes"][0]["n"]], extra={"passes": x.extra["passes"][:1]})
+            for x in cases
+        ]
+
+    single = compare_runs(*_interleaved_pair(tmp_path / "one-pass", first_pass(base), first_pass(cur)), CompareConfig())
+    ten1 = next(x for x in single.cases if x.case_id == "ten")
+    assert ten1.time is not None and ten1.time.pass_test == "blocks" and ten1.verdict == "regression"
+    assert "process-to-process differences not tested" in (ten1.time.note or "")
+
+    torn = [Case(x.case_id, x.samples[:-1], extra=x.extra) for x in cur]  # blocks no longer add up: pass level
+    fallback = compare_runs(*_interleaved_pair(tmp_path / "torn", base, torn), CompareConfig())
+    assert {x.time.pass_test for x in fallback.cases if x.time is not None} <= {"paired", None}
+
+
+def test_one_sample_t_test_matches_scipy() -> None:
+    rng = random.Random(5)
+    for n in (2, 3, 6, 20):
+        for shift in (0.0, 0.5, 2.0):
+            d = [rng.gauss(shift, 1) for _ in range(n)]
+            t, df, p = one_sample_t_test(d)
+            ref = scipy.stats.ttest_1samp(d, 0.0)
+            assert df == n - 1 and t == pytest.approx(ref.statistic, rel=1e-9)
+            assert p == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-300)
 
 
 def test_runs_of_different_bench_ab_jobs_are_not_paired(tmp_path: Path) -> None:

@@ -75,6 +75,11 @@ def test_a_side_whose_driver_is_gone_stops_as_if_interrupted() -> None:
     gate = Gate(to_r, from_w)
     with pytest.raises(DriverGone), gate.turn("case"):
         pass
+    turns = gate.worker_turns()  # a worker waiting for a block turn stops the same way
+    with pytest.raises(DriverGone), turns.block():
+        pass
+    turns.read.close()
+    turns.write.close()
     assert issubclass(DriverGone, KeyboardInterrupt)  # the runner records what it has and stops, resumable
     for fd in (to_r, from_r, from_w):
         os.close(fd)
@@ -96,3 +101,84 @@ def test_the_driver_notes_each_ask_and_waits_for_each_side_once(tmp_path: Path) 
     assert events.count("ask a") == 3 and events.count("ask b") == 1
     # b's last turn ends, b exits and is waited for, and only then does a get its next turn
     assert events.index("exit b rc=0") < len(events) - 1 - events[::-1].index("turn a")
+
+
+def _start_side(name: str, log: Path, mode: str, phases: int, blocks: int) -> tuple[subprocess.Popen, Side]:
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+    env = {**os.environ, TURNS_ENV: f"{to_r},{from_w}", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "tests.turns_side", str(log), mode, str(phases), str(blocks)]
+    proc = subprocess.Popen(cmd, env=env, pass_fds=(to_r, from_w), cwd=ROOT)
+    os.close(to_r)
+    os.close(from_w)
+    return proc, Side(name, to_w, from_r)
+
+
+def _spans(log: Path, name: str) -> list[tuple[float, float, str, str, int]]:
+    return [(s, e, name, kind, phase) for kind, s, e, phase in map(json.loads, log.read_text().splitlines())]
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[1] and b[0] < a[1]
+
+
+def test_workers_take_turns_block_by_block_and_never_time_beside_the_others_work(tmp_path: Path) -> None:
+    """Both sides' workers of a case run at once (forkserver children handed the gate's
+    worker_turns, as LocalExecutor starts them); their blocks alternate A B B A ..., the
+    first block of a case's 1st pass going to the first side and of its 2nd pass to the
+    second, and no block is timed while the other side does anything at all."""
+    procs, sides = [], []
+    for name in "ab":
+        proc, side = _start_side(name, tmp_path / f"{name}.jsonl", "blocks", 4, 6)
+        procs.append(proc)
+        sides.append(side)
+    alternate(sides)
+    assert [p.wait(30) for p in procs] == [0, 0]
+    assert [s.total_blocks for s in sides] == [4 * 6, 4 * 6] and [s.turns for s in sides] == [4, 4]
+    spans = _spans(tmp_path / "a.jsonl", "a") + _spans(tmp_path / "b.jsonl", "b")
+    blocks = sorted(s for s in spans if s[3] == "block")
+    for block in blocks:
+        assert not any(_overlap(block, o) for o in spans if o[2] != block[2]), block
+    for phase in range(4):
+        order = "".join(name for _, _, name, _, p in blocks if p == phase)
+        # phases 0 and 1: the first passes of case0 and case1; 2 and 3 their second passes
+        first, second = ("a", "b") if phase < 2 else ("b", "a")
+        assert order == (first + second + second + first) * 3, (phase, order)
+
+
+def test_a_side_timing_whole_phases_takes_turns_with_one_timing_blocks(tmp_path: Path) -> None:
+    """A side without block turns (an older checkout's, or one phase timed whole) gets its
+    phase as one exclusive turn; the other side's blocks wait for it and it for them."""
+    a_proc, a = _start_side("a", tmp_path / "a.jsonl", "whole", 3, 0)
+    b_proc, b = _start_side("b", tmp_path / "b.jsonl", "blocks", 3, 4)
+    alternate([a, b])
+    assert a_proc.wait(30) == 0 and b_proc.wait(30) == 0
+    assert (a.turns, b.turns, b.total_blocks) == (3, 3, 12)
+    spans = _spans(tmp_path / "a.jsonl", "a") + _spans(tmp_path / "b.jsonl", "b")
+    for timed in (s for s in spans if s[3] == "block"):
+        assert not any(_overlap(timed, o) for o in spans if o[2] != timed[2]), timed
+
+
+def test_bench_ab_turns_passes_makes_every_phase_one_exclusive_turn() -> None:
+    """--turns passes: the runner asks for each phase whole and hands its worker no turns."""
+    import threading
+
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+    said = []
+
+    def driver() -> None:
+        said.append(os.read(from_r, 64))
+        os.write(to_w, b"g")
+        said.append(os.read(from_r, 64))
+
+    thread = threading.Thread(target=driver)
+    thread.start()
+    gate = Gate(to_r, from_w, whole_phases=True)
+    assert gate.worker_turns() is None
+    with gate.phase("case0"):
+        pass
+    thread.join(5)
+    assert said == [b"rcase0\n", b"d"]
+    for fd in (to_r, to_w, from_r, from_w):
+        os.close(fd)

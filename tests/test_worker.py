@@ -73,3 +73,41 @@ def test_unsupported_dtype_is_recorded_not_raised(executor: LocalExecutor) -> No
     out = executor.run(Case("full.sdpa", (("causal", False),), "core", "cpu", "int8", "forward", 1, 2, 16, 64))
     assert out.status == "unsupported"
     assert "does not run dtype int8" in out.reason
+
+
+def test_a_timing_worker_takes_block_turns_from_its_runners_gate(executor: LocalExecutor) -> None:
+    """bench ab: the worker (a forkserver child) is handed the gate's pipes and asks for a
+    turn per block; here a driver grants every ask at once. When the driver is gone the
+    worker stops with DriverGone, which the runner turns into an interrupted run."""
+    import os
+    import threading
+
+    from harness.turns import BLOCK, BLOCK_END, DONE, GO, Gate
+
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+    asks = []
+
+    def driver() -> None:  # grants each block ask, counts them, ends at the phase's DONE
+        while (b := os.read(from_r, 1)) not in (DONE, b""):
+            if b == BLOCK:
+                asks.append(b)
+                os.write(to_w, GO)
+            else:
+                assert b == BLOCK_END
+
+    executor.gate = Gate(to_r, from_w)
+    thread = threading.Thread(target=driver)
+    thread.start()
+    out = executor.run_pass(case("full.sdpa"))
+    os.write(from_w, DONE)
+    thread.join(10)
+    assert out.status == "ok", out.reason
+    blocks = out.result["block_samples"]
+    assert sum(blocks) == out.result["time_s"]["n"] and out.result["turns"]["blocks"] == len(blocks) + 2 == len(asks)
+    assert out.worker["other_cpu_share"] == out.result["turns"]["other_cpu_share"]
+    os.close(to_w)  # the driver exits
+    gone = executor.run_pass(case("full.sdpa"))
+    assert gone.status == "error" and (gone.reason or "").startswith("DriverGone")
+    for fd in (to_r, from_r, from_w):
+        os.close(fd)

@@ -73,7 +73,7 @@ def run_pair(folder: Path, extra: float, args: argparse.Namespace) -> None:
 
 
 def analyse_pairs(out: Path, extras: list[float], threshold: float, alpha: float) -> dict:
-    """Each bench ab pair judged on its own (the comparison pairs their passes)."""
+    """Each bench ab pair judged on its own (the comparison pairs their blocks, or passes)."""
     from harness.compare import CompareConfig, Thresholds, compare_runs
     from harness.results import load_run
 
@@ -82,7 +82,9 @@ def analyse_pairs(out: Path, extras: list[float], threshold: float, alpha: float
     for extra in extras:
         verdicts: list[str] = []
         ratios: list[float] = []
+        paired: list[float] = []
         pass_ps: list[float] = []
+        tests: dict[str, int] = {}
         reasons: dict[str, int] = {}
         folders = sorted(f for f in out.glob(f"rep*-x{extra:g}") if (f / "candidate" / "run.json").is_file())
         for folder in folders:
@@ -93,9 +95,12 @@ def analyse_pairs(out: Path, extras: list[float], threshold: float, alpha: float
                     ratios.append(case.time.ratio)
                     if case.time.pass_p is not None:
                         pass_ps.append(case.time.pass_p)
+                    if case.time.paired_ratio is not None:
+                        paired.append(case.time.paired_ratio)
+                    tests[str(case.time.pass_test)] = tests.get(str(case.time.pass_test), 0) + 1
                 if case.verdict == "unstable" and case.time and case.time.note:
                     note = case.time.note
-                    kinds = (("Wilcoxon", "passes disagree"), ("95% CI", "wide CI"), ("other processes", "busy"))
+                    kinds = (("not significant", "passes disagree"), ("95% CI", "wide CI"), ("other processes", "busy"))
                     key = next((k for marker, k in kinds if marker in note), note[:40])
                     reasons[key] = reasons.get(key, 0) + 1
         n = len(verdicts)
@@ -108,7 +113,10 @@ def analyse_pairs(out: Path, extras: list[float], threshold: float, alpha: float
             "improvement_rate": counts.get("improvement", 0) / n if n else None,
             "median_ratio": statistics.median(ratios) if ratios else None,
             "ratio_range": [min(ratios), max(ratios)] if ratios else None,
+            "median_paired_ratio": statistics.median(paired) if paired else None,
+            "paired_range": [min(paired), max(paired)] if paired else None,
             "median_pass_p": statistics.median(pass_ps) if pass_ps else None,
+            "pass_tests": tests,
             "unstable_because": reasons,
         }
     return report
@@ -223,12 +231,13 @@ def interleaved_experiment(out: Path, extras: list[float], args: argparse.Namesp
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     print(f"interleaved pairs (bench ab), threshold {report['threshold']:.0%}, alpha {report['alpha']}")
     for extra, c in report["conditions"].items():
-        lo, hi = c["ratio_range"] or (0, 0)
+        lo, hi = c["paired_range"] or (0, 0)
         print(
             f"  extra {float(extra):>5.0%}: {c['case_comparisons']:>3} comparisons ({c['pairs']} pairs), "
             f"regression {c['regression_rate'] or 0:.1%}, improvement {c['improvement_rate'] or 0:.1%}, "
-            f"verdicts {c['verdicts']}; ratio median {c['median_ratio'] or 0:.3f} range {lo:.3f}-{hi:.3f}; "
-            f"median pass p {c['median_pass_p']}; unstable because {c['unstable_because']}"
+            f"verdicts {c['verdicts']}; paired ratio median {c['median_paired_ratio'] or 0:.3f} range "
+            f"{lo:.3f}-{hi:.3f}; median pass p {c['median_pass_p']}; tests {c['pass_tests']}; "
+            f"unstable because {c['unstable_because']}"
         )
     return 0
 
