@@ -314,6 +314,30 @@ def one_sample_t_test(d: Sequence[float]) -> tuple[float, float, float]:
     return t, df, betainc(df / 2, 0.5, df / (df + t * t))
 
 
+def t_quantile(two_sided_p: float, df: float) -> float:
+    """The t with P(|T| > t) = two_sided_p for df degrees of freedom (bisection on betainc)."""
+    lo, hi = 0.0, 1.0
+    while betainc(df / 2, 0.5, df / (df + hi * hi)) > two_sided_p:
+        lo, hi = hi, hi * 2
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        if betainc(df / 2, 0.5, df / (df + mid * mid)) > two_sided_p:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def hodges_lehmann_ci(d: Sequence[float], confidence: float = 0.95) -> tuple[float, float]:
+    """The distribution-free CI of the Hodges–Lehmann estimate: the Walsh averages ranked k
+    and N - k + 1, k from the signed-rank statistic's normal approximation."""
+    n = len(d)
+    walsh = sorted((d[i] + d[j]) / 2 for i in range(n) for j in range(i, n))
+    z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2)
+    k = max(1, math.floor(n * (n + 1) / 4 - z * math.sqrt(n * (n + 1) * (2 * n + 1) / 24)))
+    return walsh[min(k, len(walsh)) - 1], walsh[max(len(walsh) - k, 0)]
+
+
 def _seed(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
 
@@ -529,6 +553,8 @@ class MetricChange:
     # The two sides of one bench ab: their paired change (_pass_test), what their verdict rests
     # on (with pass_p).
     paired_ratio: float | None = None
+    paired_ci_low: float | None = None  # its 95% CI, where the sides timed in block turns
+    paired_ci_high: float | None = None
     fastest_ratio: float | None = None  # ratio of the fastest raw samples (time only)
     # Whether the change holds across processes, not only across samples (time, MIN_PASSES+ passes
     # each): Welch's t-test on the two runs' per-pass log medians (each pass a fresh process), or,
@@ -708,6 +734,7 @@ class PassTest:
     test: str | None = None  # "paired blocks", "blocks", "paired" (bench ab) or "welch"
     paired_ratio: float | None = None
     pairs: int = 0  # what the test's units are: passes, or blocks for "blocks"
+    ci: tuple[float, float] | None = None  # 95% CI of paired_ratio (block turns only)
 
 
 def _pass_test(
@@ -730,11 +757,14 @@ def _pass_test(
     if paired and blocks is not None:
         per_pass = [hodges_lehmann(r) for r in blocks]
         if len(per_pass) >= MIN_PASSES:
-            return PassTest(
-                one_sample_t_test(per_pass)[2], "paired blocks", math.exp(statistics.fmean(per_pass)), len(per_pass)
-            )
+            mean = statistics.fmean(per_pass)
+            half = t_quantile(0.05, len(per_pass) - 1) * statistics.stdev(per_pass) / math.sqrt(len(per_pass))
+            ci = (math.exp(mean - half), math.exp(mean + half))
+            return PassTest(one_sample_t_test(per_pass)[2], "paired blocks", math.exp(mean), len(per_pass), ci)
         pooled = [x for r in blocks for x in r]
-        return PassTest(wilcoxon_signed_rank(pooled)[1], "blocks", math.exp(hodges_lehmann(pooled)), len(pooled))
+        low, high = hodges_lehmann_ci(pooled)
+        change = math.exp(hodges_lehmann(pooled))
+        return PassTest(wilcoxon_signed_rank(pooled)[1], "blocks", change, len(pooled), (math.exp(low), math.exp(high)))
     if bp is None or cp is None:
         return PassTest()
     if paired and len(bp) == len(cp) and len(bp) >= 2:
@@ -777,6 +807,8 @@ def _time_change(
         "raw_ratio": raw_ratio,
         "host_relative_ratio": host_relative,
         "paired_ratio": paired_ratio,
+        "paired_ci_low": tested.ci[0] if tested.ci else None,
+        "paired_ci_high": tested.ci[1] if tested.ci else None,
         "threshold": th.time,
     }
     if not bs or not cs:
@@ -786,6 +818,9 @@ def _time_change(
         return MetricChange("time", bmed, cmed, ratio, **common, verdict=verdict, note=note), None
     reps = bootstrap_median_ratios(bs, cs, N_BOOTSTRAP, _seed(base.case_id))
     lo, hi = percentile_ci(reps)
+    # Whether a change beyond the threshold can be ruled out: on a pair timed in block turns,
+    # by the paired change's own CI (the pooled one mixes the host's states).
+    reach_lo, reach_hi = tested.ci or (lo, hi)
     _, p = mann_whitney_u(bs, cs)
     raw_b = (base.time_s or {}).get("samples") or [bmed]
     raw_c = (cur.time_s or {}).get("samples") or [cmed]
@@ -803,11 +838,12 @@ def _time_change(
     elif up or down:
         verdict = "unstable"
         note = note or f"{ratio - 1:+.1%} but not significant (p={p:.2g}, n={len(bs)}/{len(cs)})"
-    elif hi > 1 + th.time or lo < 1 / (1 + th.time):
+    elif reach_hi > 1 + th.time or reach_lo < 1 / (1 + th.time):
         # Inside the threshold, but the data cannot rule out a change beyond it.
         verdict = "unstable" if not significant else "no change"
         if verdict == "unstable":
-            note = f"95% CI [{lo:.3f}, {hi:.3f}] reaches beyond ±{th.time:.0%}"
+            which = "paired 95% CI" if tested.ci else "95% CI"
+            note = f"{which} [{reach_lo:.3f}, {reach_hi:.3f}] reaches beyond ±{th.time:.0%}"
     else:
         verdict = "no change"
     change = MetricChange(

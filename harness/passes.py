@@ -70,6 +70,7 @@ def pass_summary(number: int, outcome: Outcome) -> dict[str, Any]:
         "min_s": min(samples),
         "calls_per_sample": r["calls_per_sample"],
         "blocks": r.get("block_samples"),  # bench ab: samples per block turn (harness.turns)
+        "cpus": (r.get("turns") or {}).get("cpus"),  # bench ab: the CPUs both sides' workers were pinned to
         "stop_reason": r["stop_reason"],
         "other_cpu_share": outcome.worker.get("other_cpu_share"),
         "wall_s": outcome.worker.get("wall_s"),

@@ -59,6 +59,17 @@ def warm_up(step: Step, timer: Timer, policy: SamplingPolicy, min_calls: int = 1
     return Warmup(first_call_s=first, calls=calls, seconds=total, last_call_s=last)
 
 
+def _stop_reason(samples: list[float], policy: SamplingPolicy, elapsed: float) -> str | None:
+    """Why sampling stops now, or None to go on. elapsed: sampling time so far, turns not counted."""
+    if len(samples) >= policy.max_samples:
+        return "max samples reached"
+    if len(samples) >= policy.min_samples and converged(summarize(samples), policy.target_rel_ci):
+        return f"95% CI of the median within ±{policy.target_rel_ci:.0%}"
+    if elapsed >= policy.budget_s and len(samples) >= policy.floor_samples:
+        return f"time budget of {policy.budget_s:g} s spent before the CI target"
+    return None
+
+
 def sample(
     step: Step,
     timer: Timer,
@@ -82,32 +93,19 @@ def sample(
     readings: list[float] | None = None if reference is None else []
     blocks: list[int] = []
     start, waited = time.perf_counter(), turns.waited_s
-    stop_reason = "max samples reached"
-    done = False
-    while not done:
+    stop: str | None = None
+    while stop is None:
         with turns.block():
             began = time.perf_counter()
-            if readings is not None and reference is not None and not readings:
+            if reference is not None and readings == []:
                 readings.append(reference())
             blocks.append(0)
-            while True:
+            while stop is None and (blocks[-1] == 0 or time.perf_counter() - began < BLOCK_S):
                 samples.append(timer.time(step, calls) / calls)
                 blocks[-1] += 1
-                if readings is not None and reference is not None:
+                if reference is not None and readings is not None:
                     readings.append(reference())
-                elapsed = time.perf_counter() - start - (turns.waited_s - waited)
-                done = True
-                if len(samples) >= policy.max_samples:
-                    break
-                if len(samples) >= policy.min_samples and converged(summarize(samples), policy.target_rel_ci):
-                    stop_reason = f"95% CI of the median within ±{policy.target_rel_ci:.0%}"
-                    break
-                if elapsed >= policy.budget_s and len(samples) >= policy.floor_samples:
-                    stop_reason = f"time budget of {policy.budget_s:g} s spent before the CI target"
-                    break
-                done = False
-                if time.perf_counter() - began >= BLOCK_S:
-                    break
+                stop = _stop_reason(samples, policy, time.perf_counter() - start - (turns.waited_s - waited))
     stats = summarize(samples)
     ok = converged(stats, policy.target_rel_ci)
     notes = []
@@ -125,7 +123,7 @@ def sample(
         converged=ok,
         stable=is_stable(stats, ok),
         sampling_s=time.perf_counter() - start - (turns.waited_s - waited),
-        stop_reason=stop_reason,
+        stop_reason=stop,
         notes=notes,
         pair_readings_s=readings,
         block_samples=None if isinstance(turns, NoTurns) else blocks,

@@ -72,6 +72,8 @@ class Gate:
     def __init__(self, read_fd: int, write_fd: int, whole_phases: bool = False) -> None:
         self.read_fd, self.write_fd = read_fd, write_fd
         self.whole_phases = whole_phases  # bench ab --turns passes
+        self._phases: dict[str, int] = {}  # phases asked for per case: both sides count alike
+        self._slot = 0
 
     def _ask(self, kind: bytes, key: str) -> None:
         try:
@@ -98,6 +100,8 @@ class Gate:
 
     def phase(self, key: str) -> contextlib.AbstractContextManager[None]:
         """A phase whose worker asks for a turn per timed block (worker_turns)."""
+        self._slot = self._phases.get(key, 0)
+        self._phases[key] = self._slot + 1
         return self._held(ASK if self.whole_phases else PHASE, key)
 
     def worker_turns(self) -> BlockTurns | None:
@@ -106,7 +110,7 @@ class Gate:
             return None
         read = Connection(os.dup(self.read_fd), writable=False)
         write = Connection(os.dup(self.write_fd), readable=False)
-        return BlockTurns(read, write)
+        return BlockTurns(read, write, slot=self._slot)
 
 
 class NoGate:
@@ -129,21 +133,45 @@ def _machine_busy_s() -> float:
     return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
 
+def cpu_group(threads: int, slot: int) -> list[int] | None:
+    """The CPUs a worker of this slot times on: the host's CPUs (this process's affinity)
+    cut into groups of `threads`, taken in turn slot by slot. None where the host cannot say."""
+    if not hasattr(os, "sched_getaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))
+    size = max(1, min(threads, len(cpus)))
+    groups = [cpus[i : i + size] for i in range(0, len(cpus) - size + 1, size)]
+    return groups[slot % len(groups)]
+
+
 @dataclass
 class BlockTurns:
     """A worker's end: `with turns.block():` around each stretch of timing.
 
-    waited_s: time spent waiting for turns, which a time budget must not count. The
-    machine's busy CPU time and the worker's own are summed over its turns only: while
-    it waits, the other side is timing, which is no sign of a busy machine."""
+    slot: which of its case's phases this is (the same on both sides), so both sides'
+    workers of a pass pin themselves to the same CPUs (pin): on the 2-core VM this was
+    built on, two processes on different vCPUs differ by up to 1.6x for minutes, as if on
+    two machines, while two on the same vCPU taking turns agree within a few percent
+    (A/A, 17 blocks: 0.91-1.05 pinned to one vCPU, 0.82-1.65 on different ones, 0.72-1.33
+    unpinned). waited_s: time spent waiting for turns, which a time budget must not
+    count. The machine's busy CPU time and the worker's own are summed over its turns
+    only: while it waits, the other side is timing, which is no sign of a busy machine."""
 
     read: Connection
     write: Connection
+    slot: int = 0
+    cpus: list[int] | None = None
     blocks: int = 0
     waited_s: float = 0.0
     turn_s: float = 0.0
     machine_busy_s: float = 0.0
     own_cpu_s: float = 0.0
+
+    def pin(self, threads: int) -> None:
+        """Pin this process (and threads it starts later) to its slot's CPUs."""
+        self.cpus = cpu_group(threads, self.slot)
+        if self.cpus is not None:
+            os.sched_setaffinity(0, self.cpus)
 
     @contextlib.contextmanager
     def block(self) -> Iterator[None]:
@@ -172,7 +200,13 @@ class BlockTurns:
         other = None
         if self.turn_s > 0:
             other = max(0.0, self.machine_busy_s - self.own_cpu_s) / (self.turn_s * (os.cpu_count() or 1))
-        return {"blocks": self.blocks, "waited_s": self.waited_s, "turn_s": self.turn_s, "other_cpu_share": other}
+        return {
+            "blocks": self.blocks,
+            "waited_s": self.waited_s,
+            "turn_s": self.turn_s,
+            "other_cpu_share": other,
+            "cpus": self.cpus,
+        }
 
 
 class NoTurns:
@@ -183,6 +217,9 @@ class NoTurns:
 
     def block(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
+
+    def pin(self, threads: int) -> None:
+        pass
 
     def summary(self) -> None:
         return None

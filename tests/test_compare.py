@@ -19,11 +19,13 @@ from harness.compare import (
     Thresholds,
     compare_runs,
     hodges_lehmann,
+    hodges_lehmann_ci,
     mann_whitney_u,
     one_sample_t_test,
     parse_compare_config,
     render_markdown,
     suite_compare_config,
+    t_quantile,
     welch_t_test,
     wilcoxon_signed_rank,
 )
@@ -440,8 +442,11 @@ def test_the_sides_of_one_bench_ab_timed_in_block_turns_are_judged_block_by_bloc
     assert by["ten"].verdict == "regression", by["ten"].reason
     assert t is not None and t.pass_test == "paired blocks" and t.pass_p is not None and t.pass_p < 0.01
     assert t.paired_ratio == pytest.approx(1.10, abs=0.02)
-    assert by["aa"].verdict == "no change" and by["one"].verdict == "no change"
-    assert by["aa"].time is not None and by["aa"].time.paired_ratio == pytest.approx(1.0, abs=0.02)
+    assert by["aa"].verdict == "no change" and by["one"].verdict == "no change"  # their paired CIs within ±5%
+    aa_t = by["aa"].time
+    assert aa_t is not None and aa_t.paired_ratio == pytest.approx(1.0, abs=0.02)
+    assert aa_t.paired_ci_low is not None and aa_t.paired_ci_high is not None
+    assert 1 / 1.05 < aa_t.paired_ci_low < 1 < aa_t.paired_ci_high < 1.05
 
     def first_pass(cases: list[Case]) -> list[Case]:
         return [
@@ -468,6 +473,17 @@ def test_one_sample_t_test_matches_scipy() -> None:
             ref = scipy.stats.ttest_1samp(d, 0.0)
             assert df == n - 1 and t == pytest.approx(ref.statistic, rel=1e-9)
             assert p == pytest.approx(ref.pvalue, rel=1e-9, abs=1e-300)
+    for df in (1, 2, 5, 9, 30):
+        assert t_quantile(0.05, df) == pytest.approx(scipy.stats.t.ppf(0.975, df), rel=1e-9)
+
+
+def test_the_hodges_lehmann_ci_covers_the_centre_as_often_as_it_says() -> None:
+    rng = random.Random(8)
+    hits = 0
+    for _ in range(400):
+        lo, hi = hodges_lehmann_ci([rng.gauss(0.3, 1) for _ in range(25)])
+        hits += lo <= 0.3 <= hi
+    assert 0.92 <= hits / 400 <= 0.98
 
 
 def test_runs_of_different_bench_ab_jobs_are_not_paired(tmp_path: Path) -> None:
