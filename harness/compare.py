@@ -37,7 +37,9 @@ Per case present in both runs (matched by case_id):
   was timed right after block k of the other (~20 ms apart, inside one of the host's
   speed states), so each pass's change is the Hodges–Lehmann estimate of its block log
   ratios, and the change across passes is tested with a t-test (the process is the
-  replicated unit); the figure judged is exp of their mean (paired_ratio). Sides that
+  replicated unit); the figure judged is exp of their mean (paired_ratio), and whether a
+  change beyond the threshold can be ruled out is read from its t interval (paired_ci_*),
+  not from the pooled samples' CI, which mixes the host's states. Sides that
   took whole passes in turn: each pass's log ratio, the Hodges–Lehmann estimate of their
   centre and the Wilcoxon signed-rank test (8 or more pass pairs to reach p < 0.01).
   The fastest-sample and host-slow guards and the history's noise floor do not

@@ -16,7 +16,9 @@ run at once, and each *block* of samples (about BLOCK_S of timing) waits for its
 block k of one side is timed next to block k of the other, and the comparison pairs
 them (harness.compare). Everything untimed (starting a worker, building and verifying
 the case, bookkeeping) runs freely, but no block is granted while any other side is doing
-untimed work: a block is granted only when every other side is waiting for a turn.
+untimed work: a block is granted only when every other side is waiting for a turn. Both
+sides' workers of a pass pin themselves to the same CPUs (BlockTurns.pin): on that VM
+where a process ran mattered more than when it ran.
 
 Protocol over a pipe pair per side (fds named in ATTNBENCH_TURNS; one byte per message,
 an ask also carries its case key up to a newline). The side's runner, around each worker
