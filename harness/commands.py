@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
         run["suite_notes"] = spec.notes or None  # how this run differs from what the suite mirrors
         run["reference"] = spec.reference
         interleaved = interleaved_from_env()
-        if interleaved:  # a side of bench ab: compare pairs it with the other side pass by pass
+        if interleaved:  # a side of bench ab: compare pairs it with the other side block by block
             run["interleaved"] = interleaved
 
     if run["settings"].get("profile"):  # profiles go beside the run, wherever its folder is now

@@ -911,8 +911,8 @@ def _host_guard(
     host never reached its fast speed (its reference kernel, host_fast_s being the fastest
     reading over both runs); the host-relative basis has taken the host's speed out of
     each sample already, and the two sides of one bench ab saw the same stretches of the
-    host pass by pass (their verdict rests on the passes' own ratios), so for those only a
-    busy machine counts."""
+    host block by block or pass by pass (their verdict rests on those pairs), so for those
+    only a busy machine counts."""
     drift = machine_check.drift(base.extra.get("machine_check"), cur.extra.get("machine_check"))
     floor = noise.floor(th.alpha) if noise is not None and noise is not _NO_HISTORY else None
     time = replace(time, machine_drift=drift, noise_floor=floor, noise_runs=noise.runs if noise is not None else None)

@@ -59,7 +59,7 @@ def run_once(folder: Path, extra: float, args: argparse.Namespace) -> None:
 
 
 def run_pair(folder: Path, extra: float, args: argparse.Namespace) -> None:
-    """One bench ab: the baseline (extra 0) and the candidate (extra) taking turns case by case."""
+    """One bench ab: the baseline (extra 0) and the candidate (extra) taking turns block by block."""
     env = _env()
     cmd = [sys.executable, "-m", "harness.cli", "ab", "--baseline", str(ROOT)]
     cmd += ["--baseline-env", "ATTNBENCH_SLOWDOWN=0", "--candidate-env", f"ATTNBENCH_SLOWDOWN={extra}"]
