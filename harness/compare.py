@@ -687,6 +687,11 @@ def interleaved(baseline: RunInfo, current: RunInfo) -> bool:
     return b.get("group") is not None and b.get("group") == c.get("group") and b.get("side") != c.get("side")
 
 
+def _block_sizes(blocks: Any) -> bool:
+    """Whether a pass's record of samples per block turn is usable."""
+    return isinstance(blocks, list) and bool(blocks) and all(isinstance(n, int) and n > 0 for n in blocks)
+
+
 def pass_blocks(rec: CaseRecord) -> list[list[list[float]]] | None:
     """Each pass's raw samples cut into the blocks it timed on its turns in a bench ab
     (harness.turns), or None when the record has no block turns."""
@@ -696,9 +701,7 @@ def pass_blocks(rec: CaseRecord) -> list[list[list[float]]] | None:
         sizes = [p.get("blocks") if isinstance(p, dict) else None for p in passes]
     else:
         sizes = [rec.extra.get("block_samples")]
-    if not samples or not all(
-        isinstance(b, list) and b and all(isinstance(n, int) and n > 0 for n in b) for b in sizes
-    ):
+    if not samples or not all(_block_sizes(b) for b in sizes):
         return None
     if sum(sum(b) for b in sizes) != len(samples):  # type: ignore[arg-type]
         return None
@@ -710,10 +713,6 @@ def pass_blocks(rec: CaseRecord) -> list[list[list[float]]] | None:
             start += n
         out.append(cut)
     return out
-
-
-def _block_sizes(blocks: Any) -> bool:
-    return isinstance(blocks, list) and bool(blocks) and all(isinstance(n, int) and n > 0 for n in blocks)
 
 
 def block_log_ratios(base: CaseRecord, cur: CaseRecord) -> list[list[float]] | None:

@@ -17,6 +17,7 @@ from typing import Any
 
 import psutil
 
+from harness import cpu_load
 from harness.cases import Case
 from harness.settings import RunSettings
 from harness.turns import Gate, NoGate
@@ -136,7 +137,7 @@ class LocalExecutor:
         deadline = started + self.settings.case_timeout()
         limit = self.settings.memory_limit_bytes
         watched = _watch(proc.pid)
-        busy0 = _busy_seconds()
+        busy0 = cpu_load.busy_seconds()
         peak_rss = 0
         while True:
             if conn.poll(POLL_S):
@@ -150,8 +151,11 @@ class LocalExecutor:
                     worker_cpu = cpu.user + cpu.system if cpu is not None else None
                 except psutil.Error:
                     worker_cpu = None
+                busy = cpu_load.busy_seconds() - busy0
                 worker = {
-                    "other_cpu_share": _other_cpu_share(busy0, received - started, worker_cpu),
+                    "other_cpu_share": None
+                    if worker_cpu is None
+                    else cpu_load.other_share(busy, worker_cpu, received - started),
                     "pid": proc.pid,
                     "wall_s": received - started,
                     # Isolation cost: process start until the case began, plus the result's trip back.
@@ -207,24 +211,6 @@ class LocalExecutor:
                 )
             return Outcome("error", f"worker died from {name} without reporting a result", worker=worker)
         return Outcome("error", f"worker exited with code {code} without reporting a result", worker=worker)
-
-
-def _busy_seconds() -> float:
-    """CPU seconds the whole machine has spent busy since boot, all cores together."""
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
-def _other_cpu_share(busy0: float, wall: float, worker_cpu: float | None) -> float | None:
-    """Share of the machine's CPU that other processes used while the case ran.
-
-    Busy time of all cores minus the worker's own CPU time, over wall time x cores. A
-    figure well above zero means the timings were taken on a busy machine.
-    """
-    if worker_cpu is None or wall <= 0:
-        return None
-    other = _busy_seconds() - busy0 - worker_cpu
-    return max(0.0, other / (wall * (psutil.cpu_count() or 1)))
 
 
 def _watch(pid: int) -> psutil.Process | None:

@@ -47,6 +47,8 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from harness import cpu_load
+
 TURNS_ENV = "ATTNBENCH_TURNS"  # "READ_FD,WRITE_FD": the side's ends of its pipes to the driver
 INTERLEAVED_ENV = "ATTNBENCH_INTERLEAVED"  # JSON {"group", "side"}: recorded in run.json as "interleaved"
 TURN_UNIT_ENV = "ATTNBENCH_TURN_UNIT"  # "blocks" (default) or "passes": each worker phase one exclusive turn
@@ -127,14 +129,6 @@ class NoGate:
         return None
 
 
-def _machine_busy_s() -> float:
-    """CPU seconds the whole machine has spent busy since boot, all cores together."""
-    import psutil
-
-    t = psutil.cpu_times()
-    return sum(t) - t.idle - getattr(t, "iowait", 0.0)
-
-
 def cpu_group(threads: int, slot: int) -> list[int] | None:
     """The CPUs a worker of this slot times on: the host's CPUs (this process's affinity)
     cut into groups of `threads`, taken in turn slot by slot. None where the host cannot say."""
@@ -152,10 +146,10 @@ class BlockTurns:
 
     slot: which of its case's phases this is (the same on both sides), so both sides'
     workers of a pass pin themselves to the same CPUs (pin): on the 2-core VM this was
-    built on, two processes on different vCPUs differ by up to 1.6x for minutes, as if on
-    two machines, while two on the same vCPU taking turns agree within a few percent
-    (A/A, 17 blocks: 0.91-1.05 pinned to one vCPU, 0.82-1.65 on different ones, 0.72-1.33
-    unpinned). waited_s: time spent waiting for turns, which a time budget must not
+    built on, two processes on different vCPUs differ by up to 1.65x for seconds at a time,
+    as if on two machines, while two on the same vCPU taking turns agree within a few
+    percent (A/A, stretches of 17 blocks: 0.91-1.05 pinned to one vCPU, 0.82-1.65 on
+    different ones, 0.72-1.33 unpinned). waited_s: time spent waiting for turns, which a time budget must not
     count. The machine's busy CPU time and the worker's own are summed over its turns
     only: while it waits, the other side is timing, which is no sign of a busy machine."""
 
@@ -185,23 +179,21 @@ class BlockTurns:
             raise DriverGone("the bench ab driver went away") from exc
         if answer != GO:
             raise DriverGone("the bench ab driver went away")
-        began, busy, own = time.perf_counter(), _machine_busy_s(), time.process_time()
+        began, busy, own = time.perf_counter(), cpu_load.busy_seconds(), time.process_time()
         self.waited_s += began - asked
         self.blocks += 1
         try:
             yield
         finally:
             self.own_cpu_s += time.process_time() - own
-            self.machine_busy_s += _machine_busy_s() - busy
+            self.machine_busy_s += cpu_load.busy_seconds() - busy
             self.turn_s += time.perf_counter() - began
             with contextlib.suppress(BrokenPipeError):
                 os.write(self.write.fileno(), BLOCK_END)
 
     def summary(self) -> dict[str, Any]:
         """What the case record keeps: turns taken, time waited, other processes' CPU share in turns."""
-        other = None
-        if self.turn_s > 0:
-            other = max(0.0, self.machine_busy_s - self.own_cpu_s) / (self.turn_s * (os.cpu_count() or 1))
+        other = cpu_load.other_share(self.machine_busy_s, self.own_cpu_s, self.turn_s)
         return {
             "blocks": self.blocks,
             "waited_s": self.waited_s,

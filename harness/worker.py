@@ -137,7 +137,8 @@ def measure_time(case: Case, settings: RunSettings, turns: BlockTurns | NoTurns 
     turns = turns or NoTurns()
     cls, backend = _load(case, settings)
     backend_settings = backend.setup(case)
-    # Before anything runs, so every thread the backend starts inherits the CPUs.
+    # Before the first computation (setup only set the thread count), so the threads the
+    # backend starts for it inherit the CPUs.
     turns.pin(backend_settings.get("threads") or case.threads or os.cpu_count() or 1)
     checked = (
         verify(cls, cls.make_params(case.params_dict), case, backend, settings.seed, settings.verify_max_len)
