@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -9,14 +11,29 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+
+def _throwaway_dir(prefix: str) -> str:
+    """A temporary folder removed when the test session ends (one per session piled up in /tmp)."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    owner = os.getpid()
+
+    def remove() -> None:
+        # A forked child inherits this hook; only the session that made the folder removes it.
+        if os.getpid() == owner:
+            shutil.rmtree(path, ignore_errors=True)
+
+    atexit.register(remove)
+    return path
+
+
 # Runs made by the tests are recorded in a throwaway history, never the checkout's
 # results/history.sqlite (subprocesses inherit it through cli_env).
-os.environ.setdefault(
-    "ATTNBENCH_HISTORY", str(Path(tempfile.mkdtemp(prefix="attnbench-test-history-")) / "history.sqlite")
-)
+if "ATTNBENCH_HISTORY" not in os.environ:
+    os.environ["ATTNBENCH_HISTORY"] = str(Path(_throwaway_dir("attnbench-test-history-")) / "history.sqlite")
 # Calibration and the ONNX export cache likewise live in a throwaway folder: a test never
 # sees this machine's real calibration, and exports are really made.
-os.environ.setdefault("ATTNBENCH_CACHE_DIR", tempfile.mkdtemp(prefix="attnbench-test-cache-"))
+if "ATTNBENCH_CACHE_DIR" not in os.environ:
+    os.environ["ATTNBENCH_CACHE_DIR"] = _throwaway_dir("attnbench-test-cache-")
 FAULTY = "tests.plugins.faulty"
 
 
