@@ -124,8 +124,11 @@ class LocalExecutor:
         if turns is not None:  # the worker holds its own copies now
             turns.read.close()
             turns.write.close()
+        # Taking block turns with the other side of a bench ab, a worker waits about as long as
+        # it times, so its wall clock gets twice the case's timeout (its own time still gets one).
+        timeout = self.settings.case_timeout() * (2 if turns is not None else 1)
         try:
-            return self._wait(proc, parent_conn, started)
+            return self._wait(proc, parent_conn, started, timeout)
         finally:
             self._current = None
             if proc.is_alive():
@@ -133,8 +136,8 @@ class LocalExecutor:
             proc.join(5)
             parent_conn.close()
 
-    def _wait(self, proc: Any, conn: Any, started: float) -> Outcome:
-        deadline = started + self.settings.case_timeout()
+    def _wait(self, proc: Any, conn: Any, started: float, timeout: float) -> Outcome:
+        deadline = started + timeout
         limit = self.settings.memory_limit_bytes
         watched = _watch(proc.pid)
         busy0 = cpu_load.busy_seconds()
@@ -192,7 +195,8 @@ class LocalExecutor:
                 proc.join(5)
                 return Outcome(
                     "timeout",
-                    f"no result within {self.settings.case_timeout():g} s; worker stopped",
+                    f"no result within {timeout:g} s; worker stopped"
+                    + ("" if timeout == self.settings.case_timeout() else " (twice --timeout: it took turns)"),
                     worker={"pid": proc.pid, "wall_s": now - started, "exitcode": proc.exitcode},
                 )
             if not proc.is_alive() and not conn.poll(0):

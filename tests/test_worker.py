@@ -111,3 +111,25 @@ def test_a_timing_worker_takes_block_turns_from_its_runners_gate(executor: Local
     assert gone.status == "error" and (gone.reason or "").startswith("DriverGone")
     for fd in (to_r, from_r, from_w):
         os.close(fd)
+
+
+def test_a_worker_taking_block_turns_gets_twice_the_timeout(executor: LocalExecutor) -> None:
+    """bench ab: a worker waits for the other side's blocks about as long as it times, so its
+    wall clock gets twice --timeout. Here the other side never hands the turn back."""
+    import os
+    import time
+
+    from harness.turns import Gate
+
+    to_r, to_w = os.pipe()
+    from_r, from_w = os.pipe()
+    fast = LocalExecutor(RunSettings(timeout_s=1.5, plugins=executor.settings.plugins))
+    fast.gate = Gate(to_r, from_w)  # nothing is ever granted
+    t0 = time.perf_counter()
+    out = fast.run(case("full.sdpa"))
+    waited = time.perf_counter() - t0
+    assert out.status == "timeout", out.reason
+    assert out.reason == "no result within 3 s; worker stopped (twice --timeout: it took turns)"
+    assert waited >= 3.0
+    for fd in (to_r, to_w, from_r, from_w):
+        os.close(fd)
