@@ -15,6 +15,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import NoReturn
 
+from harness import interrupts
 from harness.errors import UserError
 
 EXIT_USER_ERROR = 2
@@ -140,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
+    with interrupts.noted():
+        return _dispatch(parser, args, argv)
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
     try:
         if getattr(args, "command_module", None):
             return import_module(args.command_module).run(args, argv)

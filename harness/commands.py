@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from harness import interrupts
 from harness.errors import UserError
 from harness.results import check_writable, load_run
 
@@ -19,13 +20,14 @@ SWEEP_FLAGS = ("variants", "backends", "seq_lens", "batch", "heads", "head_dim",
 
 
 def cmd_run(args: argparse.Namespace, argv: list[str]) -> int:
-    from harness.console import RunProgress, make_console, print_summary
-    from harness.ray_executor import check_flags, make_executor
-    from harness.registry import PLUGINS_ENV
-    from harness.runner import Runner, new_run, new_run_id, read_run_json
-    from harness.settings import RunSettings
-    from harness.suites import load_suite, overrides_from_args, resolve
-    from harness.turns import interleaved_from_env
+    with interrupts.deferred():  # torch's import aborts the process if interrupted halfway
+        from harness.console import RunProgress, make_console, print_summary
+        from harness.ray_executor import check_flags, make_executor
+        from harness.registry import PLUGINS_ENV
+        from harness.runner import Runner, new_run, new_run_id, read_run_json
+        from harness.settings import RunSettings
+        from harness.suites import load_suite, overrides_from_args, resolve
+        from harness.turns import interleaved_from_env
 
     console = make_console()
     check_flags(args)

@@ -17,7 +17,7 @@ from typing import Any
 
 import psutil
 
-from harness import cpu_load
+from harness import cpu_load, interrupts
 from harness.cases import Case
 from harness.settings import RunSettings
 from harness.turns import Gate, NoGate
@@ -143,6 +143,7 @@ class LocalExecutor:
         busy0 = cpu_load.busy_seconds()
         peak_rss = 0
         while True:
+            interrupts.check()  # a Ctrl-C swallowed where it landed still stops the case
             if conn.poll(POLL_S):
                 try:
                     entered, left, message = conn.recv()

@@ -5,16 +5,15 @@ from __future__ import annotations
 import datetime as dt
 import json
 import secrets
-import signal
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 from backends.base import DTYPES
 from backends.peaks import fraction_of_peak
+from harness import interrupts
 from harness.cases import Case, Sweep, expand
 from harness.compare import workload_hash
 from harness.environment import fingerprint
@@ -220,24 +219,6 @@ def finish_record(record: dict[str, Any], outcome: Outcome) -> dict[str, Any]:
     return record
 
 
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """CI cancels with SIGTERM; treat it like Ctrl-C so the run is closed properly."""
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        old = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 class Runner:
     def __init__(self, folder: Path, run: dict[str, Any], executor: Executor, progress: Progress) -> None:
         self.folder = folder
@@ -324,6 +305,7 @@ class Runner:
         in_flight: dict[tuple, tuple[dict[str, Any], float]] = {}
         recorded = 0
         while waiting or in_flight:
+            interrupts.check()
             for key in [k for k in waiting if k not in in_flight]:
                 queue = waiting[key]
                 while queue and key not in in_flight:
@@ -424,8 +406,10 @@ class Runner:
 
     def _in_turn(self, case: Case, phase: Callable[[Case], Outcome]) -> Outcome:
         """A worker phase, on its turn when bench ab interleaves this run with another."""
+        interrupts.check()
         with self._gate.phase(case.case_id):
             outcome = phase(case)
+        interrupts.check()  # a stopped worker's outcome is not recorded as the case's
         if outcome.status != "ok" and (outcome.reason or "").startswith(DriverGone.__name__):
             raise DriverGone(outcome.reason)  # the driver stopped while the worker waited: stop, resumable
         return outcome
@@ -465,7 +449,8 @@ class Runner:
         self.progress.start(len(cases), len(cases) - len(todo))
         recorded = 0
         try:
-            with sigterm_as_interrupt():
+            with interrupts.noted():
+                interrupts.check()
                 if todo:
                     self.run["worker_server_start_s"] = self.executor.warm()
                     describe = getattr(self.executor, "describe", None)

@@ -220,6 +220,21 @@ def test_interrupt_then_resume(tmp_path: Path) -> None:
     assert len(lines(out)) == 4  # nothing left to run, nothing duplicated
 
 
+def test_an_interrupt_swallowed_where_it_landed_still_stops_the_run(tmp_path: Path) -> None:
+    """A C extension can swallow the KeyboardInterrupt of a Ctrl-C (a Ctrl-C while torch imported
+    numpy once let a run finish and exit 0); the noted signal stops the run all the same."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [*BENCH, "run", "--variants", "test.swallows_interrupt", "--param", "test.swallows_interrupt.sleep=0.2",
+         "--seq-lens", "16,32,48", "--heads", "1", "--head-dim", "8", "--max-time-per-case", "0.1", "--out", str(out)],
+        capture_output=True, text=True, timeout=240, env=cli_env(ATTNBENCH_PLUGINS=FAULTY),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    assert proc.returncode == 130, proc.stdout + proc.stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert len(lines(out)) < 3 if (out / "cases.jsonl").exists() else True
+
+
 @pytest.mark.slow  # test_interrupt_then_resume covers resuming in the default run
 def test_a_killed_driver_loses_no_finished_pass(tmp_path: Path) -> None:
     """--passes 2, the driver killed outright (SIGKILL: no chance to write anything) after

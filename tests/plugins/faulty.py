@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import multiprocessing
 import os
 import signal
 import time
@@ -100,6 +101,29 @@ class Sleepy(_Faulty):
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         time.sleep(self.params.sleep)
         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+_swallowed = False
+
+
+@register_workload
+class SwallowsInterrupt(Sleepy):
+    """Correct, but the first time the driver asks its cost, a Ctrl-C arrives and is swallowed,
+    as a C extension can swallow one (torch's numpy check did): the run must stop anyway."""
+
+    name: ClassVar[str] = "test.swallows_interrupt"
+
+    @classmethod
+    def flops(cls, params: object, shape: Shape) -> float:
+        global _swallowed
+        if not _swallowed and multiprocessing.parent_process() is None:  # the driver, not a worker
+            _swallowed = True
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.5)  # the handler runs here
+            except KeyboardInterrupt:
+                pass
+        return 1.0
 
 
 @register_workload
