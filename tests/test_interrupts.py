@@ -6,10 +6,20 @@ import contextlib
 import os
 import signal
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from harness import interrupts
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_interrupts() -> Iterator[None]:
+    """Python's own Ctrl-C handler, whatever this process inherited: run in the background by a
+    script (as CI may run the tests), it starts with SIGINT ignored, and noted() keeps that."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
 
 
 def _ctrl_c() -> None:

@@ -152,7 +152,12 @@ def test_interrupt_then_resume_keeps_ray(cluster: Any, tmp_path: Path) -> None:
         "--param", "test.sleepy.sleep=0.2", "--seq-lens", "16,32,48", "--backends", "cpu", *TINY,
         "--out", str(out),
     ]  # fmt: skip
-    proc = subprocess.Popen([*BENCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=bench_env())
+    proc = subprocess.Popen(
+        [*BENCH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=bench_env(),
+        # A shell without job control (CI's, running this in the background) starts jobs with
+        # SIGINT ignored, which bench keeps: give it the default, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
     cases = out / "cases.jsonl"
     deadline = time.monotonic() + 240  # a busy 2-core machine with three Ray nodes is slow to start
     while time.monotonic() < deadline and not (cases.exists() and cases.read_text().count("\n") >= 1):
