@@ -605,7 +605,7 @@ class Summary:
     time_ci_low: float | None
     time_ci_high: float | None
     memory_geomean: float | None
-    memory_cases: int
+    memory_cases: int  # cases in memory_geomean: those whose relative threshold decides (not the byte floor)
     counts: dict[str, int]
 
 
@@ -972,6 +972,16 @@ def _host_guard(
     return replace(time, verdict="unstable", note=note)
 
 
+def _memory_ratio_counts(case: CaseComparison) -> bool:
+    """Whether a case's memory ratio enters the summary's geometric mean: only where its
+    relative threshold, not the byte floor, decides. Below that, page jitter moves small
+    peaks by tens of percent (an A/A of two cases of 0.2 and 2.8 MiB gave -8.7%)."""
+    m, th = case.memory, case.thresholds or Thresholds()
+    if m is None or m.ratio is None or m.baseline is None:
+        return False
+    return m.baseline * th.memory >= th.memory_floor_bytes
+
+
 def _memory_change(base: CaseRecord, cur: CaseRecord, th: Thresholds) -> MetricChange:
     b, c = base.peak_memory_bytes, cur.peak_memory_bytes
     if b is None or c is None:
@@ -1192,7 +1202,7 @@ def compare_runs(
         # The geometric mean of each bootstrap replicate across cases: a CI for the summary.
         logs = np.log(np.vstack(replicates))
         lo, hi = percentile_ci(np.exp(logs.mean(axis=0)))
-    mem = [c.memory.ratio for c in results if c.memory is not None and c.memory.ratio is not None]
+    mem = [c.memory.ratio for c in results if _memory_ratio_counts(c)]
     counts = {v: sum(1 for c in results if c.verdict == v) for v in VERDICTS}
     summary = Summary(len(timed), geo, lo, hi, _geomean(mem), len(mem), counts)
     order = {v: i for i, v in enumerate(VERDICTS)}
@@ -1258,7 +1268,7 @@ def headline(cmp: Comparison) -> str:
             ci = f" (95% CI {s.time_ci_low - 1:+.1%} … {s.time_ci_high - 1:+.1%})"
         geo = f"; time geometric mean {s.time_geomean - 1:+.1%}{ci} over {s.cases_compared} cases"
     if s.memory_geomean is not None:
-        geo += f"; memory geometric mean {s.memory_geomean - 1:+.1%}"
+        geo += f"; memory geometric mean {s.memory_geomean - 1:+.1%} over {s.memory_cases} cases"
     return f"{len(cmp.cases)} cases: {counts or 'none'}{geo}"
 
 
