@@ -126,9 +126,11 @@ class LocalExecutor:
             turns.write.close()
         # Taking block turns with the other side of a bench ab, a worker waits about as long as
         # it times, so its wall clock gets twice the case's timeout (its own time still gets one).
-        timeout = self.settings.case_timeout() * (2 if turns is not None else 1)
+        timeout, why = self.settings.case_timeout(), ""
+        if turns is not None:
+            timeout, why = 2 * timeout, " (twice --timeout: it took turns)"
         try:
-            return self._wait(proc, parent_conn, started, timeout)
+            return self._wait(proc, parent_conn, started, timeout, why)
         finally:
             self._current = None
             if proc.is_alive():
@@ -136,7 +138,7 @@ class LocalExecutor:
             proc.join(5)
             parent_conn.close()
 
-    def _wait(self, proc: Any, conn: Any, started: float, timeout: float) -> Outcome:
+    def _wait(self, proc: Any, conn: Any, started: float, timeout: float, why: str) -> Outcome:
         deadline = started + timeout
         limit = self.settings.memory_limit_bytes
         watched = _watch(proc.pid)
@@ -196,8 +198,7 @@ class LocalExecutor:
                 proc.join(5)
                 return Outcome(
                     "timeout",
-                    f"no result within {timeout:g} s; worker stopped"
-                    + ("" if timeout == self.settings.case_timeout() else " (twice --timeout: it took turns)"),
+                    f"no result within {timeout:g} s; worker stopped{why}",
                     worker={"pid": proc.pid, "wall_s": now - started, "exitcode": proc.exitcode},
                 )
             if not proc.is_alive() and not conn.poll(0):

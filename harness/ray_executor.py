@@ -436,7 +436,7 @@ class RayExecutor:
         while not self._finished:
             if not self._flights:
                 raise RuntimeError("next_finished() with no case in flight")
-            interrupts.check()  # a Ctrl-C swallowed inside Ray's wait still stops the run
+            interrupts.check()  # a Ctrl-C swallowed where it landed (torch's import swallowed one) stops the run
             ready, _ = ray.wait(list(self._flights), num_returns=1, timeout=POLL_S)
             for gen in ready:
                 self._receive(gen)

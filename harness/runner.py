@@ -409,7 +409,7 @@ class Runner:
         interrupts.check()
         with self._gate.phase(case.case_id):
             outcome = phase(case)
-        interrupts.check()  # a stopped worker's outcome is not recorded as the case's
+        interrupts.check()  # interrupted during the phase: stop before recording its outcome
         if outcome.status != "ok" and (outcome.reason or "").startswith(DriverGone.__name__):
             raise DriverGone(outcome.reason)  # the driver stopped while the worker waited: stop, resumable
         return outcome
