@@ -1,1 +1,1 @@
-"""Backends: one module per device runtime behind `backends.base.Backend`."""
+"""Backends: one module per device runtime behind `attnbench.backends.base.Backend`."""

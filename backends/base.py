@@ -16,8 +16,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from attnbench.core.registry import declare_base
+
 if TYPE_CHECKING:
-    from harness.cases import Case
+    from attnbench.core.cases import Case
 
 DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -156,7 +158,7 @@ class Backend(ABC):
     in_available: ClassVar[bool] = True
     # Whether `bench calibrate` measures this backend's device (else it shares another's peaks).
     calibrates: ClassVar[bool] = False
-    # The driver `bench profile` uses (harness.profiling.DRIVERS): torch.profiler unless the
+    # The driver `bench profile` uses (attnbench.engine.profiling.DRIVERS): torch.profiler unless the
     # runtime has its own ("onnxruntime", "xla").
     profiler: ClassVar[str] = "torch"
 
@@ -290,3 +292,6 @@ def eager_step(module: nn.Module, inputs: tuple[Tensor, ...], mode: str) -> Step
         return torch.autograd.grad(out, leaves, grad_out, allow_unused=True, materialize_grads=True)
 
     return train
+
+
+declare_base("backend", Backend)

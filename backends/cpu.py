@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 import psutil
 import torch
 
-from backends.base import (
+from attnbench.backends.base import (
     Availability,
     Backend,
     EnergyMeter,
@@ -24,11 +24,11 @@ from backends.base import (
     Step,
     Timer,
 )
-from backends.energy import rapl_meter, rapl_status
-from backends.peaks import peaks_for
-from harness.cases import Case
-from harness.environment import cpu_model
-from harness.registry import register_backend
+from attnbench.backends.energy import rapl_meter, rapl_status
+from attnbench.backends.peaks import peaks_for
+from attnbench.core.cases import Case
+from attnbench.core.environment import cpu_model
+from attnbench.core.registry import register_backend
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 

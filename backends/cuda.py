@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from backends.base import (
+from attnbench.backends.base import (
     Availability,
     Backend,
     EnergyMeter,
@@ -30,10 +30,10 @@ from backends.base import (
     Timer,
     parse_bool,
 )
-from backends.energy import nvml_meter
-from backends.peaks import peaks_for
-from harness.cases import Case
-from harness.registry import register_backend
+from attnbench.backends.energy import nvml_meter
+from attnbench.backends.peaks import peaks_for
+from attnbench.core.cases import Case
+from attnbench.core.registry import register_backend
 
 FLUSH_BYTES = 256 * 2**20  # larger than any current GPU's L2 (H100: 50 MiB; B200: 126 MiB)
 
@@ -185,7 +185,7 @@ class CudaBackend(Backend):
 
     def setup(self, case: Case) -> dict[str, Any]:
         if self.index >= torch.cuda.device_count():
-            from harness.worker import Unsupported
+            from attnbench.core.errors import Unsupported
 
             raise Unsupported(f"cuda device {self.index} does not exist ({torch.cuda.device_count()} visible)")
         torch.cuda.set_device(self.index)

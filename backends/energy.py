@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from backends.base import EnergyMeter, EnergyReading, NullEnergyMeter
+from attnbench.backends.base import EnergyMeter, EnergyReading, NullEnergyMeter
 
 POWERCAP_ROOT = Path("/sys/class/powercap")
 

@@ -27,7 +27,7 @@ import psutil
 import torch
 from torch import Tensor, nn
 
-from backends.base import (
+from attnbench.backends.base import (
     DTYPES,
     Availability,
     Backend,
@@ -38,12 +38,12 @@ from backends.base import (
     Timer,
     parse_list,
 )
-from backends.cpu import RssPeakMeter
-from backends.energy import rapl_meter, rapl_status
-from backends.peaks import cache_dir, peaks_for
-from harness.cases import Case
-from harness.environment import cpu_model
-from harness.registry import register_backend
+from attnbench.backends.cpu import RssPeakMeter
+from attnbench.backends.energy import rapl_meter, rapl_status
+from attnbench.backends.peaks import cache_dir, peaks_for
+from attnbench.core.cases import Case
+from attnbench.core.environment import cpu_model
+from attnbench.core.registry import register_backend
 
 OPT_LEVELS = ("disable", "basic", "extended", "all")
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -351,7 +351,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             sess = self.session(module, inputs, case)
         except ExportUnsupported as exc:
-            from harness.worker import Unsupported
+            from attnbench.core.errors import Unsupported
 
             raise Unsupported(str(exc)) from None
         return self._run(sess, inputs)
@@ -362,7 +362,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             sess = self.session(module, inputs, case)
         except ExportUnsupported as exc:
-            from harness.worker import Unsupported
+            from attnbench.core.errors import Unsupported
 
             raise Unsupported(str(exc)) from None
         binding = sess.io_binding()
@@ -405,7 +405,7 @@ class OnnxRuntimeBackend(Backend):
 
     def memory_meter(self) -> MemoryMeter:
         if self.on_gpu:
-            from backends.base import MemoryReading
+            from attnbench.backends.base import MemoryReading
 
             class _Null(MemoryMeter):
                 def start(self) -> None:
@@ -435,7 +435,7 @@ class OnnxRuntimeBackend(Backend):
 
     def energy_meter(self) -> EnergyMeter:
         if self.on_gpu:
-            from backends.cuda import nvml_energy_meter
+            from attnbench.backends.cuda import nvml_energy_meter
 
             return nvml_energy_meter(0)
         return rapl_meter()

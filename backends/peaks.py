@@ -91,7 +91,7 @@ def cache_dir() -> Path:
 
 def machine_fingerprint() -> str:
     """Stable for one machine: hostname, CPU model, core counts, memory. Not the software."""
-    from harness.environment import cpu_model
+    from attnbench.core.environment import cpu_model
 
     parts = [
         platform.node(),

@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from backends.base import (
+from attnbench.backends.base import (
     DTYPES,
     Availability,
     Backend,
@@ -30,11 +30,11 @@ from backends.base import (
     Timer,
     eager_step,
 )
-from backends.cpu import RssPeakMeter
-from backends.energy import rapl_meter
-from backends.peaks import peaks_for
-from harness.cases import Case
-from harness.registry import register_backend
+from attnbench.backends.cpu import RssPeakMeter
+from attnbench.backends.energy import rapl_meter
+from attnbench.backends.peaks import peaks_for
+from attnbench.core.cases import Case
+from attnbench.core.registry import register_backend
 
 
 def _compiles() -> tuple[int, float]:
@@ -220,7 +220,7 @@ class XlaBackend(Backend):
 
         hw = self.hw
         if hw == "CPU":
-            from harness.environment import cpu_model
+            from attnbench.core.environment import cpu_model
 
             name = f"XLA CPU ({cpu_model()})"
         else:

@@ -39,11 +39,11 @@ class _Session:
     def __init__(self, config: pytest.Config) -> None:
         import os
 
-        from harness.errors import UserError
-        from harness.registry import PLUGINS_ENV
-        from harness.runner import new_run_id
-        from harness.settings import RunSettings
-        from harness.suites import Overrides, load_suite, resolve
+        from attnbench.core.errors import UserError
+        from attnbench.core.registry import PLUGINS_ENV
+        from attnbench.core.settings import RunSettings
+        from attnbench.engine.runner import new_run_id
+        from attnbench.engine.suites import Overrides, load_suite, resolve
 
         def csv(text: str | None) -> list[str] | None:
             return [t.strip() for t in text.split(",") if t.strip()] if text else None
@@ -65,7 +65,7 @@ class _Session:
             self.settings = RunSettings(**suite_settings, plugins=os.environ.get(PLUGINS_ENV, ""))
         except UserError as exc:
             raise pytest.UsageError(f"--attnbench-suite {name}: {exc}") from None
-        from harness.cases import expand
+        from attnbench.engine.expand import expand
 
         self.suite = spec.name
         self.cases = expand(sweep)
@@ -75,14 +75,14 @@ class _Session:
 
     def executor(self) -> Any:
         if self._executor is None:
-            from harness.executor import LocalExecutor
+            from attnbench.engine.executors.local import LocalExecutor
 
             self._executor = LocalExecutor(self.settings)
             self._executor.warm()
         return self._executor
 
     def measure(self, case: Any) -> dict[str, Any]:
-        from harness.runner import base_record, finish_record
+        from attnbench.engine.runner import base_record, finish_record
 
         record = base_record(self.run_id, case)
         outcome = self.executor().run(case)
@@ -104,7 +104,7 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
     state = getattr(config, _STATE_KEY, None)
     if state is None:
         return
-    from harness.environment import fingerprint
+    from attnbench.core.environment import fingerprint
 
     env = fingerprint()
     machine_info["attnbench"] = {
@@ -158,8 +158,8 @@ def feed_benchmark(benchmark: Any, record: dict[str, Any]) -> None:
     `_make_stats(iterations)` and the returned object's `update(duration)` are what its own
     `pedantic` mode uses, stable since pytest-benchmark 3.
     """
-    from harness.exporters import extra_info
-    from harness.results import CASE_READERS
+    from attnbench.analysis.exporters import extra_info
+    from attnbench.core.results import CASE_READERS
 
     rec = CASE_READERS[record["schema"]](record, record["case_id"])
     benchmark.group = f"{rec.variant} {rec.backend}/{rec.dtype}/{rec.mode}/{rec.extra.get('scope', 'core')}"

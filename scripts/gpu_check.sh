@@ -12,7 +12,7 @@ mkdir -p "$out"
 export ATTNBENCH_CACHE_DIR="$out/cache" ATTNBENCH_HISTORY="$out/history.sqlite" PYTHONUNBUFFERED=1
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 py=${PYTHON:-python3}
-bench() { "$py" -m harness.cli "$@"; }
+bench() { "$py" -m attnbench "$@"; }
 "$py" - <<'PY' || { echo "no CUDA device visible to torch: nothing to check"; exit 2; }
 import torch
 assert torch.cuda.is_available(), "no CUDA"
@@ -27,9 +27,9 @@ echo "== pytest -m gpu"
 timeout 240 "$py" -m pytest -p no:cacheprovider -m gpu -q -rs --durations=5 -k "not smoke_suite" tests/test_cuda.py \
     tests/test_profile.py::test_bench_profile_cuda tests/test_transforms.py::test_two_four_on_cuda_within_tolerance \
     2>&1 | tee "$out/pytest.log" | tail -40 || rc=1
-echo "== bench calibrate --backends cuda"; timeout 120 "$py" -m harness.cli calibrate --backends cuda --quick 2>&1 | tail -20 || rc=1
+echo "== bench calibrate --backends cuda"; timeout 120 "$py" -m attnbench calibrate --backends cuda --quick 2>&1 | tail -20 || rc=1
 echo "== bench run --suite smoke --backends cuda"
-timeout 360 "$py" -m harness.cli run --suite smoke --backends cuda --dtypes float32,bfloat16 --out "$out/smoke" 2>&1 | tail -25 || rc=1
+timeout 360 "$py" -m attnbench run --suite smoke --backends cuda --dtypes float32,bfloat16 --out "$out/smoke" 2>&1 | tail -25 || rc=1
 "$py" - "$out/smoke" <<'PY' || rc=1
 import json, sys, pathlib
 recs = [json.loads(l) for l in (pathlib.Path(sys.argv[1]) / "cases.jsonl").read_text().splitlines()]

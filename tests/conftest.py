@@ -41,7 +41,7 @@ FAULTY = "tests.plugins.faulty"
 def faulty_plugins(monkeypatch: pytest.MonkeyPatch) -> str:
     """Register the misbehaving test workloads here and in every worker."""
     monkeypatch.setenv("ATTNBENCH_PLUGINS", FAULTY)
-    from harness.registry import load_plugins
+    from attnbench.core.registry import load_plugins
 
     load_plugins()
     return FAULTY
@@ -55,4 +55,4 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-BENCH = [sys.executable, "-m", "harness.cli"]
+BENCH = [sys.executable, "-m", "attnbench"]

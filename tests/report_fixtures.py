@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from harness.results import CASE_SCHEMA, CASES_FILE, RUN_FILE, RUN_SCHEMA
+from attnbench.core.results import CASE_SCHEMA, CASES_FILE, RUN_FILE, RUN_SCHEMA
 
 LENGTHS = (512, 1024, 2048, 4096, 8192)
 HEADS, HEAD_DIM = 8, 64
@@ -228,7 +228,7 @@ def rendered_report(*runs: Path) -> Path:
     import shutil
     import tempfile
 
-    from harness.cli import main
+    from attnbench.cli.main import main
 
     key = tuple(str(r) for r in runs)
     if key not in _rendered:

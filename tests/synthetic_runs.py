@@ -1,6 +1,6 @@
 """Run folders with chosen samples, written in the result contract, for history/compare tests.
 
-The files are real (run.json + cases.jsonl through harness.results.RunWriter) and are read
+The files are real (run.json + cases.jsonl through attnbench.core.results.RunWriter) and are read
 by the real readers; only the numbers are chosen, seeded, so statistics tests cannot flake.
 """
 
@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.results import CASE_SCHEMA, RUN_SCHEMA, RunWriter, load_run
-from harness.stats import summarize
+from attnbench.core.results import CASE_SCHEMA, RUN_SCHEMA, RunWriter, load_run
+from attnbench.core.stats import summarize
 
 HOST = {
     "hostname": "bench-host-1",

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.ab_command import side_flags
-from harness.errors import UserError
-from harness.history import History
-from harness.results import load_run
+from attnbench.analysis.history import History
+from attnbench.cli.ab import side_flags
+from attnbench.core.errors import UserError
+from attnbench.core.results import load_run
 from tests.conftest import BENCH, ROOT, cli_env
 
 SLOWDOWN = "tests.plugins.slowdown"

@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.registry import WORKLOADS, load_plugins
+from attnbench.core.registry import WORKLOADS, load_plugins
+from attnbench.workloads.adaptive import ACT_EPSILON, calibrate_halting_bias
+from attnbench.workloads.base import Shape
+from attnbench.workloads.layer import PreNormLayer
 from tests.conftest import BENCH, cli_env
-from workloads.adaptive import ACT_EPSILON, calibrate_halting_bias
-from workloads.base import Shape
-from workloads.layer import PreNormLayer
 
 load_plugins()
 UT, ACT = WORKLOADS["adaptive.universal"], WORKLOADS["adaptive.act"]

@@ -1,4 +1,4 @@
-"""harness.cases: case identity, sweep expansion, sweep (de)serialisation."""
+"""attnbench.core.cases: case identity, sweep expansion, sweep (de)serialisation."""
 
 import dataclasses
 import json
@@ -6,10 +6,11 @@ from typing import ClassVar
 
 import pytest
 
-from harness import registry
-from harness.cases import Case, Sweep, expand, freeze_params
-from harness.errors import UserError
-from workloads.full import NaiveAttention
+from attnbench.core import registry
+from attnbench.core.cases import Case, Sweep, freeze_params
+from attnbench.core.errors import UserError
+from attnbench.engine.expand import expand
+from attnbench.workloads.full import NaiveAttention
 
 
 def make_case(**changes):

@@ -42,7 +42,7 @@ def results(tmp_path_factory):
     env["COLUMNS"] = "200"  # rich tables: no wrapped names
     procs = {
         name: subprocess.Popen(
-            [sys.executable, "-m", "harness.cli", *args],
+            [sys.executable, "-m", "attnbench", *args],
             cwd=cwd,
             env=env,
             stdout=subprocess.PIPE,

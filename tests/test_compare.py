@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import scipy.stats
 
-from harness.compare import (
+from attnbench.analysis.compare import (
     CompareConfig,
     Thresholds,
     compare_runs,
@@ -29,8 +29,8 @@ from harness.compare import (
     welch_t_test,
     wilcoxon_signed_rank,
 )
-from harness.errors import UserError
-from harness.results import load_run
+from attnbench.core.errors import UserError
+from attnbench.core.results import load_run
 from tests.conftest import BENCH, cli_env
 from tests.synthetic_runs import Case, noisy, write_run
 
@@ -52,7 +52,7 @@ def test_mann_whitney_matches_scipy(n1: int, n2: int) -> None:
 
 @pytest.mark.parametrize("df", [1, 2, 3, 5, 9, 30])
 def test_t_quantile_of_the_noise_floor_matches_scipy(df: int) -> None:
-    from harness.noise import t_quantile
+    from attnbench.analysis.noise import t_quantile
 
     exact = scipy.stats.t.ppf(0.995, df)
     assert t_quantile(0.995, df) == pytest.approx(exact, abs=0.05 if df == 3 else 0.01)
@@ -219,7 +219,7 @@ def test_earlier_runs_set_a_run_to_run_noise_floor(tmp_path: Path) -> None:
 
 def _host_paired(code_s: float, slow_share: float, n: int, seed: int) -> tuple[list[float], dict]:
     """A case on a host switching between two speeds 33% apart, each sample paired with
-    reference readings that saw the same speed (harness.machine_check), 2% noise each."""
+    reference readings that saw the same speed (attnbench.engine.machine_check), 2% noise each."""
     rng = random.Random(seed)
     speeds = [1.33 if rng.random() < slow_share else 1.0 for _ in range(n)]
     samples = [code_s * s * rng.lognormvariate(0.0, 0.02) for s in speeds]
@@ -487,7 +487,7 @@ def test_the_hodges_lehmann_ci_covers_the_centre_as_often_as_it_says() -> None:
 
 
 def test_runs_of_different_bench_ab_jobs_are_not_paired(tmp_path: Path) -> None:
-    from harness.compare import interleaved
+    from attnbench.analysis.compare import interleaved
 
     base, cur = _interleaved_pair(tmp_path / "one", [Case("a", [1.0])], [Case("a", [1.0])])
     assert interleaved(base.run, cur.run)

@@ -7,7 +7,7 @@ floor), as a nightly comparison uses its history.
 
 What it can assert depends on the host, and it says which: a busy machine (other
 processes) skips it; a host whose own speed moved during the runs (the reference kernel
-of harness.machine_check spread over 15%, as on the shared VM this was built on) keeps
+of attnbench.engine.machine_check spread over 15%, as on the shared VM this was built on) keeps
 the no-false-alarm assertions but skips the detection one, which no statistics can make
 on such a host from one run. The rates over many runs are measured by
 tools/aa_experiment.py, and the verdict logic on controlled data by tests/test_compare.py.
@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import machine_check
-from harness.compare import compare_runs
-from harness.results import RunResult, load_run
+from attnbench.analysis.compare import compare_runs
+from attnbench.core import machine_check
+from attnbench.core.results import RunResult, load_run
 from tests.conftest import BENCH, cli_env
 
 pytestmark = pytest.mark.slow

@@ -31,7 +31,7 @@ def _long_step() -> object:
 
 
 def test_events_agree_with_a_synchronised_host_clock_for_long_calls() -> None:
-    from backends.cuda import host_vs_event_seconds
+    from attnbench.backends.cuda import host_vs_event_seconds
 
     step = _long_step()
     step()
@@ -43,7 +43,7 @@ def test_events_agree_with_a_synchronised_host_clock_for_long_calls() -> None:
 
 def test_an_unsynchronised_host_clock_would_have_been_wrong() -> None:
     """Why events: a host clock read right after launching measures the launch, not the work."""
-    from backends.cuda import CudaEventTimer
+    from attnbench.backends.cuda import CudaEventTimer
 
     step = _long_step()
     step()
@@ -58,7 +58,7 @@ def test_an_unsynchronised_host_clock_would_have_been_wrong() -> None:
 
 
 def test_allocator_peak_follows_the_scores_matrix() -> None:
-    from backends.cuda import CudaMemoryMeter
+    from attnbench.backends.cuda import CudaMemoryMeter
 
     n = 4096
     q = torch.randn(1, 8, n, 64, device="cuda")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from backends.base import NullEnergyMeter, Timer
-from backends.energy import CounterEnergyMeter, NvmlCounter, nvml_meter, rapl_counters, rapl_meter
-from harness.worker import measure_energy
+from attnbench.backends.base import NullEnergyMeter, Timer
+from attnbench.backends.energy import CounterEnergyMeter, NvmlCounter, nvml_meter, rapl_counters, rapl_meter
+from attnbench.engine.worker import measure_energy
 
 WRAP_UJ = 262_143_328_850  # a real package's max_energy_range_uj
 

@@ -9,19 +9,19 @@ import math
 import pytest
 import torch
 
-from harness.cases import Case
-from harness.executor import LocalExecutor
-from harness.registry import get_workload, load_plugins
-from harness.settings import RunSettings
-from tests.op_recorder import OpRecorder
-from workloads.base import Shape
-from workloads.hierarchical import (
+from attnbench.core.cases import Case
+from attnbench.core.registry import get_workload, load_plugins
+from attnbench.core.settings import RunSettings
+from attnbench.engine.executors.local import LocalExecutor
+from attnbench.workloads.base import Shape
+from attnbench.workloads.hierarchical import (
     HANParams,
     HierarchicalAttentionNetwork,
     TransformerXLAttention,
     XLParams,
     rel_shift,
 )
+from tests.op_recorder import OpRecorder
 
 load_plugins()
 

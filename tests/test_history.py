@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UserError
-from harness.history import History, history_path, ingest_paths
-from harness.results import load_run
+from attnbench.analysis.history import History, history_path, ingest_paths
+from attnbench.core.errors import UserError
+from attnbench.core.results import load_run
 from tests.conftest import BENCH, cli_env
 from tests.synthetic_runs import Case, noisy, write_run
 
@@ -167,8 +167,8 @@ def test_bench_run_records_the_run_with_its_workload_hash(tmp_path: Path) -> Non
 
 
 def test_workload_hash_follows_source_and_parameters() -> None:
-    from harness.compare import workload_hash
-    from harness.registry import get_workload
+    from attnbench.engine.identity import workload_hash
+    from attnbench.core.registry import get_workload
 
     chunked = get_workload("full.chunked")
     a = workload_hash(chunked, {"chunk": 256, "causal": True})

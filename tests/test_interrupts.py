@@ -1,4 +1,4 @@
-"""harness.interrupts: a Ctrl-C is noted as well as raised, so a swallowed one still stops a run."""
+"""attnbench.core.interrupts: a Ctrl-C is noted as well as raised, so a swallowed one still stops a run."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from harness import interrupts
+from attnbench.core import interrupts
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
-"""harness.machine_check: the reference kernel, pairing samples with it, and merging passes."""
+"""attnbench.core.machine_check and attnbench.engine.reference_kernel: the reference kernel,
+pairing samples with it, and merging passes."""
 
 from __future__ import annotations
 
@@ -6,12 +7,13 @@ import math
 
 import pytest
 
-from harness import machine_check
+from attnbench.core import machine_check
+from attnbench.engine import reference_kernel
 
 
 def test_reference_readings_are_real_and_positive() -> None:
-    assert machine_check.reference_seconds(reps=3) > 0
-    read = machine_check.pair_reader()
+    assert reference_kernel.reference_seconds(reps=3) > 0
+    read = reference_kernel.pair_reader()
     assert all(read() > 0 for _ in range(3))
 
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.cases import Case
-from harness.executor import LocalExecutor
-from harness.settings import RunSettings
+from attnbench.core.cases import Case
+from attnbench.core.settings import RunSettings
+from attnbench.engine.executors.local import LocalExecutor
 
 MiB = 2**20
 

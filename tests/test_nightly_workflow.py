@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.compare import FAILING
+from attnbench.analysis.compare import FAILING
 from tests.conftest import ROOT
 
 WORKFLOW = ROOT / ".github" / "workflows" / "nightly.yml"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from backends.peaks import (
+from attnbench.backends.peaks import (
     datasheet_for,
     fraction_of_peak,
     load_calibration,

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 import torch
 
-from harness.cli import main
-from harness.profiling import CALL_RANGE, OUTSIDE, analyze_ort_trace, analyze_torch_trace
+from attnbench.cli.main import main
+from attnbench.engine.profiling import CALL_RANGE, OUTSIDE, analyze_ort_trace, analyze_torch_trace
+from attnbench.workloads.base import step_range
 from tests.conftest import BENCH, cli_env
-from workloads.base import step_range
 
 SMALL = ["--backends", "cpu", "--batch", "1", "--heads", "2", "--head-dim", "16", "--threads", "1"]
 
@@ -124,7 +124,7 @@ def test_run_with_profile_records_the_same_medians(tmp_path: Path, monkeypatch: 
     a shared, noisy machine a tight bound would test the neighbours, not the code.
     """
     monkeypatch.setenv("ATTNBENCH_PLUGINS", "tests.plugins.profiler_probe")
-    from harness.registry import load_plugins
+    from attnbench.core.registry import load_plugins
 
     load_plugins()
     flags = ["--variants", "test.profiler_probe", "--seq-lens", "256", *SMALL, "--max-time-per-case", "0.2"]
@@ -192,7 +192,7 @@ def test_profile_user_errors_are_one_line(
     )
     from dataclasses import fields
 
-    from harness.results import CaseRecord
+    from attnbench.core.results import CaseRecord
 
     record = {f.name: None for f in fields(CaseRecord) if f.name != "extra"}
     record.update(schema="attnbench.case/1", case_id="full.naive-cpu-n128-0123456789", variant="full.naive")

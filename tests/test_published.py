@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.published import compare, markdown, published
-from harness.results import load_run
-from harness.suites import Overrides, load_suite, resolve
+from attnbench.analysis.published import compare, markdown, published
+from attnbench.core.results import load_run
+from attnbench.engine.suites import Overrides, load_suite, resolve
 
 FIXTURE = Path(__file__).parent / "fixtures" / "published"
 
@@ -64,9 +64,9 @@ def test_reference_suites_expand_as_documented() -> None:
 
 
 def test_report_of_a_reference_run_shows_the_published_comparison(tmp_path: Path) -> None:
-    from harness.report.command import add_parser  # noqa: F401 - the command module imports cleanly
-    from harness.report.data import ReportData
-    from harness.report.report import build
+    from attnbench.cli.report import add_parser  # noqa: F401 - the command module imports cleanly
+    from attnbench.report.data import ReportData
+    from attnbench.report.report import build
 
     report = build(ReportData([load_run(FIXTURE)]), "bench report tests/fixtures/published")
     table = report.published

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.cases import expand
-from harness.suites import Overrides, load_suite, resolve
+from attnbench.engine.expand import expand
+from attnbench.engine.suites import Overrides, load_suite, resolve
 from tests.conftest import BENCH, cli_env
 
 PYTEST = [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q"]

@@ -38,7 +38,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), ATTNBENCH_TEST_MARKERS=str(markers))
     from ray.cluster_utils import Cluster
 
-    from harness.ray_executor import CPU_RESOURCE
+    from attnbench.engine.executors.ray import CPU_RESOURCE
 
     # The head runs no case (no CPU, no attnbench_cpu); each worker node offers one CPU slot.
     c = Cluster(

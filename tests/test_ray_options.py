@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from harness.cases import Case
-from harness.cli import main
-from harness.errors import UserError
-from harness.ray_executor import CPU_RESOURCE, RayOptions, RaySpec, fits, request_for
+from attnbench.cli.main import main
+from attnbench.core.cases import Case
+from attnbench.core.errors import UserError
+from attnbench.engine.executors.ray import CPU_RESOURCE, RayOptions, RaySpec, fits, request_for
 
 
 def case(backend: str, threads: int | None = None) -> Case:

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import main
-from harness.errors import UserError
-from harness.report.command import default_out, prepare_out
-from harness.report.data import ReportData, find_run, load_runs
-from harness.report.tables import series_stats
-from harness.results import load_run
+from attnbench.cli.main import main
+from attnbench.cli.report import default_out, prepare_out
+from attnbench.core.errors import UserError
+from attnbench.core.results import load_run
+from attnbench.report.data import ReportData, find_run, load_runs
+from attnbench.report.tables import series_stats
 from tests.conftest import BENCH, cli_env
 from tests.report_fixtures import REAL_CPU, REAL_CPU_ORT, SYNTHETIC, rendered_report, write_run
 
@@ -156,9 +156,10 @@ def test_report_reads_and_never_writes_the_runs(tmp_path: Path) -> None:
 def test_nothing_is_run_only_read() -> None:
     """In a fresh process, the terminal report imports no executor, worker or backend."""
     code = (
-        "import sys; from harness.cli import main; "
+        "import sys; from attnbench.cli.main import main; "
         f"rc = main(['report', {str(REAL_CPU_ORT)!r}, '--format', 'terminal']); "
-        "loaded = [m for m in ('harness.executor', 'harness.worker', 'harness.runner', 'backends.cpu') "
+        "loaded = [m for m in ('attnbench.engine.executors.local', 'attnbench.engine.worker', "
+        "'attnbench.engine.runner', 'attnbench.backends.cpu') "
         "if m in sys.modules]; print('LOADED', loaded); sys.exit(rc)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120)
@@ -228,9 +229,9 @@ def test_a_layer_scope_curve_is_not_compared_with_a_core_baseline() -> None:
 def test_sparse_patterns_are_rebuilt_with_the_stored_parameters() -> None:
     """The heatmap is the variant's own mask at a measured length, with the run's window (64), not the default."""
     pytest.importorskip("matplotlib")
-    from harness.registry import get_workload
-    from harness.report.figures import pattern_figure
-    from workloads.base import Shape
+    from attnbench.core.registry import get_workload
+    from attnbench.report.figures import pattern_figure
+    from attnbench.workloads.base import Shape
 
     data = ReportData(load_runs([REAL_CPU]))
     fig, notes = pattern_figure(data)
@@ -330,7 +331,7 @@ def test_transformed_cases_are_curves_of_their_own_compared_with_the_untransform
     assert base is not None and base.curve.variant == "full.sdpa" and base.curve.transform == "none"
     [stats] = [s for s in series_stats(data, group) if s.key == key]
     assert [sp.speedup for sp in stats.speedups] == pytest.approx([2.0] * 5)
-    from harness.report.figures import transforms_figure
+    from attnbench.report.figures import transforms_figure
 
     fig, note = transforms_figure(data)
     assert fig is not None and note is None

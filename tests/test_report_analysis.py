@@ -1,4 +1,4 @@
-"""harness.report.analysis: log-log slopes with their uncertainty, speedups and crossover lengths."""
+"""attnbench.report.analysis: log-log slopes with their uncertainty, speedups and crossover lengths."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from harness.report.analysis import Crossover, SpeedupPoint, crossover, fit_loglog, t975
+from attnbench.report.analysis import Crossover, SpeedupPoint, crossover, fit_loglog, t975
 
 
 def sp(n: int, s: float | None, outcome: str = "measured", band: float = 0.01) -> SpeedupPoint:

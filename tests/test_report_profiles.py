@@ -6,10 +6,10 @@ import json
 import shutil
 from pathlib import Path
 
-from harness.report.data import ReportData
-from harness.report.markdown import render_markdown
-from harness.report.report import build
-from harness.results import load_run
+from attnbench.core.results import load_run
+from attnbench.report.data import ReportData
+from attnbench.report.markdown import render_markdown
+from attnbench.report.report import build
 
 FIXTURE = Path(__file__).parent / "fixtures" / "published"
 
@@ -38,7 +38,7 @@ def test_profiled_cases_are_linked_with_their_top_operators(tmp_path: Path) -> N
     assert row[2] == "lsh.attention 40%" and row[3] == "aten::bmm 30%"
     out = tmp_path / "report"
     out.mkdir()
-    from harness.report.figures import Figures
+    from attnbench.report.figures import Figures
 
     text = render_markdown(report, Figures(folder=out / "figures", files=[], notes={}), link_base=out)
     assert f"[trace](../run/profiles/{case.case_id}/trace.json)" in text

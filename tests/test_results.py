@@ -1,4 +1,4 @@
-"""harness.results: writing run folders and reading them back with schema checks."""
+"""attnbench.core.results: writing run folders and reading them back with schema checks."""
 
 import json
 import os
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.errors import UserError
-from harness.results import (
+from attnbench.core.errors import UserError
+from attnbench.core.results import (
     CASE_SCHEMA,
     CASES_FILE,
     RUN_FILE,

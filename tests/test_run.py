@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.cases import Case
-from harness.results import load_run
+from attnbench.core.cases import Case
+from attnbench.core.results import load_run
 from tests.conftest import BENCH, FAULTY, cli_env
 
 RUN_FIELDS = {
@@ -276,7 +276,7 @@ def test_entry_point_plugins_are_found(tmp_path: Path) -> None:
     (site / "myattn" / "__init__.py").write_text(
         "from typing import ClassVar\n"
         "import torch.nn.functional as F\n"
-        "from workloads.base import AttentionVariant\n"
+        "from attnbench.workloads.base import AttentionVariant\n"
         "class Plain(AttentionVariant):\n"
         "    name: ClassVar[str] = 'plugin.plain'\n"
         "    family: ClassVar[str] = 'full'\n"

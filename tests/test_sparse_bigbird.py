@@ -10,15 +10,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.cases import Case, Sweep, expand
-from harness.executor import LocalExecutor
-from harness.registry import WORKLOADS, load_plugins
-from harness.settings import RunSettings
+from attnbench.core.cases import Case, Sweep
+from attnbench.core.registry import WORKLOADS, load_plugins
+from attnbench.core.settings import RunSettings
+from attnbench.engine.executors.local import LocalExecutor
+from attnbench.engine.expand import expand
+from attnbench.workloads.base import Shape
+from attnbench.workloads.reference import causal_mask, dense_reference
+from attnbench.workloads.sparse import bigbird
+from attnbench.workloads.sparse.bigbird import BigBirdAttention, BigBirdParams, block_layout, num_blocks, random_blocks
 from tests.op_recorder import OpRecorder
-from workloads.base import Shape
-from workloads.reference import causal_mask, dense_reference
-from workloads.sparse import bigbird
-from workloads.sparse.bigbird import BigBirdAttention, BigBirdParams, block_layout, num_blocks, random_blocks
 
 load_plugins()
 

@@ -10,15 +10,16 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backends.base import eager_step
-from harness.cases import Case, Sweep, expand
-from harness.executor import LocalExecutor
-from harness.registry import get_workload
-from harness.settings import RunSettings
+from attnbench.backends.base import eager_step
+from attnbench.core.cases import Case, Sweep
+from attnbench.core.registry import get_workload
+from attnbench.core.settings import RunSettings
+from attnbench.engine.executors.local import LocalExecutor
+from attnbench.engine.expand import expand
+from attnbench.workloads.base import Shape
+from attnbench.workloads.reference import dense_reference
+from attnbench.workloads.sparse.lsh import SEED_STRIDE, LSHAttention, LSHParams, auto_buckets, lsh_buckets
 from tests.op_recorder import OpRecorder
-from workloads.base import Shape
-from workloads.reference import dense_reference
-from workloads.sparse.lsh import SEED_STRIDE, LSHAttention, LSHParams, auto_buckets, lsh_buckets
 
 
 def qkv(B: int, h: int, n: int, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, ...]:

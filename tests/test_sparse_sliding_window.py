@@ -10,14 +10,14 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.cases import Case
-from harness.executor import LocalExecutor
-from harness.registry import WORKLOADS, load_plugins
-from harness.settings import RunSettings
+from attnbench.core.cases import Case
+from attnbench.core.registry import WORKLOADS, load_plugins
+from attnbench.core.settings import RunSettings
+from attnbench.engine.executors.local import LocalExecutor
+from attnbench.workloads.base import Shape
+from attnbench.workloads.reference import dense_reference
+from attnbench.workloads.sparse.sliding_window import SlidingWindowAttention, SlidingWindowParams, allowed_pairs
 from tests.op_recorder import OpRecorder
-from workloads.base import Shape
-from workloads.reference import dense_reference
-from workloads.sparse.sliding_window import SlidingWindowAttention, SlidingWindowParams, allowed_pairs
 
 load_plugins()
 

@@ -1,12 +1,13 @@
-"""harness.stats (median CI, summaries, stability) and harness.timing.sample with a scripted timer."""
+"""attnbench.core.stats (median CI, summaries, stability) and attnbench.engine.timing.sample with a scripted timer."""
 
 import math
 
 import pytest
 
-from backends.base import Timer
-from harness.stats import UNSTABLE_IQR_RATIO, converged, is_stable, median_ci_ranks, summarize
-from harness.timing import SamplingPolicy, sample
+from attnbench.backends.base import Timer
+from attnbench.core.settings import SamplingPolicy
+from attnbench.core.stats import UNSTABLE_IQR_RATIO, converged, is_stable, median_ci_ranks, summarize
+from attnbench.engine.timing import sample
 
 
 def binom_cdf_half(n, k):

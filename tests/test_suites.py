@@ -1,12 +1,12 @@
-"""harness.suites: built-in suites, suite files, and resolving them with command-line overrides."""
+"""attnbench.engine.suites: built-in suites, suite files, and resolving them with command-line overrides."""
 
 from typing import ClassVar
 
 import pytest
 
-from harness import registry
-from harness.errors import UserError
-from harness.suites import (
+from attnbench.core import registry
+from attnbench.core.errors import UserError
+from attnbench.engine.suites import (
     Overrides,
     SuiteSpec,
     builtin_suites,
@@ -15,7 +15,7 @@ from harness.suites import (
     parse_suite,
     resolve,
 )
-from workloads.full import ChunkedAttention
+from attnbench.workloads.full import ChunkedAttention
 
 BUILTIN_VARIANTS = {"full.naive", "full.sdpa", "full.chunked"}
 

@@ -10,16 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-import harness.transforms as T
-from harness.cases import Case, Sweep, expand
-from harness.errors import UserError
-from harness.kernels import ATTENTION_MARKERS as MARKERS
-from harness.registry import get_workload
-from harness.results import load_run
-from harness.settings import RunSettings
-from harness.suites import Overrides, load_suite, parse_suite, resolve
+import attnbench.engine.transforms as T
+from attnbench.core.cases import Case, Sweep
+from attnbench.core.errors import UserError
+from attnbench.core.registry import get_workload
+from attnbench.core.results import load_run
+from attnbench.core.settings import RunSettings
+from attnbench.engine.expand import expand
+from attnbench.engine.kernels import ATTENTION_MARKERS as MARKERS
+from attnbench.engine.suites import Overrides, load_suite, parse_suite, resolve
+from attnbench.workloads.base import Shape
 from tests.conftest import BENCH, cli_env
-from workloads.base import Shape
 
 SDPA = (("causal", True),)
 WINDOW = (("causal", True), ("dilation", 1), ("global_tokens", 0), ("window", 512))
@@ -102,7 +103,7 @@ def test_suite_and_flag_select_transforms() -> None:
 
 
 def test_bad_transform_flag_is_one_line_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
-    from harness.cli import main
+    from attnbench.cli.main import main
 
     assert main(["run", "--suite", "smoke", "--transforms", "quantize", "--out", "/nonexistent/x"]) == 2
     err = capsys.readouterr().err
@@ -228,7 +229,7 @@ def test_fidelity_beyond_tolerance_is_flagged() -> None:
 
 
 def test_worker_records_transform_fidelity_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
-    from harness.worker import measure_memory, measure_time
+    from attnbench.engine.worker import measure_memory, measure_time
 
     settings = RunSettings(max_time_per_case=0.05)
     # As the executor merges them: the memory worker records the kernels on its first call.
@@ -327,7 +328,7 @@ def test_tradeoff_points_from_plain_records() -> None:
 @pytest.mark.slow
 def test_compile_records_kernels_and_compile_time() -> None:
     """torch.compile really compiles (a C++ compiler is needed): a minute or more on 2 cores."""
-    from harness.worker import measure_time
+    from attnbench.engine.worker import measure_time
 
     if T.compiler_missing("cpu"):
         pytest.skip(T.compiler_missing("cpu"))

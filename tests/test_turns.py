@@ -1,4 +1,4 @@
-"""Turn taking between the two sides of bench ab (harness.turns), with real processes and pipes."""
+"""Turn taking between the two sides of bench ab (attnbench.engine.turns), with real processes and pipes."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.turns import TURNS_ENV, DriverGone, Gate, Side, alternate
+from attnbench.engine.turns import TURNS_ENV, DriverGone, Gate, Side, alternate
 from tests.conftest import ROOT
 
 # A side: `turns` turns, each logging its start and end (monotonic clock) to a file.
 SIDE = textwrap.dedent(
     """
     import json, sys, time
-    from harness.turns import gate_from_env
+    from attnbench.engine.turns import gate_from_env
     gate = gate_from_env()
     log = []
     for i in range(int(sys.argv[2])):

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from harness.registry import BUILTIN_WORKLOAD_MODULES, WORKLOADS, load_plugins
-from workloads.base import Shape
-from workloads.layer import PreNormLayer
-from workloads.reference import causal_mask, dense_reference
+from attnbench.core.registry import BUILTIN_WORKLOAD_MODULES, WORKLOADS, load_plugins
+from attnbench.workloads.base import Shape
+from attnbench.workloads.layer import PreNormLayer
+from attnbench.workloads.reference import causal_mask, dense_reference
 
 load_plugins()
 

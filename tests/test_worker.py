@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.cases import Case
-from harness.executor import LocalExecutor
-from harness.settings import RunSettings
+from attnbench.core.cases import Case
+from attnbench.core.settings import RunSettings
+from attnbench.engine.executors.local import LocalExecutor
 
 
 def case(variant: str, n: int = 64, **kw) -> Case:
@@ -82,7 +82,7 @@ def test_a_timing_worker_takes_block_turns_from_its_runners_gate(executor: Local
     import os
     import threading
 
-    from harness.turns import BLOCK, BLOCK_END, DONE, GO, Gate
+    from attnbench.engine.turns import BLOCK, BLOCK_END, DONE, GO, Gate
 
     to_r, to_w = os.pipe()
     from_r, from_w = os.pipe()
@@ -119,7 +119,7 @@ def test_a_worker_taking_block_turns_gets_twice_the_timeout(executor: LocalExecu
     import os
     import time
 
-    from harness.turns import Gate
+    from attnbench.engine.turns import Gate
 
     to_r, to_w = os.pipe()
     from_r, from_w = os.pipe()

@@ -1,4 +1,4 @@
-"""A side of bench ab for tests/test_turns.py, shaped like a `bench run` under harness.turns.
+"""A side of bench ab for tests/test_turns.py, shaped like a `bench run` under attnbench.engine.turns.
 
 `python -m tests.turns_side LOG MODE PHASES BLOCKS`: PHASES worker phases over two cases
 taken alternately. MODE "blocks": each phase starts a worker the way LocalExecutor does (a
@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.turns import gate_from_env
+from attnbench.engine.turns import gate_from_env
 
 
 def _busy(log: Path, seconds: float, phase: int) -> None:

@@ -49,7 +49,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 def run_once(folder: Path, extra: float, args: argparse.Namespace) -> None:
     env = _env(ATTNBENCH_SLOWDOWN=str(extra))
-    cmd = [sys.executable, "-m", "harness.cli", "run", "--variants", "test.slowdown", "--backends", args.backends]
+    cmd = [sys.executable, "-m", "attnbench", "run", "--variants", "test.slowdown", "--backends", args.backends]
     cmd += ["--seq-lens", args.seq_lens, "--heads", "4", "--head-dim", "32", "--threads", str(args.threads)]
     cmd += ["--max-time-per-case", str(args.budget), "--target-ci", "0.002", "--passes", str(args.passes)]
     cmd += ["--out", str(folder)]
@@ -61,7 +61,7 @@ def run_once(folder: Path, extra: float, args: argparse.Namespace) -> None:
 def run_pair(folder: Path, extra: float, args: argparse.Namespace) -> None:
     """One bench ab: the baseline (extra 0) and the candidate (extra) taking turns block by block."""
     env = _env()
-    cmd = [sys.executable, "-m", "harness.cli", "ab", "--baseline", str(ROOT)]
+    cmd = [sys.executable, "-m", "attnbench", "ab", "--baseline", str(ROOT)]
     cmd += ["--baseline-env", "ATTNBENCH_SLOWDOWN=0", "--candidate-env", f"ATTNBENCH_SLOWDOWN={extra}"]
     cmd += ["--variants", "test.slowdown", "--backends", args.backends]
     cmd += ["--seq-lens", args.seq_lens, "--heads", "4", "--head-dim", "32", "--threads", str(args.threads)]
@@ -74,8 +74,8 @@ def run_pair(folder: Path, extra: float, args: argparse.Namespace) -> None:
 
 def analyse_pairs(out: Path, extras: list[float], threshold: float, alpha: float) -> dict:
     """Each bench ab pair judged on its own (the comparison pairs their blocks, or passes)."""
-    from harness.compare import CompareConfig, Thresholds, compare_runs
-    from harness.results import load_run
+    from attnbench.analysis.compare import CompareConfig, Thresholds, compare_runs
+    from attnbench.core.results import load_run
 
     config = CompareConfig(default=Thresholds(time=threshold, alpha=alpha), source="experiment")
     report: dict = {"threshold": threshold, "alpha": alpha, "interleaved": True, "conditions": {}}
@@ -125,8 +125,8 @@ def analyse_pairs(out: Path, extras: list[float], threshold: float, alpha: float
 def analyse(out: Path, extras: list[float], threshold: float, alpha: float, noise: bool, basis: str = "raw") -> dict:
     """noise: give each comparison the other A/A runs (not in the pair) as its history of
     unchanged code, for the run-to-run noise floor, as a nightly history would."""
-    from harness.compare import CompareConfig, Thresholds, compare_runs, mann_whitney_u
-    from harness.results import load_run
+    from attnbench.analysis.compare import CompareConfig, Thresholds, compare_runs, mann_whitney_u
+    from attnbench.core.results import load_run
 
     runs: dict[float, list] = {x: [] for x in extras}
     for folder in sorted(out.glob("rep*-x*")):

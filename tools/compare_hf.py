@@ -23,10 +23,11 @@ import sys
 import torch
 from torch import nn
 
-from backends.cpu import PerfCounterTimer
-from harness.registry import get_workload
-from harness.timing import SamplingPolicy, sample, warm_up
-from workloads.base import Shape
+from attnbench.backends.cpu import PerfCounterTimer
+from attnbench.core.registry import get_workload
+from attnbench.core.settings import SamplingPolicy
+from attnbench.engine.timing import sample, warm_up
+from attnbench.workloads.base import Shape
 
 D, H = 512, 8
 

@@ -4,7 +4,7 @@
 
 Reads result files only (never re-runs). The exponent is the least-squares slope of
 log(figure) on log(seq_len) over the ok cases of each curve: ~1 is linear, ~2 quadratic.
-The fit is `bench report`'s (harness.report.analysis.fit_loglog), which also gives the
+The fit is `bench report`'s (attnbench.report.analysis.fit_loglog), which also gives the
 slope's 95% interval; the report shows these exponents with crossovers and figures.
 """
 
@@ -14,8 +14,8 @@ import argparse
 import math
 from collections import defaultdict
 
-from harness.report.analysis import fit_loglog
-from harness.results import load_run
+from attnbench.core.results import load_run
+from attnbench.report.analysis import fit_loglog
 
 
 def slope(xs: list[float], ys: list[float]) -> float:

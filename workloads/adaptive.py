@@ -50,8 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.registry import get_workload, register_workload
-from workloads.base import (
+from attnbench.core.registry import get_workload, register_workload
+from attnbench.workloads.base import (
     FFN_MULT,
     TRAIN_FLOP_FACTOR_ATTENTION,
     TRAIN_FLOP_FACTOR_LINEAR,
@@ -59,7 +59,7 @@ from workloads.base import (
     Shape,
     step_range,
 )
-from workloads.layer import PreNormLayer
+from attnbench.workloads.layer import PreNormLayer
 
 ACT_EPSILON = 0.01
 HALTING_LOGIT_STD = 1.0

@@ -8,68 +8,27 @@ float64 reference.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
-from torch.profiler import record_function
 
-from workloads.reference import dense_reference
-
-FAMILIES = ("full", "sparse", "adaptive", "hierarchical")
-SCOPES = ("core", "layer")
-MODES = ("forward", "train")
-
-# FlashAttention benchmark convention: forward+backward costs 3.5x forward for attention.
-TRAIN_FLOP_FACTOR_ATTENTION = 3.5
-# Matmuls: backward computes two products (input and weight grads) per forward product.
-TRAIN_FLOP_FACTOR_LINEAR = 3.0
-FFN_MULT = 4
-
-
-_profiler_enabled = torch._C._autograd._profiler_enabled
-_NO_RANGE = contextlib.nullcontext()
-
-
-def step_range(name: str) -> contextlib.AbstractContextManager[Any]:
-    """A named profiler range around one step of a variant ("lsh.hash"), so `bench profile`
-    can attribute time and memory to it.
-
-    `record_function` costs microseconds per use even when no profiler runs (it enters the
-    dispatcher); guarded by the profiler's own flag, an unprofiled call pays a C flag read.
-    """
-    if torch.compiler.is_compiling():  # the profiler flag is opaque to dynamo: reading it breaks the graph
-        return _NO_RANGE
-    return record_function(name) if _profiler_enabled() else _NO_RANGE
-
-
-def require_int(name: str, value: Any, minimum: int | None = None) -> None:
-    """Parameter check shared by variants' Params: an int (a bool is not one), at least `minimum`."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"{name} must be an integer, got {value!r}")
-    if minimum is not None and value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
-
-
-@dataclass(frozen=True)
-class Shape:
-    batch: int
-    heads: int
-    head_dim: int
-    seq_len: int
-
-    @property
-    def model_dim(self) -> int:
-        return self.heads * self.head_dim
-
-
-@dataclass(frozen=True)
-class NoParams:
-    pass
+from attnbench.core.registry import declare_base
+from attnbench.workloads.reference import dense_reference
+from attnbench.workloads.shape import (  # noqa: F401 - re-exported: variants and plugins import them from here
+    FAMILIES,
+    FFN_MULT,
+    MODES,
+    SCOPES,
+    TRAIN_FLOP_FACTOR_ATTENTION,
+    TRAIN_FLOP_FACTOR_LINEAR,
+    NoParams,
+    Shape,
+    require_int,
+)
+from attnbench.workloads.step_range import step_range  # noqa: F401 - re-exported for variants
 
 
 class AttentionVariant(nn.Module, ABC):
@@ -170,7 +129,7 @@ class AttentionVariant(nn.Module, ABC):
         attention = cls(params, shape)
         if scope == "core":
             return attention
-        from workloads.layer import PreNormLayer
+        from attnbench.workloads.layer import PreNormLayer
 
         return PreNormLayer(attention, shape)
 
@@ -192,7 +151,7 @@ class AttentionVariant(nn.Module, ABC):
         attention = cls.executed_flops(params, shape) if executed else cls.flops(params, shape)
         other = 0.0
         if scope == "layer":
-            from workloads.layer import PreNormLayer
+            from attnbench.workloads.layer import PreNormLayer
 
             other = PreNormLayer.linear_flops(shape)
         if mode == "train":
@@ -203,7 +162,7 @@ class AttentionVariant(nn.Module, ABC):
     def case_min_bytes(cls, params: Any, shape: Shape, scope: str, itemsize: int) -> int:
         core = cls.working_bytes(params, shape, itemsize)
         if scope == "layer":
-            from workloads.layer import PreNormLayer
+            from attnbench.workloads.layer import PreNormLayer
 
             core += PreNormLayer.activation_bytes(shape, itemsize)
         return core
@@ -213,8 +172,11 @@ class AttentionVariant(nn.Module, ABC):
         train = mode == "train"
         peak = cls.peak_bytes_estimate(params, shape, itemsize, train)
         if scope == "layer":
-            from workloads.layer import PreNormLayer
+            from attnbench.workloads.layer import PreNormLayer
 
             peak += PreNormLayer.activation_bytes(shape, itemsize) * (4 if train else 2)
             peak += PreNormLayer.weight_bytes(shape, itemsize) * (3 if train else 1)
         return peak
+
+
+declare_base("workload", AttentionVariant)

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from harness.registry import register_workload
-from workloads.base import AttentionVariant, Shape, step_range
-from workloads.reference import causal_mask
+from attnbench.core.registry import register_workload
+from attnbench.workloads.base import AttentionVariant, Shape, step_range
+from attnbench.workloads.reference import causal_mask
 
 
 @dataclass(frozen=True)

@@ -41,8 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.registry import register_workload
-from workloads.base import (
+from attnbench.core.registry import register_workload
+from attnbench.workloads.base import (
     FFN_MULT,
     TRAIN_FLOP_FACTOR_ATTENTION,
     TRAIN_FLOP_FACTOR_LINEAR,

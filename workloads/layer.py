@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from workloads.base import FFN_MULT, AttentionVariant, Shape, step_range
+from attnbench.workloads.shape import FFN_MULT, Shape
+from attnbench.workloads.step_range import step_range
 
 
 class PreNormLayer(nn.Module):
@@ -13,7 +14,7 @@ class PreNormLayer(nn.Module):
     FFN width is 4·D with GELU, as in the standard configurations.
     """
 
-    def __init__(self, attention: AttentionVariant, shape: Shape) -> None:
+    def __init__(self, attention: nn.Module, shape: Shape) -> None:
         super().__init__()
         D = shape.model_dim
         self.heads, self.head_dim = shape.heads, shape.head_dim

@@ -6,8 +6,8 @@ import csv
 import json
 from pathlib import Path
 
-from harness.report.data import ReportData, SeriesKey, curve_key
-from harness.report.tables import SeriesStats
+from attnbench.report.data import ReportData, SeriesKey, curve_key
+from attnbench.report.tables import SeriesStats
 
 COLUMNS = (
     "run_id",

@@ -18,8 +18,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from harness.errors import UserError
-from harness.results import CaseRecord, RunResult, load_run
+from attnbench.core.errors import UserError
+from attnbench.core.results import CaseRecord, RunResult, load_run
 
 FAILED = ("oom", "timeout", "error")  # the run tried and did not get a figure
 BUSY_SHARE = 0.10  # other processes' CPU share above which a run's timings are suspect

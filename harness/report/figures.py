@@ -27,8 +27,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
-from harness.report.data import Group, Point, ReportData, SeriesKey, curve_key
-from harness.report.tables import SeriesStats, calibration_notes, energy_note, fmt_bytes, fmt_len
+from attnbench.report.data import Group, Point, ReportData, SeriesKey, curve_key
+from attnbench.report.tables import SeriesStats, calibration_notes, energy_note, fmt_bytes, fmt_len
 
 LINESTYLES = ("-", "--", ":", "-.")
 MARKERS = ("o", "s", "^", "D", "v", "P")
@@ -495,8 +495,8 @@ def pattern_figure(data: ReportData) -> tuple[Figure | None, list[str]]:
     """
     import torch
 
-    from harness.registry import get_workload
-    from workloads.base import Shape
+    from attnbench.core.registry import get_workload
+    from attnbench.workloads.base import Shape
 
     curves: dict = {}
     for p in data.points:
@@ -596,7 +596,7 @@ def ponder_figure(data: ReportData, paint: Painter) -> Figure | None:
 def transforms_figure(data: ReportData) -> tuple[Figure | None, str | None]:
     """The transforms' own trade-off figure (speedup and memory saving against fidelity loss)."""
     try:
-        from harness.transforms import tradeoff_figure
+        from attnbench.engine.transforms import tradeoff_figure
     except ImportError as exc:  # an attnbench without transforms reading a newer run
         return None, f"transform trade-offs: not drawn ({exc})."
     return tradeoff_figure([p.case for p in data.points]), None
@@ -675,7 +675,7 @@ def render(data: ReportData, stats: dict[str, list[SeriesStats]], folder: Path) 
                         "transform trade-offs",
                         "Per transform and variant: speedup and peak-memory saving over the untransformed case of the "
                         "same configuration, against the fidelity loss recorded in each case "
-                        "(harness.transforms.tradeoff_figure).",
+                        "(attnbench.engine.transforms.tradeoff_figure).",
                     )
                 )
         fig = ponder_figure(data, paint)

@@ -8,10 +8,10 @@ import os
 from html import escape
 from pathlib import Path
 
-from harness.report.data import FAILED
-from harness.report.figures import FigureFile, Figures
-from harness.report.report import Report
-from harness.report.tables import Table
+from attnbench.report.data import FAILED
+from attnbench.report.figures import FigureFile, Figures
+from attnbench.report.report import Report
+from attnbench.report.tables import Table
 
 CSS = """
 :root { --fg:#1d2330; --muted:#5b6475; --line:#dfe3ea; --accent:#1f5fbf; --bad:#b42318; --warn:#9a6700; --bg:#fff; }

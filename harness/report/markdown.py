@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.report.figures import Figures
-from harness.report.html import link_href
-from harness.report.report import Report
-from harness.report.tables import Table
+from attnbench.report.figures import Figures
+from attnbench.report.html import link_href
+from attnbench.report.report import Report
+from attnbench.report.tables import Table
 
 
 def _cell(text: str) -> str:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from harness.report.data import ReportData
-from harness.report.tables import (
+from attnbench.report.data import ReportData
+from attnbench.report.tables import (
     SeriesStats,
     Table,
     failures_table,

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.report.analysis import Crossover, SlopeFit, SpeedupPoint, crossover, fit_loglog
-from harness.report.data import FAILED, Group, Point, ReportData, SeriesKey, case_label, curve_key
+from attnbench.report.analysis import Crossover, SlopeFit, SpeedupPoint, crossover, fit_loglog
+from attnbench.report.data import FAILED, Group, Point, ReportData, SeriesKey, case_label, curve_key
 
 
 @dataclass(frozen=True)
@@ -289,7 +289,7 @@ def group_notes(data: ReportData, group: Group) -> list[str]:
 
 def published_table(data: ReportData) -> Table:
     """For runs of a reference suite (flash-e6, lra): published ratios beside those measured here."""
-    from harness.published import compare, published
+    from attnbench.analysis.published import compare, published
 
     rows: list[list[str]] = []
     notes: list[str] = []

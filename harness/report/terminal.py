@@ -5,9 +5,9 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from harness.report.data import FAILED
-from harness.report.report import Report
-from harness.report.tables import Table, group_notes
+from attnbench.report.data import FAILED
+from attnbench.report.report import Report
+from attnbench.report.tables import Table, group_notes
 
 
 def _style(text: str) -> str:

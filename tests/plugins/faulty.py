@@ -13,8 +13,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from harness.registry import register_workload
-from workloads.base import AttentionVariant, Shape
+from attnbench.core.registry import register_workload
+from attnbench.workloads.base import AttentionVariant, Shape
 
 
 class _Faulty(AttentionVariant):

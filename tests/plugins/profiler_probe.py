@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.registry import register_workload
-from workloads.base import AttentionVariant, Shape, step_range
+from attnbench.core.registry import register_workload
+from attnbench.workloads.base import AttentionVariant, Shape, step_range
 
 
 @register_workload

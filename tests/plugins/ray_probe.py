@@ -18,12 +18,12 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from backends.base import Availability
-from backends.cpu import CpuBackend
-from harness.cases import Case
-from harness.registry import register_backend, register_workload
+from attnbench.backends.base import Availability
+from attnbench.backends.cpu import CpuBackend
+from attnbench.core.cases import Case
+from attnbench.core.registry import register_backend, register_workload
+from attnbench.workloads.base import Shape
 from tests.plugins.faulty import _Faulty
-from workloads.base import Shape
 
 MARKERS_ENV = "ATTNBENCH_TEST_MARKERS"
 MARKER_BACKEND_ENV = "ATTNBENCH_TEST_MARKER_BACKEND"

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.registry import register_workload
-from workloads.base import AttentionVariant, Shape
+from attnbench.core.registry import register_workload
+from attnbench.workloads.base import AttentionVariant, Shape
 
 
 @register_workload

@@ -3,4 +3,4 @@
 One module per variant; importing the package registers them all.
 """
 
-from workloads.sparse import bigbird, lsh, sliding_window  # noqa: F401
+from attnbench.workloads.sparse import bigbird, lsh, sliding_window  # noqa: F401

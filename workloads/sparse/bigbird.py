@@ -68,10 +68,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.registry import register_workload
-from workloads.base import AttentionVariant, Shape, require_int, step_range
-from workloads.full import NaiveAttention, dense_flops, output_bytes
-from workloads.reference import causal_mask
+from attnbench.core.registry import register_workload
+from attnbench.workloads.base import AttentionVariant, Shape, require_int, step_range
+from attnbench.workloads.full import NaiveAttention, dense_flops, output_bytes
+from attnbench.workloads.reference import causal_mask
 
 ATTENTION_MODES = ("auto", "block_sparse", "full")
 SLIDING = 3

@@ -56,8 +56,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from harness.registry import register_workload
-from workloads.base import AttentionVariant, Shape, require_int, step_range
+from attnbench.core.registry import register_workload
+from attnbench.workloads.base import AttentionVariant, Shape, require_int, step_range
 
 SELF_SCORE = -1e5  # score of a query against its own position (Reformer's self mask)
 MASKED_SCORE = -1e9  # padding and causal masking in the fast path; weight exactly 0

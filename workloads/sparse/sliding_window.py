@@ -49,8 +49,8 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from harness.registry import register_workload
-from workloads.base import AttentionVariant, Shape, require_int, step_range
+from attnbench.core.registry import register_workload
+from attnbench.workloads.base import AttentionVariant, Shape, require_int, step_range
 
 # Bias for masked scores: finite so a fully masked (padding) row gives no NaN, yet
 # exp(NEG - max) is exactly 0 for any real score, even added up to three times.

@@ -8,9 +8,9 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from backends.cpu import CpuBackend
-from harness.cases import Case
-from workloads.base import AttentionVariant, Shape
+from attnbench.backends.cpu import CpuBackend
+from attnbench.core.cases import Case
+from attnbench.workloads.base import AttentionVariant, Shape
 
 
 class StridedAttention(AttentionVariant):

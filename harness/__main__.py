@@ -1,0 +1,5 @@
+"""`python -m attnbench ...` is `bench ...`."""
+
+from attnbench.cli.main import main
+
+raise SystemExit(main())

@@ -1,0 +1,511 @@
+"""The run history: every finished run in one SQLite file, queryable over time.
+
+`results/history.sqlite` by default; `--history PATH` or ATTNBENCH_HISTORY moves it
+("off" turns recording off). The file is opened in WAL mode with a busy timeout and
+every write is one IMMEDIATE transaction, so several runs finishing at once (parallel
+CI jobs, a Ray cluster's driver and a local run) serialise instead of failing or losing
+rows. WAL needs a local filesystem: do not put the history on NFS.
+
+Each run keeps its run.json and each case its full JSON record beside indexed columns,
+so a run can be read back from the history alone (`bench compare latest~1 latest` on a
+CI runner that only restored the history) and re-exported as a run folder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import re
+import sqlite3
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from attnbench.core.errors import UserError
+from attnbench.core.results import CASE_READERS, RUN_READERS, CaseRecord, RunResult, load_run
+
+HISTORY_ENV = "ATTNBENCH_HISTORY"
+DEFAULT_HISTORY = Path("results") / "history.sqlite"
+DISABLED = ("off", "none", "")
+SCHEMA_VERSION = 1
+BUSY_TIMEOUT_S = 120.0
+
+DDL = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      TEXT PRIMARY KEY,
+    suite       TEXT NOT NULL,
+    started_at  TEXT NOT NULL,
+    finished_at TEXT,
+    status      TEXT NOT NULL,
+    hostname    TEXT,
+    cpu         TEXT,
+    git_commit  TEXT,
+    git_dirty   INTEGER,
+    origin      TEXT NOT NULL,          -- attnbench | pytest-benchmark
+    source      TEXT,                   -- where it was ingested from
+    ingested_at TEXT NOT NULL,
+    run_json    TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS cases (
+    run_id            TEXT NOT NULL REFERENCES runs(run_id) ON DELETE CASCADE,
+    case_id           TEXT NOT NULL,
+    variant           TEXT NOT NULL,
+    backend           TEXT,
+    dtype             TEXT,
+    mode              TEXT,
+    scope             TEXT,
+    seq_len           INTEGER,
+    status            TEXT NOT NULL,
+    median_s          REAL,
+    ci95_low          REAL,
+    ci95_high         REAL,
+    n_samples         INTEGER,
+    tokens_per_s      REAL,
+    flops_per_s       REAL,
+    peak_memory_bytes INTEGER,
+    energy_j          REAL,
+    stable            INTEGER,
+    workload_hash     TEXT,
+    record_json       TEXT NOT NULL,
+    PRIMARY KEY (run_id, case_id)
+);
+CREATE INDEX IF NOT EXISTS cases_by_case ON cases(case_id);
+CREATE INDEX IF NOT EXISTS cases_by_variant ON cases(variant, seq_len);
+CREATE INDEX IF NOT EXISTS runs_by_time ON runs(suite, started_at);
+"""
+
+# Metrics `bench history show` can plot: name -> (SQL column, unit, scale for display).
+METRICS = {
+    "time": ("median_s", "ms", 1e3),
+    "tokens_per_s": ("tokens_per_s", "tokens/s", 1.0),
+    "flops_per_s": ("flops_per_s", "GFLOP/s", 1e-9),
+    "memory": ("peak_memory_bytes", "MiB", 1 / 2**20),
+    "energy": ("energy_j", "mJ", 1e3),
+}
+
+
+def history_path(explicit: str | Path | None = None) -> Path | None:
+    """Where the history lives: --history, else ATTNBENCH_HISTORY, else results/history.sqlite.
+    None when turned off ("off")."""
+    value = str(explicit) if explicit is not None else os.environ.get(HISTORY_ENV)
+    if value is None:
+        return DEFAULT_HISTORY
+    if value.strip().lower() in DISABLED:
+        return None
+    return Path(value).expanduser()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+@dataclass(frozen=True)
+class RunRow:
+    run_id: str
+    suite: str
+    started_at: str
+    status: str
+    hostname: str | None
+    cpu: str | None
+    git_commit: str | None
+    git_dirty: bool | None
+    origin: str
+    source: str | None
+    cases: int
+    ok: int
+
+
+class History:
+    """One SQLite history file. Open it with `History.open(path)`; use as a context manager."""
+
+    def __init__(self, path: Path, conn: sqlite3.Connection) -> None:
+        self.path = path
+        self.conn = conn
+
+    @classmethod
+    def open(cls, path: Path, create: bool = True) -> History:
+        if not create and not path.is_file():
+            raise UserError(
+                f"no history at {path}; runs are recorded there when they finish, or add some with "
+                f"`bench history ingest DIR` (choose another file with --history or {HISTORY_ENV})"
+            )
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE below).
+            conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise UserError(f"cannot open the history {path}: {exc}; choose another with --history") from None
+        history = cls(path, conn)
+        try:
+            history._setup()
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise UserError(f"{path} is not a usable attnbench history ({exc}); move it away or pick another") from None
+        return history
+
+    def _setup(self) -> None:
+        c = self.conn
+        c.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+        # WAL: readers never block the writer and a crash mid-write leaves the file intact.
+        mode = c.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            sys.stderr.write(f"attnbench: warning: {self.path} could not use WAL mode (got {mode})\n")
+        c.execute("PRAGMA synchronous = FULL")
+        c.execute("PRAGMA foreign_keys = ON")
+        with self.transaction():
+            version = c.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise UserError(
+                    f"{self.path} was written by a newer attnbench (history schema {version}, this one reads "
+                    f"up to {SCHEMA_VERSION}); upgrade attnbench"
+                )
+            # One statement at a time: executescript() would commit the open transaction.
+            for statement in filter(str.strip, DDL.split(";")):
+                c.execute(statement)
+            if version < SCHEMA_VERSION:
+                c.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> History:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction, taking the write lock up front (waits up to the busy timeout)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------------- writing
+
+    def ingest(self, result: RunResult, origin: str = "attnbench", source: str | None = None) -> bool:
+        """Add (or replace, e.g. after a resume) one run and all its cases. True if it was new."""
+        info = result.run
+        run_json = {
+            "schema": info.schema,
+            "run_id": info.run_id,
+            "suite": info.suite,
+            "started_at": info.started_at,
+            "finished_at": info.finished_at,
+            "status": info.status,
+            "argv": info.argv,
+            "git": info.git,
+            "host": info.host,
+            "packages": info.packages,
+            "devices": info.devices,
+            **info.extra,
+        }
+        rows = [_case_row(info.run_id, c) for c in result.cases]
+        with self.transaction() as c:
+            existed = c.execute("SELECT 1 FROM runs WHERE run_id = ?", (info.run_id,)).fetchone() is not None
+            c.execute("DELETE FROM cases WHERE run_id = ?", (info.run_id,))
+            c.execute(
+                "INSERT OR REPLACE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    info.run_id,
+                    info.suite,
+                    info.started_at,
+                    info.finished_at,
+                    info.status,
+                    info.host.get("hostname"),
+                    info.host.get("cpu"),
+                    (info.git or {}).get("commit"),
+                    None if (info.git or {}).get("dirty") is None else int(bool(info.git["dirty"])),
+                    origin,
+                    source if source is not None else str(result.folder),
+                    _now(),
+                    json.dumps(run_json),
+                ),
+            )
+            c.executemany(f"INSERT INTO cases VALUES ({','.join('?' * 20)})", rows)
+        return not existed
+
+    # ------------------------------------------------------------------------- reading
+
+    def runs(self, suite: str | None = None, limit: int | None = None, complete_only: bool = False) -> list[RunRow]:
+        """Runs, newest first."""
+        where, args = [], []
+        if suite:
+            where.append("r.suite = ?")
+            args.append(suite)
+        if complete_only:
+            where.append("r.status = 'complete'")
+        sql = (
+            "SELECT r.run_id, r.suite, r.started_at, r.status, r.hostname, r.cpu, r.git_commit, r.git_dirty, "
+            "r.origin, r.source, COUNT(c.case_id), COALESCE(SUM(c.status = 'ok'), 0) FROM runs r "
+            "LEFT JOIN cases c ON c.run_id = r.run_id "
+            + (f"WHERE {' AND '.join(where)} " if where else "")
+            + "GROUP BY r.run_id ORDER BY r.started_at DESC, r.ingested_at DESC, r.run_id DESC"
+            + (f" LIMIT {int(limit)}" if limit else "")
+        )
+        out = []
+        for row in self.conn.execute(sql, args):
+            dirty = None if row[7] is None else bool(row[7])
+            out.append(RunRow(*row[:7], dirty, *row[8:]))  # type: ignore[arg-type]
+        return out
+
+    def resolve(self, ref: str, suite: str | None = None) -> str:
+        """A run reference -> run_id: `latest`, `latest~N` (complete runs, newest first, of
+        `suite` if given), a run id, or a unique prefix of one."""
+        m = re.fullmatch(r"latest(?:~(\d+))?", ref)
+        if m:
+            back = int(m.group(1) or 0)
+            runs = self.runs(suite=suite, complete_only=True, limit=back + 1)
+            if len(runs) <= back:
+                where = f" of suite '{suite}'" if suite else ""
+                raise UserError(
+                    f"'{ref}' needs {back + 1} complete run(s){where} in the history {self.path}, which holds "
+                    f"{len(runs)}; run more, `bench history ingest` some, or name a run folder"
+                )
+            return runs[back].run_id
+        exact = self.conn.execute("SELECT run_id FROM runs WHERE run_id = ?", (ref,)).fetchone()
+        if exact:
+            return exact[0]
+        like = ref.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        found = [r[0] for r in self.conn.execute("SELECT run_id FROM runs WHERE run_id LIKE ? ESCAPE '\\'", (like,))]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise UserError(
+                f"'{ref}' matches {len(found)} runs in {self.path} ({', '.join(found[:3])}, ...); be more specific"
+            )
+        raise UserError(
+            f"'{ref}' is neither a run folder nor a run in the history {self.path}; "
+            "see `bench history list` (references: latest, latest~1, a run id)"
+        )
+
+    def load(self, run_id: str) -> RunResult:
+        """A run read back from the history, through the same schema readers as run folders."""
+        row = self.conn.execute("SELECT run_json, source FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            raise UserError(f"run {run_id} is not in the history {self.path}")
+        run_data = json.loads(row[0])
+        where = f"{self.path}:{run_id}"
+        run = _reader(run_data, RUN_READERS, where)(run_data, where)
+        cases: list[CaseRecord] = []
+        for (record_json,) in self.conn.execute(
+            "SELECT record_json FROM cases WHERE run_id = ? ORDER BY rowid", (run_id,)
+        ):
+            rec = json.loads(record_json)
+            cases.append(_reader(rec, CASE_READERS, where)(rec, where))
+        return RunResult(Path(row[1] or f"history:{run_id}"), run, cases)
+
+    def trend(
+        self,
+        metric: str,
+        case_id: str | None = None,
+        variant: str | None = None,
+        seq_len: int | None = None,
+        suite: str | None = None,
+        backend: str | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """One row per (run, case) with the metric, oldest first; ok cases only."""
+        column = METRICS[metric][0]
+        where = ["c.status = 'ok'", f"c.{column} IS NOT NULL"]
+        args: list[Any] = []
+        for clause, value in (
+            ("c.case_id = ?", case_id),
+            ("c.variant = ?", variant),
+            ("c.seq_len = ?", seq_len),
+            ("r.suite = ?", suite),
+            ("c.backend = ?", backend),
+        ):
+            if value is not None:
+                where.append(clause)
+                args.append(value)
+        sql = (
+            f"SELECT r.run_id, r.started_at, r.git_commit, r.hostname, c.case_id, c.variant, c.seq_len, "
+            f"c.{column}, c.ci95_low, c.ci95_high, c.stable, c.workload_hash, c.backend, c.dtype, c.mode, c.scope "
+            f"FROM cases c JOIN runs r ON r.run_id = c.run_id WHERE {' AND '.join(where)} "
+            "ORDER BY r.started_at, c.seq_len, c.case_id"
+        )
+        keys = (
+            "run_id started_at git_commit hostname case_id variant seq_len value ci95_low ci95_high stable "
+            "workload_hash backend dtype mode scope"
+        ).split()
+        rows = [dict(zip(keys, r, strict=True)) for r in self.conn.execute(sql, args)]
+        if metric != "time":
+            for r in rows:
+                r["ci95_low"] = r["ci95_high"] = None
+        if limit:
+            runs = sorted({r["started_at"] + r["run_id"] for r in rows})[-limit:]
+            keep = set(runs)
+            rows = [r for r in rows if r["started_at"] + r["run_id"] in keep]
+        return rows
+
+
+def _reader(data: Any, readers: dict[str, Any], where: str) -> Any:
+    schema = data.get("schema") if isinstance(data, dict) else None
+    if schema not in readers:
+        raise UserError(f"{where} has schema {schema!r}, which this attnbench cannot read; upgrade attnbench")
+    return readers[schema]
+
+
+def case_record_json(c: CaseRecord) -> dict[str, Any]:
+    """The record as it stood in cases.jsonl (fields of the contract, then every other one)."""
+    return {
+        "schema": c.schema,
+        "run_id": c.run_id,
+        "case_id": c.case_id,
+        "variant": c.variant,
+        "family": c.family,
+        "params": c.params,
+        "backend": c.backend,
+        "device": c.device,
+        "dtype": c.dtype,
+        "mode": c.mode,
+        "batch": c.batch,
+        "heads": c.heads,
+        "head_dim": c.head_dim,
+        "seq_len": c.seq_len,
+        "status": c.status,
+        "reason": c.reason,
+        "time_s": c.time_s,
+        "compile_s": c.compile_s,
+        "tokens_per_s": c.tokens_per_s,
+        "flops": c.flops,
+        "flops_per_s": c.flops_per_s,
+        "peak_memory_bytes": c.peak_memory_bytes,
+        "memory_method": c.memory_method,
+        "energy_j": c.energy_j,
+        "energy_method": c.energy_method,
+        "energy_reason": c.energy_reason,
+        "stable": c.stable,
+        **c.extra,
+    }
+
+
+def _case_row(run_id: str, c: CaseRecord) -> tuple:
+    t = c.time_s or {}
+    return (
+        run_id,
+        c.case_id,
+        c.variant,
+        c.backend,
+        c.dtype,
+        c.mode,
+        c.extra.get("scope"),
+        c.seq_len,
+        c.status,
+        t.get("median"),
+        t.get("ci95_low"),
+        t.get("ci95_high"),
+        t.get("n"),
+        c.tokens_per_s,
+        c.flops_per_s,
+        c.peak_memory_bytes,
+        c.energy_j,
+        None if c.stable is None else int(bool(c.stable)),
+        c.extra.get("workload_hash"),
+        json.dumps(case_record_json(c)),
+    )
+
+
+# ----------------------------------------------------------------------------- ingesting files
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    added: list[str]
+    replaced: list[str]
+    skipped: list[tuple[str, str]]  # (path, why)
+
+
+def find_inputs(paths: list[Path]) -> list[Path]:
+    """Run folders (any folder holding run.json, searched recursively) and .json files."""
+    found: list[Path] = []
+    for path in paths:
+        if not path.exists():
+            raise UserError(f"{path} does not exist; give run folders, folders of runs, or pytest-benchmark JSON files")
+        if path.is_file() or (path / "run.json").is_file():
+            found.append(path)
+        else:
+            found += sorted(p.parent for p in path.rglob("run.json"))
+    return list(dict.fromkeys(found))
+
+
+def ingest_paths(history: History, paths: list[Path], include_incomplete: bool = False) -> IngestReport:
+    from attnbench.analysis.exporters import import_pytest_benchmark
+
+    added: list[str] = []
+    replaced: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for path in find_inputs(paths):
+        try:
+            if path.is_file():
+                if path.name == "run.json":
+                    path = path.parent
+                else:
+                    result, origin = import_pytest_benchmark(path), "pytest-benchmark"
+            if path.is_dir():
+                result, origin = load_run(path), "attnbench"
+        except UserError as exc:
+            skipped.append((str(path), str(exc)))
+            continue
+        if result.run.status != "complete" and not include_incomplete:
+            skipped.append((str(path), f"run status is {result.run.status}; finish it with bench run --resume"))
+            continue
+        new = history.ingest(result, origin=origin, source=str(path.resolve()))
+        (added if new else replaced).append(result.run.run_id)
+    return IngestReport(added, replaced, skipped)
+
+
+def record_finished_run(folder: Path, explicit: str | Path | None, console: Any) -> None:
+    """After `bench run`: add the run to the history. A failure warns and never loses the run,
+    which stays in its folder (add it later with `bench history ingest`)."""
+    try:
+        path = history_path(explicit)
+        if path is None:
+            return
+        with History.open(path) as history:
+            history.ingest(load_run(folder), source=str(folder.resolve()))
+        console.print(f"history: recorded in {path}", highlight=False, soft_wrap=True)
+    except Exception as exc:  # the run is on disk whatever happens here
+        console.print(
+            f"[bold yellow]warning[/]: the run was not added to the history ({type(exc).__name__}: {exc}); it is "
+            f"safe in {folder}: add it later with `bench history ingest {folder}`",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def export_run(result: RunResult, folder: Path) -> None:
+    """Write a run read from the history back out as a run folder (e.g. to pin a baseline)."""
+    from attnbench.core.results import CASES_FILE, RUN_FILE, check_writable
+
+    if folder.exists() and any(folder.iterdir()):
+        raise UserError(f"{folder} already holds files; choose an empty folder")
+    check_writable(folder)
+    info = result.run
+    run = {
+        "schema": info.schema,
+        "run_id": info.run_id,
+        "suite": info.suite,
+        "started_at": info.started_at,
+        "finished_at": info.finished_at,
+        "status": info.status,
+        "argv": info.argv,
+        "git": info.git,
+        "host": info.host,
+        "packages": info.packages,
+        "devices": info.devices,
+        **info.extra,
+    }
+    (folder / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    with open(folder / CASES_FILE, "w") as f:
+        for c in result.cases:
+            f.write(json.dumps(case_record_json(c)) + "\n")

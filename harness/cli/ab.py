@@ -1,0 +1,296 @@
+"""`bench ab --baseline DIR [bench run flags]`: two versions of the code timed in one job,
+taking turns block by block, then compared block by block.
+
+Runs made one after the other see different stretches of a shared host, whose speed can
+drift by tens of percent over minutes and switch between states within a second;
+interleaving puts both versions on the same stretches (attnbench.engine.turns: both sides' workers
+of a case run at once and take turns per ~10 ms block of samples), so the comparison can
+pair each block of a case with the other side's block timed right beside it (bench
+compare does so whenever two runs are the sides of one `bench ab`).
+
+The baseline is another checkout of attnbench (e.g. `git worktree add ../base <commit>`),
+new enough to take turns (it has harness/engine/turns.py); the candidate is this checkout unless
+--candidate names another. Each side's `bench run` gets the same flags and runs in its
+checkout, so each imports its own code (workloads, plugins); --baseline-env and
+--candidate-env set variables on one side only. OUT holds baseline/ and candidate/ (two
+ordinary run folders), each side's log, and the comparison (compare.json, compare.md).
+Only the candidate's run is recorded in the history.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from attnbench.cli.checkout import CheckoutCommand, bench_command, is_checkout
+from attnbench.core.errors import UserError
+from attnbench.engine.turns import INTERLEAVED_ENV, TURN_UNIT_ENV, TURNS_ENV, Side, alternate
+
+ROOT = Path(__file__).resolve().parents[2]  # this checkout (this file is harness/cli/ab.py)
+SIDES = ("baseline", "candidate")
+# bench ab's own flags, with whether each takes a value; the rest go to both sides' bench run.
+OWN_FLAGS = {
+    "--baseline": True,
+    "--candidate": True,
+    "--baseline-env": True,
+    "--candidate-env": True,
+    "--python": True,
+    "--out": True,
+    "--history": True,
+    "--threshold": True,
+    "--alpha": True,
+    "--fail-on-regression": False,
+    "--turns": True,
+}
+REFUSED = {
+    "--resume": "an interrupted bench ab cannot be resumed as a pair; run it again",
+    "--executor": "the two sides take turns on this machine; drop --executor",
+    "--ray-address": "the two sides take turns on this machine; drop --ray-address",
+    "--profile": "profile the cases with bench profile, outside the timed pair",
+}
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from attnbench.cli.main import add_run_arguments
+
+    p = subparsers.add_parser(
+        "ab",
+        help="time a baseline checkout and this one interleaved, block by block, and compare them",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,  # the flags not ours are passed on verbatim; no abbreviations to untangle
+    )
+    p.add_argument("--baseline", type=Path, required=True, metavar="DIR", help="the baseline's attnbench checkout")
+    p.add_argument("--candidate", type=Path, metavar="DIR", help="the candidate's checkout (default: this one)")
+    for side in SIDES:
+        p.add_argument(
+            f"--{side}-env",
+            action="append",
+            default=[],
+            metavar="NAME=VALUE",
+            help=f"an environment variable for the {side}'s run only (repeatable)",
+        )
+    p.add_argument("--python", metavar="EXE", help="the Python both sides run with (default: this one)")
+    p.add_argument(
+        "--turns",
+        choices=("blocks", "passes"),
+        default="blocks",
+        help="what the sides take turns with: blocks of samples (default; both sides' workers of a case are "
+        "alive at once, each holding its inputs) or whole passes (one worker at a time: for cases that fill "
+        "the device's memory)",
+    )
+    p.add_argument("--threshold", type=float, help="relative time change that counts (default 0.05, or the suite's)")
+    p.add_argument("--alpha", type=float, help="significance level (default 0.01)")
+    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a case regressed or now fails")
+    out_help = "folder for the pair: baseline/, candidate/, logs, compare.* (default: results/ab-<time>)"
+    add_run_arguments(p, out_help=out_help)
+    return p
+
+
+def side_flags(argv: list[str]) -> list[str]:
+    """The `bench run` flags in bench ab's command line: everything but bench ab's own."""
+    out: list[str] = []
+    tokens = iter(argv[1:] if argv and argv[0] == "ab" else argv)
+    for token in tokens:
+        name = token.split("=", 1)[0]
+        if name in REFUSED:
+            raise UserError(f"bench ab does not take {name}: {REFUSED[name]}")
+        if name in OWN_FLAGS:
+            if OWN_FLAGS[name] and "=" not in token:
+                next(tokens, None)
+            continue
+        out.append(token)
+    return out
+
+
+def _checkout(path: Path, flag: str) -> Path:
+    path = path.resolve()
+    if not is_checkout(path):
+        raise UserError(
+            f"{flag} {path} is not an attnbench checkout (no harness/ package); make one with "
+            f"`git worktree add {path} <commit>`"
+        )
+    if not any((path / "harness" / p / "turns.py").is_file() for p in ("engine", ".")):
+        raise UserError(
+            f"{flag} {path} predates bench ab (no turns.py under harness/), so its runs cannot take turns; "
+            "compare runs made one after the other with bench compare instead"
+        )
+    return path
+
+
+def _env_pairs(values: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        name, sep, setting = value.partition("=")
+        if not sep or not name:
+            raise UserError(f"{flag} takes NAME=VALUE, got {value!r}")
+        out[name] = setting
+    return out
+
+
+def _absolute_suite(flags: list[str]) -> list[str]:
+    """A --suite given as a file path, made absolute: each side runs in its own checkout."""
+    out = list(flags)
+    for i, token in enumerate(out):
+        if token.startswith("--suite="):
+            value = token.split("=", 1)[1]
+            if Path(value).is_file():
+                out[i] = f"--suite={Path(value).resolve()}"
+        elif token == "--suite" and i + 1 < len(out) and Path(out[i + 1]).is_file():
+            out[i + 1] = str(Path(out[i + 1]).resolve())
+    return out
+
+
+class _Family:
+    """A side's process and those it started (its fork server): noted while it runs, waited for at its end."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.children: list[psutil.Process] = []
+
+    def note(self) -> None:
+        with contextlib.suppress(psutil.Error):
+            self.children = psutil.Process(self.proc.pid).children(recursive=True)
+
+    def wait(self) -> None:
+        self.proc.wait()
+        psutil.wait_procs(self.children, timeout=30)
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from attnbench.analysis.history import history_path
+    from attnbench.report.console import make_console
+
+    console = make_console()
+    flags = _absolute_suite(side_flags(argv))
+    checkouts = {
+        "baseline": _checkout(args.baseline, "--baseline"),
+        "candidate": _checkout(args.candidate or ROOT, "--candidate"),
+    }
+    envs = {side: _env_pairs(getattr(args, f"{side}_env"), f"--{side}-env") for side in SIDES}
+    out = (args.out or Path("results") / time.strftime("ab-%Y%m%dT%H%M%S")).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} already holds files; choose an empty --out")
+    out.mkdir(parents=True, exist_ok=True)
+    history = history_path(args.history)
+    python = args.python or sys.executable
+    scratch = Path(tempfile.mkdtemp(prefix="attnbench-ab-"))  # the sides' import roots
+    try:
+        commands = {name: bench_command(checkouts[name], scratch / name) for name in SIDES}
+        return _run_sides(args, argv, console, flags, checkouts, commands, envs, out, history, python)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_sides(
+    args: argparse.Namespace,
+    argv: list[str],
+    console: Any,
+    flags: list[str],
+    checkouts: dict[str, Path],
+    commands: dict[str, CheckoutCommand],
+    envs: dict[str, dict[str, str]],
+    out: Path,
+    history: Path | None,
+    python: str,
+) -> int:
+    group = uuid.uuid4().hex[:12]
+    sides: list[Side] = []
+    procs: dict[str, subprocess.Popen] = {}
+    logs = {}
+    for name in SIDES:
+        to_side_r, to_side_w = os.pipe()
+        from_side_r, from_side_w = os.pipe()
+        env = dict(os.environ)
+        pythonpath = str(commands[name].pythonpath)
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        env[TURNS_ENV] = f"{to_side_r},{from_side_w}"
+        env[TURN_UNIT_ENV] = args.turns
+        side = {"group": group, "side": name, "checkout": str(checkouts[name]), "turns": args.turns}
+        env[INTERLEAVED_ENV] = json.dumps(side)
+        env.update(envs[name])
+        # Resolved here: the side runs in its checkout, where a relative path would mean another file.
+        record = str(Path(history).resolve()) if name == "candidate" and history is not None else "off"
+        cmd = [python, "-m", commands[name].module, "run", *flags, "--out", str(out / name), "--history", record]
+        logs[name] = out / f"{name}.log"
+        with open(logs[name], "w") as log:
+            # PYTHONPATH first: the side's import root, so `-m` imports that checkout's code, not the
+            # installed one; cwd: the side's checkout, where its relative paths mean what they say.
+            procs[name] = subprocess.Popen(
+                cmd,
+                cwd=checkouts[name],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                pass_fds=(to_side_r, from_side_w),
+            )
+        os.close(to_side_r)
+        os.close(from_side_w)
+        family = _Family(procs[name])
+        sides.append(Side(name, to_side_w, from_side_r, on_exit=family.wait, on_ask=family.note))
+    console.print(
+        f"bench ab: baseline {checkouts['baseline']} and candidate {checkouts['candidate']} taking turns → {out} "
+        f"(logs: {logs['baseline'].name}, {logs['candidate'].name})",
+        highlight=False,
+        soft_wrap=True,
+    )
+    started = time.perf_counter()
+    last = [started]
+
+    def progress(side: Side) -> None:
+        now = time.perf_counter()
+        if now - last[0] > 30:
+            last[0] = now
+            counts = ", ".join(f"{s.name} {s.turns}" for s in sides)
+            console.print(f"  {now - started:5.0f} s: worker phases done: {counts}", highlight=False)
+
+    try:
+        alternate(sides, progress)
+        codes = {name: p.wait() for name, p in procs.items()}
+    except KeyboardInterrupt:
+        for p in procs.values():
+            p.wait()
+        console.print(f"[bold yellow]interrupted[/]: the sides' runs so far are in {out}", highlight=False)
+        return 130
+    finally:
+        for s in sides:
+            os.close(s.to_side)
+            os.close(s.from_side)
+    failed = {name: code for name, code in codes.items() if code != 0}
+    if failed:
+        name, code = next(iter(failed.items()))
+        tail = logs[name].read_text().strip().splitlines()[-5:]
+        raise UserError(f"the {name}'s bench run exited with {code}: " + " / ".join(tail))
+    console.print(
+        f"both sides done in {time.perf_counter() - started:.0f} s "
+        f"({sides[0].turns} and {sides[1].turns} worker phases)",
+        highlight=False,
+    )
+    return _compare(out, args, argv)
+
+
+def _compare(out: Path, args: argparse.Namespace, argv: list[str]) -> int:
+    from attnbench.cli import compare
+    from attnbench.cli.main import build_parser
+
+    cmp_argv = ["compare", str(out / "baseline"), str(out / "candidate"), "--noise-runs", "0"]
+    cmp_argv += ["--json", str(out / "compare.json"), "--markdown", str(out / "compare.md")]
+    if args.threshold is not None:
+        cmp_argv += ["--threshold", str(args.threshold)]
+    if args.alpha is not None:
+        cmp_argv += ["--alpha", str(args.alpha)]
+    if args.fail_on_regression:
+        cmp_argv.append("--fail-on-regression")
+    return compare.run(build_parser().parse_args(cmp_argv), cmp_argv)

@@ -1,0 +1,53 @@
+"""`bench export RUN --format F`: a run in pytest-benchmark, Bencher BMF or github-action-benchmark JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from attnbench.cli.history import HISTORY_HELP
+from attnbench.core.errors import UserError
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from attnbench.analysis.exporters import FORMATS
+
+    p = subparsers.add_parser(
+        "export",
+        help="a run as pytest-benchmark, Bencher (BMF) or github-action-benchmark JSON",
+        description=__doc__,
+    )
+    p.add_argument("run", help="run folder, or history reference: latest, latest~N, a run id")
+    p.add_argument("--format", required=True, choices=FORMATS, help="output format")
+    p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here (default: stdout)")
+    p.add_argument("--history", metavar="PATH", help=HISTORY_HELP)
+    p.add_argument("--suite", help="resolve latest/latest~N among runs of this suite")
+    return p
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from attnbench.analysis.exporters import export
+    from attnbench.analysis.history import History, history_path
+    from attnbench.cli.compare import _is_folder_ref
+    from attnbench.core.results import load_run
+
+    if _is_folder_ref(args.run):
+        result = load_run(args.run)
+    else:
+        path = history_path(args.history)
+        if path is None:
+            raise UserError("the history is turned off (ATTNBENCH_HISTORY=off); give a run folder instead")
+        with History.open(path, create=False) as history:
+            result = history.load(history.resolve(args.run, args.suite))
+    data = export(result, args.format)
+    text = json.dumps(data, indent=2) + "\n"
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(text)
+        n = len(data) if not isinstance(data, dict) or "benchmarks" not in data else len(data["benchmarks"])
+        sys.stderr.write(f"{n} entries of {args.format} written to {args.output}\n")
+    else:
+        sys.stdout.write(text)
+    return 0

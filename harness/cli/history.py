@@ -1,0 +1,236 @@
+"""`bench history`: ingest runs made elsewhere, list runs, show a metric's trend, export a run.
+
+bench history ingest DIR_OR_FILE...     run folders (searched recursively) or pytest-benchmark JSON
+bench history list                      runs, newest first
+bench history show --variant full.sdpa --seq-len 1024 --metric time    table + plot
+bench history export latest results/baselines/nightly                  a run folder again
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from attnbench.core.errors import UserError
+
+HISTORY_HELP = "history file (default: $ATTNBENCH_HISTORY or results/history.sqlite)"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "history",
+        help="the run history (SQLite): ingest, list, show a trend, export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = p.add_subparsers(dest="history_command", metavar="SUBCOMMAND")
+
+    ingest = sub.add_parser("ingest", help="add run folders (recursively) or pytest-benchmark JSON files")
+    ingest.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    ingest.add_argument("--include-incomplete", action="store_true", help="also add interrupted runs")
+
+    ls = sub.add_parser("list", help="runs in the history, newest first")
+    ls.add_argument("--suite", help="only runs of this suite")
+    ls.add_argument("--limit", type=int, default=50, help="at most this many runs (default 50; 0: all)")
+    ls.add_argument("--json", action="store_true", help="print the runs as JSON (for scripts)")
+
+    show = sub.add_parser("show", help="a metric's trend for a case or a variant, as a table and a plot")
+    show.add_argument("--case", help="a case_id")
+    show.add_argument("--variant", help="a variant, e.g. full.sdpa (one line per length)")
+    show.add_argument("--seq-len", type=int, help="only this sequence length")
+    show.add_argument("--backend", help="only this backend")
+    show.add_argument("--suite", help="only runs of this suite")
+    show.add_argument("--metric", default="time", help="time, tokens_per_s, flops_per_s, memory, energy")
+    show.add_argument("--limit", type=int, help="only the last N runs")
+    show.add_argument("--plot", type=Path, metavar="PNG", help="where to write the plot (default: reports/history/...)")
+    show.add_argument("--no-plot", action="store_true", help="table only")
+
+    export = sub.add_parser("export", help="write a run from the history as a run folder (e.g. to pin a baseline)")
+    export.add_argument("ref", help="latest, latest~N, or a run id")
+    export.add_argument("folder", type=Path)
+    export.add_argument("--suite", help="resolve latest/latest~N among runs of this suite")
+
+    for q in (ingest, ls, show, export):
+        q.add_argument("--history", metavar="PATH", help=HISTORY_HELP)
+    return p
+
+
+def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from attnbench.analysis.history import History, history_path
+
+    if not args.history_command:
+        raise UserError("say what to do: bench history ingest|list|show|export (see bench history --help)")
+    path = history_path(args.history)
+    if path is None:
+        raise UserError("the history is turned off (ATTNBENCH_HISTORY=off); give --history PATH")
+    with History.open(path, create=args.history_command == "ingest") as history:
+        return {"ingest": _ingest, "list": _list, "show": _show, "export": _export}[args.history_command](history, args)
+
+
+def _ingest(history: Any, args: argparse.Namespace) -> int:
+    from attnbench.analysis.history import ingest_paths
+    from attnbench.report.console import make_console
+
+    console = make_console()
+    report = ingest_paths(history, args.paths, include_incomplete=args.include_incomplete)
+    for path, why in report.skipped:
+        console.print(f"[yellow]skipped[/] {path}: {why}", highlight=False, soft_wrap=True)
+    console.print(
+        f"{len(report.added)} run(s) added, {len(report.replaced)} replaced, {len(report.skipped)} skipped "
+        f"→ {history.path}",
+        highlight=False,
+    )
+    return 0 if report.added or report.replaced or not report.skipped else 2
+
+
+def _list(history: Any, args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from attnbench.report.console import make_console
+
+    runs = history.runs(suite=args.suite, limit=args.limit or None)
+    if args.json:
+        import dataclasses
+        import json
+
+        print(json.dumps([dataclasses.asdict(r) for r in runs], indent=2))
+        return 0
+    console = make_console()
+    if not runs:
+        console.print(f"no runs in {history.path}" + (f" of suite {args.suite}" if args.suite else ""))
+        return 0
+    table = Table(title=f"{history.path}", title_justify="left")
+    for col in ("ref", "run_id", "suite", "started (UTC)", "status", "cases ok", "host", "commit", "from"):
+        table.add_column(col)
+    complete = 0
+    for r in runs:
+        ref = ""
+        if r.status == "complete":
+            ref = "latest" if complete == 0 else f"latest~{complete}"
+            complete += 1
+        commit = (r.git_commit or "-")[:10] + ("+dirty" if r.git_dirty else "")
+        table.add_row(
+            ref,
+            r.run_id,
+            r.suite,
+            r.started_at[:19],
+            r.status,
+            f"{r.ok}/{r.cases}",
+            r.hostname or "-",
+            commit,
+            r.origin,
+        )
+    console.print(table)
+    if not args.suite and len({r.suite for r in runs}) > 1:
+        console.print("[dim]refs count every suite; with --suite they count that suite's runs[/]")
+    return 0
+
+
+def _show(history: Any, args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from attnbench.analysis.history import METRICS
+    from attnbench.report.console import make_console
+
+    if args.metric not in METRICS:
+        raise UserError(f"unknown metric '{args.metric}'; choose from {', '.join(METRICS)}")
+    if not args.case and not args.variant:
+        raise UserError("say which case: --case CASE_ID, or --variant NAME (optionally --seq-len N)")
+    rows = history.trend(
+        args.metric,
+        case_id=args.case,
+        variant=args.variant,
+        seq_len=args.seq_len,
+        suite=args.suite,
+        backend=args.backend,
+        limit=args.limit,
+    )
+    what = args.case or args.variant + (f" n={args.seq_len}" if args.seq_len else "")
+    if not rows:
+        raise UserError(f"no measured {args.metric} for {what} in {history.path}; see `bench history list`")
+    _, unit, scale = METRICS[args.metric]
+    console = make_console()
+    table = Table(title=f"{args.metric} ({unit}) of {what}", title_justify="left")
+    for col in ("started (UTC)", "run_id", "commit", "case", "n", "value", "95% CI", "vs previous", "stable"):
+        table.add_column(col, justify="right" if col in ("n", "value", "95% CI", "vs previous") else "left")
+    previous: dict[str, float] = {}
+    for r in rows:
+        value = r["value"] * scale
+        ci = "-"
+        if r["ci95_low"] is not None and r["ci95_high"] is not None:
+            ci = f"{r['ci95_low'] * scale:.4g} – {r['ci95_high'] * scale:.4g}"
+        prev = previous.get(r["case_id"])
+        delta = "-" if prev is None or prev == 0 else f"{value / prev - 1:+.1%}"
+        previous[r["case_id"]] = value
+        table.add_row(
+            r["started_at"][:19],
+            r["run_id"],
+            (r["git_commit"] or "-")[:10],
+            r["case_id"],
+            str(r["seq_len"]),
+            f"{value:.4g}",
+            ci,
+            delta,
+            {None: "-", 1: "yes", 0: "[yellow]no[/]"}[r["stable"]],
+        )
+    console.print(table)
+    if not args.no_plot:
+        slug = (args.case or args.variant + (f"-n{args.seq_len}" if args.seq_len else "")).replace("/", "_")
+        out = args.plot or Path("reports") / "history" / f"{slug}-{args.metric}.png"
+        plot_trend(rows, args.metric, what, out)
+        console.print(f"plot: {out}", highlight=False)
+    return 0
+
+
+def plot_trend(rows: list[dict[str, Any]], metric: str, what: str, out: Path) -> None:
+    """One line per case over run start time; error bars from the median's 95% CI; hollow
+    markers where the run flagged the case unstable."""
+    import datetime as dt
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attnbench.analysis.history import METRICS
+
+    _, unit, scale = METRICS[metric]
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    by_case: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_case.setdefault(r["case_id"], []).append(r)
+    for case_id, pts in by_case.items():
+        xs = [dt.datetime.fromisoformat(p["started_at"]) for p in pts]
+        ys = [p["value"] * scale for p in pts]
+        label = f"n={pts[0]['seq_len']}" if len({p["seq_len"] for p in rows}) > 1 else case_id
+        line = ax.plot(xs, ys, marker="o", label=label)[0]
+        lows = [p["ci95_low"] for p in pts]
+        if all(v is not None for v in lows):
+            err = [
+                [y - p["ci95_low"] * scale for y, p in zip(ys, pts, strict=True)],
+                [p["ci95_high"] * scale - y for y, p in zip(ys, pts, strict=True)],
+            ]
+            ax.errorbar(xs, ys, yerr=err, fmt="none", ecolor=line.get_color(), alpha=0.6, capsize=3)
+        unstable = [(x, y) for x, y, p in zip(xs, ys, pts, strict=True) if p["stable"] == 0]
+        if unstable:
+            ax.scatter(*zip(*unstable, strict=True), s=70, facecolors="white", edgecolors=line.get_color(), zorder=3)
+    ax.set_title(f"{metric} of {what} over runs (hollow: unstable)")
+    ax.set_ylabel(f"{metric} ({unit})")
+    ax.set_xlabel("run start (UTC)")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.autofmt_xdate()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+def _export(history: Any, args: argparse.Namespace) -> int:
+    from attnbench.analysis.history import export_run
+
+    run_id = history.resolve(args.ref, args.suite)
+    export_run(history.load(run_id), args.folder)
+    print(f"run {run_id} written to {args.folder}")
+    return 0

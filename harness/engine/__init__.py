@@ -1,0 +1,2 @@
+"""Engine: suites, the runner, executors, the worker and its measurements, transforms. Imports
+core, workloads and backends; the worker side imports torch."""

@@ -1,0 +1,1 @@
+"""Executors: where a case's worker runs (this machine, or a Ray cluster)."""

@@ -1,0 +1,221 @@
+"""The local executor: each case in a fresh worker process, with a timeout and a memory guard.
+
+Workers are forked from a fork server that imported torch once (attnbench.engine.preload), so a
+case pays milliseconds of isolation instead of a multi-second import, yet starts in a
+clean process whose peak memory belongs to that case alone.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from attnbench.core import cpu_load, interrupts
+from attnbench.core.cases import Case
+from attnbench.core.settings import RunSettings
+from attnbench.engine.executors.base import Outcome
+from attnbench.engine.turns import Gate, NoGate
+
+POLL_S = 0.05
+
+
+def _signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+class LocalExecutor:
+    name = "local"
+
+    def __init__(self, settings: RunSettings) -> None:
+        self.settings = settings
+        self.ctx = mp.get_context("forkserver")
+        self.ctx.set_forkserver_preload(["attnbench.engine.preload"])
+        self._current: Any = None
+        self.gate: Gate | NoGate = NoGate()  # bench ab: the timing worker asks it for block turns
+
+    def warm(self) -> float:
+        """Start the fork server now (it imports torch), so the first case is not charged for it."""
+        t0 = time.perf_counter()
+        p = self.ctx.Process(target=_noop, daemon=True)
+        p.start()
+        p.join()
+        return time.perf_counter() - t0
+
+    def abandon(self) -> None:
+        """Kill the worker in flight (Ctrl-C)."""
+        if self._current is not None and self._current.is_alive():
+            self._current.kill()
+            self._current.join(5)
+
+    def run(self, case: Case) -> Outcome:
+        """Time the case in one fresh worker, then measure its memory in another.
+
+        Memory gets its own process because its meter may change how the process
+        allocates (see attnbench.backends.cpu), which must not touch the timed process.
+        """
+        timed = self._run_phase(case, "time")
+        if timed.status != "ok":
+            return timed
+        memory = self._run_phase(case, "memory")
+        timed.worker["memory_wall_s"] = memory.worker.get("wall_s")
+        if memory.status == "ok":
+            timed.result.update(memory.result)
+        else:
+            timed.result.update(
+                peak_memory_bytes=None,
+                memory_method=None,
+                memory_reason=f"the memory pass failed ({memory.status}): {memory.reason}",
+            )
+            if memory.traceback:
+                timed.traceback = memory.traceback
+        if self.settings.profile:  # after the figures are taken, in a worker of its own
+            timed.result["profile"] = self.profile_summary(self.profile(case))
+        return timed
+
+    def run_pass(self, case: Case) -> Outcome:
+        """One more timing pass of a case already verified and metered in its first pass."""
+        return self._run_phase(case, "time", replace(self.settings, verify=False))
+
+    def profile(self, case: Case) -> Outcome:
+        """The case under its backend's profiler in a fresh worker (attnbench.engine.profiling)."""
+        return self._run_phase(case, "profile")
+
+    def profile_summary(self, outcome: Outcome) -> dict[str, Any]:
+        """What a case record keeps of its profile: files (folder relative to the run folder), top operators."""
+        worker = {k: outcome.worker.get(k) for k in ("pid", "wall_s")}
+        if outcome.status != "ok":
+            return {"status": outcome.status, "reason": outcome.reason, "worker": worker}
+        profile = dict(outcome.result["profile"])
+        path = Path(profile.pop("path"))
+        root = Path(self.settings.profile_dir or path.parent).resolve().parent
+        profile["dir"] = os.path.relpath(path, root)
+        return {"status": "ok", **profile, "worker": worker}
+
+    def _run_phase(self, case: Case, phase: str, settings: RunSettings | None = None) -> Outcome:
+        parent_conn, child_conn = self.ctx.Pipe(duplex=False)
+        from attnbench.engine.worker import child_main
+
+        started = time.perf_counter()
+        turns = self.gate.worker_turns() if phase == "time" else None
+        args = (child_conn, case, settings or self.settings, phase, turns)
+        proc = self.ctx.Process(target=child_main, args=args, daemon=True)
+        proc.start()
+        self._current = proc
+        child_conn.close()
+        if turns is not None:  # the worker holds its own copies now
+            turns.read.close()
+            turns.write.close()
+        # Taking block turns with the other side of a bench ab, a worker waits about as long as
+        # it times, so its wall clock gets twice the case's timeout (its own time still gets one).
+        timeout, why = self.settings.case_timeout(), ""
+        if turns is not None:
+            timeout, why = 2 * timeout, " (twice --timeout: it took turns)"
+        try:
+            return self._wait(proc, parent_conn, started, timeout, why)
+        finally:
+            self._current = None
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5)
+            parent_conn.close()
+
+    def _wait(self, proc: Any, conn: Any, started: float, timeout: float, why: str) -> Outcome:
+        deadline = started + timeout
+        limit = self.settings.memory_limit_bytes
+        watched = _watch(proc.pid)
+        busy0 = cpu_load.busy_seconds()
+        peak_rss = 0
+        while True:
+            interrupts.check()  # a Ctrl-C swallowed where it landed still stops the case
+            if conn.poll(POLL_S):
+                try:
+                    entered, left, message = conn.recv()
+                except (EOFError, OSError):
+                    break  # died while sending; reported below from the exit code
+                received = time.perf_counter()
+                try:
+                    cpu = watched.cpu_times() if watched is not None else None
+                    worker_cpu = cpu.user + cpu.system if cpu is not None else None
+                except psutil.Error:
+                    worker_cpu = None
+                busy = cpu_load.busy_seconds() - busy0
+                worker = {
+                    "other_cpu_share": None
+                    if worker_cpu is None
+                    else cpu_load.other_share(busy, worker_cpu, received - started),
+                    "pid": proc.pid,
+                    "wall_s": received - started,
+                    # Isolation cost: process start until the case began, plus the result's trip back.
+                    "overhead_s": (entered - started) + (received - left),
+                }
+                proc.join(5)
+                worker["exitcode"] = proc.exitcode
+                if message[0] == "ok":
+                    turns = message[1].get("turns") if isinstance(message[1], dict) else None
+                    if turns and turns.get("other_cpu_share") is not None:
+                        # bench ab: the other side timed while this worker waited; only its own turns count
+                        worker["other_cpu_share"] = turns["other_cpu_share"]
+                    return Outcome("ok", None, message[1], worker=worker)
+                _, status, reason, tb = message
+                return Outcome(status, reason, traceback=tb, worker=worker)
+            now = time.perf_counter()
+            if watched is not None:
+                try:
+                    rss = watched.memory_info().rss
+                    peak_rss = max(peak_rss, rss)
+                except psutil.Error:
+                    rss = 0
+                if limit is not None and rss > limit:
+                    proc.kill()
+                    proc.join(5)
+                    return Outcome(
+                        "oom",
+                        f"worker resident memory {rss / 2**30:.2f} GiB exceeded the limit of "
+                        f"{limit / 2**30:.2f} GiB and was stopped",
+                        worker={"pid": proc.pid, "wall_s": now - started, "exitcode": proc.exitcode},
+                    )
+            if now > deadline:
+                proc.kill()
+                proc.join(5)
+                return Outcome(
+                    "timeout",
+                    f"no result within {timeout:g} s; worker stopped{why}",
+                    worker={"pid": proc.pid, "wall_s": now - started, "exitcode": proc.exitcode},
+                )
+            if not proc.is_alive() and not conn.poll(0):
+                break
+        proc.join(5)
+        code = proc.exitcode
+        worker = {"pid": proc.pid, "wall_s": time.perf_counter() - started, "exitcode": code}
+        if code is not None and code < 0:
+            name = _signal_name(code)
+            if name == "SIGKILL" and limit is not None and peak_rss > 0.5 * limit:
+                return Outcome(
+                    "oom",
+                    f"worker killed by SIGKILL at {peak_rss / 2**30:.2f} GiB resident "
+                    "(most likely the kernel's out-of-memory killer)",
+                    worker=worker,
+                )
+            return Outcome("error", f"worker died from {name} without reporting a result", worker=worker)
+        return Outcome("error", f"worker exited with code {code} without reporting a result", worker=worker)
+
+
+def _watch(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
+def _noop() -> None:
+    pass

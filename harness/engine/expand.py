@@ -1,0 +1,58 @@
+"""Expanding a sweep into its cases: each variant's parameter grid, resolved at each length."""
+
+from __future__ import annotations
+
+import itertools
+
+from attnbench.core.cases import Case, Sweep
+from attnbench.core.errors import UserError
+from attnbench.core.registry import get_workload
+from attnbench.workloads.shape import Shape
+
+
+def expand(sweep: Sweep) -> list[Case]:
+    """All cases of a sweep, grouped into scaling curves, each curve by increasing length.
+
+    Ordering by length matters: after a length runs out of memory, the longer ones of the
+    same curve are skipped.
+    """
+    cases: dict[str, Case] = {}
+    for variant in sweep.variants:
+        cls = get_workload(variant)
+        chosen = sweep.params_for(variant)
+        defaults = cls.default_params()
+        names = sorted(defaults)
+        grids = [chosen.get(name, (defaults[name],)) for name in names]
+        for values in itertools.product(*grids):
+            chosen_values = dict(zip(names, values, strict=True))
+            try:
+                cls.make_params(chosen_values)
+            except (TypeError, ValueError) as exc:
+                raise UserError(f"invalid parameters for {variant}: {exc}") from None
+            # A variant that has none of the requested scopes (a whole-model workload such as
+            # the Universal Transformer has no bare-attention form) runs in its own first scope,
+            # which the case records, rather than silently dropping out of "all".
+            scopes = [s for s in sweep.scopes if s in cls.scopes] or [cls.scopes[0]]
+            for scope in scopes:
+                for backend, dtype, mode, b, h, d, t, tr, n in (
+                    (name, *rest)
+                    for name in sweep.backends
+                    for rest in itertools.product(
+                        sweep.axis_for(name, "dtypes"),
+                        sweep.modes,
+                        sweep.axis_for(name, "batch"),
+                        sweep.heads,
+                        sweep.head_dim,
+                        sweep.threads,
+                        sweep.transforms,
+                        sorted(sweep.seq_lens),
+                    )
+                ):
+                    try:
+                        at_length = cls.resolve_params(dict(chosen_values), Shape(b, h, d, n))
+                    except ValueError as exc:
+                        raise UserError(f"invalid parameters for {variant} at n={n}: {exc}") from None
+                    resolved = tuple(sorted(at_length.items()))
+                    case = Case(variant, resolved, scope, backend, dtype, mode, b, h, d, n, t, tr)
+                    cases.setdefault(case.case_id, case)
+    return list(cases.values())

@@ -1,0 +1,243 @@
+"""What runs inside the isolated worker process: one case, start to finish.
+
+The parent (attnbench.engine.executors.local) starts a fresh process per case from a fork server that
+has already imported torch, so isolation costs milliseconds, not an import.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+import torch
+
+from attnbench.backends.base import DTYPES, Backend, EnergyMeter, EnergyReading, Step, Timer
+from attnbench.core import machine_check
+from attnbench.core.cases import Case
+from attnbench.core.errors import Unsupported
+from attnbench.core.registry import PLUGINS_ENV
+from attnbench.core.settings import RunSettings
+from attnbench.engine import reference_kernel
+from attnbench.engine.build import build_transformed, load_case
+from attnbench.engine.kernels import ATTENTION_MARKERS, attention_ops
+from attnbench.engine.timing import sample, warm_up
+from attnbench.engine.turns import BlockTurns, NoTurns
+from attnbench.workloads.base import AttentionVariant, Shape
+
+VERIFY_TOLERANCE = {"float64": 1e-8, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+
+
+class VerificationFailed(Exception):
+    """The variant's output disagrees with its float64 reference."""
+
+
+def classify(exc: BaseException) -> str:
+    """The case status an exception maps to."""
+    if isinstance(exc, Unsupported):
+        return "unsupported"
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return "oom"
+    text = str(exc)
+    if isinstance(exc, RuntimeError) and any(
+        s in text for s in ("can't allocate memory", "out of memory", "Out of memory", "not enough memory")
+    ):
+        return "oom"
+    return "error"
+
+
+def verify(
+    cls: type[AttentionVariant], params: Any, case: Case, backend: Backend, seed: int, max_len: int
+) -> dict[str, Any]:
+    """Run the bare variant on this backend at a small shape and compare to float64."""
+    if "core" not in cls.scopes:
+        return {"verified": None, "reason": f"{cls.name} has no core scope to check in isolation"}
+    n = cls.verify_length(params, case.seq_len, max_len)
+    shape = Shape(batch=1, heads=min(case.heads, 2), head_dim=case.head_dim, seq_len=n)
+    gen = torch.Generator().manual_seed(seed + 1)
+    dtype = DTYPES[case.dtype]
+    # Round the inputs to the case's dtype first, so the reference sees exactly what the
+    # variant sees (input-dependent patterns such as LSH buckets can flip on rounding).
+    q, k, v = (t.to(dtype) for t in cls.make_inputs(shape, "core", torch.float64, torch.device("cpu"), gen))
+    expected = cls(params, shape).reference(*(t.double() for t in (q, k, v)))
+    got = backend.infer(cls(params, shape), (q, k, v), case)
+    err = (got.detach().to("cpu", torch.float64) - expected).abs().max().item()
+    tol = VERIFY_TOLERANCE[case.dtype]
+    if not err <= tol:  # catches NaN too
+        raise VerificationFailed(
+            f"output differs from the float64 reference at n={n}: max abs error {err:.3g} > {tol:g}"
+        )
+    return {"verified": True, "seq_len": n, "max_abs_err": err, "tolerance": tol}
+
+
+def measure_energy(step: Step, timer: Timer, meter: EnergyMeter, per_call_s: float) -> tuple[EnergyReading, int]:
+    """Joules over a window of calls long enough for the counter (after timing, never during it)."""
+    if not meter.available:
+        return meter.stop(), 0
+    block = max(1, math.ceil(0.01 / max(per_call_s, 1e-9)))  # ~10 ms between polls
+    calls = 0
+    meter.start()
+    t0 = time.perf_counter()
+    while True:
+        timer.time(step, block)
+        calls += block
+        meter.poll()
+        if meter.enough() or time.perf_counter() - t0 >= meter.max_window_s:
+            break
+    return meter.stop(), calls
+
+
+def measure_time(case: Case, settings: RunSettings, turns: BlockTurns | NoTurns | None = None) -> dict[str, Any]:
+    """Verification, warm-up, timing and energy for one case; raises on failure.
+
+    turns: in a bench ab, the timed stretches (warm-up, each block of samples, the closing
+    readings) each wait for a turn (attnbench.engine.turns); building and verifying do not."""
+    turns = turns or NoTurns()
+    cls, backend = load_case(case, settings)
+    backend_settings = backend.setup(case)
+    # Before the first computation (setup only set the thread count), so the threads the
+    # backend starts for it inherit the CPUs.
+    turns.pin(backend_settings.get("threads") or case.threads or os.cpu_count() or 1)
+    checked = (
+        verify(cls, cls.make_params(case.params_dict), case, backend, settings.seed, settings.verify_max_len)
+        if settings.verify
+        else {"verified": None, "reason": "verification turned off"}
+    )
+    step, prepare_s, applied, inputs = build_transformed(cls, backend, case, settings.seed)
+    module = applied.metrics_module or applied.module
+
+    timer = backend.timer()
+    policy = settings.policy()
+    device = backend.describe()
+    # Samples are paired with the host's speed only where the host runs them (not a GPU).
+    reference = reference_kernel.pair_reader() if device.get("kind") == "cpu" else None
+    with turns.block():
+        machine_before = reference_kernel.reference_seconds()
+        warm = warm_up(step, timer, policy, backend.min_warmup_calls)
+    backend.timed_region_start()
+    applied.timed_start()
+    measurement = sample(step, timer, policy, warm.last_call_s, reference, turns)
+    problems = backend.timed_region_stop() + applied.timed_stop()
+    if problems:
+        measurement.stable = False
+        measurement.notes.extend(problems)
+    with turns.block():
+        machine_after = reference_kernel.reference_seconds()
+        energy, energy_calls = measure_energy(step, timer, backend.energy_meter(), measurement.stats.median)
+    transformed = applied.finish(inputs)  # fidelity vs the float64 untransformed module, after timing
+    if applied.compiles_on_first_call:
+        # The dispatcher cannot see inside a compiled graph: the kernels of inductor's output code.
+        calls = transformed["transform_details"]["kernels"]["library_calls"]
+        kernels = {n: c for n, c in calls.items() if any(m in n for m in ATTENTION_MARKERS)}
+        compile_s = prepare_s + applied.apply_s + warm.first_call_s
+    else:
+        # Aten-level kernels are recorded by the memory worker, on its unmeasured first call.
+        kernels = None if backend.records_aten_ops else backend.details().get("attention_ops")
+        compile_s = backend.compile_seconds(prepare_s, warm.first_call_s) + applied.apply_s
+    fidelity = transformed["fidelity"]
+    if fidelity is not None and not fidelity["within"]:
+        measurement.notes.append(
+            f"transform {applied.name} beyond its tolerance: rel_err {fidelity['rel_err']:.3g} "
+            f"(max {fidelity['tolerance']['rel_err']:g}), cosine {fidelity['cosine']:.6f} "
+            f"(min {fidelity['tolerance']['min_cosine']:g})"
+        )
+
+    return {
+        "device": device,
+        "backend_settings": backend_settings,
+        "verification": checked,
+        "time_s": measurement.stats.to_json(),
+        "compile_s": compile_s,
+        "prepare_s": prepare_s,
+        "first_call_s": warm.first_call_s,
+        "warmup": {"calls": warm.calls, "seconds": warm.seconds},
+        "calls_per_sample": measurement.calls_per_sample,
+        "block_samples": measurement.block_samples,
+        "turns": turns.summary(),
+        "machine_check": machine_check.record(
+            machine_before, machine_after, measurement.pair_readings_s, threads=torch.get_num_threads()
+        ),
+        "converged": measurement.converged,
+        "stable": measurement.stable,
+        "stop_reason": measurement.stop_reason,
+        "notes": measurement.notes,
+        "clock": timer.clock,
+        "sync": timer.sync,
+        "energy_j": energy.joules / energy_calls if energy.joules is not None and energy_calls else None,
+        "energy_method": energy.method,
+        "energy_reason": energy.reason,
+        "energy_details": {**energy.details, "calls": energy_calls} if energy_calls else energy.details,
+        "attention_ops": kernels,
+        "backend_details": backend.details(),
+        "workload_metrics": cls.case_metrics(module),
+        **transformed,
+    }
+
+
+def measure_memory(case: Case, settings: RunSettings) -> dict[str, Any]:
+    """Peak memory of one call, in a process of its own: one warm-up call, then the metered one."""
+    cls, backend = load_case(case, settings)
+    meter = backend.memory_meter()
+    meter.prepare_process()
+    backend.setup(case)
+    step, _, applied, _ = build_transformed(cls, backend, case, settings.seed)
+    # Lazy initialisation belongs to no measurement, so that call also records which attention
+    # kernels ran (a compiled graph is opaque to the dispatcher: the timed worker reads those).
+    record_ops = backend.records_aten_ops and not applied.compiles_on_first_call
+    ops = attention_ops(step) if record_ops else step()
+    meter.start()
+    step()
+    reading = meter.stop()
+    out = {
+        "peak_memory_bytes": reading.peak_bytes,
+        "memory_method": reading.method,
+        "memory_reason": reading.reason,
+        "memory_details": reading.details,
+    }
+    if record_ops:
+        out["attention_ops"] = ops
+    return out
+
+
+def measure_profile(case: Case, settings: RunSettings) -> dict[str, Any]:
+    """The case under its backend's profiler, in a process of its own (never the timed one)."""
+    from attnbench.engine.profiling import profile_phase
+
+    return {"profile": profile_phase(case, settings)}
+
+
+PHASES = {"time": measure_time, "memory": measure_memory, "profile": measure_profile}
+
+
+def _mark_oom_victim() -> None:
+    """If the kernel must kill something for memory, let it be this worker, not the sweep."""
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write("1000")
+    except OSError:
+        pass
+
+
+def child_main(
+    conn: Connection, case: Case, settings: RunSettings, phase: str, turns: BlockTurns | None = None
+) -> None:
+    """Entry point of the worker process: send back ("ok", result) or ("failed", status, reason, tb)."""
+    entered = time.perf_counter()
+    # Ctrl-C reaches the whole process group; the parent decides what happens to this case.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _mark_oom_victim()
+    if settings.plugins:
+        os.environ[PLUGINS_ENV] = settings.plugins
+    try:
+        result = measure_time(case, settings, turns) if phase == "time" else PHASES[phase](case, settings)
+        message: tuple = ("ok", result)
+    except BaseException as exc:
+        status = classify(exc)
+        reason = f"{type(exc).__name__}: {exc}".strip()
+        message = ("failed", status, reason, traceback.format_exc())
+    conn.send((entered, time.perf_counter(), message))
+    conn.close()

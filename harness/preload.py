@@ -1,8 +1,0 @@
-"""Imported once by the fork server, so every worker it forks starts with torch loaded."""
-
-import torch  # noqa: F401
-
-import harness.worker  # noqa: F401
-from harness.registry import load_plugins
-
-load_plugins()
