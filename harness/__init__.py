@@ -5,4 +5,4 @@ subpackages `attnbench.workloads` and `attnbench.backends` (pyproject.toml's pac
 The layers and what each may import: docs/architecture.md.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

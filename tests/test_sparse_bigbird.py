@@ -261,7 +261,7 @@ def test_cost_methods() -> None:
     long = Shape(2, 8, 64, 16384)
     D = long.model_dim
     useful, executed = BigBirdAttention.flops(p, long), BigBirdAttention.executed_flops(p, long)
-    # REFERENCES.md: ≈ 4nD·b(7+r) per sequence, exact here up to the edge blocks.
+    # docs/cost-model.md: ≈ 4nD·b(7+r) per sequence, exact here up to the edge blocks.
     approx = 4 * long.seq_len * D * 64 * (7 + 3) * long.batch
     assert 0.97 * approx < useful < approx and useful <= executed < 1.01 * approx
     causal = dataclasses.replace(p, causal=True)

@@ -276,7 +276,7 @@ def test_flops_against_the_published_formula_and_look_around_overhead() -> None:
     shape = Shape(1, 8, 64, 8192)
     D, n, W, g = 512, 8192, 512, 2
     p = SlidingWindowParams(window=W, global_tokens=g)
-    approx = 4 * n * D * (W + 1) + 8 * g * n * D  # REFERENCES.md, edges ignored
+    approx = 4 * n * D * (W + 1) + 8 * g * n * D  # docs/cost-model.md, edges ignored
     assert 0.97 < SlidingWindowAttention.flops(p, shape) / approx <= 1
     plain = SlidingWindowParams(window=W)
     ratio = SlidingWindowAttention.executed_flops(plain, shape) / SlidingWindowAttention.flops(plain, shape)

@@ -123,7 +123,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="attnbench-layers-") as tmp:
         package = lay_out(Path(tmp))
         env = {**os.environ, "PYTHONPATH": tmp + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        lint = shutil.which("lint-imports") or "lint-imports"
+        # The environment's own lint-imports first (the venv running this may not be on PATH).
+        beside = Path(sys.executable).with_name("lint-imports")
+        lint = str(beside) if beside.is_file() else shutil.which("lint-imports") or "lint-imports"
         proc = subprocess.run(
             [lint, "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tmp, env=env, text=True
         )

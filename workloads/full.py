@@ -1,6 +1,6 @@
 """Full (dense) attention: the baselines every other family is measured against.
 
-FLOPs follow REFERENCES.md: 4·n²·D per sequence forward (Q·Kᵀ and P·V, 2 per
+FLOPs follow docs/cost-model.md: 4·n²·D per sequence forward (Q·Kᵀ and P·V, 2 per
 multiply-add), halved, exactly n(n+1)/2 pairs, when causal. `flops` counts the useful
 work of the definition; `executed_flops` what the implementation performs (the naive
 causal path computes every score and masks half; torch's fused kernel skips masked

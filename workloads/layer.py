@@ -39,7 +39,7 @@ class PreNormLayer(nn.Module):
 
     @staticmethod
     def linear_flops(shape: Shape) -> float:
-        """Projections 8nD² plus FFN 4nD·d_ff, per REFERENCES.md, over the batch."""
+        """Projections 8nD² plus FFN 4nD·d_ff, per docs/cost-model.md, over the batch."""
         n, D = shape.seq_len, shape.model_dim
         return float(shape.batch * (8 * n * D * D + 4 * n * D * FFN_MULT * D))
 

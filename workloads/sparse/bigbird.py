@@ -49,7 +49,7 @@ ever built, and the largest buffers are a run's scores and one head's global row
 
 FLOPs (2 per multiply-add, Q·Kᵀ and P·V): ``flops`` is 4·D·B times the exact number of
 allowed (query, key) pairs of the layout (padding and causal masking applied), which is
-≈ 4nD·b(7+r) (REFERENCES.md) for long sequences; ``executed_flops`` counts what the
+≈ 4nD·b(7+r) (docs/cost-model.md) for long sequences; ``executed_flops`` counts what the
 implementation multiplies: for each middle block its sliding window (3 blocks, 2 for block
 nb−2; the repeated block 0 of block 1 included), the b + tail global keys and the r random
 blocks (causal: 2 sliding blocks, block 0 and the random blocks, future ones included),

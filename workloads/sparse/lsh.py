@@ -283,7 +283,7 @@ class LSHAttention(AttentionVariant):
 
     @classmethod
     def flops(cls, params: LSHParams, shape: Shape) -> float:
-        """The ideal count (REFERENCES.md): 8·n_r·n·c·D for 2c keys per query, plus hashing
+        """The ideal count (docs/cost-model.md): 8·n_r·n·c·D for 2c keys per query, plus hashing
         n·D·n_b·n_r. With a single chunk (n ≤ c) a query has n keys: 4·n_r·n²·D."""
         n, c = shape.seq_len, params.chunk
         keys = 2 * c if n > c else n

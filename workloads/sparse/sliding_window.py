@@ -34,7 +34,7 @@ Costs (forward, 2 FLOPs per multiply-add, D = h·d):
 
 - `flops` (useful) = 4·B·D·P, with P the exact number of allowed (query, key) pairs of
   the mask, in closed form (edge rows, dilation, causality and globals included). For
-  n ≫ W, r = 1, non-causal it tends to REFERENCES.md's 4nD(W+1) + 8gnD.
+  n ≫ W, r = 1, non-causal it tends to docs/cost-model.md's 4nD(W+1) + 8gnD.
 - `executed_flops` = 4·B·D·(r·m_pad·(3b + g) + g·n): every padded query row times its
   3b look-around keys (1.5× the band) and the g global columns, plus the dense global
   rows. Softmax and masking are not counted (only matmuls are, as for the dense ones).
