@@ -16,9 +16,12 @@ session still run; add --benchmark-only to run the suite alone.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:
+    from attnbench.core.record import CaseRecord
 
 _STATE_KEY = "_attnbench_state"
 
@@ -81,15 +84,14 @@ class _Session:
             self._executor.warm()
         return self._executor
 
-    def measure(self, case: Any) -> dict[str, Any]:
-        from attnbench.engine.runner import base_record, finish_record
+    def measure(self, case: Any) -> CaseRecord:
+        from attnbench.engine.runner import finish_record
 
-        record = base_record(self.run_id, case)
         outcome = self.executor().run(case)
-        device = outcome.result.get("device") if outcome.status == "ok" else None
+        device = outcome.result.device if outcome.status == "ok" else None
         if device and device not in self.devices:
             self.devices.append(device)
-        return finish_record(record, outcome)
+        return finish_record(self.run_id, case, outcome)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -139,19 +141,18 @@ class _SuiteCollector(pytest.Collector):
 def _make_test(state: _Session, case: Any) -> Any:
     def test_case(benchmark: Any) -> None:
         record = state.measure(case)
-        status = record["status"]
-        if status in ("unsupported", "skipped"):
-            pytest.skip(f"{case.label()}: {record['reason']}")
-        if status != "ok":
+        if record.status in ("unsupported", "skipped"):
+            pytest.skip(f"{case.label()}: {record.reason}")
+        if record.status != "ok":
             benchmark.has_error = True
-            pytest.fail(f"{case.label()}: {status}: {record['reason']}", pytrace=False)
+            pytest.fail(f"{case.label()}: {record.status}: {record.reason}", pytrace=False)
         feed_benchmark(benchmark, record)
 
     test_case.__doc__ = case.label()
     return test_case
 
 
-def feed_benchmark(benchmark: Any, record: dict[str, Any]) -> None:
+def feed_benchmark(benchmark: Any, rec: CaseRecord) -> None:
     """Hand the harness's measurement to a pytest-benchmark fixture as if it had timed it.
 
     pytest-benchmark has no public API for externally timed rounds; its fixture's
@@ -159,13 +160,11 @@ def feed_benchmark(benchmark: Any, record: dict[str, Any]) -> None:
     `pedantic` mode uses, stable since pytest-benchmark 3.
     """
     from attnbench.analysis.exporters import extra_info
-    from attnbench.core.results import CASE_READERS
 
-    rec = CASE_READERS[record["schema"]](record, record["case_id"])
-    benchmark.group = f"{rec.variant} {rec.backend}/{rec.dtype}/{rec.mode}/{rec.extra.get('scope', 'core')}"
+    benchmark.group = f"{rec.variant} {rec.backend}/{rec.dtype}/{rec.mode}/{rec.scope}"
     benchmark.extra_info.update(extra_info(rec))
     benchmark._mode = "attnbench (harness-timed)"  # a second use of the fixture is an error, as in pytest-benchmark
-    calls = int(record.get("calls_per_sample") or 1)
+    calls = int(rec.calls_per_sample or 1)
     stats = benchmark._make_stats(calls)
-    for per_call in record["time_s"]["samples"]:
+    for per_call in rec.samples:
         stats.update(per_call * calls)  # pytest-benchmark divides by iterations again

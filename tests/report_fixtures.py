@@ -10,12 +10,14 @@ tests/fixtures/report/ (see its README).
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from attnbench.core.results import CASE_SCHEMA, CASES_FILE, RUN_FILE, RUN_SCHEMA
+from attnbench.core.record import CASE_SCHEMA, RUN_SCHEMA
+from attnbench.core.results import CASES_FILE, RUN_FILE
 
 LENGTHS = (512, 1024, 2048, 4096, 8192)
 HEADS, HEAD_DIM = 8, 64
@@ -54,6 +56,16 @@ def run_dict(run_id: str, host: str, backend: str, device: str, peaks: dict[str,
         "packages": {"torch": "synthetic"},
         "devices": [{"backend": backend, "name": device, "kind": "gpu", "peaks": peaks}],
     }
+
+
+@functools.cache
+def _stored_pattern(variant: str, params_json: str, n: int) -> dict[str, Any] | None:
+    """What the worker stores as the case's `pattern`, built by the same code (once per process)."""
+    from attnbench.core.cases import Case
+    from attnbench.engine.patterns import pattern_of  # imports torch, only when a run is written
+
+    params = tuple(sorted(json.loads(params_json).items()))
+    return pattern_of(Case(variant, params, "core", "cuda", "float32", "forward", 1, HEADS, HEAD_DIM, n))
 
 
 def case(
@@ -129,6 +141,9 @@ def case(
             rec["energy_j"] = POWER_W * seconds
             rec["energy_method"] = "synthetic"
             rec["energy_per_token_j"] = POWER_W * seconds / n
+        pattern = _stored_pattern(variant, json.dumps(rec["params"], sort_keys=True), n)
+        if pattern is not None:  # as the record writes it: no key where there is nothing to draw
+            rec["pattern"] = dict(pattern)
         if PEAKS["matmul_flops_per_s"].get(dtype):
             rec["fraction_of_peak"] = {
                 "flops": rec["flops_per_s"] / PEAKS["matmul_flops_per_s"][dtype],

@@ -1,7 +1,8 @@
 """Run folders with chosen samples, written in the result contract, for history/compare tests.
 
-The files are real (run.json + cases.jsonl through attnbench.core.results.RunWriter) and are read
-by the real readers; only the numbers are chosen, seeded, so statistics tests cannot flake.
+The files are real (run.json + cases.jsonl through attnbench.core.record and
+attnbench.core.results.RunWriter) and are read by the real readers; only the numbers are
+chosen, seeded, so statistics tests cannot flake.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attnbench.core.results import CASE_SCHEMA, RUN_SCHEMA, RunWriter, load_run
+from attnbench.core.record import CASE_SCHEMA, RUN_SCHEMA, CaseRecord, RunRecord
+from attnbench.core.results import RunWriter, load_run
 from attnbench.core.stats import summarize
 
 HOST = {
@@ -38,7 +40,7 @@ class Case:
     variant: str = "full.sdpa"
     seq_len: int = 512
     energy_j: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # more fields of its record (passes, machine_check, ...)
 
 
 def noisy(median: float, n: int, rel_sigma: float, seed: int) -> list[float]:
@@ -116,9 +118,9 @@ def write_run(
         "settings": {"max_time_per_case": 1.0},
         **(run_extra or {}),
     }
-    writer = RunWriter.create(folder, run)
+    writer = RunWriter.create(folder, RunRecord.from_json(run))
     for c in cases:
-        writer.append(record(run_id, c))
+        writer.append(CaseRecord.from_json(record(run_id, c)))
     writer.close()
     load_run(folder)  # what the tests write must pass the real reader
     return folder

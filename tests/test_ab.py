@@ -38,14 +38,16 @@ def test_bench_ab_times_both_sides_in_turns_and_compares_them(tmp_path: Path) ->
     assert r.returncode == 0, r.stderr + r.stdout
     assert "(3 and 3 worker phases)" in r.stdout  # pass 1 (time + memory in one turn), passes 2 and 3
     base, cand = load_run(out / "baseline"), load_run(out / "candidate")
-    b, c = base.run.extra["interleaved"], cand.run.extra["interleaved"]
+    b, c = base.run.interleaved, cand.run.interleaved
+    assert b is not None and c is not None
     assert b["group"] == c["group"] and (b["side"], c["side"]) == ("baseline", "candidate")
-    assert [x.extra["workload_metrics"]["filler_calls"] for x in (base.cases[0], cand.cases[0])] == [20, 30]
-    assert len(base.cases[0].extra["passes"]) == len(cand.cases[0].extra["passes"]) == 3
+    assert [(x.workload_metrics or {})["filler_calls"] for x in (base.cases[0], cand.cases[0])] == [20, 30]
+    assert len(base.cases[0].passes or []) == len(cand.cases[0].passes or []) == 3
     for case in (base.cases[0], cand.cases[0]):  # the samples were timed in block turns
-        assert all(sum(p["blocks"]) == p["n"] for p in case.extra["passes"])
-        assert case.extra["turns"]["blocks"] >= sum(len(p["blocks"]) for p in case.extra["passes"])
-        assert case.extra["turns"]["other_cpu_share"] == case.extra["worker"]["other_cpu_share"]
+        passes, turns = case.passes or [], case.turns or {}
+        assert all(sum(p["blocks"]) == p["n"] for p in passes)
+        assert turns["blocks"] >= sum(len(p["blocks"]) for p in passes)
+        assert turns["other_cpu_share"] == case.other_cpu_share
     cmp = json.loads((out / "compare.json").read_text())
     time = cmp["cases"][0]["time"]
     assert time["pass_test"] == "paired blocks" and time["paired_ratio"] > 1.2

@@ -52,8 +52,8 @@ def test_aa_and_injected_slowdowns_on_real_runs(tmp_path: Path) -> None:
     )
     runs = (a1, ten, a2, one, a3, a4)
     for r in runs:
-        assert all(c.status == "ok" and len(c.extra["passes"]) == 6 for c in r.cases), r.folder
-    busy = max((c.extra.get("worker") or {}).get("other_cpu_share") or 0 for r in runs for c in r.cases)
+        assert all(c.status == "ok" and len(c.passes or []) == 6 for c in r.cases), r.folder
+    busy = max(c.other_cpu_share or 0 for r in runs for c in r.cases)
     if busy > 0.25:
         pytest.skip(f"other processes used up to {busy:.0%} of the CPU: timings from this machine cannot decide")
     history = [a2, a3, a4]  # unchanged code, other runs: the noise floor
@@ -63,7 +63,7 @@ def test_aa_and_injected_slowdowns_on_real_runs(tmp_path: Path) -> None:
     small = compare_runs(a1, one, noise_runs=history)
     assert not [c for c in small.cases if c.verdict in FALSE_ALARMS], small.cases
 
-    drift = machine_check.drift(*(c.extra.get("machine_check") for r in runs for c in r.cases))
+    drift = machine_check.drift(*(c.machine_check for r in runs for c in r.cases))
     assert drift is not None
     detected = compare_runs(a1, ten, noise_runs=history)
     if drift > 0.15:

@@ -39,9 +39,9 @@ def test_pytest_benchmark_json_carries_samples_and_identity(run: RunResult, tmp_
     assert len(data["benchmarks"]) == 2  # the failed case has no timing to export
     b = data["benchmarks"][0]
     rec = run.cases[0]
-    assert b["stats"]["data"] == rec.time_s["samples"]
-    assert b["stats"]["rounds"] == len(rec.time_s["samples"])
-    assert b["stats"]["median"] == pytest.approx(rec.time_s["median"])
+    assert b["stats"]["data"] == rec.samples
+    assert b["stats"]["rounds"] == len(rec.samples)
+    assert b["stats"]["median"] == pytest.approx(rec.median_s)
     assert b["extra_info"]["case_id"] == rec.case_id
     assert b["extra_info"]["workload_hash"] == "h0"
     assert b["extra_info"]["peak_memory_bytes"] == rec.peak_memory_bytes
@@ -67,7 +67,7 @@ def test_bmf_latency_in_nanoseconds_with_ci_bounds(run: RunResult) -> None:
     name, measures = next(iter(bmf.items()))
     assert "full.sdpa" in name and "full.sdpa-cpu-n512-aaaa" in name
     lat = measures["latency"]
-    assert lat["value"] == pytest.approx(run.cases[0].time_s["median"] * 1e9)
+    assert lat["value"] == pytest.approx(run.cases[0].median_s * 1e9)
     assert lat["lower_value"] <= lat["value"] <= lat["upper_value"]
     tp = measures["throughput"]
     assert tp["lower_value"] <= tp["value"] <= tp["upper_value"]
@@ -83,7 +83,7 @@ def test_github_action_benchmark_custom_smaller_is_better(run: RunResult) -> Non
     for e in entries:
         assert set(e) >= {"name", "unit", "value"}
         assert isinstance(e["value"], float)
-    assert entries[0]["unit"] == "ms" and entries[0]["value"] == pytest.approx(run.cases[0].time_s["median"] * 1e3)
+    assert entries[0]["unit"] == "ms" and entries[0]["value"] == pytest.approx(run.cases[0].median_s * 1e3)
     assert len({e["name"] for e in entries}) == 4
 
 
@@ -95,8 +95,8 @@ def test_import_of_our_own_export_restores_cases_and_compares(run: RunResult, tm
     assert import_pytest_benchmark(path).run.run_id == imported.run.run_id  # stable: re-ingest replaces
     assert [c.case_id for c in imported.cases] == [c.case_id for c in run.cases[:2]]
     for got, want in zip(imported.cases, run.cases, strict=False):
-        assert got.time_s["samples"] == want.time_s["samples"]
-        assert got.extra["workload_hash"] == "h0"
+        assert got.samples == want.samples
+        assert got.workload_hash == "h0"
         assert got.peak_memory_bytes == want.peak_memory_bytes
     assert imported.run.host == run.run.host and imported.run.packages == run.run.packages
     cmp = compare_runs(run, imported)
@@ -134,7 +134,7 @@ def test_import_of_a_foreign_pytest_benchmark_file(tmp_path: Path) -> None:
     (case,) = result.cases
     assert case.case_id == "tests/test_parse.py::test_parse[big]"
     assert case.variant == "pytest.test_parse" and case.status == "ok"
-    assert case.time_s["median"] == 1.4 and case.time_s["samples"] == []
+    assert case.median_s == 1.4 and case.samples == []
     assert result.run.host["cpu"] == "Apple M2" and result.run.git["commit"] == "deadbeef"
     db = tmp_path / "h.sqlite"
     r = subprocess.run(

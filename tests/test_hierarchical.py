@@ -196,7 +196,7 @@ def test_memory_grows_linearly_through_the_executor() -> None:
         )
         out = executor.run(case)
         assert out.status == "ok", out.reason
-        peaks[n] = out.result["peak_memory_bytes"]
+        peaks[n] = out.result.peak_memory_bytes
         assert peaks[n] < TransformerXLAttention.peak_bytes_estimate(p, shape, 4, False)
     assert 1.0 <= peaks[8192] / peaks[4096] <= 2.3, peaks
 

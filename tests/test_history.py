@@ -149,9 +149,10 @@ def test_bench_run_records_the_run_with_its_workload_hash(tmp_path: Path) -> Non
     with History.open(db, create=False) as h:
         run = h.load(h.resolve("latest"))
     (rec,) = run.cases
-    assert len(rec.extra["workload_hash"]) == 16
+    assert rec.workload_hash is not None and len(rec.workload_hash) == 16
     line = json.loads((tmp_path / "r1" / "cases.jsonl").read_text())
-    assert line["workload_hash"] == rec.extra["workload_hash"]
+    assert line["workload_hash"] == rec.workload_hash
+    assert line == rec.to_json()  # the history keeps the record as cases.jsonl has it
     blocker = tmp_path / "not-a-dir"
     blocker.write_text("")
     r = subprocess.run(
@@ -167,8 +168,8 @@ def test_bench_run_records_the_run_with_its_workload_hash(tmp_path: Path) -> Non
 
 
 def test_workload_hash_follows_source_and_parameters() -> None:
-    from attnbench.engine.identity import workload_hash
     from attnbench.core.registry import get_workload
+    from attnbench.engine.identity import workload_hash
 
     chunked = get_workload("full.chunked")
     a = workload_hash(chunked, {"chunk": 256, "causal": True})

@@ -32,10 +32,15 @@ def test_one_import_package_and_no_old_top_level_names() -> None:
         for path in (ROOT / folder).rglob("*.py"):
             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
                 words = line.split()
-                if len(words) >= 2 and words[0] in ("import", "from") and words[1].split(".")[0] in (
-                    "harness",
-                    "workloads",
-                    "backends",
+                if (
+                    len(words) >= 2
+                    and words[0] in ("import", "from")
+                    and words[1].split(".")[0]
+                    in (
+                        "harness",
+                        "workloads",
+                        "backends",
+                    )
                 ):
                     offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
     assert offenders == []
@@ -50,9 +55,7 @@ def _loads_torch(tmp_path: Path, argv: list[str]) -> tuple[int, bool, str]:
         "print('TORCH', 'torch' in sys.modules)\n"
         "sys.exit(rc)\n"
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     return proc.returncode, "TORCH True" in proc.stdout, proc.stdout[-2000:] + proc.stderr[-2000:]
 
 

@@ -29,18 +29,18 @@ def test_relative_samples_divide_each_sample_by_its_pair_across_passes() -> None
     merged = machine_check.merge([check, later])
     assert merged is not None and merged["pair_readings_s"] == [[1.0, 4.0, 4.0], [1.0, 9.0]]
     assert merged["readings_s"] == [1.0, 1.0, 1.0, 1.0]
-    assert machine_check.relative_samples(time_s, merged) == pytest.approx([1.0, 2.0, 1.0])
+    assert machine_check.relative_samples(time_s["samples"], merged) == pytest.approx([1.0, 2.0, 1.0])
     assert math.isclose(machine_check.drift(merged) or 0, 0)
 
 
 def test_relative_samples_refuse_what_does_not_line_up() -> None:
     with_pairs = machine_check.record(1.0, 1.0, [1.0, 1.0])
     without = machine_check.record(1.0, 1.0)
-    assert machine_check.relative_samples({"samples": [1.0, 2.0]}, with_pairs) is None  # 2 samples, 1 pair
-    assert machine_check.relative_samples({"samples": [1.0]}, without) is None
-    assert machine_check.relative_samples({"samples": [1.0]}, None) is None
+    assert machine_check.relative_samples([1.0, 2.0], with_pairs) is None  # 2 samples, 1 pair
+    assert machine_check.relative_samples([1.0], without) is None
+    assert machine_check.relative_samples([1.0], None) is None
     bad = {**with_pairs, "pair_readings_s": [[1.0, 0.0]]}
-    assert machine_check.relative_samples({"samples": [1.0]}, bad) is None
+    assert machine_check.relative_samples([1.0], bad) is None
     # A pass without pair readings (an older worker) drops them for the merged record.
     merged = machine_check.merge([with_pairs, without])
     assert merged is not None and "pair_readings_s" not in merged

@@ -25,7 +25,7 @@ def peak(executor: LocalExecutor, variant: str, n: int, **params) -> int:
                 1, 8, 64, n)  # fmt: skip
     out = executor.run(case)
     assert out.status == "ok", out.reason
-    return out.result["peak_memory_bytes"]
+    return out.result.peak_memory_bytes
 
 
 def test_naive_peaks_at_two_score_buffers_and_sdpa_does_not(executor: LocalExecutor) -> None:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from attnbench.cli.main import main
-from attnbench.engine.profiling import CALL_RANGE, OUTSIDE, analyze_ort_trace, analyze_torch_trace
+from attnbench.engine.profile_data import CALL_RANGE, OUTSIDE, analyze_ort_trace, analyze_torch_trace
 from attnbench.workloads.base import step_range
 from tests.conftest import BENCH, cli_env
 
@@ -192,9 +192,9 @@ def test_profile_user_errors_are_one_line(
     )
     from dataclasses import fields
 
-    from attnbench.core.results import CaseRecord
+    from attnbench.core.record import CaseRecord
 
-    record = {f.name: None for f in fields(CaseRecord) if f.name != "extra"}
+    record = {f.name: None for f in fields(CaseRecord) if f.metadata["written"]}  # every JSON field
     record.update(schema="attnbench.case/1", case_id="full.naive-cpu-n128-0123456789", variant="full.naive")
     if "no-such-case" in args:
         (run / "cases.jsonl").write_text(json.dumps(record) + "\n")

@@ -95,3 +95,34 @@ def test_without_ray_says_how_to_install(
     err = capsys.readouterr().err
     assert "pip install 'attnbench[ray]'" in err and err.count("\n") == 1, err
     assert not out.exists()  # said before any run folder is made
+
+
+def test_ray_executor_is_a_concurrent_executor_and_local_is_not() -> None:
+    """The Runner tells them apart by type (no duck typing): Ray runs cases side by side."""
+    from attnbench.core.settings import RunSettings
+    from attnbench.engine.executors.base import ConcurrentExecutor, Executor
+    from attnbench.engine.executors.local import LocalExecutor
+    from attnbench.engine.executors.ray import RayExecutor
+
+    ray_executor = RayExecutor(RunSettings(), RayOptions())
+    local = LocalExecutor(RunSettings())
+    assert isinstance(ray_executor, ConcurrentExecutor) and ray_executor.name == "ray"
+    assert isinstance(local, Executor) and not isinstance(local, ConcurrentExecutor)
+    assert local.describe() is None  # run.json records nothing more of this machine's executor
+
+
+def test_ray_ships_the_checkout_as_one_attnbench_package(tmp_path: Path) -> None:
+    """Ray names a shipped folder's module after the folder: a checkout's three folders (harness/
+    is attnbench; workloads/, backends/ its subpackages) go as one folder named attnbench."""
+    import attnbench
+    from attnbench.engine.executors.ray import _code_dirs
+
+    dirs = _code_dirs("tests.plugins.slowdown", tmp_path)
+    tests_dir = str(Path(__file__).resolve().parent)
+    if "site-packages" in Path(attnbench.__path__[0]).parts:  # installed: the nodes have it too
+        assert dirs == [tests_dir]
+        return
+    package, plugins = Path(dirs[0]), dirs[1:]
+    assert package.name == "attnbench" and plugins == [tests_dir]
+    for module in ("__init__.py", "core/record.py", "engine/runner.py", "workloads/base.py", "backends/base.py"):
+        assert (package / module).is_file(), module

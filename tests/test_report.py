@@ -226,21 +226,53 @@ def test_a_layer_scope_curve_is_not_compared_with_a_core_baseline() -> None:
     assert data.curve_label(act.curve, group) == "adaptive.act [layer]"
 
 
-def test_sparse_patterns_are_rebuilt_with_the_stored_parameters() -> None:
-    """The heatmap is the variant's own mask at a measured length, with the run's window (64), not the default."""
+def test_sparse_patterns_are_drawn_from_the_patterns_the_cases_stored(tmp_path: Path) -> None:
+    """The heatmap is each variant's own mask at a measured length, with the run's window (64), not
+    the default: the worker stored it (attnbench.engine.patterns) and the report only reads it."""
     pytest.importorskip("matplotlib")
-    from attnbench.core.registry import get_workload
     from attnbench.report.figures import pattern_figure
-    from attnbench.workloads.base import Shape
 
-    data = ReportData(load_runs([REAL_CPU]))
+    run = write_run(tmp_path / "run")  # synthetic cases carry patterns built by pattern_of
+    data = ReportData(load_runs([run]))
     fig, notes = pattern_figure(data)
     assert fig is not None and not notes
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
-    cls = get_workload("sparse.sliding_window")
-    mask = cls(cls.make_params({"window": 64}), Shape(1, 2, 32, 1024)).reference_mask(1024)
-    assert any(t.startswith("sparse.sliding_window") and f"{float(mask.float().mean()):.1%}" in t for t in titles)
+    n, half = 1024, 64 // 2
+    band = (n * (2 * half + 1) - half * (half + 1)) / n**2  # pairs with |i - j| <= 32
+    stored = next(c for c in load_run(run).cases if c.variant == "sparse.sliding_window" and c.seq_len == n)
+    assert stored.pattern is not None and stored.pattern["density"] == band
+    assert any(t.startswith("sparse.sliding_window") and "n=1,024" in t and f"{band:.1%}" in t for t in titles)
     assert any(t.startswith("sparse.bigbird") and "n=1,024" in t for t in titles)
+
+
+def test_a_run_from_before_patterns_were_stored_gets_a_note_not_a_figure() -> None:
+    """The real CPU fixture predates stored patterns: nothing is rebuilt, each sparse curve says why."""
+    pytest.importorskip("matplotlib")
+    from attnbench.report.figures import pattern_figure
+
+    fig, notes = pattern_figure(ReportData(load_runs([REAL_CPU])))
+    assert fig is None
+    assert len(notes) == 2
+    for variant in ("sparse.sliding_window", "sparse.bigbird"):
+        [note] = [n for n in notes if n.startswith(variant)]
+        assert note.endswith(": pattern not stored in this run (recorded from attnbench 0.2.0 on).")
+
+
+def test_patterns_are_drawn_without_torch(tmp_path: Path) -> None:
+    """In a fresh process, `bench report` draws the stored patterns and never imports torch."""
+    run = write_run(tmp_path / "run")
+    lines = [json.loads(x) for x in (run / "cases.jsonl").read_text().splitlines()]
+    keep = [x for x in lines if x["seq_len"] == 1024 and x["variant"].startswith("sparse.")]  # a quick render
+    (run / "cases.jsonl").write_text("".join(json.dumps(x) + "\n" for x in keep))
+    code = (
+        "import sys; from attnbench.cli.main import main; "
+        f"rc = main(['report', {str(run)!r}, '--out', {str(tmp_path / 'out')!r}]); "
+        "print('TORCH', 'torch' in sys.modules); sys.exit(rc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "TORCH False" in out.stdout
+    assert (tmp_path / "out" / "figures" / "patterns.png").is_file()
 
 
 # ----------------------------------------------------------------------------- CLI and errors
@@ -298,7 +330,7 @@ def test_a_bare_run_id_is_found_under_results(tmp_path: Path, monkeypatch: pytes
 
 def test_without_out_the_report_goes_under_reports_and_says_where(tmp_path: Path) -> None:
     run = write_run(tmp_path / "results" / "20260101-000000-tiny-0001", run_id="20260101-000000-tiny-0001")
-    # one variant at two lengths keeps this render quick (and torch unimported: no pattern to rebuild)
+    # one variant at two lengths keeps this render quick
     lines = [json.loads(x) for x in (run / "cases.jsonl").read_text().splitlines()]
     keep = [x for x in lines if x["seq_len"] in (512, 1024) and x["variant"] == "full.sdpa"]
     (run / "cases.jsonl").write_text("".join(json.dumps(x) + "\n" for x in keep))

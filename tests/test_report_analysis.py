@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from attnbench.report.analysis import Crossover, SpeedupPoint, crossover, fit_loglog, t975
+from attnbench.report.analysis import Crossover, SpeedupPoint, crossover, fit_loglog
 
 
 def sp(n: int, s: float | None, outcome: str = "measured", band: float = 0.01) -> SpeedupPoint:
@@ -36,15 +36,8 @@ def test_slope_uncertainty_matches_scipy() -> None:
     assert fit is not None and fit.stderr is not None and fit.ci95 is not None
     assert fit.slope == pytest.approx(ref.slope)
     assert fit.stderr == pytest.approx(ref.stderr)
-    assert fit.ci95 == pytest.approx(stats.t.ppf(0.975, len(ns) - 2) * ref.stderr, rel=1e-3)
+    assert fit.ci95 == pytest.approx(stats.t.ppf(0.975, len(ns) - 2) * ref.stderr, rel=1e-6)
     assert "±" in fit.text()
-
-
-@pytest.mark.parametrize("df", [1, 2, 5, 10, 20, 30, 60, 200])
-def test_t_quantile_table_is_conservative_and_close(df: int) -> None:
-    exact = stats.t.ppf(0.975, df)
-    assert t975(df) >= exact - 1e-3  # never narrower than the true interval
-    assert t975(df) <= exact * 1.02 + 1e-3
 
 
 def test_two_points_give_a_slope_without_an_uncertainty() -> None:

@@ -2,22 +2,15 @@
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from attnbench.core.errors import UserError
-from attnbench.core.results import (
-    CASE_SCHEMA,
-    CASES_FILE,
-    RUN_FILE,
-    RUN_SCHEMA,
-    CaseRecord,
-    RunInfo,
-    RunWriter,
-    check_writable,
-    load_run,
-)
+from attnbench.core.record import CASE_SCHEMA, RUN_SCHEMA, CaseRecord, RunRecord
+from attnbench.core.results import CASES_FILE, RUN_FILE, RunWriter, check_writable, load_run
+from attnbench.core.stats import summarize
 
 
 def run_dict(**changes):
@@ -33,7 +26,7 @@ def run_dict(**changes):
         "host": {"hostname": "box", "physical_cores": 4},
         "packages": {"torch": "2.5.0"},
         "devices": [{"name": "cpu", "kind": "cpu"}],
-        # newer / non-core fields: kept in .extra
+        # fields added after the first version: optional
         "executor": "local",
         "sweep": {"variants": ["full.sdpa"], "seq_lens": [256]},
         "settings": {"max_time_per_case": 0.3},
@@ -61,7 +54,7 @@ def case_dict(i=0, **changes):
         "seq_len": 256 + i,
         "status": "ok",
         "reason": None,
-        "time_s": {"median": 0.001 * (i + 1), "n": 6},
+        "time_s": summarize([0.001 * (i + 1)] * 6).to_json(),
         "compile_s": None,
         "tokens_per_s": 256000.0,
         "flops": 1.0e7,
@@ -72,7 +65,7 @@ def case_dict(i=0, **changes):
         "energy_method": None,
         "energy_reason": "no counter",
         "stable": True,
-        # extras
+        # fields added after the first version: optional
         "scope": "core",
         "threads": 2,
     }
@@ -91,7 +84,7 @@ def write_folder(folder, run, lines_text):
 
 def test_run_writer_creates_files(tmp_path):
     folder = tmp_path / "a" / "run"
-    writer = RunWriter.create(folder, run_dict())
+    writer = RunWriter.create(folder, RunRecord.from_json(run_dict()))
     try:
         assert json.loads((folder / RUN_FILE).read_text()) == run_dict()
         assert (folder / CASES_FILE).read_text() == ""
@@ -103,14 +96,13 @@ def test_run_writer_creates_files(tmp_path):
 
 def test_run_writer_save_replaces_run_json_atomically(tmp_path):
     folder = tmp_path / "run"
-    writer = RunWriter.create(folder, run_dict())
+    writer = RunWriter.create(folder, RunRecord.from_json(run_dict()))
     try:
         before = (folder / RUN_FILE).stat().st_ino
-        writer.run["status"] = "finished"
-        writer.save()
+        writer.save(replace(writer.run, status="complete"))
         # A new file renamed over the old one: readers see the old or the new, never a half.
         assert (folder / RUN_FILE).stat().st_ino != before
-        assert json.loads((folder / RUN_FILE).read_text())["status"] == "finished"
+        assert json.loads((folder / RUN_FILE).read_text())["status"] == "complete"
         assert sorted(p.name for p in folder.iterdir()) == [CASES_FILE, RUN_FILE]
     finally:
         writer.close()
@@ -118,11 +110,11 @@ def test_run_writer_save_replaces_run_json_atomically(tmp_path):
 
 def test_run_writer_appends_case_lines(tmp_path):
     folder = tmp_path / "run"
-    writer = RunWriter.create(folder, run_dict())
-    writer.append(case_dict(0))
+    writer = RunWriter.create(folder, RunRecord.from_json(run_dict()))
+    writer.append(CaseRecord.from_json(case_dict(0)))
     # Each line is on disk as soon as append returns, before close.
     assert (folder / CASES_FILE).read_text().count("\n") == 1
-    writer.append(case_dict(1))
+    writer.append(CaseRecord.from_json(case_dict(1)))
     writer.close()
     text = (folder / CASES_FILE).read_text()
     assert text.endswith("\n")
@@ -132,11 +124,11 @@ def test_run_writer_appends_case_lines(tmp_path):
 
 def test_run_writer_reopen_appends(tmp_path):
     folder = tmp_path / "run"
-    w = RunWriter.create(folder, run_dict())
-    w.append(case_dict(0))
+    w = RunWriter.create(folder, RunRecord.from_json(run_dict()))
+    w.append(CaseRecord.from_json(case_dict(0)))
     w.close()
-    w = RunWriter(folder, run_dict())
-    w.append(case_dict(1))
+    w = RunWriter(folder, RunRecord.from_json(run_dict()))
+    w.append(CaseRecord.from_json(case_dict(1)))
     w.close()
     assert [c.seq_len for c in load_run(folder).cases] == [256, 257]
 
@@ -146,15 +138,15 @@ def test_run_writer_reopen_appends(tmp_path):
 
 def test_load_run_round_trip(tmp_path):
     folder = tmp_path / "run"
-    writer = RunWriter.create(folder, run_dict())
-    writer.append(case_dict(0))
-    writer.append(case_dict(1, status="oom", reason="out of memory", time_s=None, stable=None))
+    writer = RunWriter.create(folder, RunRecord.from_json(run_dict()))
+    writer.append(CaseRecord.from_json(case_dict(0)))
+    writer.append(CaseRecord.from_json(case_dict(1, status="oom", reason="out of memory", time_s=None, stable=None)))
     writer.close()
 
     result = load_run(str(folder))  # a str path works too
     assert result.folder == folder
     run = result.run
-    assert isinstance(run, RunInfo)
+    assert isinstance(run, RunRecord)
     assert run.schema == RUN_SCHEMA
     assert run.run_id == "20240101-000000-smoke-abcd"
     assert run.suite == "smoke"
@@ -162,12 +154,11 @@ def test_load_run_round_trip(tmp_path):
     assert run.argv == ["bench", "run", "--suite", "smoke"]
     assert run.host["hostname"] == "box"
     assert run.devices == [{"name": "cpu", "kind": "cpu"}]
-    assert run.extra == {
-        "executor": "local",
-        "sweep": {"variants": ["full.sdpa"], "seq_lens": [256]},
-        "settings": {"max_time_per_case": 0.3},
-        "cases_total": 2,
-    }
+    assert run.executor == "local"
+    assert run.sweep == {"variants": ["full.sdpa"], "seq_lens": [256]}
+    assert run.settings == {"max_time_per_case": 0.3}
+    assert run.cases_total == 2
+    assert run.unknown == {}
 
     assert len(result.cases) == 2
     first, second = result.cases
@@ -177,7 +168,7 @@ def test_load_run_round_trip(tmp_path):
     assert first.seq_len == 256
     assert first.status == "ok"
     assert first.median_s == pytest.approx(0.001)
-    assert first.extra == {"scope": "core", "threads": 2}
+    assert (first.scope, first.threads, first.unknown) == ("core", 2, {})
     assert second.status == "oom"
     assert second.reason == "out of memory"
     assert second.median_s is None

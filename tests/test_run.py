@@ -14,6 +14,7 @@ import pytest
 from attnbench.core.cases import Case
 from attnbench.core.results import load_run
 from tests.conftest import BENCH, FAULTY, cli_env
+from tests.test_record_format import assert_valid_run_folder
 
 RUN_FIELDS = {
     "schema": str,
@@ -99,6 +100,7 @@ def test_smoke_suite_end_to_end(tmp_path: Path) -> None:
     assert [d["backend"] for d in run["devices"]] == ["cpu"]
     loaded = load_run(out)
     assert [c.case_id for c in loaded.cases] == [r["case_id"] for r in records]
+    assert_valid_run_folder(out)
 
 
 def test_failures_are_recorded_and_the_sweep_goes_on(tmp_path: Path) -> None:
@@ -207,6 +209,7 @@ def test_interrupt_then_resume(tmp_path: Path) -> None:
     first = lines(out)
     assert 1 <= len(first) < 4
     assert all(r["status"] == "ok" for r in first)
+    assert_valid_run_folder(out)
 
     proc2 = bench("run", "--resume", str(out), ATTNBENCH_PLUGINS=FAULTY)
     assert proc2.returncode == 0, proc2.stderr
@@ -216,6 +219,7 @@ def test_interrupt_then_resume(tmp_path: Path) -> None:
     assert records[: len(first)] == first  # nothing already written was touched
     assert sorted(r["seq_len"] for r in records) == [16, 32, 48, 64]
     assert len(run["resumed_at"]) == 1
+    assert_valid_run_folder(out)
 
     again = bench("run", "--resume", str(out), ATTNBENCH_PLUGINS=FAULTY)
     assert again.returncode == 0

@@ -296,7 +296,7 @@ def test_peak_memory_grows_linearly(executor: LocalExecutor) -> None:
         case = Case("sparse.bigbird", tuple(sorted(params.items())), "core", "cpu", "float32", "forward", 1, 8, 64, n)
         out = executor.run(case)
         assert out.status == "ok", out.reason
-        peaks[n] = out.result["peak_memory_bytes"]
+        peaks[n] = out.result.peak_memory_bytes
         assert peaks[n] <= BigBirdAttention.peak_bytes_estimate(BigBirdParams(**params), shape, 4, train=False)
     assert 1.6 <= peaks[8192] / peaks[4096] <= 2.3, peaks
     # Far below one (h, n, n) float32 score buffer.

@@ -221,7 +221,7 @@ def test_memory_grows_linearly_through_the_executor() -> None:
         case = Case("sparse.lsh", tuple(sorted(params.items())), "core", "cpu", "float32", "forward", 1, 8, 64, n)
         out = executor.run(case)
         assert out.status == "ok", out.reason
-        peaks[n] = out.result["peak_memory_bytes"]
+        peaks[n] = out.result.peak_memory_bytes
         p = LSHAttention.make_params(params)
         assert (
             LSHAttention.working_bytes(p, shape, 4) / 2

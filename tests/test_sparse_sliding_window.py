@@ -240,7 +240,7 @@ def test_peak_memory_grows_linearly() -> None:
         case = Case("sparse.sliding_window", params, "core", "cpu", "float32", "forward", 1, 8, 64, n)
         out = executor.run(case)
         assert out.status == "ok", out.reason
-        peaks[n] = out.result["peak_memory_bytes"]
+        peaks[n] = out.result.peak_memory_bytes
         shape, p = Shape(1, 8, 64, n), SlidingWindowParams(window=256)
         assert peaks[n] <= SlidingWindowAttention.peak_bytes_estimate(p, shape, 4, train=False)
     assert 1.6 <= peaks[8192] / peaks[4096] <= 2.3, peaks

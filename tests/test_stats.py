@@ -1,12 +1,24 @@
-"""attnbench.core.stats (median CI, summaries, stability) and attnbench.engine.timing.sample with a scripted timer."""
+"""attnbench.core.stats (median CI, summaries, stability, Student's t) and attnbench.engine.timing.sample with a
+scripted timer."""
 
 import math
 
 import pytest
+import scipy.special
+import scipy.stats
 
 from attnbench.backends.base import Timer
 from attnbench.core.settings import SamplingPolicy
-from attnbench.core.stats import UNSTABLE_IQR_RATIO, converged, is_stable, median_ci_ranks, summarize
+from attnbench.core.stats import (
+    UNSTABLE_IQR_RATIO,
+    betainc,
+    converged,
+    is_stable,
+    median_ci_ranks,
+    summarize,
+    t_quantile,
+    t_two_sided_p,
+)
 from attnbench.engine.timing import sample
 
 
@@ -20,6 +32,36 @@ def binom_cdf_half(n, k):
 def coverage(n, lo):
     """Probability that [x_(lo), x_(n+1-lo)] covers the true median (continuous distribution)."""
     return 1.0 - 2.0 * binom_cdf_half(n, lo - 1)
+
+
+# ----------------------------------------------------------------------------- Student's t
+
+
+@pytest.mark.parametrize("df", [0.5, 1, 1.5, 2, 3, 4, 5, 9, 22, 30, 61, 200, 1e4])
+def test_t_quantile_matches_scipy(df):
+    for p in (1e-6, 0.005, 0.025, 0.3, 0.49, 0.5001, 0.6, 0.9, 0.975, 0.995, 0.9995, 1 - 1e-9):
+        assert t_quantile(p, df) == pytest.approx(scipy.stats.t.ppf(p, df), rel=1e-9)
+
+
+def test_t_quantile_is_exact_where_the_noise_floor_uses_it():
+    # df=3, p=0.995: the noise floor of a history of four runs (attnbench.analysis.noise).
+    assert t_quantile(0.995, 3) == pytest.approx(5.840909309733, abs=1e-9)
+    assert t_quantile(0.5, 7) == 0.0
+    assert t_quantile(0.1, 4) == -t_quantile(0.9, 4)
+
+
+@pytest.mark.parametrize(("p", "df"), [(0.0, 3), (1.0, 3), (-0.1, 3), (0.975, 0), (0.975, -1)])
+def test_t_quantile_rejects_impossible_arguments(p, df):
+    with pytest.raises(ValueError):
+        t_quantile(p, df)
+
+
+@pytest.mark.parametrize("df", [1, 2.5, 7, 40, 1000])
+def test_t_two_sided_p_and_betainc_match_scipy(df):
+    for t in (0.0, 0.1, -1.3, 2.0, 6.5, 40.0):
+        assert t_two_sided_p(t, df) == pytest.approx(2 * scipy.stats.t.sf(abs(t), df), rel=1e-9, abs=1e-300)
+    for a, b, x in ((0.5, df / 2, 0.3), (df / 2, 0.5, 0.9), (df, 2.0, 0.01), (3.0, df, 0.5)):
+        assert betainc(a, b, x) == pytest.approx(scipy.special.betainc(a, b, x), rel=1e-9, abs=1e-300)
 
 
 # ----------------------------------------------------------------------------- median_ci_ranks

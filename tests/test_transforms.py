@@ -19,6 +19,8 @@ from attnbench.core.settings import RunSettings
 from attnbench.engine.expand import expand
 from attnbench.engine.kernels import ATTENTION_MARKERS as MARKERS
 from attnbench.engine.suites import Overrides, load_suite, parse_suite, resolve
+from attnbench.engine.transforms import distill, heads, prune_24, torch_compile
+from attnbench.report.transforms_figure import tradeoff_figure, tradeoff_points
 from attnbench.workloads.base import Shape
 from tests.conftest import BENCH, cli_env
 
@@ -147,27 +149,27 @@ def test_prune_heads_removes_the_least_important_quarter() -> None:
     with torch.no_grad():  # make head 5 clearly the least important by the stated criterion
         module.proj.weight[:, 5 * 16 : 6 * 16] *= 0.01
         module.proj.weight[:, 2 * 16 : 3 * 16] *= 0.1
-    scores = T.head_importance(module)
+    scores = heads.head_importance(module)
     assert scores.index(min(scores)) == 5
     applied, out = applied_fidelity(c)
     details = out["transform_details"]
     assert (details["heads_before"], details["heads_after"]) == (8, 6)
     assert applied.module.qkv.out_features == 3 * 6 * 16 and applied.module.proj.in_features == 6 * 16
     assert out["fidelity"]["within"], out["fidelity"]
-    keep, _ = T.heads_to_keep(module, 0.25)
+    keep, _ = heads.heads_to_keep(module, 0.25)
     assert keep == [0, 1, 3, 4, 6, 7]
 
 
 def test_pruned_layer_with_every_head_kept_is_the_layer() -> None:
     module, (x,) = built(case("prune_heads"))
-    same = T.make_pruned_layer(module, list(range(4)))
+    same = heads.make_pruned_layer(module, list(range(4)))
     torch.testing.assert_close(same(x), module(x), rtol=1e-5, atol=1e-5)
 
 
 def test_distill_trains_a_smaller_student() -> None:
     applied, out = applied_fidelity(case("distill", "sparse.sliding_window"))
     d = out["transform_details"]
-    assert d["steps"] == T.DISTILL_STEPS and d["kept_heads"] and len(d["kept_heads"]) == 2
+    assert d["steps"] == distill.DISTILL_STEPS and d["kept_heads"] and len(d["kept_heads"]) == 2
     assert d["val_loss_after"] < d["val_loss_before"]  # training helped on held-out data
     assert d["weight_bytes_after"] < d["weight_bytes_before"]
     assert type(applied.module.attention).name == "sparse.sliding_window"
@@ -176,7 +178,7 @@ def test_distill_trains_a_smaller_student() -> None:
 
 def test_two_four_mask_and_cpu_refusal() -> None:
     w = torch.randn(8, 16)
-    mask = T.mask_2to4(w)
+    mask = prune_24.mask_2to4(w)
     assert (mask.reshape(8, 4, 4).sum(-1) == 2).all()
     kept = (w.abs() * mask).reshape(8, 4, 4)
     dropped = (w.abs() * ~mask).reshape(8, 4, 4)
@@ -233,18 +235,18 @@ def test_worker_records_transform_fidelity_and_flags(monkeypatch: pytest.MonkeyP
 
     settings = RunSettings(max_time_per_case=0.05)
     # As the executor merges them: the memory worker records the kernels on its first call.
-    r = {**measure_time(case("int8"), settings), **measure_memory(case("int8"), settings)}
-    assert r["transform"] == "int8" and r["fidelity"]["within"]
-    assert r["transform_details"]["method"].startswith("torch.ao.quantization.quantize_dynamic")
-    assert r["compile_s"] >= r["transform_details"]["apply_s"] > 0
-    assert "addmm" not in r["attention_ops"]  # the float projections did not run (int8 ones did)
+    r = measure_time(case("int8"), settings).with_memory(measure_memory(case("int8"), settings))
+    assert r.transform == "int8" and r.fidelity["within"]
+    assert r.transform_details["method"].startswith("torch.ao.quantization.quantize_dynamic")
+    assert r.compile_s >= r.transform_details["apply_s"] > 0
+    assert "addmm" not in r.attention_ops  # the float projections did not run (int8 ones did)
     # A transform past its stated tolerance is flagged in the record and its notes, not hidden.
-    monkeypatch.setattr(T, "INT8_TOLERANCE", T.Tolerance(rel_err=1e-9, min_cosine=1.0))
+    monkeypatch.setattr(T.TRANSFORMS["int8"], "tolerance", T.Tolerance(rel_err=1e-9, min_cosine=1.0))
     r = measure_time(case("int8"), settings)
-    assert r["fidelity"]["within"] is False
-    assert any("beyond its tolerance" in n for n in r["notes"])
+    assert r.fidelity["within"] is False
+    assert any("beyond its tolerance" in n for n in r.notes)
     none = measure_time(case("none"), settings)
-    assert none["transform"] == "none" and none["fidelity"] is None and none["transform_details"] is None
+    assert none.transform == "none" and none.fidelity is None and none.transform_details is None
 
 
 def test_run_records_and_tradeoff_figure(tmp_path: Path) -> None:
@@ -281,26 +283,26 @@ def test_run_records_and_tradeoff_figure(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr
     run = load_run(out)
-    by = {c.extra["transform"]: c for c in run.cases}
+    by = {c.transform: c for c in run.cases}
     assert set(by) == {"none", "prune_heads", "int8", "prune_24"}
     assert by["none"].case_id == dataclasses.replace(case("none"), seq_len=64).case_id
-    assert by["none"].extra["fidelity"] is None
+    assert by["none"].fidelity is None
     assert by["prune_24"].status == "unsupported" and "CUDA" in by["prune_24"].reason
     for name in ("prune_heads", "int8"):
         rec = by[name]
         assert rec.status == "ok", rec.reason
-        assert rec.extra["fidelity"]["within"] is True
-        assert set(rec.extra["fidelity"]) >= {"rel_err", "cosine", "tolerance", "within", "update_rel_err"}
-    assert by["prune_heads"].extra["transform_details"]["heads_after"] == 3
-    assert Sweep.from_json(run.run.extra["sweep"]).transforms == ("none", "prune_heads", "int8", "prune_24")
+        assert rec.fidelity is not None and rec.fidelity["within"] is True
+        assert set(rec.fidelity) >= {"rel_err", "cosine", "tolerance", "within", "update_rel_err"}
+    assert by["prune_heads"].transform_details["heads_after"] == 3  # type: ignore[index]
+    assert Sweep.from_json(run.run.sweep or {}).transforms == ("none", "prune_heads", "int8", "prune_24")
 
-    points = T.tradeoff_points(run.cases)
+    points = tradeoff_points(run.cases)
     assert {p["transform"] for p in points} == {"prune_heads", "int8"}
     for p in points:
         assert p["baseline_case_id"] == by["none"].case_id
         assert p["speedup"] == pytest.approx(by["none"].median_s / by[p["transform"]].median_s)
         assert p["weight_saving"] > 0
-    fig = T.tradeoff_figure(run.cases)
+    fig = tradeoff_figure(run.cases)
     assert len(fig.axes) == 2 and sum(len(ax.collections) for ax in fig.axes) == 2 * len(points)
     fig.savefig(tmp_path / "tradeoff.png")
     assert (tmp_path / "tradeoff.png").stat().st_size > 10_000
@@ -319,10 +321,10 @@ def test_tradeoff_points_from_plain_records() -> None:
         "transform_details": {"weight_bytes_before": 400, "weight_bytes_after": 100},
     }
     other_len = fast | {"case_id": "c", "seq_len": 128}  # no baseline at its length: left out
-    (p,) = T.tradeoff_points([none, fast, other_len])
+    (p,) = tradeoff_points([none, fast, other_len])
     assert (p["speedup"], p["memory_saving"], p["weight_saving"]) == (2.0, pytest.approx(0.4), 0.75)
     assert p["within_tolerance"] is False
-    assert len(T.tradeoff_figure([]).axes) == 2
+    assert len(tradeoff_figure([]).axes) == 2
 
 
 @pytest.mark.slow
@@ -330,16 +332,16 @@ def test_compile_records_kernels_and_compile_time() -> None:
     """torch.compile really compiles (a C++ compiler is needed): a minute or more on 2 cores."""
     from attnbench.engine.worker import measure_time
 
-    if T.compiler_missing("cpu"):
-        pytest.skip(T.compiler_missing("cpu"))
+    if torch_compile.compiler_missing("cpu"):
+        pytest.skip(torch_compile.compiler_missing("cpu"))
     c = case("compile", "full.naive", "core", heads=2, seq_len=64)
     r = measure_time(c, RunSettings(max_time_per_case=0.1))
-    details = r["transform_details"]
-    assert r["fidelity"]["within"], r["fidelity"]
+    details = r.transform_details
+    assert r.fidelity["within"], r.fidelity
     assert details["mode"] == "default" and details["backend"] == "inductor"
     kernels = details["kernels"]
     assert kernels["output_modules"] >= 1 and (kernels["generated_kernels"] or kernels["library_calls"])
     # The record's attention kernels are those of the generated code, not of the eager module.
-    assert r["attention_ops"] == {k: v for k, v in kernels["library_calls"].items() if any(m in k for m in MARKERS)}
-    assert r["compile_s"] >= r["first_call_s"]
+    assert r.attention_ops == {k: v for k, v in kernels["library_calls"].items() if any(m in k for m in MARKERS)}
+    assert r.compile_s >= r.first_call_s
     assert details["dynamo"]["recompiles_during_timing"] == 0

@@ -25,8 +25,8 @@ def executor(faulty_plugins: str) -> LocalExecutor:
 def test_ok_case_reports_measurements(executor: LocalExecutor) -> None:
     out = executor.run(Case("full.sdpa", (("causal", False),), "core", "cpu", "float32", "forward", 1, 2, 16, 100))
     assert out.status == "ok", out.reason
-    assert out.result["time_s"]["n"] >= 3
-    assert out.result["verification"]["verified"] is True
+    assert out.result.time_s.n >= 3
+    assert out.result.verification["verified"] is True
     assert out.worker["exitcode"] == 0
     assert 0 < out.worker["overhead_s"] < out.worker["wall_s"]
 
@@ -103,9 +103,9 @@ def test_a_timing_worker_takes_block_turns_from_its_runners_gate(executor: Local
     os.write(from_w, DONE)
     thread.join(10)
     assert out.status == "ok", out.reason
-    blocks = out.result["block_samples"]
-    assert sum(blocks) == out.result["time_s"]["n"] and out.result["turns"]["blocks"] == len(blocks) + 2 == len(asks)
-    assert out.worker["other_cpu_share"] == out.result["turns"]["other_cpu_share"]
+    blocks = out.result.block_samples
+    assert sum(blocks) == out.result.time_s.n and out.result.turns["blocks"] == len(blocks) + 2 == len(asks)
+    assert out.worker["other_cpu_share"] == out.result.turns["other_cpu_share"]
     os.close(to_w)  # the driver exits
     gone = executor.run_pass(case("full.sdpa"))
     assert gone.status == "error" and (gone.reason or "").startswith("DriverGone")

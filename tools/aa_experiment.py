@@ -22,17 +22,33 @@ Rates are per case comparison: false-alarm rate = share of A/A comparisons judge
 from __future__ import annotations
 
 import argparse
+import atexit
 import itertools
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# Where this checkout's code is imported from, here and in every bench this starts (set by main).
+IMPORT_PATH: list[str] = []
+
+
+def use_this_checkout() -> None:
+    """Import attnbench from this checkout, installed or not: its folders are not its import
+    names (harness/ is the package attnbench), so an import root of links to them is made
+    (harness/cli/checkout.py) and put first; ROOT too, for the test workload's package."""
+    dest = Path(tempfile.mkdtemp(prefix="attnbench-aa-"))
+    atexit.register(shutil.rmtree, dest, True)
+    script = ROOT / "harness" / "cli" / "checkout.py"
+    subprocess.run([sys.executable, str(script), str(ROOT), str(dest)], check=True, stdout=subprocess.DEVNULL)
+    IMPORT_PATH[:] = [str(dest), str(ROOT)]
+    sys.path[:0] = IMPORT_PATH
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -41,7 +57,7 @@ def _env(**extra: str) -> dict[str, str]:
     env.update(
         ATTNBENCH_PLUGINS="tests.plugins.slowdown",
         ATTNBENCH_HISTORY="off",
-        PYTHONPATH=os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        PYTHONPATH=os.pathsep.join([*IMPORT_PATH, env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
         **extra,
     )
     return env
@@ -74,8 +90,9 @@ def run_pair(folder: Path, extra: float, args: argparse.Namespace) -> None:
 
 def analyse_pairs(out: Path, extras: list[float], threshold: float, alpha: float) -> dict:
     """Each bench ab pair judged on its own (the comparison pairs their blocks, or passes)."""
-    from attnbench.analysis.compare import CompareConfig, Thresholds, compare_runs
+    from attnbench.analysis.compare import compare_runs
     from attnbench.core.results import load_run
+    from attnbench.core.thresholds import CompareConfig, Thresholds
 
     config = CompareConfig(default=Thresholds(time=threshold, alpha=alpha), source="experiment")
     report: dict = {"threshold": threshold, "alpha": alpha, "interleaved": True, "conditions": {}}
@@ -125,8 +142,10 @@ def analyse_pairs(out: Path, extras: list[float], threshold: float, alpha: float
 def analyse(out: Path, extras: list[float], threshold: float, alpha: float, noise: bool, basis: str = "raw") -> dict:
     """noise: give each comparison the other A/A runs (not in the pair) as its history of
     unchanged code, for the run-to-run noise floor, as a nightly history would."""
-    from attnbench.analysis.compare import CompareConfig, Thresholds, compare_runs, mann_whitney_u
+    from attnbench.analysis.compare import compare_runs
+    from attnbench.analysis.significance import mann_whitney_u
     from attnbench.core.results import load_run
+    from attnbench.core.thresholds import CompareConfig, Thresholds
 
     runs: dict[float, list] = {x: [] for x in extras}
     for folder in sorted(out.glob("rep*-x*")):
@@ -163,9 +182,7 @@ def analyse(out: Path, extras: list[float], threshold: float, alpha: float, nois
                     if t.host_relative_ratio:
                         rel_ratios.append(t.host_relative_ratio)
                     bases[t.basis or "?"] = bases.get(t.basis or "?", 0) + 1
-                    _, p_raw = mann_whitney_u(
-                        base_cases[case.case_id].time_s["samples"], cur_cases[case.case_id].time_s["samples"]
-                    )
+                    _, p_raw = mann_whitney_u(base_cases[case.case_id].samples, cur_cases[case.case_id].samples)
                     up, down = t.raw_ratio > 1 + threshold, t.raw_ratio < 1 / (1 + threshold)
                     significant = p_raw < alpha
                     naive.append("regression" if up and significant else "improvement" if down and significant else "-")
@@ -182,11 +199,7 @@ def analyse(out: Path, extras: list[float], threshold: float, alpha: float, nois
                             guards[key] = guards.get(key, 0) + 1
         n = len(verdicts)
         counts = {v: verdicts.count(v) for v in sorted(set(verdicts))}
-        loads = [
-            (rec.extra.get("worker") or {}).get("other_cpu_share") or 0.0
-            for r in (currents if extra else baselines)
-            for rec in r.cases
-        ]
+        loads = [rec.other_cpu_share or 0.0 for r in (currents if extra else baselines) for rec in r.cases]
         report["conditions"][f"{extra:g}"] = {
             "runs": len(currents),
             "run_pairs": len(pairs),
@@ -243,6 +256,7 @@ def interleaved_experiment(out: Path, extras: list[float], args: argparse.Namesp
 
 
 def main() -> int:
+    use_this_checkout()
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--reps", type=int, default=6, help="runs per condition")
     p.add_argument("--extras", default="0,0.01,0.10", help="injected extra cost fractions (0 must be first)")

@@ -32,7 +32,7 @@ def main() -> int:
     for folder in args.runs:
         for c in load_run(folder).cases:
             if c.status == "ok" and c.seq_len >= args.min_len:
-                key = (c.variant, c.backend, c.dtype, c.mode, c.extra.get("scope"))
+                key = (c.variant, c.backend, c.dtype, c.mode, c.scope)
                 curves[key].append(c)
     print(f"{'variant':24s} {'lengths':>14s} {'time slope':>10s} {'memory slope':>12s}  median ms by length")
     for key, cases in sorted(curves.items()):

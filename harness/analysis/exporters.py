@@ -19,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.core.errors import UserError
-from attnbench.core.results import CASE_SCHEMA, RUN_SCHEMA, CaseRecord, RunResult
+from attnbench.core.record import CaseRecord, RunRecord
+from attnbench.core.results import RunResult
+from attnbench.core.stats import TimeStats
 
 FORMATS = ("pytest-benchmark", "bmf", "github-action-benchmark")
 
@@ -58,21 +60,19 @@ MEASURE_FIELDS = (
 )
 
 
-def _measured(run: RunResult) -> list[CaseRecord]:
-    return [c for c in run.cases if c.status == "ok" and c.time_s]
+def _measured(run: RunResult) -> list[tuple[CaseRecord, TimeStats]]:
+    return [(c, c.time_s) for c in run.cases if c.status == "ok" and c.time_s]
 
 
 def bench_name(c: CaseRecord) -> str:
     """A readable, unique benchmark name: what ran, and the case_id for what it exactly was."""
-    scope = c.extra.get("scope", "core")
-    return f"{c.variant}[{c.backend}/{c.dtype}/{c.mode}/{scope}/n={c.seq_len}] {c.case_id}"
+    return f"{c.variant}[{c.backend}/{c.dtype}/{c.mode}/{c.scope}/n={c.seq_len}] {c.case_id}"
 
 
 def extra_info(c: CaseRecord) -> dict[str, Any]:
     data = {"schema": c.schema, "run_id": c.run_id, "status": c.status}
     for key in (*IDENTITY_FIELDS, *MEASURE_FIELDS):
-        value = getattr(c, key, None) if key in CaseRecord.__dataclass_fields__ else c.extra.get(key)
-        data[key] = value
+        data[key] = getattr(c, key)
     return data
 
 
@@ -130,15 +130,15 @@ def to_pytest_benchmark(run: RunResult) -> dict[str, Any]:
     from pytest_benchmark import __version__ as pb_version
 
     benchmarks = []
-    for c in _measured(run):
-        samples = list(c.time_s.get("samples") or [])  # type: ignore[union-attr]
+    for c, _ in _measured(run):
+        samples = c.samples
         if not samples:
             continue
         name = bench_name(c)
         params = {**c.params, "seq_len": c.seq_len}
         benchmarks.append(
             {
-                "group": f"{c.variant} {c.backend}/{c.dtype}/{c.mode}/{c.extra.get('scope', 'core')}",
+                "group": f"{c.variant} {c.backend}/{c.dtype}/{c.mode}/{c.scope}",
                 "name": name,
                 "fullname": f"attnbench::{run.run.suite}::{name}",
                 "params": params,
@@ -146,15 +146,15 @@ def to_pytest_benchmark(run: RunResult) -> dict[str, Any]:
                 "extra_info": extra_info(c),
                 "options": {
                     "disable_gc": False,
-                    "timer": c.extra.get("clock") or "time.perf_counter",
+                    "timer": c.clock or "time.perf_counter",
                     "min_rounds": 1,
-                    "max_time": (run.run.extra.get("settings") or {}).get("max_time_per_case"),
+                    "max_time": (run.run.settings or {}).get("max_time_per_case"),
                     "min_time": None,
                     "precision": None,
                     "confidence": None,
                     "warmup": True,
                 },
-                "stats": pytest_benchmark_stats(samples, int(c.extra.get("calls_per_sample") or 1)),
+                "stats": pytest_benchmark_stats(samples, int(c.calls_per_sample or 1)),
             }
         )
     return {
@@ -172,22 +172,21 @@ def to_pytest_benchmark(run: RunResult) -> dict[str, Any]:
 def to_bmf(run: RunResult) -> dict[str, Any]:
     """Bencher Metric Format: benchmark name -> measure slug -> {value, lower_value, upper_value}."""
     out: dict[str, Any] = {}
-    for c in _measured(run):
-        t = c.time_s or {}
+    for c, t in _measured(run):
         measures: dict[str, Any] = {
             "latency": {
-                "value": t["median"] * 1e9,
-                "lower_value": t["ci95_low"] * 1e9,
-                "upper_value": t["ci95_high"] * 1e9,
+                "value": t.median * 1e9,
+                "lower_value": t.ci95_low * 1e9,
+                "upper_value": t.ci95_high * 1e9,
             }
         }
         if c.tokens_per_s:
             # Throughput over the median; its bounds follow from the latency's CI.
-            tokens = c.tokens_per_s * t["median"]
+            tokens = c.tokens_per_s * t.median
             measures["throughput"] = {
                 "value": c.tokens_per_s,
-                "lower_value": tokens / t["ci95_high"],
-                "upper_value": tokens / t["ci95_low"],
+                "lower_value": tokens / t.ci95_high,
+                "upper_value": tokens / t.ci95_low,
             }
         if c.peak_memory_bytes is not None:
             measures["peak-memory"] = {"value": float(c.peak_memory_bytes)}
@@ -200,15 +199,14 @@ def to_bmf(run: RunResult) -> dict[str, Any]:
 def to_github_action_benchmark(run: RunResult) -> list[dict[str, Any]]:
     """github-action-benchmark `tool: customSmallerIsBetter`: one entry per case and metric."""
     out: list[dict[str, Any]] = []
-    for c in _measured(run):
-        t = c.time_s or {}
-        half = max(t["median"] - t["ci95_low"], t["ci95_high"] - t["median"])
-        extra = f"case_id {c.case_id}; n={t['n']} samples; stable={c.stable}; run {run.run.run_id}"
+    for c, t in _measured(run):
+        half = max(t.median - t.ci95_low, t.ci95_high - t.median)
+        extra = f"case_id {c.case_id}; n={t.n} samples; stable={c.stable}; run {run.run.run_id}"
         out.append(
             {
                 "name": f"{bench_name(c)} time",
                 "unit": "ms",
-                "value": t["median"] * 1e3,
+                "value": t.median * 1e3,
                 "range": f"± {half * 1e3:.4g}",
                 "extra": extra,
             }
@@ -238,25 +236,25 @@ def export(run: RunResult, fmt: str) -> Any:
 # ----------------------------------------------------------------------------- importing pytest-benchmark
 
 
-def _time_stats(stats: dict[str, Any]) -> dict[str, Any]:
+def _time_stats(stats: dict[str, Any]) -> TimeStats:
     from attnbench.core.stats import summarize
 
     data = stats.get("data") or []
     if data:
-        return summarize([float(x) for x in data]).to_json()
+        return summarize([float(x) for x in data])
     # Summary only (saved without --benchmark-save-data): no samples, no CI.
-    return {
-        "median": stats["median"],
-        "mean": stats.get("mean"),
-        "stdev": stats.get("stddev"),
-        "min": stats.get("min"),
-        "max": stats.get("max"),
-        "iqr": stats.get("iqr"),
-        "ci95_low": None,
-        "ci95_high": None,
-        "n": stats.get("rounds"),
-        "samples": [],
-    }
+    return TimeStats(
+        median=stats["median"],
+        mean=stats.get("mean"),
+        stdev=stats.get("stddev"),
+        min=stats.get("min"),
+        max=stats.get("max"),
+        iqr=stats.get("iqr"),
+        ci95_low=None,  # type: ignore[arg-type]
+        ci95_high=None,  # type: ignore[arg-type]
+        n=stats.get("rounds"),
+        samples=(),
+    )
 
 
 def import_pytest_benchmark(path: Path) -> RunResult:
@@ -271,8 +269,6 @@ def import_pytest_benchmark(path: Path) -> RunResult:
         raise UserError(f"{path} is not a readable JSON file: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("benchmarks"), list) or "machine_info" not in data:
         raise UserError(f"{path} is not a pytest-benchmark JSON file (no 'benchmarks' and 'machine_info')")
-    from attnbench.core.results import RunInfo
-
     mi = data.get("machine_info") or {}
     ci = data.get("commit_info") or {}
     ours = mi.get("attnbench") or {}
@@ -289,8 +285,7 @@ def import_pytest_benchmark(path: Path) -> RunResult:
         "arch": mi.get("machine"),
         "logical_cores": cpu.get("count"),
     }
-    run = RunInfo(
-        schema=RUN_SCHEMA,
+    run = RunRecord(
         run_id=run_id,
         suite=ours.get("suite") or "pytest-benchmark",
         started_at=when,
@@ -301,7 +296,8 @@ def import_pytest_benchmark(path: Path) -> RunResult:
         host=host,
         packages=ours.get("packages") or {},
         devices=ours.get("devices") or [],
-        extra={"imported_from": str(path), "pytest_benchmark_version": data.get("version")},
+        imported_from=str(path),
+        pytest_benchmark_version=data.get("version"),
     )
     cases = []
     for bench in data["benchmarks"]:
@@ -313,36 +309,42 @@ def import_pytest_benchmark(path: Path) -> RunResult:
         known = {k: info.get(k) for k in (*IDENTITY_FIELDS, *MEASURE_FIELDS) if k in info}
         case_id = known.pop("case_id", None) or bench.get("fullname") or bench["name"]
         group = bench.get("group")
-        record: dict[str, Any] = {
-            "schema": CASE_SCHEMA,
-            "run_id": run_id,
-            "case_id": case_id,
-            "variant": known.pop("variant", None) or f"pytest.{group or bench['name'].split('[')[0]}",
-            "family": known.pop("family", None) or "external",
-            "params": known.pop("params", None) or bench.get("params") or {},
-            "backend": known.pop("backend", None) or "pytest-benchmark",
-            "device": known.pop("device", None) or host.get("cpu"),
-            "dtype": known.pop("dtype", None) or "-",
-            "mode": known.pop("mode", None) or "-",
-            "batch": known.pop("batch", None),
-            "heads": known.pop("heads", None),
-            "head_dim": known.pop("head_dim", None),
-            "seq_len": known.pop("seq_len", None),
-            "status": "ok",
-            "reason": None,
-            "time_s": time_s,
-            "compile_s": None,
-            "tokens_per_s": known.pop("tokens_per_s", None),
-            "flops": known.pop("flops", None),
-            "flops_per_s": known.pop("flops_per_s", None),
-            "peak_memory_bytes": known.pop("peak_memory_bytes", None),
-            "memory_method": known.pop("memory_method", None),
-            "energy_j": known.pop("energy_j", None),
-            "energy_method": known.pop("energy_method", None),
-            "energy_reason": known.pop("energy_reason", None) or "not in the pytest-benchmark file",
-            "stable": known.pop("stable", None),
-        }
-        extra = {k: v for k, v in known.items() if v is not None}
-        extra["pytest_benchmark"] = {"name": bench.get("name"), "fullname": bench.get("fullname"), "group": group}
-        cases.append(CaseRecord(**record, extra=extra))
+        cases.append(
+            CaseRecord(
+                run_id=run_id,
+                case_id=case_id,
+                variant=known.get("variant") or f"pytest.{group or bench['name'].split('[')[0]}",
+                family=known.get("family") or "external",
+                params=known.get("params") or bench.get("params") or {},
+                workload_hash=known.get("workload_hash"),
+                scope=known.get("scope") or "core",
+                backend=known.get("backend") or "pytest-benchmark",
+                device=known.get("device") or host.get("cpu"),
+                dtype=known.get("dtype") or "-",
+                mode=known.get("mode") or "-",
+                batch=known.get("batch"),
+                heads=known.get("heads"),
+                head_dim=known.get("head_dim"),
+                seq_len=known.get("seq_len"),
+                threads=known.get("threads"),
+                status="ok",
+                reason=None,
+                time_s=time_s,
+                compile_s=None,
+                tokens_per_s=known.get("tokens_per_s"),
+                flops=known.get("flops"),
+                flops_per_s=known.get("flops_per_s"),
+                peak_memory_bytes=known.get("peak_memory_bytes"),
+                memory_method=known.get("memory_method"),
+                energy_j=known.get("energy_j"),
+                energy_method=known.get("energy_method"),
+                energy_reason=known.get("energy_reason") or "not in the pytest-benchmark file",
+                stable=known.get("stable"),
+                calls_per_sample=known.get("calls_per_sample"),
+                converged=known.get("converged"),
+                clock=known.get("clock"),
+                sync=known.get("sync"),
+                pytest_benchmark={"name": bench.get("name"), "fullname": bench.get("fullname"), "group": group},
+            )
+        )
     return RunResult(path, run, cases)

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.core.errors import UserError
-from attnbench.core.results import CASE_READERS, RUN_READERS, CaseRecord, RunResult, load_run
+from attnbench.core.record import CaseRecord, RunRecord
+from attnbench.core.results import RunResult, load_run
 
 HISTORY_ENV = "ATTNBENCH_HISTORY"
 DEFAULT_HISTORY = Path("results") / "history.sqlite"
@@ -194,20 +195,6 @@ class History:
     def ingest(self, result: RunResult, origin: str = "attnbench", source: str | None = None) -> bool:
         """Add (or replace, e.g. after a resume) one run and all its cases. True if it was new."""
         info = result.run
-        run_json = {
-            "schema": info.schema,
-            "run_id": info.run_id,
-            "suite": info.suite,
-            "started_at": info.started_at,
-            "finished_at": info.finished_at,
-            "status": info.status,
-            "argv": info.argv,
-            "git": info.git,
-            "host": info.host,
-            "packages": info.packages,
-            "devices": info.devices,
-            **info.extra,
-        }
         rows = [_case_row(info.run_id, c) for c in result.cases]
         with self.transaction() as c:
             existed = c.execute("SELECT 1 FROM runs WHERE run_id = ?", (info.run_id,)).fetchone() is not None
@@ -227,7 +214,7 @@ class History:
                     origin,
                     source if source is not None else str(result.folder),
                     _now(),
-                    json.dumps(run_json),
+                    json.dumps(info.to_json()),
                 ),
             )
             c.executemany(f"INSERT INTO cases VALUES ({','.join('?' * 20)})", rows)
@@ -292,15 +279,14 @@ class History:
         row = self.conn.execute("SELECT run_json, source FROM runs WHERE run_id = ?", (run_id,)).fetchone()
         if row is None:
             raise UserError(f"run {run_id} is not in the history {self.path}")
-        run_data = json.loads(row[0])
         where = f"{self.path}:{run_id}"
-        run = _reader(run_data, RUN_READERS, where)(run_data, where)
-        cases: list[CaseRecord] = []
-        for (record_json,) in self.conn.execute(
-            "SELECT record_json FROM cases WHERE run_id = ? ORDER BY rowid", (run_id,)
-        ):
-            rec = json.loads(record_json)
-            cases.append(_reader(rec, CASE_READERS, where)(rec, where))
+        run = RunRecord.from_json(json.loads(row[0]), where)
+        cases = [
+            CaseRecord.from_json(json.loads(record_json), where)
+            for (record_json,) in self.conn.execute(
+                "SELECT record_json FROM cases WHERE run_id = ? ORDER BY rowid", (run_id,)
+            )
+        ]
         return RunResult(Path(row[1] or f"history:{run_id}"), run, cases)
 
     def trend(
@@ -348,49 +334,8 @@ class History:
         return rows
 
 
-def _reader(data: Any, readers: dict[str, Any], where: str) -> Any:
-    schema = data.get("schema") if isinstance(data, dict) else None
-    if schema not in readers:
-        raise UserError(f"{where} has schema {schema!r}, which this attnbench cannot read; upgrade attnbench")
-    return readers[schema]
-
-
-def case_record_json(c: CaseRecord) -> dict[str, Any]:
-    """The record as it stood in cases.jsonl (fields of the contract, then every other one)."""
-    return {
-        "schema": c.schema,
-        "run_id": c.run_id,
-        "case_id": c.case_id,
-        "variant": c.variant,
-        "family": c.family,
-        "params": c.params,
-        "backend": c.backend,
-        "device": c.device,
-        "dtype": c.dtype,
-        "mode": c.mode,
-        "batch": c.batch,
-        "heads": c.heads,
-        "head_dim": c.head_dim,
-        "seq_len": c.seq_len,
-        "status": c.status,
-        "reason": c.reason,
-        "time_s": c.time_s,
-        "compile_s": c.compile_s,
-        "tokens_per_s": c.tokens_per_s,
-        "flops": c.flops,
-        "flops_per_s": c.flops_per_s,
-        "peak_memory_bytes": c.peak_memory_bytes,
-        "memory_method": c.memory_method,
-        "energy_j": c.energy_j,
-        "energy_method": c.energy_method,
-        "energy_reason": c.energy_reason,
-        "stable": c.stable,
-        **c.extra,
-    }
-
-
 def _case_row(run_id: str, c: CaseRecord) -> tuple:
-    t = c.time_s or {}
+    t = c.time_s
     return (
         run_id,
         c.case_id,
@@ -398,20 +343,20 @@ def _case_row(run_id: str, c: CaseRecord) -> tuple:
         c.backend,
         c.dtype,
         c.mode,
-        c.extra.get("scope"),
+        c.scope,
         c.seq_len,
         c.status,
-        t.get("median"),
-        t.get("ci95_low"),
-        t.get("ci95_high"),
-        t.get("n"),
+        t.median if t else None,
+        t.ci95_low if t else None,
+        t.ci95_high if t else None,
+        t.n if t else None,
         c.tokens_per_s,
         c.flops_per_s,
         c.peak_memory_bytes,
         c.energy_j,
         None if c.stable is None else int(bool(c.stable)),
-        c.extra.get("workload_hash"),
-        json.dumps(case_record_json(c)),
+        c.workload_hash,
+        json.dumps(c.to_json()),
     )
 
 
@@ -490,22 +435,7 @@ def export_run(result: RunResult, folder: Path) -> None:
     if folder.exists() and any(folder.iterdir()):
         raise UserError(f"{folder} already holds files; choose an empty folder")
     check_writable(folder)
-    info = result.run
-    run = {
-        "schema": info.schema,
-        "run_id": info.run_id,
-        "suite": info.suite,
-        "started_at": info.started_at,
-        "finished_at": info.finished_at,
-        "status": info.status,
-        "argv": info.argv,
-        "git": info.git,
-        "host": info.host,
-        "packages": info.packages,
-        "devices": info.devices,
-        **info.extra,
-    }
-    (folder / RUN_FILE).write_text(json.dumps(run, indent=2) + "\n")
+    (folder / RUN_FILE).write_text(json.dumps(result.run.to_json(), indent=2) + "\n")
     with open(folder / CASES_FILE, "w") as f:
         for c in result.cases:
-            f.write(json.dumps(case_record_json(c)) + "\n")
+            f.write(json.dumps(c.to_json()) + "\n")

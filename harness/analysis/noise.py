@@ -10,9 +10,9 @@ by a third. Each earlier run gives one value per case, the log of its fastest sa
 their standard deviation is the case's run-to-run noise. Because a handful of runs gives a
 rough figure, the larger of the case's own and the median over all cases is used.
 
-Which figure of a run: the one the comparison judges (attnbench.analysis.compare): the fastest raw
+Which figure of a run: the one the comparison judges (attnbench.analysis.guards): the fastest raw
 sample, as above, or, when it judges host-relative time (--time-basis host-relative), the
-median of the host-relative samples (attnbench.engine.machine_check).
+median of the host-relative samples (attnbench.core.machine_check).
 
 A change between two runs, each one draw with that spread, is beyond the noise when its
 log exceeds t(1 - alpha/2, runs - 1) * sqrt(2) * sigma: the `noise floor`, the smallest
@@ -30,9 +30,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from attnbench.core import machine_check
+from attnbench.core.stats import t_quantile
 
 if TYPE_CHECKING:
-    from attnbench.core.results import CaseRecord, RunResult
+    from attnbench.core.record import CaseRecord
+    from attnbench.core.results import RunResult
 
 MIN_RUNS = 3  # fewest runs with the case for a standard deviation worth using
 
@@ -54,24 +56,12 @@ class NoiseEstimate:
         return math.expm1(t_quantile(1 - alpha / 2, max(self.runs - 1, MIN_RUNS - 1)) * math.sqrt(2) * self.sigma)
 
 
-def t_quantile(p: float, df: int) -> float:
-    """Student's t quantile: exact for df 1 and 2, else the Cornish-Fisher expansion about the
-    normal one (Abramowitz & Stegun 26.7.5), within 0.05 of the exact value at df = 3,
-    p = 0.995, and 0.01 from df = 5 (checked against scipy in tests/test_compare.py)."""
-    if df == 1:
-        return math.tan(math.pi * (p - 0.5))
-    if df == 2:
-        return (2 * p - 1) / math.sqrt(2 * p * (1 - p))
-    z = statistics.NormalDist().inv_cdf(p)
-    g1 = (z**3 + z) / 4
-    g2 = (5 * z**5 + 16 * z**3 + 3 * z) / 96
-    g3 = (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384
-    g4 = (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160
-    return z + g1 / df + g2 / df**2 + g3 / df**3 + g4 / df**4
+# Stands for "a history was asked for but holds too few runs": no change can be called.
+NO_HISTORY = NoiseEstimate(runs=0, case_sigma=None, suite_sigma=math.inf)
 
 
 def fastest(rec: CaseRecord) -> float | None:
-    samples = (rec.time_s or {}).get("samples") or []
+    samples = rec.samples
     return min(samples) if rec.status == "ok" and samples else None
 
 
@@ -79,7 +69,7 @@ def relative_median(rec: CaseRecord) -> float | None:
     """The median of the case's samples in units of the host's reference kernel."""
     if rec.status != "ok":
         return None
-    rel = machine_check.relative_samples(rec.time_s, rec.extra.get("machine_check"))
+    rel = machine_check.relative_samples(rec.samples, rec.machine_check)
     return statistics.median(rel) if rel else None
 
 
@@ -97,13 +87,13 @@ def estimate(
     "raw", the default); each basis has its own suite figure. Empty when fewer than MIN_RUNS
     runs hold the suite's cases."""
     bases = bases or {}
-    hashes = {c.case_id: c.extra.get("workload_hash") for c in current.cases}
+    hashes = {c.case_id: c.workload_hash for c in current.cases}
     logs: dict[str, list[float]] = {}
     used = 0
     for run in runs:
         took = False
         for rec in run.cases:
-            if rec.case_id not in hashes or rec.extra.get("workload_hash") != hashes[rec.case_id]:
+            if rec.case_id not in hashes or rec.workload_hash != hashes[rec.case_id]:
                 continue
             value = statistic(rec, bases.get(rec.case_id, "raw"))
             if value is not None and value > 0:

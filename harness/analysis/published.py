@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from attnbench.core.results import CaseRecord, RunResult
+from attnbench.core.record import CaseRecord
+from attnbench.core.results import RunResult
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -83,12 +84,12 @@ def _tables(data: dict[str, Any]) -> list[tuple[str, str, list[int], dict[str, l
 
 
 def _key(c: CaseRecord) -> tuple:
-    return (c.backend, c.dtype, c.mode, c.extra.get("scope", "core"), c.batch, c.heads, c.head_dim, c.seq_len)
+    return (c.backend, c.dtype, c.mode, c.scope, c.batch, c.heads, c.head_dim, c.seq_len)
 
 
 def compare(run: RunResult) -> list[Comparison]:
     """Every published figure of the run's reference dataset beside its measured counterpart."""
-    name = run.run.extra.get("reference")
+    name = run.run.reference
     if not name:
         return []
     data = published().get(name)

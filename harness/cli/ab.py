@@ -35,7 +35,8 @@ from typing import Any
 import psutil
 
 from attnbench.cli.checkout import CheckoutCommand, bench_command, is_checkout
-from attnbench.core.errors import UserError
+from attnbench.cli.run_flags import add_run_flags
+from attnbench.core.errors import EXIT_INTERRUPTED, UserError
 from attnbench.engine.turns import INTERLEAVED_ENV, TURN_UNIT_ENV, TURNS_ENV, Side, alternate
 
 ROOT = Path(__file__).resolve().parents[2]  # this checkout (this file is harness/cli/ab.py)
@@ -63,8 +64,6 @@ REFUSED = {
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    from attnbench.cli.main import add_run_arguments
-
     p = subparsers.add_parser(
         "ab",
         help="time a baseline checkout and this one interleaved, block by block, and compare them",
@@ -95,7 +94,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--alpha", type=float, help="significance level (default 0.01)")
     p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a case regressed or now fails")
     out_help = "folder for the pair: baseline/, candidate/, logs, compare.* (default: results/ab-<time>)"
-    add_run_arguments(p, out_help=out_help)
+    add_run_flags(p, out_help=out_help)
     return p
 
 
@@ -189,14 +188,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     scratch = Path(tempfile.mkdtemp(prefix="attnbench-ab-"))  # the sides' import roots
     try:
         commands = {name: bench_command(checkouts[name], scratch / name) for name in SIDES}
-        return _run_sides(args, argv, console, flags, checkouts, commands, envs, out, history, python)
+        return _run_sides(args, console, flags, checkouts, commands, envs, out, history, python)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _run_sides(
     args: argparse.Namespace,
-    argv: list[str],
     console: Any,
     flags: list[str],
     checkouts: dict[str, Path],
@@ -263,7 +261,7 @@ def _run_sides(
         for p in procs.values():
             p.wait()
         console.print(f"[bold yellow]interrupted[/]: the sides' runs so far are in {out}", highlight=False)
-        return 130
+        return EXIT_INTERRUPTED
     finally:
         for s in sides:
             os.close(s.to_side)
@@ -278,19 +276,22 @@ def _run_sides(
         f"({sides[0].turns} and {sides[1].turns} worker phases)",
         highlight=False,
     )
-    return _compare(out, args, argv)
+    return _compare(out, args)
 
 
-def _compare(out: Path, args: argparse.Namespace, argv: list[str]) -> int:
-    from attnbench.cli import compare
-    from attnbench.cli.main import build_parser
+def _compare(out: Path, args: argparse.Namespace) -> int:
+    """The pair judged as `bench compare` judges two runs, on their own samples (no history)."""
+    from attnbench.cli.compare import CompareRequest, compare
 
-    cmp_argv = ["compare", str(out / "baseline"), str(out / "candidate"), "--noise-runs", "0"]
-    cmp_argv += ["--json", str(out / "compare.json"), "--markdown", str(out / "compare.md")]
-    if args.threshold is not None:
-        cmp_argv += ["--threshold", str(args.threshold)]
-    if args.alpha is not None:
-        cmp_argv += ["--alpha", str(args.alpha)]
-    if args.fail_on_regression:
-        cmp_argv.append("--fail-on-regression")
-    return compare.run(build_parser().parse_args(cmp_argv), cmp_argv)
+    return compare(
+        CompareRequest(
+            baseline=str(out / "baseline"),
+            current=str(out / "candidate"),
+            noise_runs=0,
+            json=str(out / "compare.json"),
+            markdown=out / "compare.md",
+            threshold=args.threshold,
+            alpha=args.alpha,
+            fail_on_regression=args.fail_on_regression,
+        )
+    )

@@ -8,9 +8,11 @@ regressed or now fails, or 2 for a user error (including runs from different env
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,6 +24,28 @@ if TYPE_CHECKING:
     from attnbench.core.results import RunResult
 
 NOISE_RUNS = 10
+
+
+@dataclass(frozen=True)
+class CompareRequest:
+    """What bench compare is asked for (its flags, by dest; bench ab fills one in for its pair)."""
+
+    baseline: str  # run folder, or history reference
+    current: str
+    history: str | None = None
+    suite: str | None = None
+    threshold: float | None = None
+    alpha: float | None = None
+    memory_threshold: float | None = None
+    energy_threshold: float | None = None
+    busy_share: float | None = None
+    thresholds: Path | None = None
+    time_basis: str = "raw"
+    noise_runs: int = NOISE_RUNS
+    allow_env_mismatch: bool = False
+    fail_on_regression: bool = False
+    markdown: Path | None = None
+    json: str | None = None  # FILE, or "-": the JSON to stdout instead of the table
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -49,7 +73,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument(
         "--time-basis",
-        choices=("raw", "host-relative"),  # attnbench.analysis.compare.TIME_BASES, without importing it here
+        choices=("raw", "host-relative"),  # attnbench.analysis.time_judgements.TIME_BASES, not imported here
         default="raw",
         help="judge time on raw samples (default) or host-relative ones (each sample over the host's reference "
         "kernel timed around it; CPU cases only): see README before choosing host-relative",
@@ -73,7 +97,7 @@ def _is_folder_ref(ref: str) -> bool:
     return Path(ref).exists() or "/" in ref or ref.startswith(".")
 
 
-def _earlier_runs(current: RunResult, args: argparse.Namespace, opened: dict[str, History]) -> list[RunResult]:
+def _earlier_runs(current: RunResult, args: CompareRequest, opened: dict[str, History]) -> list[RunResult]:
     """Up to --noise-runs complete runs of the current run's suite that started before it,
     newest first, from the history when there is one (none otherwise)."""
     from attnbench.analysis.history import History, history_path
@@ -88,15 +112,17 @@ def _earlier_runs(current: RunResult, args: argparse.Namespace, opened: dict[str
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    from attnbench.analysis.compare import (
-        compare_runs,
-        load_compare_config,
-        render_markdown,
-        render_table,
-        suite_compare_config,
-    )
+    return compare(CompareRequest(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CompareRequest)}))
+
+
+def compare(args: CompareRequest) -> int:
+    """Judge the current run against the baseline; print, and write what was asked for.
+    Returns the exit code (EXIT_REGRESSION with fail_on_regression when a case regressed)."""
+    from attnbench.analysis.compare import compare_runs, suite_compare_config
     from attnbench.analysis.history import History, history_path
     from attnbench.core.results import load_run
+    from attnbench.core.thresholds import load_compare_config
+    from attnbench.report.compare_tables import render_markdown, render_table
     from attnbench.report.console import make_console
 
     opened: dict[str, History] = {}

@@ -13,34 +13,15 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from attnbench.core.errors import UserError
+from attnbench.cli.run_flags import CASE_FLAGS, SELECTING, add_run_flags, memory_limit_bytes
+from attnbench.core.errors import EXIT_FAILED, UserError
 
 if TYPE_CHECKING:
     from attnbench.core.cases import Case
     from attnbench.core.settings import RunSettings
 
-# bench run's flags that name cases (and how to run them), shared so the two never drift.
-RUN_FLAGS = (
-    "suite",
-    "variants",
-    "backends",
-    "seq_lens",
-    "batch",
-    "heads",
-    "head_dim",
-    "dtypes",
-    "mode",
-    "scope",
-    "threads",
-    "transforms",
-    "param",
-    "backend_option",
-    "timeout",
-    "max_memory",
-)
-SELECTING = tuple(f for f in RUN_FLAGS if f not in ("suite", "timeout", "max_memory", "backend_option"))
 DEFAULT_ROOT = Path("results") / "profiles"
 PROFILE_TIMEOUT_S = 900.0  # without --timeout
 
@@ -57,12 +38,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", type=Path, metavar="DIR", help="folder the case's profile folder goes in")
     p.add_argument("--calls", type=int, default=3, help="calls profiled after warm-up (default 3)")
     p.add_argument("--top", type=int, default=12, help="operators printed (default 12)")
-    run_parser = subparsers.choices.get("run")
-    if run_parser is not None:
-        group = p.add_argument_group("or name one case with bench run's flags")
-        for action in run_parser._actions:  # the very same flags, help and parsing as bench run
-            if action.dest in RUN_FLAGS:
-                group._add_action(action)
+    add_run_flags(p.add_argument_group("or name one case with bench run's flags"), only=CASE_FLAGS)
     return p
 
 
@@ -70,6 +46,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from attnbench.core.registry import get_backend, load_plugins
     from attnbench.engine.executors.local import LocalExecutor
     from attnbench.report.console import make_console
+    from attnbench.report.profiles import print_profile, write_profile_files
 
     if args.calls < 1:
         raise UserError(f"--calls must be at least 1, got {args.calls}")
@@ -103,15 +80,16 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         if outcome.traceback and outcome.status == "error":
             sys.stderr.write(outcome.traceback)
         sys.stderr.write(f"bench: profile of {case.case_id} failed ({outcome.status}): {outcome.reason}\n")
-        return 1
-    print_profile(console, outcome.result["profile"], args.top)
+        return EXIT_FAILED
+    profile = outcome.result["profile"]
+    write_profile_files(Path(profile["path"]))
+    print_profile(console, profile, args.top)
     return 0
 
 
 def _case_from_run(args: argparse.Namespace) -> tuple[Case, RunSettings, Path]:
     from attnbench.core.results import load_run
     from attnbench.core.settings import RunSettings
-    from attnbench.engine.runner import _case_of
 
     if args.case is None:
         raise UserError("--run needs a CASE_ID: bench profile CASE_ID --run RUN_DIR")
@@ -134,16 +112,15 @@ def _case_from_run(args: argparse.Namespace) -> tuple[Case, RunSettings, Path]:
         what = f"{len(found)} cases start with" if found else "no case matches"
         raise UserError(f"{what} '{wanted}' in {folder} (e.g. {sample}); give a full case id")
     rec = found[0]
-    raw = dict(result.run.extra.get("settings") or {})
+    raw = dict(result.run.settings or {})
     settings = RunSettings.from_json(raw)
     if settings.plugins and not os.environ.get("ATTNBENCH_PLUGINS"):
         os.environ["ATTNBENCH_PLUGINS"] = settings.plugins  # the variants the run was made with
     root = args.out if args.out is not None else Path(folder) / "profiles"
-    return _case_of(rec), settings, root
+    return rec.case(), settings, root
 
 
 def _case_from_flags(args: argparse.Namespace) -> tuple[Case, RunSettings, Path]:
-    from attnbench.cli.commands import _memory_limit
     from attnbench.core.registry import PLUGINS_ENV
     from attnbench.core.settings import RunSettings
     from attnbench.engine.expand import expand
@@ -166,7 +143,7 @@ def _case_from_flags(args: argparse.Namespace) -> tuple[Case, RunSettings, Path]
         )
     settings = RunSettings(
         **suite_settings,
-        memory_limit_bytes=_memory_limit(args.max_memory),
+        memory_limit_bytes=memory_limit_bytes(args.max_memory),
         plugins=os.environ.get(PLUGINS_ENV, ""),
     )
     return cases[0], settings, args.out if args.out is not None else DEFAULT_ROOT
@@ -177,70 +154,3 @@ def _varying(cases: list[Case]) -> list[str]:
         return []
     first = cases[0].identity()
     return sorted({k for c in cases[1:] for k, v in c.identity().items() if v != first[k]})
-
-
-def print_profile(console: Any, profile: dict[str, Any], top: int) -> None:
-    """The named steps and the top operators, then where the files are."""
-    import json
-
-    from rich.table import Table
-
-    folder = Path(profile["path"])
-    summary = json.loads((folder / profile["summary"]).read_text())
-    basis = summary.get("time_basis", "self time")
-    console.print(
-        f"{summary['calls']} call(s), {summary['call_s'] * 1e3:.3f} ms each under the profiler "
-        "(its overhead included: the timed figures come from bench run)",
-        highlight=False,
-    )
-    steps = summary.get("steps_all") or []
-    if steps:
-        t = Table(title="named steps (inclusive, per call)", title_justify="left")
-        for col, just in (("step", "left"), ("ms", "right"), ("share of call", "right"), ("allocated MiB", "right")):
-            t.add_column(col, justify=just)  # type: ignore[arg-type]
-        for s in steps:
-            t.add_row(
-                "  " * (s["depth"] - 1) + s["name"],
-                f"{s['total_s'] * 1e3:.3f}",
-                f"{s['share']:.1%}",
-                f"{s['allocated_bytes'] / 2**20:.2f}",
-            )
-        console.print(t)
-    t = Table(title=f"top operators by {basis} (per call)", title_justify="left")
-    for col, just in (
-        ("operator", "left"),
-        ("step", "left"),
-        ("calls", "right"),
-        ("self ms", "right"),
-        ("share", "right"),
-        ("device ms", "right"),
-        ("allocated MiB", "right"),
-    ):
-        t.add_column(col, justify=just, no_wrap=col == "operator")  # type: ignore[arg-type]
-    for o in summary.get("ops", [])[:top]:
-        t.add_row(
-            o["name"],
-            o["step"] or "-",
-            f"{o['count']:g}",
-            f"{o['self_s'] * 1e3:.3f}",
-            f"{o['share']:.1%}",
-            "-" if o["device_s"] is None else f"{o['device_s'] * 1e3:.3f}",
-            f"{o['allocated_bytes'] / 2**20:.2f}",
-        )
-    console.print(t)
-    for name, m in (summary.get("metrics") or {}).items():
-        console.print(
-            f"torch-xla {name}: {m['count']} × {m['total_s'] / max(1, m['count']) * 1e3:.3f} ms", highlight=False
-        )
-    for note in summary.get("notes", []):
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
-    files = [profile[k] for k in ("trace", "ops_md", "ops_csv", "memory_png", "summary")]
-    if profile.get("tensorboard"):
-        files.append(profile["tensorboard"] + "/")
-    console.print(f"files in {folder}: {', '.join(files)}", highlight=False, soft_wrap=True)
-    console.print(
-        "open trace.json in https://ui.perfetto.dev or chrome://tracing"
-        + ("; tensorboard --logdir " + str(folder / profile["tensorboard"]) if profile.get("tensorboard") else ""),
-        highlight=False,
-        soft_wrap=True,
-    )

@@ -77,10 +77,9 @@ def merge(checks: list[Any]) -> dict[str, Any] | None:
     return out
 
 
-def relative_samples(time_s: Any, check: Any) -> list[float] | None:
+def relative_samples(samples: Sequence[float], check: Any) -> list[float] | None:
     """The case's samples in units of the reference kernel (each sample over its paired
     reading), or None when the record has no pair readings aligned with its samples."""
-    samples = time_s.get("samples") if isinstance(time_s, dict) else None
     passes = check.get("pair_readings_s") if isinstance(check, dict) else None
     if not samples or not isinstance(passes, list):
         return None

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.core import machine_check
+from attnbench.core.record import Measurement
 from attnbench.core.stats import UNSTABLE_IQR_RATIO, converged, is_stable, summarize
 from attnbench.engine.executors.base import Outcome
 
@@ -31,9 +32,8 @@ PASSES_FILE = "passes.jsonl"
 
 def save_pass(folder: Path, case_id: str, number: int, outcome: Outcome, wall_s: float) -> None:
     """Append one finished pass of a case to the run folder's passes.jsonl, synced to disk."""
-    line = json.dumps(
-        {"case_id": case_id, "pass": number, "wall_s": wall_s, "outcome": dataclasses.asdict(outcome)}, default=str
-    )
+    saved = {**dataclasses.asdict(dataclasses.replace(outcome, result=None)), "result": outcome.result.to_json()}
+    line = json.dumps({"case_id": case_id, "pass": number, "wall_s": wall_s, "outcome": saved}, default=str)
     with open(folder / PASSES_FILE, "a") as f:
         f.write(line + "\n")
         f.flush()
@@ -54,24 +54,26 @@ def saved_passes(folder: Path) -> dict[str, tuple[list[Outcome], float]]:
             continue
         outcomes, wall = out.get(entry["case_id"], ([], 0.0))
         if entry["pass"] == len(outcomes) + 1:
-            outcomes.append(Outcome(**entry["outcome"]))
+            outcome = Outcome(**entry["outcome"])
+            outcome.result = Measurement.from_json(outcome.result)
+            outcomes.append(outcome)
             out[entry["case_id"]] = (outcomes, wall + entry["wall_s"])
     return out
 
 
 def pass_summary(number: int, outcome: Outcome) -> dict[str, Any]:
-    """What a record keeps of one pass."""
-    r = outcome.result
-    samples = r["time_s"]["samples"]
+    """What a record keeps of one pass (CaseRecord.passes)."""
+    r: Measurement = outcome.result
+    samples = r.time_s.samples
     return {
         "pass": number,
         "n": len(samples),
-        "median_s": r["time_s"]["median"],
+        "median_s": r.time_s.median,
         "min_s": min(samples),
-        "calls_per_sample": r["calls_per_sample"],
-        "blocks": r.get("block_samples"),  # bench ab: samples per block turn (attnbench.engine.turns)
-        "cpus": (r.get("turns") or {}).get("cpus"),  # bench ab: the CPUs both sides' workers were pinned to
-        "stop_reason": r["stop_reason"],
+        "calls_per_sample": r.calls_per_sample,
+        "blocks": r.block_samples,  # bench ab: samples per block turn (attnbench.engine.turns)
+        "cpus": (r.turns or {}).get("cpus"),  # bench ab: the CPUs both sides' workers were pinned to
+        "stop_reason": r.stop_reason,
         "other_cpu_share": outcome.worker.get("other_cpu_share"),
         "wall_s": outcome.worker.get("wall_s"),
     }
@@ -82,34 +84,38 @@ def merge(outcomes: list[Outcome], target_rel_ci: float) -> Outcome:
     first = outcomes[0]
     if len(outcomes) == 1:
         return first
-    samples = [s for o in outcomes for s in o.result["time_s"]["samples"]]
-    stats = summarize(samples)
+    results: list[Measurement] = [o.result for o in outcomes]
+    stats = summarize([s for r in results for s in r.time_s.samples])
     ok = converged(stats, target_rel_ci)
-    result = dict(first.result)
-    result["time_s"] = stats.to_json()
-    result["converged"] = ok
-    result["stable"] = is_stable(stats, ok)
-    result["stop_reason"] = f"{len(outcomes)} passes; pass 1: {first.result['stop_reason']}"
     notes = []
-    for number, o in enumerate(outcomes, start=1):
+    for number, r in enumerate(results, start=1):
         # Each pass's own CI target is moot (the merged samples are judged below); other notes stay.
-        notes += [f"pass {number}: {n}" for n in o.result.get("notes") or [] if "CI" not in n and "samples" not in n]
+        notes += [f"pass {number}: {n}" for n in r.notes if "CI" not in n and "samples" not in n]
     if not ok:
         notes.insert(0, f"median CI ±{stats.ci_half_width_rel:.1%} did not reach ±{target_rel_ci:.1%}")
     if stats.iqr_rel > UNSTABLE_IQR_RATIO:
         notes.insert(0, f"IQR/median {stats.iqr_rel:.1%} over {UNSTABLE_IQR_RATIO:.0%} across the passes")
-    result["notes"] = notes
-    result["machine_check"] = machine_check.merge([o.result.get("machine_check") for o in outcomes])
-    result["passes"] = [pass_summary(i, o) for i, o in enumerate(outcomes, start=1)]
-    blocks = [o.result.get("block_samples") for o in outcomes]
-    result["block_samples"] = [n for b in blocks for n in b] if all(blocks) else None  # type: ignore[union-attr]
-    turns = [o.result.get("turns") for o in outcomes]
+    blocks = [r.block_samples for r in results]
+    turns = [r.turns for r in results]
+    merged_turns = results[0].turns
     if all(turns):
         shares = [t["other_cpu_share"] for t in turns if t.get("other_cpu_share") is not None]  # type: ignore[union-attr]
-        result["turns"] = {
+        merged_turns = {
             **{k: sum(t[k] for t in turns) for k in ("blocks", "waited_s", "turn_s")},  # type: ignore[index]
             "other_cpu_share": max(shares) if shares else None,
         }
+    result = dataclasses.replace(
+        results[0],
+        time_s=stats,
+        converged=ok,
+        stable=is_stable(stats, ok),
+        stop_reason=f"{len(outcomes)} passes; pass 1: {results[0].stop_reason}",
+        notes=notes,
+        machine_check=machine_check.merge([r.machine_check for r in results]),
+        passes=[pass_summary(i, o) for i, o in enumerate(outcomes, start=1)],
+        block_samples=[n for b in blocks for n in b] if all(blocks) else None,  # type: ignore[union-attr]
+        turns=merged_turns,
+    )
     worker = dict(first.worker)
     shares = [o.worker.get("other_cpu_share") for o in outcomes]
     shares = [s for s in shares if isinstance(s, (int, float))]

@@ -20,6 +20,7 @@ from attnbench.backends.base import DTYPES, Backend, EnergyMeter, EnergyReading,
 from attnbench.core import machine_check
 from attnbench.core.cases import Case
 from attnbench.core.errors import Unsupported
+from attnbench.core.record import Measurement, MemoryMeasurement
 from attnbench.core.registry import PLUGINS_ENV
 from attnbench.core.settings import RunSettings
 from attnbench.engine import reference_kernel
@@ -91,7 +92,7 @@ def measure_energy(step: Step, timer: Timer, meter: EnergyMeter, per_call_s: flo
     return meter.stop(), calls
 
 
-def measure_time(case: Case, settings: RunSettings, turns: BlockTurns | NoTurns | None = None) -> dict[str, Any]:
+def measure_time(case: Case, settings: RunSettings, turns: BlockTurns | NoTurns | None = None) -> Measurement:
     """Verification, warm-up, timing and energy for one case; raises on failure.
 
     turns: in a bench ab, the timed stretches (warm-up, each block of samples, the closing
@@ -146,39 +147,44 @@ def measure_time(case: Case, settings: RunSettings, turns: BlockTurns | NoTurns 
             f"(min {fidelity['tolerance']['min_cosine']:g})"
         )
 
-    return {
-        "device": device,
-        "backend_settings": backend_settings,
-        "verification": checked,
-        "time_s": measurement.stats.to_json(),
-        "compile_s": compile_s,
-        "prepare_s": prepare_s,
-        "first_call_s": warm.first_call_s,
-        "warmup": {"calls": warm.calls, "seconds": warm.seconds},
-        "calls_per_sample": measurement.calls_per_sample,
-        "block_samples": measurement.block_samples,
-        "turns": turns.summary(),
-        "machine_check": machine_check.record(
+    from attnbench.engine.patterns import pattern_of  # after timing: a picture of the mask for the report
+
+    return Measurement(
+        device=device,
+        backend_settings=backend_settings,
+        verification=checked,
+        time_s=measurement.stats,
+        compile_s=compile_s,
+        prepare_s=prepare_s,
+        first_call_s=warm.first_call_s,
+        warmup={"calls": warm.calls, "seconds": warm.seconds},
+        calls_per_sample=measurement.calls_per_sample,
+        block_samples=measurement.block_samples,
+        turns=turns.summary(),
+        machine_check=machine_check.record(
             machine_before, machine_after, measurement.pair_readings_s, threads=torch.get_num_threads()
         ),
-        "converged": measurement.converged,
-        "stable": measurement.stable,
-        "stop_reason": measurement.stop_reason,
-        "notes": measurement.notes,
-        "clock": timer.clock,
-        "sync": timer.sync,
-        "energy_j": energy.joules / energy_calls if energy.joules is not None and energy_calls else None,
-        "energy_method": energy.method,
-        "energy_reason": energy.reason,
-        "energy_details": {**energy.details, "calls": energy_calls} if energy_calls else energy.details,
-        "attention_ops": kernels,
-        "backend_details": backend.details(),
-        "workload_metrics": cls.case_metrics(module),
-        **transformed,
-    }
+        converged=measurement.converged,
+        stable=measurement.stable,
+        stop_reason=measurement.stop_reason,
+        notes=measurement.notes,
+        clock=timer.clock,
+        sync=timer.sync,
+        energy_j=energy.joules / energy_calls if energy.joules is not None and energy_calls else None,
+        energy_method=energy.method,
+        energy_reason=energy.reason,
+        energy_details={**energy.details, "calls": energy_calls} if energy_calls else energy.details,
+        attention_ops=kernels,
+        backend_details=backend.details(),
+        workload_metrics=cls.case_metrics(module),
+        transform=transformed["transform"],
+        transform_details=transformed["transform_details"],
+        fidelity=fidelity,
+        pattern=pattern_of(case),
+    )
 
 
-def measure_memory(case: Case, settings: RunSettings) -> dict[str, Any]:
+def measure_memory(case: Case, settings: RunSettings) -> MemoryMeasurement:
     """Peak memory of one call, in a process of its own: one warm-up call, then the metered one."""
     cls, backend = load_case(case, settings)
     meter = backend.memory_meter()
@@ -192,15 +198,13 @@ def measure_memory(case: Case, settings: RunSettings) -> dict[str, Any]:
     meter.start()
     step()
     reading = meter.stop()
-    out = {
-        "peak_memory_bytes": reading.peak_bytes,
-        "memory_method": reading.method,
-        "memory_reason": reading.reason,
-        "memory_details": reading.details,
-    }
-    if record_ops:
-        out["attention_ops"] = ops
-    return out
+    return MemoryMeasurement(
+        peak_memory_bytes=reading.peak_bytes,
+        memory_method=reading.method,
+        memory_reason=reading.reason,
+        memory_details=reading.details,
+        attention_ops=ops if record_ops else None,
+    )
 
 
 def measure_profile(case: Case, settings: RunSettings) -> dict[str, Any]:

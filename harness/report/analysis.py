@@ -9,45 +9,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-# Two-sided 95% quantiles of Student's t by degrees of freedom (the slope's CI). Between
-# entries the smaller df's (larger) value is used, so the interval is never too narrow;
-# beyond the table a first-order expansion in 1/df is accurate to 1e-3.
-_T975 = {
-    1: 12.706,
-    2: 4.303,
-    3: 3.182,
-    4: 2.776,
-    5: 2.571,
-    6: 2.447,
-    7: 2.365,
-    8: 2.306,
-    9: 2.262,
-    10: 2.228,
-    11: 2.201,
-    12: 2.179,
-    13: 2.160,
-    14: 2.145,
-    15: 2.131,
-    16: 2.120,
-    17: 2.110,
-    18: 2.101,
-    19: 2.093,
-    20: 2.086,
-    25: 2.060,
-    30: 2.042,
-    40: 2.021,
-    60: 2.000,
-}
-
-
-def t975(df: int) -> float:
-    """The 97.5% quantile of Student's t with `df` degrees of freedom (table, rounded down in df)."""
-    if df < 1:
-        raise ValueError("need at least one degree of freedom")
-    if df > max(_T975):
-        z = 1.959964
-        return z + (z**3 + z) / (4 * df)
-    return _T975[max(k for k in _T975 if k <= df)]
+from attnbench.core.stats import t_quantile
 
 
 @dataclass(frozen=True)
@@ -68,7 +30,7 @@ class SlopeFit:
 
     @property
     def ci95(self) -> float | None:
-        return None if self.stderr is None else t975(self.points - 2) * self.stderr
+        return None if self.stderr is None else t_quantile(0.975, self.points - 2) * self.stderr
 
     def predict(self, n: float) -> float:
         return math.exp(self.intercept + self.slope * math.log(n))

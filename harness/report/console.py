@@ -22,7 +22,8 @@ from rich.progress import (
 from rich.table import Table
 
 from attnbench.core.cases import Case
-from attnbench.core.results import CaseRecord, RunResult
+from attnbench.core.record import CaseRecord
+from attnbench.core.results import RunResult
 
 BUSY_SHARE = 0.10  # other processes' share of the CPU above which timings are suspect
 
@@ -86,19 +87,17 @@ class RunProgress:
         if self._bar is not None:
             self._bar.update(self._task, description=case.label())
 
-    def case_finished(self, case: Case, record: dict[str, Any]) -> None:
+    def case_finished(self, case: Case, record: CaseRecord) -> None:
         self._done += 1
         if self._bar is not None:
             self._bar.advance(self._task)
-            if record["status"] not in ("ok", "skipped", "unsupported"):
-                self._bar.console.print(
-                    f"[red]{record['status']}[/] {case.label()}: {record['reason']}", soft_wrap=True
-                )
+            if record.status not in ("ok", "skipped", "unsupported"):
+                self._bar.console.print(f"[red]{record.status}[/] {case.label()}: {record.reason}", soft_wrap=True)
             return
-        median = record["time_s"]["median"] if record.get("time_s") else None
-        figure = f"{fmt_time(median)} ms" if median is not None else record["reason"]
+        median = record.median_s
+        figure = f"{fmt_time(median)} ms" if median is not None else record.reason
         self.console.print(
-            f"[{self._done}/{self._total}] {case.label()}: {record['status']} {figure}", highlight=False, soft_wrap=True
+            f"[{self._done}/{self._total}] {case.label()}: {record.status} {figure}", highlight=False, soft_wrap=True
         )
 
     def stop(self) -> None:
@@ -108,14 +107,14 @@ class RunProgress:
 
 
 def _varying(cases: list[CaseRecord], key: str) -> bool:
-    return len({str(getattr(c, key, None) or c.extra.get(key)) for c in cases}) > 1
+    return len({str(getattr(c, key)) for c in cases}) > 1
 
 
 def _varying_params(cases: list[CaseRecord]) -> dict[str, list[str]]:
     """Per variant, the parameters whose values differ within this run (worth showing)."""
     seen: dict[str, dict[str, set[str]]] = {}
     for c in cases:
-        derived = set(c.extra.get("derived_params", ()))
+        derived = set(c.derived_params)
         for k, v in c.params.items():
             if k in derived:
                 continue
@@ -125,7 +124,7 @@ def _varying_params(cases: list[CaseRecord]) -> dict[str, list[str]]:
 
 def _variant_label(rec: CaseRecord, shown: dict[str, list[str]]) -> str:
     keys = shown.get(rec.variant, [])
-    transform = rec.extra.get("transform") or "none"
+    transform = rec.transform or "none"
     name = rec.variant if transform == "none" else f"{rec.variant} +{transform}"
     if not keys:
         return name
@@ -149,21 +148,21 @@ def summary_table(result: RunResult) -> Table:
     table.add_column("status")
 
     def key(c: CaseRecord) -> tuple:
-        return (_variant_label(c, shown), *(str(getattr(c, k, None) or c.extra.get(k)) for k in extra_cols), c.seq_len)
+        return (_variant_label(c, shown), *(str(getattr(c, k)) for k in extra_cols), c.seq_len)
 
     previous = None
     for rec in sorted(cases, key=key):
         label = _variant_label(rec, shown)
         row = [label if label != previous else ""]
         previous = label
-        row += [str(getattr(rec, k, None) or rec.extra.get(k)) for k in extra_cols]
+        row += [str(getattr(rec, k)) for k in extra_cols]
         row.append(str(rec.seq_len))
         if rec.status == "ok" and rec.time_s:
             t = rec.time_s
-            ci = max(t["median"] - t["ci95_low"], t["ci95_high"] - t["median"]) / t["median"]
+            ci = max(t.median - t.ci95_low, t.ci95_high - t.median) / t.median
             peak = rec.peak_memory_bytes
             row += [
-                fmt_time(t["median"]),
+                fmt_time(t.median),
                 f"{ci:.1%}",
                 fmt_rate(rec.tokens_per_s or 0),
                 f"{(rec.flops_per_s or 0) / 1e9:.1f}",
@@ -195,9 +194,9 @@ def print_summary(console: Console, result: RunResult) -> None:
                 highlight=False,
                 soft_wrap=True,
             )
-    overheads = [c.extra["worker"]["overhead_s"] for c in cases if c.extra.get("worker", {}).get("overhead_s")]
+    overheads = [o for c in cases if (o := (c.worker or {}).get("overhead_s"))]
     if overheads:
-        server = result.run.extra.get("worker_server_start_s")
+        server = result.run.worker_server_start_s
         server_txt = f"; fork server start {server:.2f} s once" if server else ""
         console.print(
             f"worker isolation overhead: median {statistics.median(overheads) * 1e3:.0f} ms per case"
@@ -205,7 +204,7 @@ def print_summary(console: Console, result: RunResult) -> None:
             highlight=False,
             soft_wrap=True,
         )
-    busy = [c.extra["worker"]["other_cpu_share"] for c in cases if c.extra.get("worker", {}).get("other_cpu_share")]
+    busy = [share for c in cases if (share := c.other_cpu_share)]
     if busy and max(busy) > BUSY_SHARE:
         n_busy = sum(1 for b in busy if b > BUSY_SHARE)
         console.print(

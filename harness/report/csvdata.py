@@ -71,7 +71,7 @@ def write_csv(data: ReportData, stats: dict[str, list[SeriesStats]], path: Path)
         w.writerow(COLUMNS)
         for p in data.points:
             c, key = p.case, SeriesKey(p.source, curve_key(p))
-            t = c.time_s or {}
+            t = c.time_s
             frac = p.fraction_of_peak
             row = {
                 "run_id": p.source.run_id,
@@ -92,11 +92,11 @@ def write_csv(data: ReportData, stats: dict[str, list[SeriesStats]], path: Path)
                 "status": c.status,
                 "reason": c.reason,
                 "stable": c.stable,
-                "median_s": t.get("median"),
-                "ci95_low_s": t.get("ci95_low"),
-                "ci95_high_s": t.get("ci95_high"),
-                "iqr_s": t.get("iqr"),
-                "samples": t.get("n"),
+                "median_s": t.median if t else None,
+                "ci95_low_s": t.ci95_low if t else None,
+                "ci95_high_s": t.ci95_high if t else None,
+                "iqr_s": t.iqr if t else None,
+                "samples": t.n if t else None,
                 "tokens_per_s": c.tokens_per_s,
                 "flops": c.flops,
                 "flops_per_s": c.flops_per_s,

@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.core.errors import UserError
-from attnbench.core.results import CaseRecord, RunResult, load_run
+from attnbench.core.record import CaseRecord
+from attnbench.core.results import RunResult, load_run
 
 FAILED = ("oom", "timeout", "error")  # the run tried and did not get a figure
 BUSY_SHARE = 0.10  # other processes' CPU share above which a run's timings are suspect
@@ -118,7 +119,7 @@ class Point:
 
     @property
     def ok(self) -> bool:
-        return self.case.status == "ok" and bool(self.case.time_s) and self.case.time_s.get("median", 0) > 0
+        return self.case.status == "ok" and (self.case.median_s or 0) > 0
 
     @property
     def stable(self) -> bool:
@@ -126,7 +127,7 @@ class Point:
 
     @property
     def scope(self) -> str:
-        return str(self.case.extra.get("scope") or "core")
+        return self.case.scope or "core"
 
     @property
     def tokens(self) -> int:
@@ -137,7 +138,7 @@ class Point:
         t = self.case.time_s
         if not self.ok or t is None:
             return None
-        return t["median"], t.get("ci95_low", t["median"]), t.get("ci95_high", t["median"])
+        return t.median, t.ci95_low, t.ci95_high
 
     def throughput(self) -> tuple[float, float, float] | None:
         t = self.time()
@@ -152,14 +153,14 @@ class Point:
 
     @property
     def analytic_min_bytes(self) -> int | None:
-        m = self.case.extra.get("analytic_min_bytes")
+        m = self.case.analytic_min_bytes
         return m if isinstance(m, int) and m > 0 else None
 
     @property
     def energy_per_token(self) -> float | None:
         if not self.ok:
             return None
-        e = _number(self.case.extra.get("energy_per_token_j"))
+        e = _number(self.case.energy_per_token_j)
         if e is None and _number(self.case.energy_j) is not None:
             e = self.case.energy_j / self.tokens
         return e
@@ -173,7 +174,7 @@ class Point:
         """Minimum bytes over the median: the case's own figure, else analytic_min_bytes / median."""
         if not self.ok:
             return None
-        b = _number(self.case.extra.get("bytes_per_s"))
+        b = _number(self.case.bytes_per_s)
         if b is None and self.analytic_min_bytes and self.case.median_s:
             b = self.analytic_min_bytes / self.case.median_s
         return b
@@ -186,17 +187,17 @@ class Point:
 
     @property
     def fraction_of_peak(self) -> dict[str, Any]:
-        f = self.case.extra.get("fraction_of_peak")
+        f = self.case.fraction_of_peak
         return f if isinstance(f, dict) else {}
 
     @property
     def ponder_histogram(self) -> list[int] | None:
-        h = (self.case.extra.get("workload_metrics") or {}).get("ponder_histogram")
+        h = (self.case.workload_metrics or {}).get("ponder_histogram")
         return h if isinstance(h, list) and h and sum(h) > 0 else None
 
     @property
     def other_cpu_share(self) -> float | None:
-        return _number((self.case.extra.get("worker") or {}).get("other_cpu_share"))
+        return _number(self.case.other_cpu_share)
 
 
 def _freeze(value: Any) -> str:
@@ -228,9 +229,9 @@ class SeriesKey:
 
 def curve_key(point: Point) -> CurveKey:
     c = point.case
-    derived = set(c.extra.get("derived_params") or ())
+    derived = set(c.derived_params)
     params = {k: v for k, v in c.params.items() if k not in derived}
-    transform = str(c.extra.get("transform") or "none")
+    transform = c.transform or "none"
     return CurveKey(c.variant, point.scope, c.batch, c.heads, c.head_dim, _freeze(params), transform)
 
 

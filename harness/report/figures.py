@@ -27,6 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
 
+from attnbench.core.pattern_grid import PATTERN_MAX_LEN, PatternGrid
 from attnbench.report.data import Group, Point, ReportData, SeriesKey, curve_key
 from attnbench.report.tables import SeriesStats, calibration_notes, energy_note, fmt_bytes, fmt_len
 
@@ -65,9 +66,8 @@ RC = {
     "svg.hashsalt": "attnbench",  # stable SVG ids: a re-rendered report diffs cleanly
 }
 PNG_DPI = 144
-PATTERN_MAX_LEN = 4096  # masks are rebuilt (n × n booleans), so keep them small
 PATTERN_PREFERRED_LEN = 1024  # long enough for windows and blocks to show as structure
-PATTERN_CELLS = 256  # pooled to at most this many cells a side (each shows the attended share)
+PATTERN_SINCE = (0, 2, 0)  # the first attnbench whose case records store the pattern
 
 
 @dataclass(frozen=True)
@@ -477,52 +477,61 @@ def roofline_figure(data: ReportData, paint: Painter, group: Group) -> tuple[Fig
     return fig, notes
 
 
-def _pattern_length(points: list[Point]) -> tuple[int, Point | None]:
-    """A measured length that shows the pattern's structure, and a case measured there."""
-    lens = sorted({p.seq_len for p in points})
-    fitting = [n for n in lens if n <= PATTERN_MAX_LEN]
-    if not fitting:
-        return PATTERN_MAX_LEN, None
-    long_enough = [n for n in fitting if n >= PATTERN_PREFERRED_LEN]
-    n = long_enough[0] if long_enough else fitting[-1]
-    return n, next(p for p in points if p.seq_len == n)
+def _pattern_point(points: list[Point]) -> Point | None:
+    """A measured length whose stored pattern shows the structure: the shortest from
+    PATTERN_PREFERRED_LEN up, else the longest stored (patterns are stored up to PATTERN_MAX_LEN)."""
+    stored = sorted((p for p in points if p.case.pattern is not None), key=lambda p: p.seq_len)
+    long_enough = [p for p in stored if p.seq_len >= PATTERN_PREFERRED_LEN]
+    return long_enough[0] if long_enough else (stored[-1] if stored else None)
+
+
+def _stores_patterns(data: ReportData, point: Point) -> bool:
+    """Whether the attnbench that wrote the point's run stores patterns (assumed when it does not say)."""
+    version = data.runs[point.source.run_index].run.packages.get("attnbench")
+    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", str(version or ""))
+    return found is None or tuple(int(x or 0) for x in found.groups()) >= PATTERN_SINCE
+
+
+def _why_no_pattern(data: ReportData, label: str, points: list[Point]) -> str | None:
+    """The note for a curve none of whose cases stored a pattern; None where there is nothing to
+    draw (every query sees every key) or nothing was measured (the cases table says why)."""
+    measured = [p for p in points if p.status == "ok"]
+    if not measured:
+        return None
+    if all(p.seq_len > PATTERN_MAX_LEN for p in measured):
+        shortest = measured[0].seq_len
+        return f"{label}: pattern not drawn (stored up to n={PATTERN_MAX_LEN:,}; measured from n={shortest:,})."
+    if not any(_stores_patterns(data, p) for p in measured):
+        since = ".".join(map(str, PATTERN_SINCE))
+        return f"{label}: pattern not stored in this run (recorded from attnbench {since} on)."
+    return None
 
 
 def pattern_figure(data: ReportData) -> tuple[Figure | None, list[str]]:
-    """Each sparse (or otherwise masked) curve's attention pattern, rebuilt from its stored parameters.
+    """Each sparse (or otherwise masked) curve's attention pattern, as its case record stored it.
 
-    This computes the variant's definition (its reference mask), never a measurement.
+    The worker pooled the variant's definition (its reference mask) after timing
+    (attnbench.engine.patterns); nothing is rebuilt here, and it is never a measurement.
     """
-    import torch
-
-    from attnbench.core.registry import get_workload
-    from attnbench.workloads.base import Shape
-
     curves: dict = {}
     for p in data.points:
         if p.case.family in ("sparse", "hierarchical"):
             curves.setdefault(curve_key(p), []).append(p)
-    panels, notes = [], []
+    panels: list[tuple[str, PatternGrid]] = []
+    notes: list[str] = []
     for curve, pts in curves.items():
         label = data.curve_label(curve)
+        pts = sorted(pts, key=lambda p: p.seq_len)
+        point = _pattern_point(pts)
+        if point is None or point.case.pattern is None:
+            note = _why_no_pattern(data, label, pts)
+            if note:
+                notes.append(note)
+            continue
         try:
-            cls = get_workload(curve.variant)
-        except Exception as exc:  # a plugin variant not installed here
+            panels.append((label, PatternGrid.from_json(point.case.pattern)))
+        except ValueError as exc:  # the worker could not build the mask, or a newer format
             notes.append(f"{label}: pattern not drawn ({exc}).")
-            continue
-        n, case = _pattern_length(pts)
-        shape = Shape(curve.batch, curve.heads, curve.head_dim, n)
-        try:
-            params = dict(case.case.params) if case else cls.resolve_params(dict(curve.param_dict), shape)
-            module = cls(cls.make_params(params), shape)
-            with torch.no_grad():
-                mask = module.reference_mask(n)
-        except Exception as exc:
-            notes.append(f"{label}: pattern not drawn ({type(exc).__name__}: {exc}).")
-            continue
-        if mask is None:
-            continue  # no mask: every query sees every key, nothing to show
-        panels.append((label, n, mask.to(torch.float32), hasattr(cls, "pattern")))
     if not panels:
         return None, notes
     cols = min(3, len(panels))
@@ -531,19 +540,14 @@ def pattern_figure(data: ReportData) -> tuple[Figure | None, list[str]]:
     for ax in axes.flat[len(panels) :]:
         ax.set_visible(False)
     image = None
-    for ax, (label, n, mask, input_dependent) in zip(axes.flat, panels, strict=False):
-        cell = max(1, math.ceil(n / PATTERN_CELLS))
-        pad = (-n) % cell
-        m = torch.nn.functional.pad(mask, (0, pad, 0, pad))[None, None]
-        pooled = torch.nn.functional.avg_pool2d(m, cell)[0, 0].numpy()
+    for ax, (label, grid) in zip(axes.flat, panels, strict=False):
+        side = grid.extent
         image = ax.imshow(
-            pooled, cmap="Blues", vmin=0, vmax=1, extent=(0, n + pad, n + pad, 0), interpolation="nearest"
+            grid.shares(), cmap="Blues", vmin=0, vmax=1, extent=(0, side, side, 0), interpolation="nearest"
         )
         ax.grid(False)
-        density = float(mask.mean())
-        ax.set_title(
-            f"{label}\nn={n:,}, {density:.1%} of pairs" + (" (example input)" if input_dependent else ""), fontsize=8
-        )
+        example = " (example input)" if grid.input_dependent else ""
+        ax.set_title(f"{label}\nn={grid.n:,}, {grid.density:.1%} of pairs{example}", fontsize=8)
         ax.set_xlabel("key position")
         ax.set_ylabel("query position")
     fig.colorbar(image, ax=list(axes.flat[: len(panels)]), shrink=0.8, label="share of pairs attended (per cell)")
@@ -595,10 +599,8 @@ def ponder_figure(data: ReportData, paint: Painter) -> Figure | None:
 
 def transforms_figure(data: ReportData) -> tuple[Figure | None, str | None]:
     """The transforms' own trade-off figure (speedup and memory saving against fidelity loss)."""
-    try:
-        from attnbench.engine.transforms import tradeoff_figure
-    except ImportError as exc:  # an attnbench without transforms reading a newer run
-        return None, f"transform trade-offs: not drawn ({exc})."
+    from attnbench.report.transforms_figure import tradeoff_figure
+
     return tradeoff_figure([p.case for p in data.points]), None
 
 
@@ -658,11 +660,12 @@ def render(data: ReportData, stats: dict[str, list[SeriesStats]], folder: Path) 
                     folder,
                     "patterns",
                     "attention patterns",
-                    "Which keys each query attends, rebuilt from each variant's stored parameters at a measured "
-                    "length (its reference mask; computed, not measured). Darker: a larger share of the cell's pairs.",
+                    "Which keys each query attends at a measured length: the variant's reference mask, pooled "
+                    "by the worker and stored in the case record (computed, not measured). Darker: a larger share of "
+                    "the cell's pairs.",
                 )
             )
-        if any(p.case.extra.get("transform") not in (None, "none") for p in data.points):
+        if any(p.case.transform != "none" for p in data.points):
             fig, note = transforms_figure(data)
             if note:
                 out.notes["patterns"].append(note)
@@ -675,7 +678,7 @@ def render(data: ReportData, stats: dict[str, list[SeriesStats]], folder: Path) 
                         "transform trade-offs",
                         "Per transform and variant: speedup and peak-memory saving over the untransformed case of the "
                         "same configuration, against the fidelity loss recorded in each case "
-                        "(attnbench.engine.transforms.tradeoff_figure).",
+                        "(attnbench.report.transforms_figure.tradeoff_figure).",
                     )
                 )
         fig = ponder_figure(data, paint)

@@ -107,7 +107,7 @@ def _environment(report: Report) -> str:
             "devices": info.devices,
             "git": info.git,
             "argv": info.argv,
-            "settings": info.extra.get("settings"),
+            "settings": info.settings,
         }
         parts.append(
             f"<details><summary>{escape(info.run_id)} — {escape(str(r.folder))}</summary>"

@@ -180,7 +180,7 @@ def unstable_table(data: ReportData) -> Table:
             t = p.time()
             assert t is not None
             ci = max(t[0] - t[1], t[2] - t[0]) / t[0]
-            notes = "; ".join(p.case.extra.get("notes") or []) or str(p.case.extra.get("stop_reason") or "")
+            notes = "; ".join(p.case.notes or []) or str(p.case.stop_reason or "")
             rows.append([case_label(p, data), fmt_ms(t[0]), f"±{ci:.1%}", notes])
     return Table("Unstable cases (status ok, figure not trusted)", ["case", "median ms", "95% CI", "why"], rows)
 
@@ -299,8 +299,8 @@ def published_table(data: ReportData) -> Table:
             continue
         info = published()[found[0].reference]
         notes.append(f"{r.run.run_id}: published figures from {info['source']} ({info['hardware']}).")
-        if r.run.extra.get("suite_notes"):
-            notes.append(f"{r.run.run_id}: {r.run.extra['suite_notes']}")
+        if r.run.suite_notes:
+            notes.append(f"{r.run.run_id}: {r.run.suite_notes}")
         for c in found:
             if c.verdict == "holds":
                 verdict = f"holds: {c.published_claim}"
@@ -340,7 +340,7 @@ def _profile_of(data: ReportData, point: Point) -> tuple[dict, Path] | None:
     import json
 
     folder = data.runs[point.source.run_index].folder
-    prof = point.case.extra.get("profile")
+    prof = point.case.profile
     if isinstance(prof, dict) and prof.get("status", "ok") == "ok" and prof.get("dir"):
         return prof, folder / prof["dir"]
     on_disk = folder / "profiles" / point.case.case_id / "profile.json"

@@ -19,9 +19,9 @@ import psutil
 
 from attnbench.core import cpu_load, interrupts
 from attnbench.core.cases import Case
+from attnbench.core.record import Measurement
 from attnbench.core.settings import RunSettings
-from attnbench.engine.executors.base import Outcome
-from attnbench.engine.turns import Gate, NoGate
+from attnbench.engine.executors.base import Executor, Outcome
 
 POLL_S = 0.05
 
@@ -33,15 +33,15 @@ def _signal_name(code: int) -> str:
         return f"signal {-code}"
 
 
-class LocalExecutor:
+class LocalExecutor(Executor):
     name = "local"
 
     def __init__(self, settings: RunSettings) -> None:
+        super().__init__()  # the gate: in bench ab, the timing worker asks it for block turns
         self.settings = settings
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(["attnbench.engine.preload"])
         self._current: Any = None
-        self.gate: Gate | NoGate = NoGate()  # bench ab: the timing worker asks it for block turns
 
     def warm(self) -> float:
         """Start the fork server now (it imports torch), so the first case is not charged for it."""
@@ -69,17 +69,13 @@ class LocalExecutor:
         memory = self._run_phase(case, "memory")
         timed.worker["memory_wall_s"] = memory.worker.get("wall_s")
         if memory.status == "ok":
-            timed.result.update(memory.result)
+            timed.result = timed.result.with_memory(memory.result)
         else:
-            timed.result.update(
-                peak_memory_bytes=None,
-                memory_method=None,
-                memory_reason=f"the memory pass failed ({memory.status}): {memory.reason}",
-            )
+            timed.result = timed.result.without_memory(f"the memory pass failed ({memory.status}): {memory.reason}")
             if memory.traceback:
                 timed.traceback = memory.traceback
         if self.settings.profile:  # after the figures are taken, in a worker of its own
-            timed.result["profile"] = self.profile_summary(self.profile(case))
+            timed.result = replace(timed.result, profile=self.profile_summary(self.profile(case)))
         return timed
 
     def run_pass(self, case: Case) -> Outcome:
@@ -161,7 +157,7 @@ class LocalExecutor:
                 proc.join(5)
                 worker["exitcode"] = proc.exitcode
                 if message[0] == "ok":
-                    turns = message[1].get("turns") if isinstance(message[1], dict) else None
+                    turns = message[1].turns if isinstance(message[1], Measurement) else None  # the time phase
                     if turns and turns.get("other_cpu_share") is not None:
                         # bench ab: the other side timed while this worker waited; only its own turns count
                         worker["other_cpu_share"] = turns["other_cpu_share"]

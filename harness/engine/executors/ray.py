@@ -26,7 +26,9 @@ import importlib.util
 import logging
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 import time
 import types
 from collections import deque
@@ -43,7 +45,7 @@ from attnbench.core.errors import UserError
 from attnbench.core.nodes import describe_node
 from attnbench.core.registry import BACKENDS, PLUGINS_ENV, get_backend, get_workload, load_plugins
 from attnbench.core.settings import RunSettings
-from attnbench.engine.executors.base import Outcome
+from attnbench.engine.executors.base import ConcurrentExecutor, Outcome
 from attnbench.engine.executors.local import LocalExecutor
 
 CPU_RESOURCE = "attnbench_cpu"  # one per node: a CPU case has the host's cores to itself
@@ -60,7 +62,9 @@ POLL_S = 2.0  # how often the driver looks at the cluster's nodes while waiting
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20  # outcomes are small JSON-like objects
 # Environment that Ray sets per task to give it its devices; the fork server must match it.
 DEVICE_ENV = ("CUDA_VISIBLE_DEVICES", "TPU_VISIBLE_CHIPS", "TPU_CHIPS_PER_HOST_BOUNDS", "TPU_HOST_BOUNDS")
-PACKAGES = ("harness", "backends", "workloads")  # the code every node must run: the driver's
+PACKAGE = "attnbench"  # the code every node must run: the driver's
+# Subpackages that a checkout keeps in folders of their own (pyproject.toml's package-dir).
+SUBPACKAGES = ("workloads", "backends")
 
 
 @dataclass(frozen=True)
@@ -253,18 +257,48 @@ class _Flight:
     started: float | None = None
 
 
-def _code_dirs(plugins: str) -> list[str]:
-    """Folders shipped to every node: attnbench's packages, and plugin packages that are local files."""
-    dirs: list[str] = []
-    for top in [*PACKAGES, *(m.strip().split(".")[0] for m in plugins.split(",") if m.strip())]:
+def _installed(location: str | Path) -> bool:
+    """Installed code: nodes are expected to have the same environment."""
+    return "site-packages" in Path(location).parts or "dist-packages" in Path(location).parts
+
+
+def _package_dir(scratch: Path) -> str | None:
+    """The driver's attnbench as one folder named attnbench (Ray names a py_module after its
+    folder), or None when it is installed.
+
+    From a checkout (an editable install) the package spans three folders: harness/ is
+    attnbench, and workloads/ and backends/ its subpackages. Then scratch/attnbench is made
+    of links to them, which Ray follows when it packs the folder.
+    """
+    root = Path(importlib.import_module(PACKAGE).__path__[0])
+    if _installed(root):
+        return None
+    parts = {name: Path(importlib.import_module(f"{PACKAGE}.{name}").__path__[0]) for name in SUBPACKAGES}
+    if root.name == PACKAGE and all(folder == root / name for name, folder in parts.items()):
+        return str(root)  # laid out as installed already (e.g. an import root made by bench ab)
+    dest = scratch / PACKAGE
+    dest.mkdir()
+    for entry in sorted(root.iterdir()):
+        if entry.name != "__pycache__" and entry.name not in parts:
+            (dest / entry.name).symlink_to(entry)
+    for name, folder in parts.items():
+        (dest / name).symlink_to(folder, target_is_directory=True)
+    return str(dest)
+
+
+def _code_dirs(plugins: str, scratch: Path) -> list[str]:
+    """Folders shipped to every node: attnbench, and plugin packages that are local files."""
+    package = _package_dir(scratch)
+    dirs: list[str] = [package] if package else []
+    for top in dict.fromkeys(m.strip().split(".")[0] for m in plugins.split(",") if m.strip()):
+        if top == PACKAGE:
+            continue  # a plugin inside attnbench travels with it
         spec = importlib.util.find_spec(top)
         locations = list(spec.submodule_search_locations or []) if spec else []
         if spec and not locations and spec.origin:
             locations = [spec.origin]  # a single-file module
         for loc in locations:
-            if "site-packages" in Path(loc).parts or "dist-packages" in Path(loc).parts:
-                continue  # installed: nodes are expected to have the same environment
-            if loc not in dirs:
+            if not _installed(loc) and loc not in dirs:
                 dirs.append(loc)
     return dirs
 
@@ -289,13 +323,14 @@ def _configure_local_auth(ray_loaded: bool) -> str:
     return "token (a random token made for this run)"
 
 
-class RayExecutor:
+class RayExecutor(ConcurrentExecutor):
     """Runs cases as Ray tasks. The Runner submits the next case of every curve and records
-    outcomes as they finish (see attnbench.engine.runner.ConcurrentExecutor)."""
+    outcomes as they finish (see attnbench.engine.executors.base.ConcurrentExecutor)."""
 
     name = "ray"
 
     def __init__(self, settings: RunSettings, options: RayOptions) -> None:
+        super().__init__()
         self.settings = settings
         self.options = options
         self._ray: Any = None
@@ -308,6 +343,7 @@ class RayExecutor:
         self._finished: deque[tuple[Case, Outcome]] = deque()
         self._curve_node: dict[tuple, str] = {}  # curve -> Ray node id of its last case
         self._last_poll = 0.0
+        self._scratch: Path | None = None
         if importlib.util.find_spec("ray") is None:  # say so before any folder is made
             import_ray()
 
@@ -321,7 +357,8 @@ class RayExecutor:
             self._auth = _configure_local_auth("ray" in sys.modules)
         ray = import_ray()
         self._ray = ray
-        runtime_env = {"py_modules": _code_dirs(self.settings.plugins)}
+        self._scratch = Path(tempfile.mkdtemp(prefix="attnbench-ray-"))  # the shipped package's links
+        runtime_env = {"py_modules": _code_dirs(self.settings.plugins, self._scratch)}
         if ray.is_initialized():  # a caller (e.g. a test) connected already: use that cluster
             pass
         else:
@@ -373,12 +410,14 @@ class RayExecutor:
             "nodes_at_start": [
                 {"ray_node_id": n["id"], "ip": n["ip"], "resources": n["resources"]} for n in self._nodes.values()
             ],
-            "code": "harness, backends, workloads (and local plugin packages) shipped as runtime_env py_modules",
+            "code": "attnbench (and local plugin packages) shipped as runtime_env py_modules, unless installed",
         }
 
     def close(self) -> None:
         if self._owns_ray and self._ray is not None and self._ray.is_initialized():
             self._ray.shutdown()
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
 
     # --- what can run where ---------------------------------------------------------------
 
@@ -521,43 +560,3 @@ class RayExecutor:
             with contextlib.suppress(Exception):
                 self._ray.cancel(gen)
         self._flights.clear()
-
-
-# ----------------------------------------------------------------------------- choosing
-
-
-def check_flags(args: Any) -> None:
-    """Flag mistakes and a missing Ray, said before any run folder is made."""
-    if args.executor == "local" and (args.ray_address or args.ray_resource):
-        raise UserError("--ray-address and --ray-resource go with --executor ray, not --executor local")
-    if args.executor is None and args.resume is None and (args.ray_address or args.ray_resource):
-        raise UserError("--ray-address and --ray-resource go with --executor ray; add --executor ray")
-    if args.executor == "ray" and importlib.util.find_spec("ray") is None:
-        import_ray()
-    for spec in args.ray_resource:
-        RaySpec.parse(spec)
-
-
-def make_executor(args: Any, run: dict[str, Any], settings: RunSettings) -> Any:
-    """The executor a run asked for; a resumed run keeps its own unless --executor says otherwise.
-
-    The choice and the Ray options are written into run.json, so `--resume` finds them.
-    """
-    name = args.executor or run.get("executor") or "local"
-    run["executor"] = name
-    if name == "local":
-        if args.ray_address or args.ray_resource:
-            raise UserError(
-                "--ray-address and --ray-resource go with --executor ray; this run uses the local executor "
-                "(add --executor ray to finish it on Ray)"
-            )
-        if settings.memory_limit_bytes is None:  # a Ray run finished here: guard with this host's memory
-            settings = dataclasses.replace(settings, memory_limit_bytes=int(0.9 * psutil.virtual_memory().available))
-        return LocalExecutor(settings)
-    stored = RayOptions.from_json(run.get("ray_options") or {})
-    options = RayOptions(
-        args.ray_address or stored.address,
-        tuple(RaySpec.parse(r) for r in args.ray_resource) or stored.resources,
-    )
-    run["ray_options"] = options.to_json()
-    return RayExecutor(settings, options)
