@@ -13,10 +13,10 @@ export ATTNBENCH_CACHE_DIR="$out/cache" ATTNBENCH_HISTORY="$out/history.sqlite" 
 py=${PYTHON:-python3}
 # This checkout's code, installed or not: its folders are not its import names (harness/ is the
 # package attnbench), so `python -m attnbench` imports it through an import root of links to
-# them (harness/cli/checkout.py), first on PYTHONPATH; the checkout itself for the tests package.
+# them (harness/core/layout.py), first on PYTHONPATH; the checkout itself for the tests package.
 import_root=$(mktemp -d)
 trap 'rm -rf "$import_root"' EXIT
-"$py" harness/cli/checkout.py . "$import_root" >/dev/null || { echo "cannot make an import root in $import_root"; exit 2; }
+"$py" harness/core/layout.py . "$import_root" >/dev/null || { echo "cannot make an import root in $import_root"; exit 2; }
 export PYTHONPATH="$import_root:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 bench() { "$py" -m attnbench "$@"; }
 "$py" - <<'PY' || { echo "no CUDA device visible to torch: nothing to check"; exit 2; }

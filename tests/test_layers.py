@@ -21,7 +21,7 @@ def test_layer_contracts_are_kept_and_there_is_no_import_circle() -> None:
     )
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out
-    assert "Contracts: 3 kept, 0 broken." in out
+    assert "Contracts: 4 kept, 0 broken." in out
     assert "import circles: 0" in out
 
 

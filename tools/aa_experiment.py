@@ -42,10 +42,10 @@ IMPORT_PATH: list[str] = []
 def use_this_checkout() -> None:
     """Import attnbench from this checkout, installed or not: its folders are not its import
     names (harness/ is the package attnbench), so an import root of links to them is made
-    (harness/cli/checkout.py) and put first; ROOT too, for the test workload's package."""
+    (harness/core/layout.py) and put first; ROOT too, for the test workload's package."""
     dest = Path(tempfile.mkdtemp(prefix="attnbench-aa-"))
     atexit.register(shutil.rmtree, dest, True)
-    script = ROOT / "harness" / "cli" / "checkout.py"
+    script = ROOT / "harness" / "core" / "layout.py"
     subprocess.run([sys.executable, str(script), str(ROOT), str(dest)], check=True, stdout=subprocess.DEVNULL)
     IMPORT_PATH[:] = [str(dest), str(ROOT)]
     sys.path[:0] = IMPORT_PATH

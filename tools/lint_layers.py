@@ -20,14 +20,14 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"harness": "attnbench", "workloads": "attnbench/workloads", "backends": "attnbench/backends"}
+sys.path.insert(0, str(ROOT / "harness" / "core"))  # layout.py imports nothing: usable before any install
+from layout import make_import_root  # noqa: E402
 
 
 def lay_out(dest: Path) -> Path:
-    """Copy the three folders into dest/attnbench as an install would; returns that folder."""
-    for src, rel in FOLDERS.items():
-        shutil.copytree(ROOT / src, dest / rel, ignore=shutil.ignore_patterns("__pycache__"), dirs_exist_ok=True)
-    return dest / "attnbench"
+    """Copy the three folders into dest/attnbench as an install would; returns that folder.
+    Copies, not links: import-linter does not follow linked folders."""
+    return make_import_root(ROOT, dest, copy=True) / "attnbench"
 
 
 def _module_name(path: Path, package_root: Path) -> str:
@@ -127,7 +127,7 @@ def main() -> int:
         beside = Path(sys.executable).with_name("lint-imports")
         lint = str(beside) if beside.is_file() else shutil.which("lint-imports") or "lint-imports"
         proc = subprocess.run(
-            [lint, "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tmp, env=env, text=True
+            [lint, str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tmp, env=env, text=True
         )
         found = circles(import_graph(package))
     print(f"import circles: {len(found)}" + "".join(f"\n  {' <-> '.join(c)}" for c in found))

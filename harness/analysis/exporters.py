@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,6 @@ from attnbench.core.errors import UserError
 from attnbench.core.record import CaseRecord, RunRecord
 from attnbench.core.results import RunResult
 from attnbench.core.stats import TimeStats
-
-FORMATS = ("pytest-benchmark", "bmf", "github-action-benchmark")
 
 # Record fields carried in pytest-benchmark's extra_info, enough to restore the case on import.
 IDENTITY_FIELDS = (
@@ -223,14 +222,19 @@ def to_github_action_benchmark(run: RunResult) -> list[dict[str, Any]]:
     return out
 
 
+# The formats, by the name `bench export --format` takes: adding one is a function above and a line here.
+EXPORTERS: dict[str, Callable[[RunResult], Any]] = {
+    "pytest-benchmark": to_pytest_benchmark,
+    "bmf": to_bmf,
+    "github-action-benchmark": to_github_action_benchmark,
+}
+FORMATS = tuple(EXPORTERS)
+
+
 def export(run: RunResult, fmt: str) -> Any:
-    if fmt == "pytest-benchmark":
-        return to_pytest_benchmark(run)
-    if fmt == "bmf":
-        return to_bmf(run)
-    if fmt == "github-action-benchmark":
-        return to_github_action_benchmark(run)
-    raise UserError(f"unknown export format '{fmt}'; choose from {', '.join(FORMATS)}")
+    if fmt not in EXPORTERS:
+        raise UserError(f"unknown export format '{fmt}'; choose from {', '.join(FORMATS)}")
+    return EXPORTERS[fmt](run)
 
 
 # ----------------------------------------------------------------------------- importing pytest-benchmark

@@ -34,9 +34,9 @@ from typing import Any
 
 import psutil
 
-from attnbench.cli.checkout import CheckoutCommand, bench_command, is_checkout
 from attnbench.cli.run_flags import add_run_flags
 from attnbench.core.errors import EXIT_INTERRUPTED, UserError
+from attnbench.core.layout import CheckoutCommand, bench_command, is_checkout
 from attnbench.engine.turns import INTERLEAVED_ENV, TURN_UNIT_ENV, TURNS_ENV, Side, alternate
 
 ROOT = Path(__file__).resolve().parents[2]  # this checkout (this file is harness/cli/ab.py)

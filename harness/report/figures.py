@@ -67,7 +67,7 @@ RC = {
 }
 PNG_DPI = 144
 PATTERN_PREFERRED_LEN = 1024  # long enough for windows and blocks to show as structure
-PATTERN_SINCE = (0, 2, 0)  # the first attnbench whose case records store the pattern
+PATTERN_SINCE = "0.2.0"  # the first attnbench whose case records store the pattern
 
 
 @dataclass(frozen=True)
@@ -485,13 +485,6 @@ def _pattern_point(points: list[Point]) -> Point | None:
     return long_enough[0] if long_enough else (stored[-1] if stored else None)
 
 
-def _stores_patterns(data: ReportData, point: Point) -> bool:
-    """Whether the attnbench that wrote the point's run stores patterns (assumed when it does not say)."""
-    version = data.runs[point.source.run_index].run.packages.get("attnbench")
-    found = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", str(version or ""))
-    return found is None or tuple(int(x or 0) for x in found.groups()) >= PATTERN_SINCE
-
-
 def _why_no_pattern(data: ReportData, label: str, points: list[Point]) -> str | None:
     """The note for a curve none of whose cases stored a pattern; None where there is nothing to
     draw (every query sees every key) or nothing was measured (the cases table says why)."""
@@ -501,9 +494,8 @@ def _why_no_pattern(data: ReportData, label: str, points: list[Point]) -> str | 
     if all(p.seq_len > PATTERN_MAX_LEN for p in measured):
         shortest = measured[0].seq_len
         return f"{label}: pattern not drawn (stored up to n={PATTERN_MAX_LEN:,}; measured from n={shortest:,})."
-    if not any(_stores_patterns(data, p) for p in measured):
-        since = ".".join(map(str, PATTERN_SINCE))
-        return f"{label}: pattern not stored in this run (recorded from attnbench {since} on)."
+    if not any(p.case.recorded("pattern") for p in measured):  # written before records had patterns
+        return f"{label}: pattern not stored in this run (recorded from attnbench {PATTERN_SINCE} on)."
     return None
 
 

@@ -42,6 +42,7 @@ import psutil
 from attnbench.core import interrupts
 from attnbench.core.cases import Case
 from attnbench.core.errors import UserError
+from attnbench.core.layout import PACKAGE, SUBPACKAGE_FOLDERS, lay_out_package
 from attnbench.core.nodes import describe_node
 from attnbench.core.registry import BACKENDS, PLUGINS_ENV, get_backend, get_workload, load_plugins
 from attnbench.core.settings import RunSettings
@@ -62,9 +63,6 @@ POLL_S = 2.0  # how often the driver looks at the cluster's nodes while waiting
 LOCAL_OBJECT_STORE_BYTES = 128 * 2**20  # outcomes are small JSON-like objects
 # Environment that Ray sets per task to give it its devices; the fork server must match it.
 DEVICE_ENV = ("CUDA_VISIBLE_DEVICES", "TPU_VISIBLE_CHIPS", "TPU_CHIPS_PER_HOST_BOUNDS", "TPU_HOST_BOUNDS")
-PACKAGE = "attnbench"  # the code every node must run: the driver's
-# Subpackages that a checkout keeps in folders of their own (pyproject.toml's package-dir).
-SUBPACKAGES = ("workloads", "backends")
 
 
 @dataclass(frozen=True)
@@ -273,17 +271,10 @@ def _package_dir(scratch: Path) -> str | None:
     root = Path(importlib.import_module(PACKAGE).__path__[0])
     if _installed(root):
         return None
-    parts = {name: Path(importlib.import_module(f"{PACKAGE}.{name}").__path__[0]) for name in SUBPACKAGES}
+    parts = {name: Path(importlib.import_module(f"{PACKAGE}.{name}").__path__[0]) for name in SUBPACKAGE_FOLDERS}
     if root.name == PACKAGE and all(folder == root / name for name, folder in parts.items()):
         return str(root)  # laid out as installed already (e.g. an import root made by bench ab)
-    dest = scratch / PACKAGE
-    dest.mkdir()
-    for entry in sorted(root.iterdir()):
-        if entry.name != "__pycache__" and entry.name not in parts:
-            (dest / entry.name).symlink_to(entry)
-    for name, folder in parts.items():
-        (dest / name).symlink_to(folder, target_is_directory=True)
-    return str(dest)
+    return str(lay_out_package(root, parts, scratch / PACKAGE))
 
 
 def _code_dirs(plugins: str, scratch: Path) -> list[str]:
