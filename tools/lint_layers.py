@@ -126,9 +126,7 @@ def main() -> int:
         # The environment's own lint-imports first (the venv running this may not be on PATH).
         beside = Path(sys.executable).with_name("lint-imports")
         lint = str(beside) if beside.is_file() else shutil.which("lint-imports") or "lint-imports"
-        proc = subprocess.run(
-            [lint, str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tmp, env=env, text=True
-        )
+        proc = subprocess.run([lint, str(ROOT / "pyproject.toml"), "--no-cache"], cwd=tmp, env=env, text=True)
         found = circles(import_graph(package))
     print(f"import circles: {len(found)}" + "".join(f"\n  {' <-> '.join(c)}" for c in found))
     return 1 if proc.returncode or found else 0
