@@ -313,6 +313,9 @@ def import_pytest_benchmark(path: Path) -> RunResult:
         known = {k: info.get(k) for k in (*IDENTITY_FIELDS, *MEASURE_FIELDS) if k in info}
         case_id = known.pop("case_id", None) or bench.get("fullname") or bench["name"]
         group = bench.get("group")
+        # What the file does not say is None (or, for what a record must name, a stand-in).
+        given = {k: known.get(k) for k in (*MEASURE_FIELDS, "batch", "heads", "head_dim", "seq_len", "threads")}
+        given["energy_reason"] = given["energy_reason"] or "not in the pytest-benchmark file"
         cases.append(
             CaseRecord(
                 run_id=run_id,
@@ -326,29 +329,12 @@ def import_pytest_benchmark(path: Path) -> RunResult:
                 device=known.get("device") or host.get("cpu"),
                 dtype=known.get("dtype") or "-",
                 mode=known.get("mode") or "-",
-                batch=known.get("batch"),
-                heads=known.get("heads"),
-                head_dim=known.get("head_dim"),
-                seq_len=known.get("seq_len"),
-                threads=known.get("threads"),
                 status="ok",
                 reason=None,
                 time_s=time_s,
                 compile_s=None,
-                tokens_per_s=known.get("tokens_per_s"),
-                flops=known.get("flops"),
-                flops_per_s=known.get("flops_per_s"),
-                peak_memory_bytes=known.get("peak_memory_bytes"),
-                memory_method=known.get("memory_method"),
-                energy_j=known.get("energy_j"),
-                energy_method=known.get("energy_method"),
-                energy_reason=known.get("energy_reason") or "not in the pytest-benchmark file",
-                stable=known.get("stable"),
-                calls_per_sample=known.get("calls_per_sample"),
-                converged=known.get("converged"),
-                clock=known.get("clock"),
-                sync=known.get("sync"),
                 pytest_benchmark={"name": bench.get("name"), "fullname": bench.get("fullname"), "group": group},
+                **given,
             )
         )
     return RunResult(path, run, cases)

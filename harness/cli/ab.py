@@ -34,6 +34,7 @@ from typing import Any
 
 import psutil
 
+from attnbench.cli.parsing import add_documented_command
 from attnbench.cli.run_flags import add_run_flags
 from attnbench.core.errors import EXIT_INTERRUPTED, UserError
 from attnbench.core.layout import CheckoutCommand, bench_command, is_checkout
@@ -63,14 +64,12 @@ REFUSED = {
 }
 
 
+HELP = "time a baseline checkout and this one interleaved, block by block, and compare them"
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "ab",
-        help="time a baseline checkout and this one interleaved, block by block, and compare them",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        allow_abbrev=False,  # the flags not ours are passed on verbatim; no abbreviations to untangle
-    )
+    # allow_abbrev=False: the flags not ours are passed on verbatim; no abbreviations to untangle
+    p = add_documented_command(subparsers, "ab", HELP, __doc__, allow_abbrev=False)
     p.add_argument("--baseline", type=Path, required=True, metavar="DIR", help="the baseline's attnbench checkout")
     p.add_argument("--candidate", type=Path, metavar="DIR", help="the candidate's checkout (default: this one)")
     for side in SIDES:

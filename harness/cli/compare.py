@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from attnbench.cli.history import HISTORY_HELP
+from attnbench.cli.parsing import add_documented_command
 from attnbench.core.errors import EXIT_REGRESSION, UserError
 
 if TYPE_CHECKING:
@@ -48,13 +49,11 @@ class CompareRequest:
     json: str | None = None  # FILE, or "-": the JSON to stdout instead of the table
 
 
+HELP = "compare two runs: ratio of medians with a bootstrap CI, Mann–Whitney U, a verdict per case"
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "compare",
-        help="compare two runs: ratio of medians with a bootstrap CI, Mann–Whitney U, a verdict per case",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_documented_command(subparsers, "compare", HELP, __doc__)
     p.add_argument("baseline", help="run folder, or history reference: latest, latest~N, a run id")
     p.add_argument("current", help="run folder, or history reference: latest, latest~N, a run id")
     p.add_argument("--history", metavar="PATH", help=HISTORY_HELP)

@@ -12,17 +12,15 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from attnbench.cli.parsing import add_documented_command
 from attnbench.core.errors import EXIT_USER_ERROR, UserError
 
 HISTORY_HELP = "history file (default: $ATTNBENCH_HISTORY or results/history.sqlite)"
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "history",
-        help="the run history (SQLite): ingest, list, show a trend, export",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = add_documented_command(
+        subparsers, "history", "the run history (SQLite): ingest, list, show a trend, export", __doc__
     )
     sub = p.add_subparsers(dest="history_command", metavar="SUBCOMMAND")
 

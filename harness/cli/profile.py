@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from attnbench.cli.parsing import add_documented_command
 from attnbench.cli.run_flags import CASE_FLAGS, SELECTING, add_run_flags, memory_limit_bytes
 from attnbench.core.errors import EXIT_FAILED, UserError
 
@@ -26,13 +27,11 @@ DEFAULT_ROOT = Path("results") / "profiles"
 PROFILE_TIMEOUT_S = 900.0  # without --timeout
 
 
+HELP = "one case under its backend's profiler: trace, top operators, named steps, memory timeline"
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "profile",
-        help="one case under its backend's profiler: trace, top operators, named steps, memory timeline",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = add_documented_command(subparsers, "profile", HELP, __doc__)
     p.add_argument("case", nargs="?", help="RUN_DIR/CASE_ID, or CASE_ID (or a unique prefix) with --run")
     p.add_argument("--run", type=Path, metavar="RUN_DIR", help="the run folder holding CASE")
     p.add_argument("--out", type=Path, metavar="DIR", help="folder the case's profile folder goes in")

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import MISSING, dataclass, field, fields, replace
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from attnbench.core.cases import Case
 from attnbench.core.errors import UserError
@@ -74,9 +74,39 @@ def _decode(name: str, value: Any, where: str) -> Any:
 # ----------------------------------------------------------------------------- the run record
 
 
+# ----------------------------------------------------------------------------- what both records share
+
+
+class JsonRecord:
+    """What the run and the case record share: which fields their writer knew, and JSON both
+    ways through the reader of the record's schema version (READERS, filled in below)."""
+
+    KIND: ClassVar[str]  # "run" or "case"
+    not_recorded: frozenset[str]
+
+    def recorded(self, name: str) -> bool:
+        """False for a field the version that wrote this record did not have yet (e.g. a case's
+        pattern before 0.2.0): its value is the default, not something measured."""
+        return name not in self.not_recorded
+
+    def to_json(self) -> dict[str, Any]:
+        return _to_json(self)
+
+    @classmethod
+    def from_json(cls: type[J], data: Any, where: str | None = None) -> J:
+        """A record from its JSON, by the reader of its schema version."""
+        where = where or f"{cls.KIND} record"
+        return _reader(data, READERS[cls.KIND], where)(data, where)
+
+
+J = TypeVar("J", bound=JsonRecord)
+
+
 @dataclass(frozen=True, kw_only=True)
-class RunRecord:
+class RunRecord(JsonRecord):
     """run.json: what was run, where, with which settings, and how far it got."""
+
+    KIND: ClassVar[str] = "run"
 
     schema: str = field(default=RUN_SCHEMA, metadata=M_ALWAYS)
     run_id: str = field(metadata=M_ALWAYS)  # <yyyymmdd-hhmmss>-<suite>-<4 hex>
@@ -117,25 +147,15 @@ class RunRecord:
     unknown: dict[str, Any] = field(default_factory=dict, metadata=M_NOT_JSON)  # keys the project does not know
     not_recorded: frozenset[str] = field(default_factory=frozenset, metadata=M_NOT_JSON)  # see recorded()
 
-    def recorded(self, name: str) -> bool:
-        """False for a field the version that wrote this record did not have yet."""
-        return name not in self.not_recorded
-
-    def to_json(self) -> dict[str, Any]:
-        return _to_json(self)
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "run record") -> RunRecord:
-        """A run record from its JSON, by the reader of its schema version."""
-        return _reader(data, RUN_READERS, where)(data, where)
-
 
 # ----------------------------------------------------------------------------- the case record
 
 
 @dataclass(frozen=True, kw_only=True)
-class CaseRecord:
+class CaseRecord(JsonRecord):
     """One case of a run: what was measured (its identity and analytic figures) and what came of it."""
+
+    KIND: ClassVar[str] = "case"
 
     schema: str = field(default=CASE_SCHEMA, metadata=M_ALWAYS)
     run_id: str = field(metadata=M_ALWAYS)
@@ -223,11 +243,6 @@ class CaseRecord:
     unknown: dict[str, Any] = field(default_factory=dict, metadata=M_NOT_JSON)  # keys the project does not know
     not_recorded: frozenset[str] = field(default_factory=frozenset, metadata=M_NOT_JSON)  # see recorded()
 
-    def recorded(self, name: str) -> bool:
-        """False for a field the version that wrote this record did not have yet (e.g. pattern
-        before 0.2.0): its value is the default, not something measured."""
-        return name not in self.not_recorded
-
     @property
     def median_s(self) -> float | None:
         return self.time_s.median if self.time_s else None
@@ -268,13 +283,10 @@ class CaseRecord:
         shared["memory_reason"] = m.memory_reason or None
         return replace(self, device=m.device.get("name"), **shared)
 
-    def to_json(self) -> dict[str, Any]:
-        return _to_json(self)
 
-    @classmethod
-    def from_json(cls, data: Any, where: str = "case record") -> CaseRecord:
-        """A case record from its JSON, by the reader of its schema version."""
-        return _reader(data, CASE_READERS, where)(data, where)
+def case_fields(case: Case) -> dict[str, Any]:
+    """A case's own fields as a record holds them (params as a dict): the inverse of CaseRecord.case()."""
+    return {f.name: case.params_dict if f.name == "params" else getattr(case, f.name) for f in fields(Case)}
 
 
 # ----------------------------------------------------------------------------- what the workers hand back
@@ -414,6 +426,7 @@ def _read_v1(cls: type[R]) -> Callable[[dict[str, Any], str], R]:
 
 RUN_READERS: dict[str, Callable[[dict[str, Any], str], RunRecord]] = {RUN_SCHEMA: _read_v1(RunRecord)}
 CASE_READERS: dict[str, Callable[[dict[str, Any], str], CaseRecord]] = {CASE_SCHEMA: _read_v1(CaseRecord)}
+READERS: dict[str, dict[str, Callable[[dict[str, Any], str], Any]]] = {"run": RUN_READERS, "case": CASE_READERS}
 
 
 def _reader(data: Any, readers: dict[str, Callable[[dict[str, Any], str], R]], where: str) -> Callable[..., R]:

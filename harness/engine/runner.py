@@ -18,7 +18,7 @@ from attnbench.core.cases import Case, Sweep
 from attnbench.core.environment import fingerprint
 from attnbench.core.errors import UserError
 from attnbench.core.nodes import case_node, describe_node
-from attnbench.core.record import CaseRecord, Measurement, RunRecord
+from attnbench.core.record import CaseRecord, Measurement, RunRecord, case_fields
 from attnbench.core.registry import get_backend, get_workload
 from attnbench.core.results import CASES_FILE, RunWriter, load_run
 from attnbench.core.settings import RunSettings
@@ -81,24 +81,13 @@ def base_record(run_id: str, case: Case, status: str, reason: str | None) -> Cas
     return CaseRecord(
         run_id=run_id,
         case_id=case.case_id,
-        variant=case.variant,
+        **case_fields(case),  # variant, params, scope, backend, dtype, mode, the shape, threads, transform
         family=cls.family,
-        params=case.params_dict,
         derived_params=list(cls.derived_params),
         # Source and configuration of what is measured: `bench compare` reports a case whose
         # hash differs as changed instead of comparing numbers of different code.
         workload_hash=workload_hash(cls, case.params_dict),
-        scope=case.scope,
-        backend=case.backend,
         device=None,
-        dtype=case.dtype,
-        mode=case.mode,
-        batch=case.batch,
-        heads=case.heads,
-        head_dim=case.head_dim,
-        seq_len=case.seq_len,
-        threads=case.threads,
-        transform=case.transform,
         status=status,
         reason=reason,
         time_s=None,

@@ -6,6 +6,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from attnbench.backends.base import Step, Timer
 from attnbench.core.settings import SamplingPolicy
@@ -32,6 +33,12 @@ class Measurement:
     notes: list[str] = field(default_factory=list)
     pair_readings_s: list[float] | None = None  # n + 1 reference readings around the n samples
     block_samples: list[int] | None = None  # bench ab: samples per block turn, in order (sum: n)
+
+    def record_fields(self) -> dict[str, Any]:
+        """What the record keeps of the sampling as it is, by the record's field names
+        (attnbench.core.record.Measurement)."""
+        names = ("calls_per_sample", "block_samples", "converged", "stable", "stop_reason", "notes")
+        return {name: getattr(self, name) for name in names}
 
 
 def warm_up(step: Step, timer: Timer, policy: SamplingPolicy, min_calls: int = 1) -> Warmup:

@@ -154,20 +154,15 @@ def measure_time(case: Case, settings: RunSettings, turns: BlockTurns | NoTurns 
         backend_settings=backend_settings,
         verification=checked,
         time_s=measurement.stats,
+        **measurement.record_fields(),  # calls_per_sample, block_samples, converged, stable, stop_reason, notes
         compile_s=compile_s,
         prepare_s=prepare_s,
         first_call_s=warm.first_call_s,
         warmup={"calls": warm.calls, "seconds": warm.seconds},
-        calls_per_sample=measurement.calls_per_sample,
-        block_samples=measurement.block_samples,
         turns=turns.summary(),
         machine_check=machine_check.record(
             machine_before, machine_after, measurement.pair_readings_s, threads=torch.get_num_threads()
         ),
-        converged=measurement.converged,
-        stable=measurement.stable,
-        stop_reason=measurement.stop_reason,
-        notes=measurement.notes,
         clock=timer.clock,
         sync=timer.sync,
         energy_j=energy.joules / energy_calls if energy.joules is not None and energy_calls else None,
