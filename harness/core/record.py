@@ -71,9 +71,6 @@ def _decode(name: str, value: Any, where: str) -> Any:
     return time_stats_from_json(value, where) if name == "time_s" and value is not None else value
 
 
-# ----------------------------------------------------------------------------- the run record
-
-
 # ----------------------------------------------------------------------------- what both records share
 
 
@@ -100,6 +97,9 @@ class JsonRecord:
 
 
 J = TypeVar("J", bound=JsonRecord)
+
+
+# ----------------------------------------------------------------------------- the run record
 
 
 @dataclass(frozen=True, kw_only=True)
