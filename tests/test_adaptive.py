@@ -204,6 +204,7 @@ def test_act_parameters_are_validated() -> None:
 # --- through the harness --------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # both variants through `bench run`: about 8 s; CI runs it (-m slow)
 def test_both_run_through_the_harness_and_record_workload_metrics(tmp_path: Path) -> None:
     """`bench run --scope layer` for both (one length here to stay quick; 128,256 checked by hand)."""
     out = tmp_path / "run"

@@ -132,6 +132,7 @@ def test_history_commands_list_show_plot_export(tmp_path: Path) -> None:
     assert r.returncode == 2 and "no history at" in r.stderr
 
 
+@pytest.mark.slow  # a `bench run` recorded in the history: about 11 s; CI runs it (-m slow)
 def test_bench_run_records_the_run_with_its_workload_hash(tmp_path: Path) -> None:
     """A real (tiny) run lands in the history; a history that cannot be written only warns."""
     db = tmp_path / "h.sqlite"

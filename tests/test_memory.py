@@ -37,6 +37,7 @@ def test_naive_peaks_at_two_score_buffers_and_sdpa_does_not(executor: LocalExecu
     assert naive > 20 * sdpa
 
 
+@pytest.mark.slow  # four memory workers up to n=4096: about 14 s; CI runs it (-m slow)
 def test_growth_rates(executor: LocalExecutor) -> None:
     naive = peak(executor, "full.naive", 2048) / peak(executor, "full.naive", 1024)
     chunked = peak(executor, "full.chunked", 4096, chunk=256) / peak(executor, "full.chunked", 2048, chunk=256)

@@ -69,6 +69,7 @@ def test_fraction_of_peak() -> None:
     assert none["flops"] is None and none["bytes"] is None and none["reason"] == "never calibrated"
 
 
+@pytest.mark.slow  # `bench calibrate` then `bench run`: about 8 s; CI runs it (-m slow)
 def test_calibrate_then_run_records_peaks_and_fractions(tmp_path: Path) -> None:
     env = cli_env(ATTNBENCH_CACHE_DIR=str(tmp_path / "cache"))
     cal = subprocess.run(

@@ -249,6 +249,7 @@ def test_worker_records_transform_fidelity_and_flags(monkeypatch: pytest.MonkeyP
     assert none.transform == "none" and none.fidelity is None and none.transform_details is None
 
 
+@pytest.mark.slow  # transforms through `bench run` and the figure: about 9 s; CI runs it (-m slow)
 def test_run_records_and_tradeoff_figure(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = subprocess.run(
