@@ -12,12 +12,12 @@ import pytest
 
 from attnbench.analysis.compare import compare_runs
 from attnbench.analysis.exporters import (
-    import_pytest_benchmark,
     pytest_benchmark_stats,
     to_bmf,
     to_github_action_benchmark,
     to_pytest_benchmark,
 )
+from attnbench.analysis.importers import import_pytest_benchmark
 from attnbench.core.results import RunResult, load_run
 from tests.conftest import BENCH, cli_env
 from tests.synthetic_runs import Case, noisy, write_run

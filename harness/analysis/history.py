@@ -384,7 +384,7 @@ def find_inputs(paths: list[Path]) -> list[Path]:
 
 
 def ingest_paths(history: History, paths: list[Path], include_incomplete: bool = False) -> IngestReport:
-    from attnbench.analysis.exporters import import_pytest_benchmark
+    from attnbench.analysis.importers import import_pytest_benchmark
 
     added: list[str] = []
     replaced: list[str] = []

@@ -30,15 +30,17 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
-from typing import Any
-
-import psutil
+from typing import TYPE_CHECKING, Any
 
 from attnbench.cli.parsing import add_documented_command
 from attnbench.cli.run_flags import add_run_flags
 from attnbench.core.errors import EXIT_INTERRUPTED, UserError
 from attnbench.core.layout import CheckoutCommand, bench_command, is_checkout
-from attnbench.engine.turns import INTERLEAVED_ENV, TURN_UNIT_ENV, TURNS_ENV, Side, alternate
+
+if TYPE_CHECKING:  # the rest is imported where used, so `bench --help` stays fast
+    import psutil
+
+    from attnbench.engine.turns import Side
 
 ROOT = Path(__file__).resolve().parents[2]  # this checkout (this file is harness/cli/ab.py)
 SIDES = ("baseline", "candidate")
@@ -159,11 +161,15 @@ class _Family:
         self.children: list[psutil.Process] = []
 
     def note(self) -> None:
+        import psutil
+
         with contextlib.suppress(psutil.Error):
             self.children = psutil.Process(self.proc.pid).children(recursive=True)
 
     def wait(self) -> None:
         self.proc.wait()
+        import psutil
+
         psutil.wait_procs(self.children, timeout=30)
 
 
@@ -203,6 +209,8 @@ def _run_sides(
     history: Path | None,
     python: str,
 ) -> int:
+    from attnbench.engine.turns import INTERLEAVED_ENV, TURN_UNIT_ENV, TURNS_ENV, Side, alternate
+
     group = uuid.uuid4().hex[:12]
     sides: list[Side] = []
     procs: dict[str, subprocess.Popen] = {}
