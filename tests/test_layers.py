@@ -46,6 +46,24 @@ def test_one_import_package_and_no_old_top_level_names() -> None:
     assert offenders == []
 
 
+def test_every_package_folder_is_in_the_distribution() -> None:
+    """pyproject.toml lists the packages by import name (package-dir maps the folders), so a new
+    subpackage must be listed there or an install lacks it."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    folders = {"harness": "attnbench", "workloads": "attnbench.workloads", "backends": "attnbench.backends"}
+    found = set()
+    for folder, name in folders.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((name, *rel)))
+    assert found == listed
+
+
 def _loads_torch(tmp_path: Path, argv: list[str]) -> tuple[int, bool, str]:
     """Run one bench command in a fresh interpreter; its exit code and whether torch got imported."""
     code = (
