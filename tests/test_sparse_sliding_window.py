@@ -32,11 +32,12 @@ def qkv(n: int, B: int = 2, h: int = 3, d: int = 8, seed: int = 0, dtype=torch.f
 
 
 def brute_force_mask(n: int, window: int, global_tokens: int, dilation: int, causal: bool) -> torch.Tensor:
-    """The definition, one pair at a time."""
+    """The definition, one pair at a time: keys i + k·dilation for |k| ≤ window/2 (Longformer's
+    dilation keeps the key count and widens the reach), plus the global rows and columns."""
     mask = torch.zeros(n, n, dtype=torch.bool)
     for i in range(n):
         for j in range(n):
-            band = abs(i - j) <= window // 2 and (i - j) % dilation == 0
+            band = abs(i - j) <= (window // 2) * dilation and (i - j) % dilation == 0
             ok = band or i < global_tokens or j < global_tokens
             mask[i, j] = ok and (j <= i or not causal)
     return mask
@@ -90,7 +91,20 @@ def test_band_has_window_plus_one_keys_away_from_the_edges() -> None:
     mask = make(64, window=8).reference_mask(64)
     assert mask.sum(1)[4:-4].eq(9).all()
     assert mask.sum(1)[0] == 5  # edge rows have fewer
-    assert make(64, window=8, dilation=2).reference_mask(64).sum(1)[8:-8].eq(5).all()  # offsets 0, ±2, ±4
+    # Dilation keeps W + 1 keys and multiplies the reach: offsets 0, ±2, ±4, ±6, ±8.
+    assert make(64, window=8, dilation=2).reference_mask(64).sum(1)[8:-8].eq(9).all()
+
+
+def test_dilation_follows_the_longformer_paper() -> None:
+    """allenai's kernel scores key i + d·(j − w): with W = 16 and d = 2, 17 keys within ±16
+    (in 0.1.0 dilation thinned the band instead: 9 keys within ±8)."""
+    n, i = 100, 50
+    row = make(n, window=16, dilation=2).reference_mask(n)[i]
+    keys = row.nonzero().flatten().tolist()
+    assert keys == [i + 2 * k for k in range(-8, 9)]
+    assert len(keys) == 17 and max(keys) - i == 16 and i - min(keys) == 16
+    p = SlidingWindowParams(window=16, dilation=2)
+    assert allowed_pairs(p, n) == int(make(n, window=16, dilation=2).reference_mask(n).sum())
 
 
 # --- forward against the dense float64 reference ----------------------------------------------------
@@ -112,7 +126,7 @@ def test_matches_reference(n: int, causal: bool, global_tokens: int, dilation: i
     "params",
     [
         {"window": 2},  # blocks of one
-        {"window": 4, "dilation": 5},  # dilation beyond the half-window: only itself (and globals)
+        {"window": 4, "dilation": 5},  # reach ±10 in steps of 5: itself and four keys
         {"window": 8, "global_tokens": 40},  # more global tokens than the sequence
         {"window": 8, "global_tokens": 40, "causal": True},
         {"window": 200, "global_tokens": 2},  # whole sequence in one block

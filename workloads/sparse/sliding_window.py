@@ -2,14 +2,17 @@
 
 Definition (what `reference_mask` returns, and what the forward computes):
 
-- Band: query i attends key j when |i − j| ≤ W/2 and (i − j) is divisible by the
-  dilation r; with r = 1 that is W + 1 keys including itself, fewer at the ends.
+- Band: query i attends key j = i + k·r for every integer |k| ≤ W/2, r the dilation:
+  W + 1 keys including itself (fewer at the ends), reaching ±r·W/2. As in the Longformer
+  paper ("increase the receptive field without increasing computation") and allenai's
+  kernel (key i + d·(j − w)), dilation keeps the key count and multiplies the reach:
+  W = 16, r = 2 is 17 keys within ±16.
 - Causal: only keys j ≤ i are kept, everywhere (band and global).
 - Global: the first g positions attend every key, and every query attends them.
 - A row always holds at least its own position.
 
 Blocking scheme. Each of the r interleaved subsequences i ≡ c (mod r) holds an
-undilated band of half-width w' = ⌊(W/2)/r⌋ (a dilated band is exactly that), so the
+undilated band of half-width w' = W/2 (a dilated band is exactly that), so the
 subsequences are folded into the batch dimension: (B, h, n, d) -> (B·h·r, m, d) with
 m = ⌈n/r⌉, padded to a multiple of the block b = w' (or m itself when the subsequence
 is shorter, then it is one block). Queries are cut into blocks of b; block t sees the
@@ -34,7 +37,7 @@ Costs (forward, 2 FLOPs per multiply-add, D = h·d):
 
 - `flops` (useful) = 4·B·D·P, with P the exact number of allowed (query, key) pairs of
   the mask, in closed form (edge rows, dilation, causality and globals included). For
-  n ≫ W, r = 1, non-causal it tends to docs/cost-model.md's 4nD(W+1) + 8gnD.
+  n ≫ r·W, non-causal (any dilation r) it tends to docs/cost-model.md's 4nD(W+1) + 8gnD.
 - `executed_flops` = 4·B·D·(r·m_pad·(3b + g) + g·n): every padded query row times its
   3b look-around keys (1.5× the band) and the g global columns, plus the dense global
   rows. Softmax and masking are not counted (only matmuls are, as for the dense ones).
@@ -91,7 +94,7 @@ class _Layout:
 
 def _layout(p: SlidingWindowParams, n: int) -> _Layout:
     r = p.dilation
-    half = (p.window // 2) // r
+    half = p.window // 2  # the band inside one subsequence: W/2 neighbours each side
     m = -(-n // r)  # longest subsequence
     b = max(1, min(half, m))
     return _Layout(n=n, r=r, half=half, b=b, nb=-(-m // b), g=min(p.global_tokens, n))
@@ -105,7 +108,7 @@ def _tri(c: int, r: int, k_max: int) -> int:
 
 def allowed_pairs(p: SlidingWindowParams, n: int) -> int:
     """The number of True entries of the (n, n) mask, in closed form."""
-    r, kmax = p.dilation, (p.window // 2) // p.dilation
+    r, kmax = p.dilation, p.window // 2
     g = min(p.global_tokens, n)
     band = n + (1 if p.causal else 2) * _tri(n, r, kmax)  # diagonal plus offsets ±k·r
     if g == 0:
@@ -123,7 +126,7 @@ def allowed_pairs(p: SlidingWindowParams, n: int) -> int:
 
 def _in_band(i: Tensor, j: Tensor, p: SlidingWindowParams) -> Tensor:
     diff = i - j
-    ok = (diff.abs() <= p.window // 2) & (diff % p.dilation == 0)
+    ok = (diff.abs() <= (p.window // 2) * p.dilation) & (diff % p.dilation == 0)
     return ok & (diff >= 0) if p.causal else ok
 
 
