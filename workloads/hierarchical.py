@@ -373,50 +373,75 @@ class HierarchicalAttentionNetwork(AttentionVariant):
 
     # --- costs (attention FLOPs: per sentence T², across sentences S²) ----------------------
     @staticmethod
-    def _counts(params: HANParams, shape: Shape) -> tuple[int, int]:
-        T = min(params.sentence, shape.seq_len)
-        S = -(-shape.seq_len // params.sentence)
-        return T, S
+    def _padded(params: HANParams, shape: Shape) -> tuple[int, int]:
+        """(T, S): forward pads the text to S = ⌈n/T⌉ whole sentences of T words, the last
+        (or, for n < T, the only) one padded and masked."""
+        return params.sentence, -(-shape.seq_len // params.sentence)
+
+    @classmethod
+    def _pairs(cls, params: HANParams, shape: Shape, executed: bool) -> tuple[int, int]:
+        """(word-level score pairs, word-level rows): useful counts only real words (the last
+        sentence has n − (S−1)·T of them); executed counts the padded sentences as computed."""
+        T, S = cls._padded(params, shape)
+        if executed:
+            return S * T * T, S * T
+        last = shape.seq_len - (S - 1) * T
+        return (S - 1) * T * T + last * last, shape.seq_len
+
+    @classmethod
+    def _attention_flops(cls, params: HANParams, shape: Shape, executed: bool) -> float:
+        if params.encoder == "gru":
+            return 0.0
+        words, _ = cls._pairs(params, shape, executed)
+        S = cls._padded(params, shape)[1]
+        return 4.0 * shape.model_dim * shape.batch * (words + S * S)
 
     @classmethod
     def flops(cls, params: HANParams, shape: Shape) -> float:
-        if params.encoder == "gru":
-            return 0.0
-        T, S = cls._counts(params, shape)
-        return 4.0 * shape.model_dim * shape.batch * (S * T * T + S * S)
+        return cls._attention_flops(params, shape, executed=False)
 
     @classmethod
-    def _other_flops(cls, params: HANParams, shape: Shape) -> float:
-        T, S = cls._counts(params, shape)
+    def executed_flops(cls, params: HANParams, shape: Shape) -> float:
+        return cls._attention_flops(params, shape, executed=True)
+
+    @classmethod
+    def _other_flops(cls, params: HANParams, shape: Shape, executed: bool) -> float:
+        """Encoder layers and attention pooling, per word-level and sentence-level row."""
+        _, word_rows = cls._pairs(params, shape, executed)
+        S = cls._padded(params, shape)[1]
         D = shape.model_dim
-        rows = S * T + S  # word-level and sentence-level positions
+        rows = word_rows + S
         gru = 2 * 3 * 2 * (D * D / 2 + (D / 2) ** 2)  # 2 directions × 3 gates, input and recurrent
         enc = gru if params.encoder == "gru" else 8 * D * D + 4 * D * FFN_MULT * D
         pool = 2 * D * D + 2 * D + 2 * D
+        if params.encoder == "gru" and executed:
+            # The GRU steps over real words only (padding is packed away); the pools see every row.
+            return float(shape.batch * ((shape.seq_len + S) * enc + rows * pool))
         return float(shape.batch * rows * (enc + pool))
 
     @classmethod
     def case_flops(cls, params: HANParams, shape: Shape, scope: str, mode: str, executed: bool = False) -> float:
-        attention, other = cls.flops(params, shape), cls._other_flops(params, shape)
+        attention = cls._attention_flops(params, shape, executed)
+        other = cls._other_flops(params, shape, executed)
         if mode == "train":
             return attention * TRAIN_FLOP_FACTOR_ATTENTION + other * TRAIN_FLOP_FACTOR_LINEAR
         return attention + other
 
     @classmethod
     def working_bytes(cls, params: HANParams, shape: Shape, itemsize: int) -> int:
-        T, S = cls._counts(params, shape)
+        T, S = cls._padded(params, shape)
         scores = 0 if params.encoder == "gru" else shape.batch * shape.heads * (S * T * T + S * S) * itemsize
         return scores + shape.batch * shape.model_dim * itemsize
 
     @classmethod
     def case_min_bytes(cls, params: HANParams, shape: Shape, scope: str, itemsize: int) -> int:
-        T, S = cls._counts(params, shape)
+        T, S = cls._padded(params, shape)
         acts = shape.batch * S * T * shape.model_dim * (FFN_MULT + 1) * itemsize
         return cls.working_bytes(params, shape, itemsize) + acts
 
     @classmethod
     def case_peak_estimate(cls, params: HANParams, shape: Shape, scope: str, itemsize: int, mode: str) -> int:
-        T, S = cls._counts(params, shape)
+        T, S = cls._padded(params, shape)
         D = shape.model_dim
         acts = shape.batch * S * T * D * (FFN_MULT + 4) * itemsize
         weights = 2 * (4 * D * D + 2 * FFN_MULT * D * D + 2 * D * D) * itemsize
