@@ -13,6 +13,7 @@ import sys
 import pytest
 
 BAD_TOML = 'description = "broken"\n[sweep]\nseq_lens = [8, 16\nvariants = ["full.sdpa"]\n'
+NAN_TOML = '[sweep]\nvariants = ["full.sdpa"]\nseq_lens = [8]\n[settings]\nmax_time_per_case = nan\n'
 # Flags that keep a command short even if the error it tests were not caught.
 QUICK = ["--seq-lens", "8", "--max-time-per-case", "0.01", "--no-verify"]
 
@@ -21,6 +22,7 @@ def commands(tmp):
     blocker = tmp / "a-file"
     blocker.write_text("")
     (tmp / "broken.toml").write_text(BAD_TOML)
+    (tmp / "nan.toml").write_text(NAN_TOML)
     return {
         "unknown_variant": ["run", "--variants", "full.sdp", *QUICK, "--out", str(tmp / "o1")],
         "seq_len_zero": ["run", "--variants", "full.sdpa", "--seq-lens", "0", "--out", str(tmp / "o2")],
@@ -28,6 +30,20 @@ def commands(tmp):
         "out_under_file": ["run", "--variants", "full.sdpa", *QUICK, "--out", str(blocker / "run")],
         "unknown_param": ["run", "--variants", "full.chunked", *QUICK, "--param", "full.chunked.chunkz=4"],
         "bad_flag": ["run", "--no-such-flag"],
+        "max_memory_nan": ["run", "--variants", "full.sdpa", *QUICK, "--max-memory", "nan", "--out", str(tmp / "o4")],
+        "budget_inf": [
+            "run",
+            "--variants",
+            "full.sdpa",
+            "--seq-lens",
+            "8",
+            "--max-time-per-case",
+            "inf",
+            "--out",
+            str(tmp / "o5"),
+        ],
+        "out_is_file": ["run", "--variants", "full.sdpa", *QUICK, "--out", str(blocker)],
+        "suite_nan": ["run", "--suite", str(tmp / "nan.toml"), "--out", str(tmp / "o6")],
         "list": ["list"],
         "env_json": ["env", "--json"],
     }
@@ -113,10 +129,27 @@ def test_argparse_error_is_one_line(results):
     assert "--no-such-flag" in line
 
 
+@pytest.mark.parametrize(
+    ("name", "said"),
+    [
+        ("max_memory_nan", "--max-memory must be a positive, finite number of GiB, got nan"),
+        ("budget_inf", "max_time_per_case must be a positive, finite number, got inf"),
+        ("suite_nan", "max_time_per_case must be a positive, finite number, got nan"),
+    ],
+)
+def test_non_finite_numbers_are_refused_in_one_line(results, name: str, said: str) -> None:
+    assert said in assert_user_error(results[name])
+
+
+def test_out_naming_an_existing_file(results):
+    line = assert_user_error(results["out_is_file"])
+    assert "is a file, not a folder" in line and str(results["_tmp"] / "a-file") in line
+
+
 def test_errors_leave_no_results_behind(results):
     tmp, cwd = results["_tmp"], results["_cwd"]
     assert not (cwd / "results").exists()
-    for name in ("o1", "o2", "o3"):
+    for name in ("o1", "o2", "o3", "o4", "o5", "o6"):
         assert not (tmp / name).exists(), name
 
 

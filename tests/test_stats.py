@@ -327,3 +327,19 @@ def test_sample_reads_the_reference_before_the_first_sample_and_after_each():
     assert events == [f"ref after {i} samples" for i in range(7)]  # outside every timed block
     assert m.pair_readings_s == [2e-4] * 7
     assert sample(never_called, ScriptedTimer([0.001]), policy, 0.001).pair_readings_s is None
+
+
+def test_median_ci_ranks_are_exact_for_many_samples() -> None:
+    """2^n overflowed a float from 1,024 samples (reachable by ingesting a pytest-benchmark file
+    with many rounds); the ranks are now computed in whole numbers."""
+    from scipy.stats import binom
+
+    from attnbench.core.stats import median_ci_ranks
+
+    for n in (6, 7, 40, 100, 1023, 1024, 5000):
+        lo, hi = median_ci_ranks(n)
+        assert hi == n + 1 - lo
+        assert binom.cdf(lo - 1, n, 0.5) <= 0.025 < binom.cdf(lo, n, 0.5)  # the widest rank within alpha/2
+    assert median_ci_ranks(5) is None
+    stats = summarize([1.0 + i * 1e-4 for i in range(1500)])
+    assert stats.ci95_low < stats.median < stats.ci95_high

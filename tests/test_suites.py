@@ -259,8 +259,9 @@ def test_empty_seq_lens_refused():
         ({"heads": ["0"]}, "head counts (--heads) must be positive"),
         ({"batch": ["x"]}, "batch sizes (--batch) must be whole numbers"),
         ({"threads": ["0"]}, "threads must be positive"),
-        ({"max_time_per_case": 0.0}, "max_time_per_case must be a positive number"),
-        ({"target_rel_ci": -0.1}, "target_rel_ci must be a positive number"),
+        ({"max_time_per_case": 0.0}, "max_time_per_case must be a positive, finite number"),
+        ({"target_rel_ci": -0.1}, "target_rel_ci must be a positive, finite number"),
+        ({"timeout_s": float("inf")}, "timeout_s must be a positive, finite number, got inf"),
     ],
 )
 def test_bad_values_refused(over, fragment):

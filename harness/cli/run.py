@@ -78,6 +78,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         )
         run_id = new_run_id(spec.name)
         folder = args.out if args.out is not None else Path("results") / run_id
+        if folder.exists() and not folder.is_dir():
+            raise UserError(f"--out {folder} is a file, not a folder; choose a folder for the run")
         if folder.exists() and any(folder.iterdir()):
             raise UserError(f"{folder} already holds files; choose an empty --out, or --resume {folder}")
         check_writable(folder)

@@ -4,6 +4,7 @@ of its sides, and bench profile takes those that name one case (CASE_FLAGS)."""
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,8 +146,8 @@ def memory_limit_bytes(gib: float | None) -> int:
     import psutil
 
     if gib is not None:
-        if gib <= 0:
-            raise UserError(f"--max-memory must be a positive number of GiB, got {gib}")
+        if not (math.isfinite(gib) and gib > 0):
+            raise UserError(f"--max-memory must be a positive, finite number of GiB, got {gib}")
         return int(gib * 2**30)
     # Leave the rest of the machine alive: stop a worker before the kernel has to.
     return int(0.9 * psutil.virtual_memory().available)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import statistics
 from dataclasses import asdict, dataclass
+from fractions import Fraction
 from typing import Any
 
 UNSTABLE_IQR_RATIO = 0.10  # IQR/median above this flags a result as unstable
@@ -20,12 +21,13 @@ def median_ci_ranks(n: int, confidence: float = CONFIDENCE) -> tuple[int, int] |
     [x_(lo), x_(hi)] covers it with probability 1 - 2·P(Bin <= lo-1). None when n is too
     small for any pair of order statistics to reach the confidence (n < 6 at 95%).
     """
-    alpha = 1.0 - confidence
-    cdf = 0.0
+    # In whole numbers: P(Bin <= k) = Σ C(n, i) / 2^n, and 2^n overflows a float from n = 1024.
+    tail = Fraction(1.0 - confidence) / 2 * 2**n
+    cumulative = 0
     lo = 0
     for k in range(n + 1):
-        cdf += math.comb(n, k) / 2.0**n
-        if cdf > alpha / 2:
+        cumulative += math.comb(n, k)
+        if cumulative > tail:
             break
         lo = k + 1
     if lo < 1:

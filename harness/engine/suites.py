@@ -18,6 +18,7 @@ providers = ["CPUExecutionProvider"]
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass
 from importlib import resources
@@ -169,6 +170,8 @@ def coerce_value(raw: Any, default: Any, what: str) -> Any:
             raise UserError(f"{what} must be {expected}, got {raw!r}")
         if isinstance(default, float) and isinstance(raw, int) and not isinstance(raw, bool):
             return float(raw)
+        if isinstance(raw, float) and not math.isfinite(raw):
+            raise UserError(f"{what} must be a finite number, got {raw!r}")
         if default is not None and not isinstance(raw, type(default)):
             raise UserError(f"{what} must be {type(default).__name__}, got {raw!r}")
         return raw
@@ -184,7 +187,10 @@ def coerce_value(raw: Any, default: Any, what: str) -> Any:
         if isinstance(default, int):
             return int(text)
         if isinstance(default, float):
-            return float(text)
+            value = float(text)
+            if not math.isfinite(value):
+                raise UserError(f"{what} must be a finite number, got '{text}'")
+            return value
     except ValueError:
         raise UserError(f"{what} must be {type(default).__name__}, got '{text}'") from None
     return text
@@ -375,8 +381,12 @@ def resolve(spec: SuiteSpec, over: Overrides) -> tuple[Sweep, dict[str, Any]]:
         if getattr(over, key) is not None:
             settings[key] = getattr(over, key)
     for key in ("max_time_per_case", "timeout_s", "target_rel_ci"):
-        if key in settings and not (isinstance(settings[key], (int, float)) and settings[key] > 0):
-            raise UserError(f"{key} must be a positive number, got {settings[key]!r}")
+        value = settings.get(key)
+        # Finite too: an infinite budget never ends a case, and run.json (strict JSON) cannot hold it.
+        if key in settings and not (
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+        ):
+            raise UserError(f"{key} must be a positive, finite number, got {value!r}")
     passes = settings.get("passes", 1)
     if not (isinstance(passes, int) and not isinstance(passes, bool) and 1 <= passes <= 20):
         raise UserError(f"passes must be a whole number from 1 to 20, got {passes!r}")
