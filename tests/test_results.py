@@ -260,6 +260,33 @@ def test_torn_last_line_ignored(tmp_path):
     assert [c.seq_len for c in cases] == [256, 257]
 
 
+@pytest.mark.parametrize("fragment_len", [1, 57, None])  # None: a fragment with no newline before it at all
+def test_writing_again_after_a_torn_line_drops_the_fragment(tmp_path, fragment_len):
+    """A resume appends to cases.jsonl: after a torn last line, gluing the next record to the
+    fragment made every reader fail ("cases.jsonl:3 is not valid JSON"). The writer cuts the
+    fragment first; its case was never recorded, so the resume runs it again."""
+    folder = tmp_path / "run"
+    good = "" if fragment_len is None else json.dumps(case_dict(0)) + "\n" + json.dumps(case_dict(1)) + "\n"
+    torn = json.dumps(case_dict(2))[: fragment_len or 30]
+    write_folder(folder, run_dict(), good + torn)
+    writer = RunWriter(folder, load_run(folder).run)
+    assert writer.dropped_fragment == len(torn)
+    writer.append(CaseRecord.from_json(case_dict(3)))
+    writer.close()
+    expected = [259] if fragment_len is None else [256, 257, 259]
+    assert [c.seq_len for c in load_run(folder).cases] == expected
+    assert (folder / CASES_FILE).read_text().endswith("\n")
+
+
+def test_writing_again_after_a_whole_last_line_keeps_everything(tmp_path):
+    folder = tmp_path / "run"
+    write_folder(folder, run_dict(), json.dumps(case_dict(0)) + "\n")
+    writer = RunWriter(folder, load_run(folder).run)
+    assert writer.dropped_fragment == 0
+    writer.close()
+    assert len(load_run(folder).cases) == 1
+
+
 def test_damaged_middle_line_refused(tmp_path):
     folder = tmp_path / "run"
     lines = [json.dumps(case_dict(0)), json.dumps(case_dict(1))[:40], json.dumps(case_dict(2))]

@@ -226,6 +226,23 @@ def test_interrupt_then_resume(tmp_path: Path) -> None:
     assert len(lines(out)) == 4  # nothing left to run, nothing duplicated
 
 
+@pytest.mark.slow  # two bench runs, about 15 s; CI runs it (-m slow)
+def test_resume_after_a_torn_last_line(tmp_path: Path) -> None:
+    """A run killed mid-write leaves its last line without a newline; --resume cuts it, runs
+    that case again, and every reader can read the folder after (they failed on it before)."""
+    out = tmp_path / "run"
+    args = ["--variants", "full.sdpa", "--seq-lens", "32,48,64", "--heads", "1", "--head-dim", "8"]
+    assert bench("run", *args, "--max-time-per-case", "0.05", "--out", str(out)).returncode == 0
+    path = out / "cases.jsonl"
+    text = path.read_text()
+    last = text.rstrip("\n").rfind("\n") + 1
+    path.write_text(text[: last + 40])  # the last record cut 40 bytes in
+    proc = bench("run", "--resume", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(r["seq_len"] for r in lines(out)) == [32, 48, 64]
+    assert len(load_run(out).cases) == 3
+
+
 def test_an_interrupt_swallowed_where_it_landed_still_stops_the_run(tmp_path: Path) -> None:
     """A C extension can swallow the KeyboardInterrupt of a Ctrl-C (a Ctrl-C while torch imported
     numpy once let a run finish and exit 0); the noted signal stops the run all the same."""

@@ -40,6 +40,7 @@ class RunWriter:
     def __init__(self, folder: Path, run: RunRecord) -> None:
         self.folder = folder
         self.run = run
+        self.dropped_fragment = _drop_torn_line(folder / CASES_FILE)
         self._cases = open(folder / CASES_FILE, "a")  # noqa: SIM115 - held for the run
 
     @classmethod
@@ -62,6 +63,35 @@ class RunWriter:
 
     def close(self) -> None:
         self._cases.close()
+
+
+def _drop_torn_line(path: Path) -> int:
+    """Cut a last line that a killed run left without its newline (a power cut, a full disk):
+    appending after it would glue the next record to it and make the file unreadable. Its case
+    was never recorded, so a resume runs it again. Returns the bytes dropped."""
+    if not path.is_file():
+        return 0
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        keep = size
+        while keep > 0:  # back to just after the last newline (records are a few KiB)
+            step = min(keep, 1 << 16)
+            f.seek(keep - step)
+            chunk = f.read(step)
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                keep = keep - step + newline + 1
+                break
+            keep -= step
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+        return size - keep
 
 
 def check_writable(folder: Path) -> None:
