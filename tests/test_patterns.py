@@ -161,3 +161,20 @@ def test_only_square_bool_masks_are_pooled() -> None:
     for bad in (torch.ones(4, 4), torch.ones(4, 5, dtype=torch.bool), torch.ones(2, 4, 4, dtype=torch.bool)):
         with pytest.raises(ValueError, match="bool mask"):
             pool_mask(bad)
+
+
+def test_the_memory_worker_stores_the_pattern_once_per_case() -> None:
+    """Through the executor: the case's record gets the pattern from its memory worker, while a
+    later timing pass (passes > 1) computes none (it would only be thrown away)."""
+    from attnbench.core.settings import RunSettings
+    from attnbench.engine.executors.local import LocalExecutor
+
+    case = _case("sparse.sliding_window", 256, WINDOW)
+    executor = LocalExecutor(RunSettings(max_time_per_case=0.05, verify=False))
+    try:
+        first, later = executor.run(case), executor.run_pass(case)
+    finally:
+        executor.abandon()
+    assert first.status == "ok" and later.status == "ok", (first.reason, later.reason)
+    assert first.result.pattern == pattern_of(case)
+    assert later.result.pattern is None

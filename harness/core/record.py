@@ -301,6 +301,7 @@ class MemoryMeasurement:
     memory_reason: str | None
     memory_details: dict[str, Any] | None
     attention_ops: dict[str, int] | None = None  # recorded there when the timing worker cannot
+    pattern: dict[str, Any] | None = None  # attnbench.engine.patterns.pattern_of(case)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -337,6 +338,7 @@ class Measurement:
     transform: str  # the transform applied: the case's
     transform_details: dict[str, Any] | None
     fidelity: dict[str, Any] | None
+    # Filled in from the memory worker (with_memory), which runs once per case.
     pattern: dict[str, Any] | None = None
     peak_memory_bytes: int | None = None
     memory_method: str | None = None
@@ -354,6 +356,7 @@ class Measurement:
             memory_reason=memory.memory_reason,
             memory_details=memory.memory_details,
             attention_ops=ops,
+            pattern=memory.pattern,
         )
 
     def without_memory(self, reason: str) -> Measurement:

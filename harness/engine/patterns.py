@@ -1,6 +1,7 @@
 """A case's attention pattern, pooled into a small picture the record stores (its `pattern`).
 
-The worker calls `pattern_of` after timing, so the report can draw which keys each query
+The memory worker calls `pattern_of` after its reading (once per case: the timed worker runs
+again for every pass), so the report can draw which keys each query
 attends without importing torch or rebuilding a variant. The picture is the variant's own
 definition (its `reference_mask`), never a measurement; attnbench.core.pattern_grid holds the
 stored format.

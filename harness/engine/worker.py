@@ -147,8 +147,6 @@ def measure_time(case: Case, settings: RunSettings, turns: BlockTurns | NoTurns 
             f"(min {fidelity['tolerance']['min_cosine']:g})"
         )
 
-    from attnbench.engine.patterns import pattern_of  # after timing: a picture of the mask for the report
-
     return Measurement(
         device=device,
         backend_settings=backend_settings,
@@ -175,7 +173,6 @@ def measure_time(case: Case, settings: RunSettings, turns: BlockTurns | NoTurns 
         transform=transformed["transform"],
         transform_details=transformed["transform_details"],
         fidelity=fidelity,
-        pattern=pattern_of(case),
     )
 
 
@@ -193,12 +190,17 @@ def measure_memory(case: Case, settings: RunSettings) -> MemoryMeasurement:
     meter.start()
     step()
     reading = meter.stop()
+    # Here, once per case and after the reading: not in the timed worker, which runs again for
+    # every pass (and takes block turns in bench ab).
+    from attnbench.engine.patterns import pattern_of  # a picture of the mask, for the report
+
     return MemoryMeasurement(
         peak_memory_bytes=reading.peak_bytes,
         memory_method=reading.method,
         memory_reason=reading.reason,
         memory_details=reading.details,
         attention_ops=ops if record_ops else None,
+        pattern=pattern_of(case),
     )
 
 
