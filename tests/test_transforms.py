@@ -310,18 +310,24 @@ def test_run_records_and_tradeoff_figure(tmp_path: Path) -> None:
 
 
 def test_tradeoff_points_from_plain_records() -> None:
-    base = {"variant": "v", "backend": "cpu", "dtype": "float32", "mode": "forward", "scope": "layer", "batch": 1}
-    base |= {"heads": 2, "head_dim": 8, "seq_len": 64, "threads": None, "params": {}, "status": "ok", "stable": True}
-    none = base | {"case_id": "a", "transform": "none", "time_s": {"median": 2.0}, "peak_memory_bytes": 100}
-    fast = base | {
-        "case_id": "b",
-        "transform": "int8",
-        "time_s": {"median": 1.0},
-        "peak_memory_bytes": 60,
-        "fidelity": {"rel_err": 0.01, "cosine": 0.999, "within": False},
-        "transform_details": {"weight_bytes_before": 400, "weight_bytes_after": 100},
-    }
-    other_len = fast | {"case_id": "c", "seq_len": 128}  # no baseline at its length: left out
+    from attnbench.core.record import CaseRecord
+    from tests.synthetic_runs import Case as Made
+    from tests.synthetic_runs import record
+
+    def made(case_id: str, median: float, peak: int, seq_len: int = 64, **fields: object) -> CaseRecord:
+        c = Made(case_id, [median] * 6, peak_memory_bytes=peak, seq_len=seq_len, extra=fields)
+        return CaseRecord.from_json(record("r", c))
+
+    none = made("a", 2.0, 100, transform="none")
+    fast = made(
+        "b",
+        1.0,
+        60,
+        transform="int8",
+        fidelity={"rel_err": 0.01, "cosine": 0.999, "within": False},
+        transform_details={"weight_bytes_before": 400, "weight_bytes_after": 100},
+    )
+    other_len = made("c", 1.0, 60, seq_len=128, transform="int8")  # no baseline at its length: left out
     (p,) = tradeoff_points([none, fast, other_len])
     assert (p["speedup"], p["memory_saving"], p["weight_saving"]) == (2.0, pytest.approx(0.4), 0.75)
     assert p["within_tolerance"] is False

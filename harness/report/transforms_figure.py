@@ -4,78 +4,54 @@ of the same configuration, against the fidelity loss each transformed case recor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-
-def _get(rec: Any, key: str) -> Any:
-    """A field of a stored case: its record (attnbench.core.record.CaseRecord) or the record's JSON."""
-    return rec.get(key) if isinstance(rec, dict) else getattr(rec, key, None)
+    from attnbench.core.record import CaseRecord
 
 
-def _median(rec: Any) -> float:
-    time_s = _get(rec, "time_s")
-    return time_s["median"] if isinstance(time_s, dict) else time_s.median
-
-
-_CONFIG_KEYS = ("variant", "backend", "dtype", "mode", "scope", "batch", "heads", "head_dim", "seq_len", "threads")
-
-
-def _config(rec: Any) -> tuple:
-    return (*(_get(rec, k) for k in _CONFIG_KEYS), json.dumps(_get(rec, "params"), sort_keys=True))
-
-
-def tradeoff_points(cases: Iterable[Any]) -> list[dict[str, Any]]:
-    """One point per ok transformed case with an ok untransformed case of the same configuration:
-    speedup (baseline median / median), peak-memory and weight saving, and fidelity loss.
-
-    Accepts stored records as CaseRecords (load_run(...).cases) or as their JSON.
-    """
-    cases = list(cases)
-    base = {
-        _config(r): r
-        for r in cases
-        if (_get(r, "transform") or "none") == "none" and _get(r, "status") == "ok" and _get(r, "time_s")
-    }
+def tradeoff_points(cases: Iterable[CaseRecord]) -> list[dict[str, Any]]:
+    """One point per ok transformed case with an ok untransformed case of the same configuration
+    (the same Case but for its transform): speedup (baseline median / median), peak-memory and
+    weight saving, and fidelity loss."""
+    cases = [c for c in cases if c.status == "ok" and c.time_s is not None]
+    base = {c.case(): c for c in cases if c.transform == "none"}
     points = []
     for r in cases:
-        t = _get(r, "transform") or "none"
-        if t == "none" or _get(r, "status") != "ok" or not _get(r, "time_s"):
+        b = base.get(replace(r.case(), transform="none"))
+        if r.transform == "none" or b is None:
             continue
-        b = base.get(_config(r))
-        if b is None:
-            continue
-        fid = _get(r, "fidelity") or {}
-        details = _get(r, "transform_details") or {}
-        peak, base_peak = _get(r, "peak_memory_bytes"), _get(b, "peak_memory_bytes")
+        fid = r.fidelity or {}
+        details = r.transform_details or {}
+        peak, base_peak = r.peak_memory_bytes, b.peak_memory_bytes
         wb, wa = details.get("weight_bytes_before"), details.get("weight_bytes_after")
         points.append(
             {
-                "variant": _get(r, "variant"),
-                "transform": t,
-                "seq_len": _get(r, "seq_len"),
-                "scope": _get(r, "scope"),
-                "dtype": _get(r, "dtype"),
-                "mode": _get(r, "mode"),
-                "case_id": _get(r, "case_id"),
-                "baseline_case_id": _get(b, "case_id"),
-                "speedup": _median(b) / _median(r),
+                "variant": r.variant,
+                "transform": r.transform,
+                "seq_len": r.seq_len,
+                "scope": r.scope,
+                "dtype": r.dtype,
+                "mode": r.mode,
+                "case_id": r.case_id,
+                "baseline_case_id": b.case_id,
+                "speedup": b.median_s / r.median_s,  # type: ignore[operator]
                 "memory_saving": 1 - peak / base_peak if peak is not None and base_peak else None,
                 "weight_saving": 1 - wa / wb if wa is not None and wb else None,
                 "rel_err": fid.get("rel_err"),
                 "cosine": fid.get("cosine"),
                 "within_tolerance": fid.get("within"),
-                "stable": bool(_get(r, "stable")) and bool(_get(b, "stable")),
+                "stable": bool(r.stable) and bool(b.stable),
             }
         )
     return points
 
 
-def tradeoff_figure(cases: Iterable[Any]) -> Figure:
+def tradeoff_figure(cases: Iterable[CaseRecord]) -> Figure:
     """Speedup (left) and peak-memory saving (right) against fidelity loss (relative error vs
     the untransformed model in float64), one point per transform and variant; hollow markers
     flag cases beyond their transform's tolerance."""
