@@ -16,7 +16,15 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from attnbench.core.errors import UserError
-from attnbench.core.record import CASE_SCHEMA, RUN_SCHEMA, CaseRecord, Measurement, RunRecord
+from attnbench.core.record import (
+    CASE_SCHEMA,
+    CASE_STATUSES,
+    RUN_SCHEMA,
+    RUN_STATUSES,
+    CaseRecord,
+    Measurement,
+    RunRecord,
+)
 from attnbench.core.results import CASES_FILE, RUN_FILE, load_run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +82,8 @@ def test_schema_lists_every_field_of_the_model_in_order(name: str, cls: type, ve
     required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
     assert schema["required"] == ["schema", *required]
     assert all(p.get("description") for p in schema["properties"].values())
+    statuses = RUN_STATUSES if cls is RunRecord else CASE_STATUSES
+    assert schema["properties"]["status"]["enum"] == list(statuses)  # the model's statuses, in order
 
 
 @pytest.mark.parametrize("folder", FOLDERS)

@@ -34,7 +34,6 @@ from attnbench.backends.base import DTYPES
 from attnbench.core.cases import Sweep, freeze_params
 from attnbench.core.errors import UserError
 from attnbench.core.registry import BACKENDS, WORKLOADS, get_backend, get_workload, load_plugins
-from attnbench.core.settings import RunSettings
 from attnbench.workloads.base import MODES, SCOPES
 
 SWEEP_KEYS = (
@@ -438,7 +437,3 @@ def resolve_backend_options(spec: SuiteSpec, flags: list[str]) -> tuple[tuple[st
         for key, value in sorted(options.items()):
             out.append((backend, key, tuple(value) if isinstance(value, list) else value))
     return tuple(out)
-
-
-def make_settings(settings: dict[str, Any], **extra: Any) -> RunSettings:
-    return RunSettings(**{**settings, **extra})

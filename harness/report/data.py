@@ -424,15 +424,6 @@ class ReportData:
     def ceilings(self, source: Source, dtype: str) -> Ceilings:
         return device_ceilings(self.runs[source.run_index], source.backend, dtype)
 
-    def energy_reasons(self) -> list[str]:
-        """Why energy was not measured, once per distinct reason."""
-        reasons = {
-            str(p.case.energy_reason)
-            for p in self.points
-            if p.ok and p.energy_per_token is None and p.case.energy_reason
-        }
-        return sorted(reasons)
-
 
 def case_label(p: Point, data: ReportData) -> str:
     """A case in one line for tables of failures."""
