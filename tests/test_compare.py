@@ -216,7 +216,7 @@ def test_earlier_runs_set_a_run_to_run_noise_floor(tmp_path: Path) -> None:
 
 def _host_paired(code_s: float, slow_share: float, n: int, seed: int) -> tuple[list[float], dict]:
     """A case on a host switching between two speeds 33% apart, each sample paired with
-    reference readings that saw the same speed (attnbench.engine.machine_check), 2% noise each."""
+    reference readings that saw the same speed (attnbench.core.machine_check), 2% noise each."""
     rng = random.Random(seed)
     speeds = [1.33 if rng.random() < slow_share else 1.0 for _ in range(n)]
     samples = [code_s * s * rng.lognormvariate(0.0, 0.02) for s in speeds]

@@ -7,7 +7,7 @@ floor), as a nightly comparison uses its history.
 
 What it can assert depends on the host, and it says which: a busy machine (other
 processes) skips it; a host whose own speed moved during the runs (the reference kernel
-of attnbench.engine.machine_check spread over 15%, as on the shared VM this was built on) keeps
+of attnbench.engine.reference_kernel spread over 15%, as on the shared VM this was built on) keeps
 the no-false-alarm assertions but skips the detection one, which no statistics can make
 on such a host from one run. The rates over many runs are measured by
 tools/aa_experiment.py, and the verdict logic on controlled data by tests/test_compare.py.

@@ -1,6 +1,6 @@
 """One case timed in several passes over the sweep (RunSettings.passes), merged into one result.
 
-Why passes: a cloud VM's speed drifts over seconds (attnbench.engine.machine_check), so one worker
+Why passes: a cloud VM's speed drifts over seconds (attnbench.core.machine_check), so one worker
 sampling a case for a few seconds sees one stretch of it, and the next run of the same
 code may see another. Spreading a case's samples over the run's length, in fresh
 processes, puts the host's variation inside each run's samples, where the comparison's

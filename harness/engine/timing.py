@@ -77,7 +77,7 @@ def sample(
 ) -> Measurement:
     """Adaptive sampling: stop when the CI target is met or the budget is spent.
 
-    reference: a reading of the host's reference kernel (attnbench.engine.machine_check), taken
+    reference: a reading of the host's reference kernel (attnbench.engine.reference_kernel), taken
     before the first sample and after every sample, outside the timed blocks, so each
     sample has the host's speed just before and just after it.
     turns: in a bench ab, samples are taken in blocks of about BLOCK_S, each on a turn

@@ -4,7 +4,7 @@
 `test.slowdown` is correct attention (torch's SDPA) followed by more of the same attention
 as filler: `base_steps` further SDPA calls, each fed the previous one's output, so the cost
 is attention's own mix of matrix products, softmax and memory traffic. It is deliberately
-not the host's reference kernel (attnbench.engine.machine_check: chained 128×128 matrix products),
+not the host's reference kernel (attnbench.engine.reference_kernel: chained 128×128 matrix products),
 which an earlier version of this filler was: a workload identical to the reference would
 make host-relative timing look perfect by construction. ATTNBENCH_SLOWDOWN=0.10 adds 10%
 more calls (0.01: 1%). The extra is read from the environment, not a parameter, so the
