@@ -19,7 +19,7 @@ from attnbench.core.pattern_grid import GRID_LEVELS, PATTERN_CELLS, PATTERN_MAX_
 from attnbench.core.registry import get_workload
 from attnbench.workloads.base import AttentionVariant, Shape
 
-__all__ = ["PATTERN_CELLS", "PATTERN_MAX_LEN", "pattern_of", "pool_mask"]
+__all__ = ["pattern_of", "pool_mask"]
 
 
 def pattern_of(case: Case) -> dict[str, Any] | None:
