@@ -12,8 +12,9 @@ import pytest
 
 from attnbench.analysis.history import History
 from attnbench.cli.main import main
-from attnbench.core.cases import Case
+from attnbench.core.cases import Case, Sweep
 from attnbench.core.results import load_run
+from attnbench.engine.expand import expand
 
 V010 = Path(__file__).resolve().parent / "fixtures" / "v0.1.0"
 
@@ -38,6 +39,25 @@ def test_every_case_id_is_recomputed_from_its_record(folder: str) -> None:
             rec.batch, rec.heads, rec.head_dim, rec.seq_len, rec.threads, rec.transform,
         )  # fmt: skip
         assert case.case_id == rec.case_id == rec.case().case_id
+
+
+# The variants whose definition changed for the fixture's (default) parameters since 0.1.0, so
+# their case_ids changed with it (CHANGELOG 0.2.0): the old numbers measured something else.
+REDEFINED = {"sparse.lsh"}
+
+
+def test_expanding_the_same_sweep_today_keeps_every_unchanged_case_id() -> None:
+    # Parameters added since (at their neutral value) and new Case fields must not move the id
+    # of a case whose definition is unchanged; a redefined variant must get new ids.
+    run = load_run(V010 / "smoke")
+    assert run.run.sweep is not None
+    today = {c.case_id: c for c in expand(Sweep.from_json(run.run.sweep))}
+    for rec in run.cases:
+        if rec.variant in REDEFINED:
+            assert rec.case_id not in today, rec.case_id
+        else:
+            assert rec.case_id in today, f"{rec.variant} n={rec.seq_len}: case_id moved"
+    assert len(today) == len(run.cases)
 
 
 def verdicts(report: dict[str, Any]) -> dict[str, str]:

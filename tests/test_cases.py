@@ -72,9 +72,29 @@ def test_case_id_differs_when_a_field_differs(change):
 
 def test_case_id_covers_every_field():
     # A field added to Case without reaching the id would make different cases collide.
-    # (transform "none" is left out of the id on purpose, so ids from before it existed hold.)
-    covered = set(make_case(transform="int8").identity())
-    assert covered == {f.name for f in dataclasses.fields(Case)}
+    # (transform "none" and revision 1 are left out of the id on purpose, so ids from before
+    # they existed hold; neutral_params says which params stay out, and is not itself identity.)
+    covered = set(make_case(transform="int8", revision=2).identity())
+    assert covered == {f.name for f in dataclasses.fields(Case)} - {"neutral_params"}
+
+
+def test_revision_changes_the_id_and_revision_one_keeps_it():
+    base = make_case()
+    assert make_case(revision=1).case_id == base.case_id
+    assert make_case(revision=2).case_id != base.case_id
+    assert make_case(revision=2).case_id != make_case(revision=3).case_id
+
+
+def test_neutral_params_stay_out_of_the_id():
+    # A parameter added later, at the value that reproduces the earlier definition, keeps the
+    # case_id the case had before the parameter existed; at any other value it splits the id.
+    before = make_case(params=(("causal", False), ("chunk", 256)))
+    at_neutral = make_case(params=(("causal", False), ("chunk", 256), ("new", "old")), neutral_params=("new",))
+    elsewhere = make_case(params=(("causal", False), ("chunk", 256), ("new", "other")))
+    assert at_neutral.case_id == before.case_id
+    assert elsewhere.case_id != before.case_id
+    assert at_neutral.params_dict["new"] == "old"  # still recorded and shown
+    assert "new=old" in at_neutral.label()
 
 
 def test_case_id_shape():

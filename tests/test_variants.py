@@ -19,7 +19,8 @@ CHECKS: dict[str, list[dict]] = {
     "full.naive": [{"causal": False}, {"causal": True}],
     "full.sdpa": [{"causal": False}, {"causal": True}],
     "full.chunked": [{"chunk": 32, "causal": False}, {"chunk": 32, "causal": True}, {"chunk": 1024}],
-    "sparse.lsh": [{"chunk": 32}, {"chunk": 32, "hashes": 3, "causal": True}],
+    # chunk 2: n = 257 has 256 auto buckets, factorised 16·16
+    "sparse.lsh": [{"chunk": 32}, {"chunk": 32, "hashes": 3, "causal": True}, {"chunk": 2}],
     # Each sparse variant has a test file of its own; these are the generic checks.
     "sparse.sliding_window": [{"window": 32}, {"window": 32, "causal": True, "global_tokens": 3}],
     "sparse.bigbird": [{"block": 8, "random_blocks": 2}, {"block": 8, "random_blocks": 1, "causal": True}],

@@ -9,15 +9,39 @@ variant with a core form (``attention``, default ``full.sdpa``), built with that
 default parameters, so a Universal Transformer over, say, sliding-window attention is one
 parameter away.
 
-``adaptive.act`` adds Adaptive Computation Time (Graves 2016) as tensor2tensor's
-Universal Transformer does it: per token a halting unit p = sigmoid(w·LN(h) + b), threshold
-1 − ε (ε = 0.01), remainders, and a forced halt (with its remainder) at ``max_steps``. The
-output is t2t's running blend acc ← w·layer(h) + (1 − w)·acc with w = p, or the remainder
-on the halting step. Semantics of halted tokens: their state is frozen, and they keep
-serving as keys and values with the keys/values of their last computed step (so nothing
-about them needs recomputing). Execution modes compute the same function:
+``adaptive.act`` adds Adaptive Computation Time (Graves 2016) per token, with the halting
+arithmetic of tensor2tensor's Universal Transformer (``universal_transformer_act``, act_type
+"basic"): a halting unit p = sigmoid(w·LN(h) + b) on the step's input h = state + step
+embedding, threshold 1 − ε (ε = 0.01), remainders, and the output blend
+acc ← w·layer(h) + (1 − w)·acc, the update weight w being p while a token runs, its remainder
+on the step it halts and 0 afterwards. ``ponder_mean`` is the mean of t2t's ponder times
+(n_updates) and ``remainder_mean`` that of its remainders. ``halting`` says what a halted
+token is:
 
-- ``gather`` (default): each step gathers the still-running tokens' rows (per batch row,
+- ``frozen`` (default): its state stops changing and it keeps serving as key and value with
+  the keys/values computed from its last step's input. This is the Universal Transformer
+  paper's own description (a halted symbol's state "is simply copied to the next step"), and
+  what depth-adaptive transformers do; it is what lets ``gather`` skip halted tokens. A token
+  still running at ``max_steps`` is forced to halt there with its remainder (Graves's cap on
+  N(t)), so every token's update weights sum to 1.
+- ``t2t``: tensor2tensor's function. Every position is transformed at every step (the loop
+  carries all positions' transformed state), so running tokens attend to halted tokens'
+  current keys and values, and halting only stops a token's output blend from changing. The
+  loop runs until every token has halted or ``max_steps``; as in t2t, a token still running
+  at ``max_steps`` gets no remainder (its weights sum to less than 1, its remainder is 0).
+  No work is skipped, so it runs with ``execution=mask`` only, and its useful FLOPs are its
+  executed ones: every token, every step the loop takes.
+
+``frozen`` is the default because it is what the paper describes, what every case computed
+before ``halting`` existed (their case ids stand), and the semantics under which halting saves
+work. Deliberate differences from t2t under both: the halting unit reads a layer-normed state
+(so its logit can be calibrated, below), the step signal is a learned embedding, and there is
+no dropout and no final layer norm.
+
+Execution (``execution``, default ``auto``: ``gather`` under frozen, ``mask`` under t2t; the
+case records the resolved value). Under frozen both modes compute the same function:
+
+- ``gather``: each step gathers the still-running tokens' rows (per batch row,
   padded to the largest running count), computes their halting unit, QKV projection,
   attention of their queries against all n keys/values, output projection and FFN, and
   scatters the results back. The inner variant's forward takes equal query and key
@@ -25,19 +49,21 @@ about them needs recomputing). Execution modes compute the same function:
   (running queries, all keys) directly. This is why ``attention`` is limited to the dense
   variants (full.naive, full.sdpa, full.chunked, with their default, non-causal parameters),
   which all compute that function.
-- ``mask``: every token is computed every step with the inner variant and the updates of
-  halted tokens are masked out, as naive implementations do.
+- ``mask``: every token is computed every step with the inner variant; under frozen the
+  updates of halted tokens are masked out (their keys and values come from a cache of their
+  last step), as naive implementations do; under t2t every update is kept.
 
 Halting control. Random weights halt arbitrarily, so the halting unit is set up to hit a
 target: all weights are drawn from ``torch.manual_seed(seed)`` (``seed`` is a parameter,
 recorded with the case); w ~ N(0, σ²/D) with σ = 1, so on the layer-normed state the logit
 is b + σ·z with z ≈ N(0, 1) across tokens, nearly constant over a token's steps; and b is
 the bias for which the halting process with logits b + σ·z (one z per token held over the
-steps, 8192 samples from a generator
-seeded with ``seed``) has mean ponder steps ``target_steps`` (bisection; ``target_steps``
-= 1 gives the largest bias searched, where every token halts after one step). Real inputs
-give a mean near the target, with per-token variation; ``case_metrics`` records what
-actually happened in the last call.
+steps, 8192 samples from a generator seeded with ``seed``) has mean ponder steps
+``target_steps`` (bisection; ``target_steps`` = 1 gives the largest bias searched, where
+every token halts after one step). It holds for either ``halting``: both count a token's
+steps alike, up to the one where it halts or reaches max_steps. Real inputs give a mean
+near the target, with per-token variation; ``case_metrics`` records what actually happened
+in the last call.
 """
 
 from __future__ import annotations
@@ -251,11 +277,16 @@ def calibrate_halting_bias(target_steps: float, max_steps: int, seed: int) -> fl
     return 0.5 * (lo + hi)
 
 
+HALTING = ("frozen", "t2t")
+EXECUTION = ("auto", "gather", "mask")
+
+
 @dataclass(frozen=True)
 class ACTParams:
     max_steps: int = 12
     target_steps: float = 3.0
-    execution: str = "gather"
+    halting: str = "frozen"
+    execution: str = "auto"
     seed: int = 0
     attention: str = "full.sdpa"
 
@@ -264,13 +295,56 @@ class ACTParams:
             raise ValueError(f"max_steps must be at least 1, got {self.max_steps}")
         if not 1.0 <= self.target_steps <= self.max_steps:
             raise ValueError(f"target_steps must lie in [1, max_steps={self.max_steps}], got {self.target_steps}")
-        if self.execution not in ("gather", "mask"):
-            raise ValueError(f"execution must be 'gather' or 'mask', got {self.execution!r}")
+        if self.halting not in HALTING:
+            raise ValueError(f"halting must be one of {', '.join(HALTING)}, got {self.halting!r}")
+        if self.execution not in EXECUTION:
+            raise ValueError(f"execution must be one of {', '.join(EXECUTION)}, got {self.execution!r}")
+        if self.halting == "t2t" and self.execution == "gather":
+            raise ValueError(
+                "execution=gather skips halted tokens, which halting=t2t still transforms; use execution=mask (or auto)"
+            )
         if self.attention not in DENSE_ATTENTION:
             raise ValueError(
                 f"attention must be one of {', '.join(DENSE_ATTENTION)} (the gather path computes dense "
                 f"attention for the running queries), got {self.attention!r}"
             )
+
+    @property
+    def resolved_execution(self) -> str:
+        """The execution that runs: auto is gather where halted tokens may be skipped (frozen),
+        mask where they may not (t2t)."""
+        if self.execution != "auto":
+            return self.execution
+        return "mask" if self.halting == "t2t" else "gather"
+
+
+def act_update(
+    halting: Tensor, remainders: Tensor, n_updates: Tensor, p: Tensor, running: Tensor, force_halt: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """One step of tensor2tensor's ACT bookkeeping (universal_transformer_act), all (B, n).
+
+    p is the step's halting probability, 0 where not running; running = halting < 1 at the
+    start of the step. force_halt halts every running token (frozen's last step). Returns the
+    new halting, remainders and n_updates, and the update weight w (B, n, 1): p while running,
+    the remainder on the halting step, 0 once halted.
+    """
+    threshold = 1.0 - ACT_EPSILON
+    reach = halting + p * running.to(p.dtype)
+    new_halted = (reach > threshold) & running
+    still = (reach <= threshold) & running
+    if force_halt:
+        new_halted = new_halted | still
+        still = torch.zeros_like(still)
+    still_f, new_f = still.to(p.dtype), new_halted.to(p.dtype)
+    halting = halting + p * still_f
+    remainders = remainders + new_f * (1.0 - halting)
+    halting = halting + new_f * remainders
+    # A halting token lands on halting + (1 - halting), which rounds to exactly 1.0 in binary
+    # floating point; make it so regardless, since "running" is halting < 1.0.
+    halting = torch.where(new_halted, torch.ones_like(halting), halting)
+    n_updates = n_updates + running.to(torch.int64)
+    w = (p * still_f + new_f * remainders).unsqueeze(-1)
+    return halting, remainders, n_updates, w
 
 
 @register_workload
@@ -278,12 +352,18 @@ class ACTUniversalTransformer(_Adaptive):
     """Universal Transformer with Adaptive Computation Time; see the module docstring."""
 
     name: ClassVar[str] = "adaptive.act"
-    summary: ClassVar[str] = "Universal Transformer with ACT halting; gather skips halted tokens, mask computes all"
+    summary: ClassVar[str] = (
+        "Universal Transformer with ACT: halted tokens frozen (gather skips them) or, halting=t2t, "
+        "still transformed every step as in tensor2tensor"
+    )
     Params: ClassVar[type] = ACTParams
+    # Every case before `halting` existed froze halted tokens.
+    neutral_params: ClassVar[dict[str, Any]] = {"halting": "frozen"}
 
     def __init__(self, params: ACTParams, shape: Shape) -> None:
         super().__init__(params, shape)
         D = shape.model_dim
+        self.execution = params.resolved_execution
         self.inner_params = _inner_params(params.attention, shape)
         if getattr(self.inner_params, "causal", False):
             raise ValueError("adaptive.act's gather path computes non-causal dense attention")
@@ -300,6 +380,13 @@ class ACTUniversalTransformer(_Adaptive):
         with torch.no_grad():
             self.halt.bias.fill_(self.halting_bias)
         self.last: dict[str, Any] = {}
+        # t2t's extra output of the last call, (ponder_times, remainders), each (B, n).
+        self.ponder: tuple[Tensor, Tensor] | None = None
+
+    @classmethod
+    def resolve_params(cls, values: dict[str, Any], shape: Shape) -> dict[str, Any]:
+        """Records the execution that runs, so "auto" and the mode it picks are one case."""
+        return {**values, "execution": cls.make_params(values).resolved_execution}
 
     # --- one step's pieces ---------------------------------------------------------------
     def _qkv(self, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -317,11 +404,15 @@ class ACTUniversalTransformer(_Adaptive):
         return torch.sigmoid(self.halt(self.halt_norm(h))).squeeze(-1)  # (B, m)
 
     def forward(self, x: Tensor) -> Tensor:  # type: ignore[override]
+        if self.params.halting == "t2t":
+            return self._forward_t2t(x)
+        return self._forward_frozen(x)
+
+    def _forward_frozen(self, x: Tensor) -> Tensor:
         B, n, D = x.shape
         h_, d_ = self.shape.heads, self.shape.head_dim
         T = self.params.max_steps
-        threshold = 1.0 - ACT_EPSILON
-        gather = self.params.execution == "gather"
+        gather = self.execution == "gather"
         dev = x.device
 
         state = x  # (B, n, D); frozen for halted tokens
@@ -383,22 +474,9 @@ class ACTUniversalTransformer(_Adaptive):
 
             # tensor2tensor's ACT bookkeeping, with a forced halt at the last step.
             with step_range("act.bookkeeping"):
-                run_f = running.to(x.dtype)
-                reach = halting + p * run_f
-                new_halted = (reach > threshold) & running
-                still = (reach <= threshold) & running
-                if t == T - 1:
-                    new_halted = new_halted | still
-                    still = torch.zeros_like(still)
-                still_f, new_f = still.to(x.dtype), new_halted.to(x.dtype)
-                halting = halting + p * still_f
-                remainders = remainders + new_f * (1.0 - halting)
-                halting = halting + new_f * remainders
-                # Tokens that halt land on exactly 1.0 (halting + (1 - halting)); make it so.
-                halting = torch.where(new_halted, torch.ones_like(halting), halting)
-                n_updates = n_updates + running.to(torch.int64)
-                w = (p * still_f + new_f * remainders).unsqueeze(-1)  # (B, n, 1)
-
+                halting, remainders, n_updates, w = act_update(
+                    halting, remainders, n_updates, p, running, force_halt=t == T - 1
+                )
                 if gather:
                     w_g = w.gather(1, order.unsqueeze(-1))  # (B, m, 1); 0 on padding rows
                     acc_g = acc.gather(1, idx_d)
@@ -409,17 +487,68 @@ class ACTUniversalTransformer(_Adaptive):
                     acc = trans * w + acc * (1.0 - w)
                     state = torch.where(running.unsqueeze(-1), trans, state)
 
-        self._record(x, n_updates, rows_executed, keys_useful, steps_run)
+        token_steps = float(n_updates.sum())
+        self._record(x, n_updates, remainders, token_steps, rows_executed, keys_useful, steps_run)
+        return acc
+
+    def _forward_t2t(self, x: Tensor) -> Tensor:
+        """tensor2tensor's basic ACT loop: every position transformed every step."""
+        B, n, D = x.shape
+        T = self.params.max_steps
+        threshold = 1.0 - ACT_EPSILON
+
+        state = x  # (B, n, D): every position's latest transformed state, halted or not
+        acc = torch.zeros_like(x)  # t2t's previous_state: the ACT output blend
+        halting = x.new_zeros(B, n)
+        remainders = x.new_zeros(B, n)
+        n_updates = torch.zeros(B, n, dtype=torch.int64, device=x.device)
+        steps_run = 0
+
+        for t in range(T):
+            # t2t's should_continue: some position below the threshold with steps left
+            # (inside this loop every position has n_updates <= t < max_steps).
+            if not bool((halting < threshold).any()):
+                break
+            steps_run += 1
+            inp = state + self.step_embedding[t]  # (B, n, D)
+            running = halting < 1.0  # (B, n)
+            with step_range("act.halting"):
+                p = self._halting(inp) * running
+            with step_range("act.qkv"):
+                q, k, v = self._qkv(inp)  # (B, n, h, d): halted tokens' current keys and values too
+            with step_range("act.attention"):
+                a = self.layer.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+            with step_range("act.proj_ffn"):
+                state = self._finish(inp, a.transpose(1, 2).reshape(B, n, D))  # (B, n, D)
+            with step_range("act.bookkeeping"):
+                # No forced halt: t2t leaves a token still running at max_steps without a remainder.
+                halting, remainders, n_updates, w = act_update(
+                    halting, remainders, n_updates, p, running, force_halt=False
+                )
+                acc = state * w + acc * (1.0 - w)
+
+        # Every token is transformed, and its keys and values used, at every step the loop takes.
+        token_steps = float(steps_run * B * n)
+        self._record(x, n_updates, remainders, token_steps, steps_run * B * n, token_steps * n, steps_run)
         return acc
 
     # --- figures ---------------------------------------------------------------------------
-    def _record(self, x: Tensor, n_updates: Tensor, rows_executed: int, keys_useful: float, steps_run: int) -> None:
+    def _record(
+        self,
+        x: Tensor,
+        n_updates: Tensor,
+        remainders: Tensor,
+        token_steps: float,
+        rows_executed: int,
+        keys_useful: float,
+        steps_run: int,
+    ) -> None:
+        """token_steps: (token, step) pairs the function needs computed; rows_executed: rows run."""
         B, n, D = x.shape
         shape = Shape(B, self.shape.heads, self.shape.head_dim, n)
         per_row = _per_token_linear_flops(D) + 2.0 * D  # layer linears + halting unit
-        token_steps = float(n_updates.sum())
         useful_attn, useful_lin = 4.0 * D * keys_useful, per_row * token_steps
-        if self.params.execution == "gather":
+        if self.execution == "gather":
             exec_attn = 4.0 * D * n * rows_executed  # each gathered query against all n keys
         else:
             inner = _inner_class(self.params.attention)
@@ -428,8 +557,10 @@ class ACTUniversalTransformer(_Adaptive):
         train = torch.is_grad_enabled() and any(p.requires_grad for p in self.parameters())
         mode = "train" if train else "forward"
         counts = torch.bincount(n_updates.flatten().cpu(), minlength=self.params.max_steps + 1)
+        self.ponder = (n_updates.detach(), remainders.detach())
         self.last = {
-            "execution": self.params.execution,
+            "halting": self.params.halting,
+            "execution": self.execution,
             "target_steps": self.params.target_steps,
             "max_steps": self.params.max_steps,
             "seed": self.params.seed,
@@ -437,6 +568,7 @@ class ACTUniversalTransformer(_Adaptive):
             "ponder_mean": float(n_updates.double().mean()),
             "ponder_max": int(n_updates.max()),
             "ponder_histogram": [int(c) for c in counts[: self.params.max_steps + 1]],
+            "remainder_mean": float(remainders.detach().double().mean()),
             "steps_run": steps_run,
             "mode": mode,
             "flops": float(_train_factor(useful_attn, useful_lin, mode)),
@@ -451,13 +583,17 @@ class ACTUniversalTransformer(_Adaptive):
     # --- analytic estimates (the measured figures replace them in the record) --------------
     @classmethod
     def _parts(cls, params: ACTParams, shape: Shape, executed: bool) -> tuple[float, float]:
-        """(attention, linear) FLOPs of one forward call at the target mean ponder steps;
-        executed `mask` assumes the loop runs to max_steps (an upper bound)."""
+        """(attention, linear) FLOPs of one forward call. Frozen: useful at the target mean
+        ponder steps; executed `mask` assumes the loop runs to max_steps (an upper bound).
+        t2t: every token at every step, useful and executed, up to max_steps (an upper bound)."""
         inner = _inner_class(params.attention)
         ip = _inner_params(params.attention, shape)
         per_row = _per_token_linear_flops(shape.model_dim) + 2.0 * shape.model_dim
         tokens = shape.batch * shape.seq_len
-        steps = params.max_steps if executed and params.execution == "mask" else params.target_steps
+        if params.halting == "t2t" or (executed and params.resolved_execution == "mask"):
+            steps = float(params.max_steps)
+        else:
+            steps = params.target_steps
         attention = inner.executed_flops(ip, shape) if executed else inner.flops(ip, shape)
         return steps * attention, steps * per_row * tokens
 
@@ -466,8 +602,10 @@ class ACTUniversalTransformer(_Adaptive):
         inner = _inner_class(params.attention)
         ip = _inner_params(params.attention, shape)
         tokens_d = shape.batch * shape.seq_len * shape.model_dim * itemsize
-        # state, accumulator, step input, key and value caches, plus one layer's activations.
-        return inner.working_bytes(ip, shape, itemsize) + PreNormLayer.activation_bytes(shape, itemsize) + 5 * tokens_d
+        # state, accumulator and step input, plus (frozen) the key and value caches, plus one
+        # layer's activations.
+        held = (3 if params.halting == "t2t" else 5) * tokens_d
+        return inner.working_bytes(ip, shape, itemsize) + PreNormLayer.activation_bytes(shape, itemsize) + held
 
     @classmethod
     def case_min_bytes(cls, params: Any, shape: Shape, scope: str, itemsize: int) -> int:

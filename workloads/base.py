@@ -44,6 +44,10 @@ class AttentionVariant(nn.Module, ABC):
     # recorded with each case, but they do not split a scaling curve.
     derived_params: ClassVar[tuple[str, ...]] = ()
     scopes: ClassVar[tuple[str, ...]] = SCOPES
+    # Parameters added after the variant was first defined, each with the value that computes
+    # what cases computed before the parameter existed. At that value a parameter stays out of
+    # the case identity, so those cases keep their case_id (see docs/result-format.md).
+    neutral_params: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, params: Any, shape: Shape) -> None:
         super().__init__()
@@ -121,6 +125,14 @@ class AttentionVariant(nn.Module, ABC):
         """Settle parameters that depend on the shape (e.g. "auto" choices) so the case
         records, and is identified by, what actually runs. Raise ValueError if impossible."""
         return values
+
+    @classmethod
+    def definition_revision(cls, params: dict[str, Any], scope: str) -> int:
+        """1 while a case with these (resolved) parameters computes what it computed when the
+        variant was first defined. A correction that changes what is computed, with no new
+        parameter to tell the two apart, raises it for the cases it changes: their case_id
+        changes, because the old numbers measured something else."""
+        return 1
 
     # --- building a workload for a scope -------------------------------------------------
     @classmethod

@@ -24,6 +24,12 @@ class Case:
     seq_len: int
     threads: int | None = None  # None: the backend's default for the host
     transform: str = "none"  # an optimisation applied to the built module (attnbench.engine.transforms)
+    # The variant's definition revision for these parameters: 1 as first defined, raised by a
+    # correction that changes what the case computes (AttentionVariant.definition_revision).
+    revision: int = 1
+    # Parameters added after the variant was first defined whose value here reproduces the
+    # earlier definition (AttentionVariant.neutral_params): left out of the identity.
+    neutral_params: tuple[str, ...] = ()
 
     @property
     def family(self) -> str:
@@ -35,10 +41,14 @@ class Case:
 
     def identity(self) -> dict[str, Any]:
         d = asdict(self)
-        d["params"] = self.params_dict
-        # Left out when "none", so every case_id from before transforms existed stays valid.
+        # What the case computes, and nothing that leaves it unchanged: defaults that reproduce
+        # an earlier definition are left out, so every case_id from before they existed stays valid.
+        neutral = set(d.pop("neutral_params"))
+        d["params"] = {k: v for k, v in self.params if k not in neutral}
         if self.transform == "none":
             del d["transform"]
+        if self.revision == 1:
+            del d["revision"]
         return d
 
     @property

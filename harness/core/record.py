@@ -234,6 +234,9 @@ class CaseRecord(JsonRecord):
     turns: dict[str, Any] | None = field(default=None, metadata=M_WHEN_SET)
     # attnbench.core.pattern_grid.PatternGrid.to_json(); None: nothing to draw
     pattern: dict[str, Any] | None = field(default=None, metadata=M_WHEN_OK)
+    revision: int = field(default=1, metadata=M_ALWAYS)  # the variant's definition revision (Case.revision)
+    # parameters at the value that reproduces the definition from before they existed (Case.neutral_params)
+    neutral_params: list[str] = field(default_factory=list, metadata=M_ALWAYS)
     # attnbench.core.nodes.case_node(); None: it reached none
     node: dict[str, Any] | None = field(default=None, metadata=M_WHEN_RAN)
     wall_s: float | None = field(default=None, metadata=M_WHEN_SET)  # driver seconds for the case, queueing included
@@ -273,6 +276,8 @@ class CaseRecord(JsonRecord):
             self.seq_len,
             self.threads,
             self.transform,
+            self.revision,
+            tuple(self.neutral_params),
         )
 
     def with_measurement(self, m: Measurement) -> CaseRecord:
@@ -286,7 +291,10 @@ class CaseRecord(JsonRecord):
 
 def case_fields(case: Case) -> dict[str, Any]:
     """A case's own fields as a record holds them (params as a dict): the inverse of CaseRecord.case()."""
-    return {f.name: case.params_dict if f.name == "params" else getattr(case, f.name) for f in fields(Case)}
+    record = {f.name: getattr(case, f.name) for f in fields(Case)}
+    record["params"] = case.params_dict
+    record["neutral_params"] = list(case.neutral_params)
+    return record
 
 
 # ----------------------------------------------------------------------------- what the workers hand back

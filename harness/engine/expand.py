@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from attnbench.core.cases import Case, Sweep
 from attnbench.core.errors import UserError
@@ -53,6 +54,14 @@ def expand(sweep: Sweep) -> list[Case]:
                     except ValueError as exc:
                         raise UserError(f"invalid parameters for {variant} at n={n}: {exc}") from None
                     resolved = tuple(sorted(at_length.items()))
-                    case = Case(variant, resolved, scope, backend, dtype, mode, b, h, d, n, t, tr)
+                    neutral = tuple(k for k, v in resolved if _is_neutral(cls.neutral_params, k, v))
+                    revision = cls.definition_revision(at_length, scope)
+                    case = Case(variant, resolved, scope, backend, dtype, mode, b, h, d, n, t, tr, revision, neutral)
                     cases.setdefault(case.case_id, case)
     return list(cases.values())
+
+
+def _is_neutral(neutral: dict[str, Any], name: str, value: Any) -> bool:
+    """Whether a parameter holds the value that reproduces the definition from before it
+    existed (the type too: False must not stand for 0)."""
+    return name in neutral and type(neutral[name]) is type(value) and neutral[name] == value
