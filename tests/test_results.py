@@ -1,13 +1,18 @@
 """attnbench.core.results: writing run folders and reading them back with schema checks."""
 
+import errno
 import json
 import os
+import signal
+import stat
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from attnbench.core.errors import UserError
+from attnbench.core.errors import UserError, WriteFailed
 from attnbench.core.record import CASE_SCHEMA, RUN_SCHEMA, CaseRecord, RunRecord
 from attnbench.core.results import CASES_FILE, RUN_FILE, RunWriter, check_writable, load_run
 from attnbench.core.stats import summarize
@@ -76,7 +81,8 @@ def case_dict(i=0, **changes):
 def write_folder(folder, run, lines_text):
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RUN_FILE).write_text(json.dumps(run))
-    (folder / CASES_FILE).write_text(lines_text)
+    if lines_text is not None:
+        (folder / CASES_FILE).write_text(lines_text)
 
 
 # ----------------------------------------------------------------------------- writing
@@ -89,7 +95,7 @@ def test_run_writer_creates_files(tmp_path):
         assert json.loads((folder / RUN_FILE).read_text()) == run_dict()
         assert (folder / CASES_FILE).read_text() == ""
         # The atomic write leaves no temporary file behind.
-        assert sorted(p.name for p in folder.iterdir()) == [CASES_FILE, RUN_FILE]
+        assert sorted(p.name for p in folder.iterdir()) == [".lock", CASES_FILE, RUN_FILE]
     finally:
         writer.close()
 
@@ -103,7 +109,7 @@ def test_run_writer_save_replaces_run_json_atomically(tmp_path):
         # A new file renamed over the old one: readers see the old or the new, never a half.
         assert (folder / RUN_FILE).stat().st_ino != before
         assert json.loads((folder / RUN_FILE).read_text())["status"] == "complete"
-        assert sorted(p.name for p in folder.iterdir()) == [CASES_FILE, RUN_FILE]
+        assert sorted(p.name for p in folder.iterdir()) == [".lock", CASES_FILE, RUN_FILE]
     finally:
         writer.close()
 
@@ -261,30 +267,109 @@ def test_torn_last_line_ignored(tmp_path):
 
 
 @pytest.mark.parametrize("fragment_len", [1, 57, None])  # None: a fragment with no newline before it at all
-def test_writing_again_after_a_torn_line_drops_the_fragment(tmp_path, fragment_len):
+def test_writing_again_after_a_torn_line_sets_the_fragment_aside(tmp_path, fragment_len):
     """A resume appends to cases.jsonl: after a torn last line, gluing the next record to the
-    fragment made every reader fail ("cases.jsonl:3 is not valid JSON"). The writer cuts the
-    fragment first; its case was never recorded, so the resume runs it again."""
+    fragment made every reader fail ("cases.jsonl:3 is not valid JSON"). The writer moves the
+    fragment to cases.jsonl.torn first; its case was never recorded, so the resume runs it again."""
     folder = tmp_path / "run"
     good = "" if fragment_len is None else json.dumps(case_dict(0)) + "\n" + json.dumps(case_dict(1)) + "\n"
     torn = json.dumps(case_dict(2))[: fragment_len or 30]
     write_folder(folder, run_dict(), good + torn)
     writer = RunWriter(folder, load_run(folder).run)
-    assert writer.dropped_fragment == len(torn)
+    assert writer.torn == len(torn)
     writer.append(CaseRecord.from_json(case_dict(3)))
     writer.close()
     expected = [259] if fragment_len is None else [256, 257, 259]
     assert [c.seq_len for c in load_run(folder).cases] == expected
     assert (folder / CASES_FILE).read_text().endswith("\n")
+    assert (folder / (CASES_FILE + ".torn")).read_text() == torn + "\n"  # kept, not dropped
 
 
 def test_writing_again_after_a_whole_last_line_keeps_everything(tmp_path):
     folder = tmp_path / "run"
     write_folder(folder, run_dict(), json.dumps(case_dict(0)) + "\n")
     writer = RunWriter(folder, load_run(folder).run)
-    assert writer.dropped_fragment == 0
+    assert writer.torn == 0
     writer.close()
     assert len(load_run(folder).cases) == 1
+    assert not (folder / (CASES_FILE + ".torn")).exists()
+
+
+def test_a_second_writer_is_refused_naming_the_first(tmp_path):
+    folder = tmp_path / "run"
+    write_folder(folder, run_dict(), "")
+    first = RunWriter(folder, load_run(folder).run)
+    with pytest.raises(UserError) as e:
+        RunWriter(folder, load_run(folder).run)
+    assert f"pid {os.getpid()} on host" in str(e.value) and "--out" in str(e.value)
+    first.close()
+    RunWriter(folder, load_run(folder).run).close()  # free again once the first is done
+
+
+def test_a_dead_writers_lock_is_taken_over(tmp_path):
+    # The kernel drops a flock with its holder, however it dies: a SIGKILLed writer's lock
+    # file still names it, and the next writer takes the folder over.
+    folder = tmp_path / "run"
+    write_folder(folder, run_dict(), "")
+    code = (
+        "import os, sys; from pathlib import Path; from attnbench.core.results import RunLock; "
+        "RunLock(Path(sys.argv[1])); os.kill(os.getpid(), 9)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(folder)], check=False)
+    assert proc.returncode == -signal.SIGKILL
+    assert "pid" in (folder / ".lock").read_text()  # the dead holder's note is still there
+    RunWriter(folder, load_run(folder).run).close()
+
+
+def test_a_failed_write_raises_write_failed_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    folder = tmp_path / "run"
+    write_folder(folder, run_dict(), "")
+    writer = RunWriter(folder, load_run(folder).run)
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(WriteFailed, match="No space left on device"):
+        writer.append(CaseRecord.from_json(case_dict(0)))
+    monkeypatch.undo()
+
+    def fsync_fails(fd):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    monkeypatch.setattr(os, "fsync", fsync_fails)
+    with pytest.raises(WriteFailed, match=str(folder / RUN_FILE)):
+        writer.save()
+    monkeypatch.undo()
+    writer.close()
+    assert sorted(p.name for p in folder.iterdir()) == [".lock", CASES_FILE, RUN_FILE]
+
+
+def test_files_follow_the_umask(tmp_path):
+    folder = tmp_path / "run"
+    old = os.umask(0o027)
+    try:
+        writer = RunWriter.create(folder, RunRecord.from_json(run_dict()))
+        writer.append(CaseRecord.from_json(case_dict(0)))
+        writer.close()
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((folder / RUN_FILE).stat().st_mode) == 0o640
+    assert stat.S_IMODE((folder / CASES_FILE).stat().st_mode) == 0o640
+
+
+def test_writes_never_follow_a_planted_symlink(tmp_path):
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / ".write-probe").symlink_to(victim)  # the name the probe used to write through
+    check_writable(folder)
+    write_folder(folder, run_dict(), None)
+    (folder / CASES_FILE).symlink_to(victim)
+    with pytest.raises(UserError, match="symbolic link"):
+        RunWriter(folder, RunRecord.from_json(run_dict()))
+    assert victim.read_text() == "precious\n"
 
 
 def test_damaged_middle_line_refused(tmp_path):

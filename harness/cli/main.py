@@ -9,12 +9,20 @@ so `bench --help` and a usage error stay fast.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from importlib import import_module
 from typing import NoReturn
 
 from attnbench.core import interrupts
-from attnbench.core.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
+from attnbench.core.errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    EXIT_USER_ERROR,
+    EXIT_WRITE_FAILED,
+    UserError,
+    WriteFailed,
+)
 
 # The commands, in the order `bench --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
@@ -52,7 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     with interrupts.noted():
-        return _dispatch(parser, args, argv)
+        code = _dispatch(parser, args, argv)
+        if code == EXIT_INTERRUPTED and interrupts.received() == signal.SIGTERM:
+            code = EXIT_TERMINATED  # 128 + the signal, as a shell reports a process it ended
+        return code
 
 
 def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: list[str]) -> int:
@@ -64,6 +75,9 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: l
     except UserError as exc:
         sys.stderr.write(f"bench: error: {exc}\n")
         return EXIT_USER_ERROR
+    except WriteFailed as exc:
+        sys.stderr.write(f"bench: error: {exc}; the run stopped there (finish it with bench run --resume)\n")
+        return EXIT_WRITE_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
 

@@ -4,7 +4,9 @@ EXIT_OK = 0
 EXIT_REGRESSION = 1  # `bench compare`/`bench ab --fail-on-regression` found a regression
 EXIT_FAILED = 1  # the one job a command was given failed (bench profile: the case's profile)
 EXIT_USER_ERROR = 2  # bad input: one line on stderr, no traceback
-EXIT_INTERRUPTED = 130  # Ctrl-C or SIGTERM: the run is marked interrupted and can be resumed
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT): the run is marked interrupted and can be resumed
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM), as a shell reports it: interrupted too
+EXIT_WRITE_FAILED = 74  # results could not be written (disk full, file-size limit): sysexits' EX_IOERR
 
 
 class UserError(Exception):
@@ -13,3 +15,8 @@ class UserError(Exception):
 
 class Unsupported(Exception):
     """A backend or variant cannot run this case (recorded as status "unsupported")."""
+
+
+class WriteFailed(Exception):
+    """Results could not be written to the run folder (disk full, file-size limit, ...).
+    The message names the file and the cause; the run is marked interrupted where possible."""

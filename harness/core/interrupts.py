@@ -72,6 +72,11 @@ def deferred() -> Iterator[None]:
         check()
 
 
+def received() -> int | None:
+    """The signal noted since `noted()` began (SIGINT or SIGTERM), if any."""
+    return _received
+
+
 def check() -> None:
     """Raise KeyboardInterrupt if a signal was noted (its own KeyboardInterrupt may have been
     swallowed where it was raised)."""

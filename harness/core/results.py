@@ -6,70 +6,184 @@ the records' format):
     <run folder>/cases.jsonl   one case record per line, appended and fsynced as each case ends
     <run folder>/passes.jsonl  with passes > 1 only: each finished pass of a case, before its
                                record is complete (attnbench.engine.passes); not part of the contract
+    <run folder>/*.torn        a torn last line set aside from the file of that name (a killed write)
+    <run folder>/.lock         the writer's lock, naming its pid and host while it runs
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
+import secrets
+import socket
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from attnbench.core.errors import UserError
+from attnbench.core.errors import UserError, WriteFailed
 from attnbench.core.record import CaseRecord, RunRecord
 
 RUN_FILE = "run.json"
 CASES_FILE = "cases.jsonl"
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    """Write-then-rename, so a reader sees the old file or the new one, never half of one.
+    The temp file goes whatever happens; the file gets the user's umask (mkstemp makes 0600);
+    `allow_nan=False`: strict JSON, a non-finite number is a bug to surface, not to write."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".run.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            os.fsync(f.fileno())
+        os.replace(tmp, path)  # replaces a symlink at path, never writes through it
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _open_append(path: Path) -> int:
+    """An append-only file of the run folder, never through a symlink someone put there."""
+    try:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+    except OSError as exc:
+        if path.is_symlink():
+            raise UserError(f"{path} is a symbolic link; attnbench writes its results files itself") from None
+        raise WriteFailed(f"cannot open {path}: {exc.strerror or exc}") from None
+
+
+def _write_line(fd: int, path: Path, line: str) -> None:
+    data = line.encode() + b"\n"
+    start = os.lseek(fd, 0, os.SEEK_END)
+    try:
+        while data:  # a short write (a file-size limit) is a failure, not half a record
+            written = os.write(fd, data)
+            if written == 0:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            data = data[written:]
+        os.fsync(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # no half record left behind for the next append to glue onto
+            os.ftruncate(fd, start)
+        raise WriteFailed(f"cannot write to {path}: {exc.strerror or exc}") from None
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append one JSON line to an append-only file of the run folder, synced to disk, after
+    setting aside a torn last line a killed writer left (see `set_aside_torn_line`)."""
+    set_aside_torn_line(path)
+    fd = _open_append(path)
+    try:
+        _write_line(fd, path, line)
+    finally:
+        os.close(fd)
+
+
+class RunLock:
+    """Who writes a run folder: one process at a time.
+
+    An advisory `flock` on `<folder>/.lock`, which the kernel releases when its holder dies
+    however it dies, so a stale lock from a dead process is simply taken over; the file holds
+    the holder's pid, host and start time, for the message a second writer gets."""
+
+    FILE = ".lock"
+
+    def __init__(self, folder: Path) -> None:
+        self.path = folder / self.FILE
+        try:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:
+            raise UserError(f"cannot lock the run folder {folder}: {exc.strerror or exc}") from None
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.pread(self._fd, 4096, 0).decode(errors="replace").strip() or "another process"
+            os.close(self._fd)
+            raise UserError(
+                f"{folder} is being written by {holder}; wait for it to finish, or choose another folder with --out"
+            ) from None
+        note = f"pid {os.getpid()} on host {socket.gethostname()} (since {time.strftime('%Y-%m-%dT%H:%M:%S%z')})"
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, note.encode(), 0)
+
+    def release(self) -> None:
+        if self._fd < 0:
+            return
+        os.ftruncate(self._fd, 0)  # the file stays: unlinking a lock file races with its next taker
+        os.close(self._fd)  # closing drops the flock
+        self._fd = -1
 
 
 class RunWriter:
-    """Owns one run folder: run.json rewritten atomically, cases.jsonl appended and fsynced."""
+    """Owns one run folder while a run writes it: holds its lock, rewrites run.json atomically,
+    appends to cases.jsonl and syncs each record to disk. Every failure to write raises
+    WriteFailed naming the file and the cause."""
 
     def __init__(self, folder: Path, run: RunRecord) -> None:
         self.folder = folder
         self.run = run
-        self.dropped_fragment = _drop_torn_line(folder / CASES_FILE)
-        self._cases = open(folder / CASES_FILE, "a")  # noqa: SIM115 - held for the run
+        self._lock = RunLock(folder)
+        try:
+            self.torn = set_aside_torn_line(folder / CASES_FILE)
+            self._cases = _open_append(folder / CASES_FILE)
+        except BaseException:
+            self._lock.release()
+            raise
 
     @classmethod
     def create(cls, folder: Path, run: RunRecord) -> RunWriter:
         folder.mkdir(parents=True, exist_ok=True)
         writer = cls(folder, run)
-        writer.save()
+        try:
+            writer.save()
+        except BaseException:
+            writer.close()
+            raise
         return writer
 
     def save(self, run: RunRecord | None = None) -> None:
         """Write run.json again: the given record, else the last one saved."""
         if run is not None:
             self.run = run
-        _write_json_atomic(self.folder / RUN_FILE, self.run.to_json())
+        path = self.folder / RUN_FILE
+        try:
+            _write_json_atomic(path, self.run.to_json())
+        except OSError as exc:
+            raise WriteFailed(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def append(self, record: CaseRecord) -> None:
-        self._cases.write(json.dumps(record.to_json(), sort_keys=False) + "\n")
-        self._cases.flush()
-        os.fsync(self._cases.fileno())
+        _write_line(self._cases, self.folder / CASES_FILE, json.dumps(record.to_json(), allow_nan=False))
 
     def close(self) -> None:
-        self._cases.close()
+        if self._cases >= 0:
+            os.close(self._cases)
+            self._cases = -1
+        self._lock.release()
 
 
-def _drop_torn_line(path: Path) -> int:
-    """Cut a last line that a killed run left without its newline (a power cut, a full disk):
-    appending after it would glue the next record to it and make the file unreadable. Its case
-    was never recorded, so a resume runs it again. Returns the bytes dropped."""
-    if not path.is_file():
+TORN_SUFFIX = ".torn"
+
+
+def set_aside_torn_line(path: Path) -> int:
+    """Move a last line that a killed writer left without its newline (a power cut, a full
+    disk) to `<file>.torn` beside it, then cut it from the file: appending after it would glue
+    the next record to it and make the file unreadable. Its case was never recorded, so a
+    resume runs it again; the bytes are kept, never silently dropped. Returns their count."""
+    if not path.is_file() or path.is_symlink():
         return 0
     with open(path, "rb+") as f:
         size = f.seek(0, os.SEEK_END)
@@ -88,6 +202,14 @@ def _drop_torn_line(path: Path) -> int:
                 keep = keep - step + newline + 1
                 break
             keep -= step
+        f.seek(keep)
+        fragment = f.read()
+        side = path.with_name(path.name + TORN_SUFFIX)
+        fd = _open_append(side)
+        try:
+            _write_line(fd, side, fragment.decode(errors="backslashreplace"))
+        finally:
+            os.close(fd)
         f.truncate(keep)
         f.flush()
         os.fsync(f.fileno())
@@ -95,11 +217,12 @@ def _drop_torn_line(path: Path) -> int:
 
 
 def check_writable(folder: Path) -> None:
-    """One clear line if the run folder cannot be made or written."""
+    """One clear line if the run folder cannot be made or written. The probe is a new file
+    of a name nobody else uses, created exclusively: it never writes through a symlink."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write-probe"
-        probe.write_text("")
+        probe = folder / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
         probe.unlink()
     except OSError as exc:
         raise UserError(

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from attnbench.core import machine_check
 from attnbench.core.record import Measurement
+from attnbench.core.results import append_line
 from attnbench.core.stats import UNSTABLE_IQR_RATIO, converged, is_stable, summarize
 from attnbench.engine.executors.base import Outcome
 
@@ -34,10 +34,7 @@ def save_pass(folder: Path, case_id: str, number: int, outcome: Outcome, wall_s:
     """Append one finished pass of a case to the run folder's passes.jsonl, synced to disk."""
     saved = {**dataclasses.asdict(dataclasses.replace(outcome, result=None)), "result": outcome.result.to_json()}
     line = json.dumps({"case_id": case_id, "pass": number, "wall_s": wall_s, "outcome": saved}, default=str)
-    with open(folder / PASSES_FILE, "a") as f:
-        f.write(line + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    append_line(folder / PASSES_FILE, line)
 
 
 def saved_passes(folder: Path) -> dict[str, tuple[list[Outcome], float]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import secrets
 import time
@@ -16,7 +17,7 @@ from attnbench.backends.peaks import fraction_of_peak
 from attnbench.core import interrupts
 from attnbench.core.cases import Case, Sweep
 from attnbench.core.environment import fingerprint
-from attnbench.core.errors import UserError
+from attnbench.core.errors import UserError, WriteFailed
 from attnbench.core.nodes import case_node, describe_node
 from attnbench.core.record import CaseRecord, Measurement, RunRecord, case_fields
 from attnbench.core.registry import get_backend, get_workload
@@ -81,7 +82,7 @@ def base_record(run_id: str, case: Case, status: str, reason: str | None) -> Cas
     return CaseRecord(
         run_id=run_id,
         case_id=case.case_id,
-        **case_fields(case),  # variant, params, scope, backend, dtype, mode, the shape, threads, transform
+        **case_fields(case),  # variant, params, scope, backend, dtype, mode, the shape, threads, transform, revision
         family=cls.family,
         derived_params=list(cls.derived_params),
         # Source and configuration of what is measured: `bench compare` reports a case whose
@@ -255,7 +256,14 @@ class Runner:
 
     def _append(self, case: Case, record: CaseRecord) -> None:
         record = replace(record, finished_at=now_iso())
-        self._writer.append(record)  # on disk as soon as the case ends
+        try:
+            self._writer.append(record)  # on disk as soon as the case ends
+        except WriteFailed as exc:
+            # A record too large for what is left (a file-size limit) may still fit as an error.
+            failed = finish_record(self.run.run_id, case, Outcome("error", f"its record could not be written: {exc}"))
+            with contextlib.suppress(WriteFailed):
+                self._writer.append(replace(failed, finished_at=now_iso()))
+            raise
         self.progress.case_finished(case, record)
 
     def _finish(self, case: Case, outcome: Outcome, wall_s: float) -> None:
@@ -341,13 +349,14 @@ class Runner:
     def execute(self) -> int:
         """Run every case not yet recorded. Returns the number of cases recorded now."""
         cases = expand(self.sweep)
+        self.run = replace(self.run, cases_total=len(cases))
+        # The folder's lock comes first: a second --resume of this run must not even plan.
+        self._writer = RunWriter.create(self.folder, self.run)
         existing = load_run(self.folder).cases if (self.folder / CASES_FILE).exists() else []
         done = {c.case_id for c in existing}
         for rec in existing:
             if rec.status in STOPPING:
                 self._note_stop(rec.case(), rec.status)
-        self.run = replace(self.run, cases_total=len(cases))
-        self._writer = RunWriter.create(self.folder, self.run)
         todo = [c for c in cases if c.case_id not in done]
         if self.settings.passes > 1 and isinstance(self.executor, ConcurrentExecutor):
             raise UserError(
@@ -376,6 +385,16 @@ class Runner:
             self._writer.save(self.run)
             self._writer.close()
             self.progress.stop()
+            raise
+        except WriteFailed:
+            # The disk is full or a file-size limit was hit: nothing more can be recorded, so the
+            # run stops, saying so in run.json where that still can be written.
+            self.executor.abandon()
+            self.progress.stop()
+            self.run = replace(self.run, status="interrupted", finished_at=None)
+            with contextlib.suppress(WriteFailed):
+                self._writer.save(self.run)
+            self._writer.close()
             raise
         self.progress.stop()
         (self.folder / PASSES_FILE).unlink(missing_ok=True)  # every pass is in a record now

@@ -26,6 +26,7 @@ from attnbench.core.settings import RunSettings
 from attnbench.engine import reference_kernel
 from attnbench.engine.build import build_transformed, load_case
 from attnbench.engine.kernels import ATTENTION_MARKERS, attention_ops
+from attnbench.engine.lifeline import die_with_parent
 from attnbench.engine.timing import sample, warm_up
 from attnbench.engine.turns import BlockTurns, NoTurns
 from attnbench.workloads.base import AttentionVariant, Shape
@@ -228,7 +229,10 @@ def child_main(
 ) -> None:
     """Entry point of the worker process: send back ("ok", result) or ("failed", status, reason, tb)."""
     entered = time.perf_counter()
-    # Ctrl-C reaches the whole process group; the parent decides what happens to this case.
+    die_with_parent()
+    # A group of its own: the executor kills the case's own child processes with it, and a
+    # Ctrl-C at the terminal reaches the driver alone, which decides what happens to the case.
+    os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _mark_oom_victim()
     if settings.plugins:

@@ -7,6 +7,7 @@ clean process whose peak memory belongs to that case alone.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing as mp
 import os
 import signal
@@ -22,6 +23,7 @@ from attnbench.core.cases import Case
 from attnbench.core.record import Measurement
 from attnbench.core.settings import RunSettings
 from attnbench.engine.executors.base import Executor, Outcome
+from attnbench.engine.lifeline import mark_driver
 
 POLL_S = 0.05
 
@@ -39,6 +41,7 @@ class LocalExecutor(Executor):
     def __init__(self, settings: RunSettings) -> None:
         super().__init__()  # the gate: in bench ab, the timing worker asks it for block turns
         self.settings = settings
+        mark_driver()  # before the fork server starts: its workers die with this process
         self.ctx = mp.get_context("forkserver")
         self.ctx.set_forkserver_preload(["attnbench.engine.preload"])
         self._current: Any = None
@@ -54,7 +57,7 @@ class LocalExecutor(Executor):
     def abandon(self) -> None:
         """Kill the worker in flight (Ctrl-C)."""
         if self._current is not None and self._current.is_alive():
-            self._current.kill()
+            _kill(self._current)
             self._current.join(5)
 
     def run(self, case: Case) -> Outcome:
@@ -120,8 +123,7 @@ class LocalExecutor(Executor):
             return self._wait(proc, parent_conn, started, timeout, why)
         finally:
             self._current = None
-            if proc.is_alive():
-                proc.kill()
+            _kill(proc)
             proc.join(5)
             parent_conn.close()
 
@@ -172,7 +174,7 @@ class LocalExecutor(Executor):
                 except psutil.Error:
                     rss = 0
                 if limit is not None and rss > limit:
-                    proc.kill()
+                    _kill(proc)
                     proc.join(5)
                     return Outcome(
                         "oom",
@@ -181,7 +183,7 @@ class LocalExecutor(Executor):
                         worker={"pid": proc.pid, "wall_s": now - started, "exitcode": proc.exitcode},
                     )
             if now > deadline:
-                proc.kill()
+                _kill(proc)
                 proc.join(5)
                 return Outcome(
                     "timeout",
@@ -204,6 +206,18 @@ class LocalExecutor(Executor):
                 )
             return Outcome("error", f"worker died from {name} without reporting a result", worker=worker)
         return Outcome("error", f"worker exited with code {code} without reporting a result", worker=worker)
+
+
+def _kill(proc: Any) -> None:
+    """SIGKILL a worker's process group (it made one of its own: attnbench.engine.worker), so
+    the case's own child processes go with it; the worker alone if it had no group yet. Only
+    while the worker is unreaped: until then its pid, and so the group's id, is still ours."""
+    if proc.exitcode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    if proc.is_alive():
+        proc.kill()
 
 
 def _watch(pid: int) -> psutil.Process | None:
