@@ -19,6 +19,8 @@ from typing import Any
 
 import psutil
 
+from attnbench.core.strict_json import dumps
+
 CACHE_ENV = "ATTNBENCH_CACHE_DIR"
 CALIBRATION_SCHEMA = "attnbench.calibration/1"
 
@@ -129,7 +131,7 @@ def save_calibration(device_key: str, entry: dict[str, Any]) -> Path:
     devices[device_key] = entry
     data = {"schema": CALIBRATION_SCHEMA, "fingerprint": machine_fingerprint(), "devices": devices}
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
+    tmp.write_text(dumps(data, indent=2))
     tmp.replace(path)
     return path
 

@@ -442,3 +442,17 @@ def test_check_writable_read_only_folder(tmp_path):
             check_writable(folder)
     finally:
         folder.chmod(0o700)
+
+
+def test_non_finite_figures_are_written_as_null_with_the_reason(tmp_path):
+    folder = tmp_path / "run"
+    writer = RunWriter.create(folder, RunRecord.from_json(run_dict()))
+    rec = CaseRecord.from_json(case_dict(0))
+    writer.append(replace(rec, flops_per_s=float("inf"), energy_j=float("nan")))
+    writer.close()
+    text = (folder / CASES_FILE).read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    data = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
+    assert data["flops_per_s"] is None and data["energy_j"] is None
+    assert "flops_per_s was inf, written as null" in data["notes"]
+    assert "energy_j was nan, written as null" in data["notes"]

@@ -27,6 +27,7 @@ from typing import Any
 
 from attnbench.core.errors import UserError, WriteFailed
 from attnbench.core.record import CaseRecord, RunRecord
+from attnbench.core.strict_json import dumps, finite
 
 RUN_FILE = "run.json"
 CASES_FILE = "cases.jsonl"
@@ -41,11 +42,11 @@ def _umask() -> int:
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     """Write-then-rename, so a reader sees the old file or the new one, never half of one.
     The temp file goes whatever happens; the file gets the user's umask (mkstemp makes 0600);
-    `allow_nan=False`: strict JSON, a non-finite number is a bug to surface, not to write."""
+    Strict JSON: a non-finite number is written as null (attnbench.core.strict_json)."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".run.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, allow_nan=False)
+            f.write(dumps(data, indent=2, sort_keys=False))
             f.write("\n")
             f.flush()
             os.fchmod(f.fileno(), 0o666 & ~_umask())
@@ -166,7 +167,11 @@ class RunWriter:
             raise WriteFailed(f"cannot write {path}: {exc.strerror or exc}") from None
 
     def append(self, record: CaseRecord) -> None:
-        _write_line(self._cases, self.folder / CASES_FILE, json.dumps(record.to_json(), allow_nan=False))
+        replaced: list[str] = []
+        data = finite(record.to_json(), replaced=replaced)
+        if replaced:  # null with the reason, never a figure strict JSON readers refuse
+            data["notes"] = [*(data.get("notes") or []), *(f"{r}, written as null" for r in replaced)]
+        _write_line(self._cases, self.folder / CASES_FILE, json.dumps(data, allow_nan=False))
 
     def close(self) -> None:
         if self._cases >= 0:

@@ -25,6 +25,7 @@ from attnbench.core import machine_check
 from attnbench.core.record import Measurement
 from attnbench.core.results import append_line
 from attnbench.core.stats import UNSTABLE_IQR_RATIO, converged, is_stable, summarize
+from attnbench.core.strict_json import dumps
 from attnbench.engine.executors.base import Outcome
 
 PASSES_FILE = "passes.jsonl"
@@ -33,7 +34,7 @@ PASSES_FILE = "passes.jsonl"
 def save_pass(folder: Path, case_id: str, number: int, outcome: Outcome, wall_s: float) -> None:
     """Append one finished pass of a case to the run folder's passes.jsonl, synced to disk."""
     saved = {**dataclasses.asdict(dataclasses.replace(outcome, result=None)), "result": outcome.result.to_json()}
-    line = json.dumps({"case_id": case_id, "pass": number, "wall_s": wall_s, "outcome": saved}, default=str)
+    line = dumps({"case_id": case_id, "pass": number, "wall_s": wall_s, "outcome": saved}, default=str)
     append_line(folder / PASSES_FILE, line)
 
 

@@ -34,6 +34,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attnbench.core.strict_json import dumps
 from attnbench.engine.profile_data import (
     CALL_RANGE,
     MEMORY_PNG,
@@ -136,7 +137,7 @@ def _ort_driver(backend: Backend, step: Step, calls: int, out: Path) -> tuple[An
     raw.replace(out / "ort_profile.json")
     analysis, kept = analyze_ort_trace(events, calls)
     trace = {"traceEvents": kept, "displayTimeUnit": "ms", "otherData": {"source": "onnxruntime session profiling"}}
-    (out / TRACE).write_text(json.dumps(trace))
+    (out / TRACE).write_text(dumps(trace))
     analysis = _with(analysis, memory=[rss.series(t0)])
     return analysis, {"raw_profile": "ort_profile.json", "tensorboard": None}
 
@@ -246,7 +247,7 @@ def profile_phase(case: Case, settings: RunSettings) -> dict[str, Any]:
         **analysis.to_json(),
         **extra,
     }
-    (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n")
+    (out / SUMMARY).write_text(dumps(summary, indent=2) + "\n")
     files = {"trace": TRACE, "ops_csv": OPS_CSV, "ops_md": OPS_MD, "memory_png": MEMORY_PNG, "summary": SUMMARY}
     return {
         "path": str(out.resolve()),
