@@ -1,9 +1,11 @@
+# ruff: noqa: E501 - the malformed-suite corpus reads best one suite per line
 """Faults from outside a case, through the real CLI in real processes: a driver killed with
 SIGKILL, SIGTERM, a second writer of one run folder, a file-size limit mid-run. For each:
 what is kept, the exit code, and that no process is left behind."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import resource
 import signal
@@ -128,3 +130,167 @@ def test_a_file_size_limit_mid_run_stops_cleanly(tmp_path: Path) -> None:
     assert sorted(r["seq_len"] for r in final) == [32, 48, 64, 80]  # each once, none lost
     for r in final:  # the case in flight, where its smaller error record still fitted
         assert r["status"] == "ok" or "could not be written" in r["reason"]
+
+
+# ----------------------------------------------------------------------------- malformed input
+
+MALFORMED_SUITES = {
+    "not_toml": "this is = = not toml",
+    "sweep_not_table": "sweep = 3",
+    "variants_int": "[sweep]\nvariants = 3",
+    "variants_empty": "[sweep]\nvariants = []",
+    "variants_unknown": '[sweep]\nvariants = ["nope.x"]',
+    "variants_dup": '[sweep]\nvariants = ["full.sdpa", "full.sdpa"]\nseq_lens=[64]',
+    "seq_lens_empty": '[sweep]\nvariants=["full.sdpa"]\nseq_lens = []',
+    "seq_lens_bool": '[sweep]\nvariants=["full.sdpa"]\nseq_lens = [true]',
+    "seq_lens_neg": '[sweep]\nvariants=["full.sdpa"]\nseq_lens = [-5]',
+    "seq_lens_zero": '[sweep]\nvariants=["full.sdpa"]\nseq_lens = [0]',
+    "seq_lens_float": '[sweep]\nvariants=["full.sdpa"]\nseq_lens = [64.5]',
+    "seq_lens_nan": '[sweep]\nvariants=["full.sdpa"]\nseq_lens = [nan]',
+    "seq_lens_inf": '[sweep]\nvariants=["full.sdpa"]\nseq_lens = [inf]',
+    "seq_lens_str": '[sweep]\nvariants=["full.sdpa"]\nseq_lens = ["64"]',
+    "seq_lens_dup": '[sweep]\nvariants=["full.sdpa"]\nseq_lens = [64, 64]',
+    "seq_lens_table": '[sweep]\nvariants=["full.sdpa"]\nseq_lens = {a=1}',
+    "batch_zero": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\nbatch=[0]',
+    "heads_bool": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\nheads=[false]',
+    "head_dim_list_list": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\nhead_dim=[[64]]',
+    "dtypes_bad": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\ndtypes=["float7"]',
+    "dtypes_empty": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\ndtypes=[]',
+    "modes_bad": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\nmodes=["backward"]',
+    "scopes_bad": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\nscopes=["model"]',
+    "threads_zero": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\nthreads=[0]',
+    "threads_str": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\nthreads=["two"]',
+    "transforms_bad": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\ntransforms=["magic"]',
+    "backends_bad": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\nbackends=["tpu9"]',
+    "unknown_top": 'foo = 1\n[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]',
+    "unknown_sweep_key": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\nfoo=[1]',
+    "settings_not_table": 'settings = 5\n[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]',
+    "timeout_bool": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\n[settings]\ntimeout_s = true',
+    "timeout_neg": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\n[settings]\ntimeout_s = -1',
+    "timeout_inf": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\n[settings]\ntimeout_s = inf',
+    "verify_str": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\n[settings]\nverify = "false"',
+    "verify_int": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\n[settings]\nverify = 0',
+    "seed_float": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\n[settings]\nseed = 1.5',
+    "seed_bool": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\n[settings]\nseed = true',
+    "passes_big": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\n[settings]\npasses = 100',
+    "target_ci_nan": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\n[settings]\ntarget_rel_ci = nan',
+    "max_time_str": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\n[settings]\nmax_time_per_case = "1"',
+    "unknown_setting": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\n[settings]\nspeed = 1',
+    "params_not_table": '[sweep]\nvariants=["full.chunked"]\nseq_lens=[64]\n[params]\n"full.chunked" = 3',
+    "params_unknown_variant": '[sweep]\nvariants=["full.chunked"]\nseq_lens=[64]\n[params."nope.x"]\nchunk=[1]',
+    "params_unknown_name": '[sweep]\nvariants=["full.chunked"]\nseq_lens=[64]\n[params."full.chunked"]\nblock=[1]',
+    "params_empty_list": '[sweep]\nvariants=["full.chunked"]\nseq_lens=[64]\n[params."full.chunked"]\nchunk=[]',
+    "params_bool_for_int": '[sweep]\nvariants=["full.chunked"]\nseq_lens=[64]\n[params."full.chunked"]\nchunk=[true]',
+    "params_nan": '[sweep]\nvariants=["adaptive.act"]\nseq_lens=[64]\n[params."adaptive.act"]\ntarget_steps=[nan]',
+    "params_str_for_bool": '[sweep]\nvariants=["full.chunked"]\nseq_lens=[64]\n[params."full.chunked"]\ncausal=["yes"]',
+    "params_neg_chunk": '[sweep]\nvariants=["full.chunked"]\nseq_lens=[64]\n[params."full.chunked"]\nchunk=[-4]',
+    "params_dup": '[sweep]\nvariants=["full.chunked"]\nseq_lens=[64]\n[params."full.chunked"]\nchunk=[32, 32]',
+    "params_table_value": '[sweep]\nvariants=["full.chunked"]\nseq_lens=[64]\n[params."full.chunked"]\nchunk=[{a=1}]',
+    "params_window_odd": '[sweep]\nvariants=["sparse.sliding_window"]\nseq_lens=[64]\n[params."sparse.sliding_window"]\nwindow=[7]',
+    "params_lsh_factor_bad": '[sweep]\nvariants=["sparse.lsh"]\nseq_lens=[64]\n[params."sparse.lsh"]\nbucket_factor=[3]',
+    "params_act_t2t_gather": '[sweep]\nvariants=["adaptive.act"]\nseq_lens=[64]\n[params."adaptive.act"]\nhalting=["t2t"]\nexecution=["gather"]',
+    "backend_options_bad": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\n[backend_options.cpu]\nfoo=1',
+    "backend_overrides_bad": '[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]\n[backend_overrides.cpu]\nseq_lens=[1]',
+    "notes_int": 'notes = 5\n[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]',
+    "description_list": 'description = [1]\n[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]',
+    "reference_bad": 'reference = 5\n[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]',
+    "compare_bad": 'compare = 5\n[sweep]\nvariants=["full.sdpa"]\nseq_lens=[64]',
+    "binary": "\x00\x01\x02",
+}
+
+MALFORMED_FLAGS = {
+    "seq_lens_text": ["--variants", "full.sdpa", "--seq-lens", "64,abc"],
+    "seq_lens_dup": ["--variants", "full.sdpa", "--seq-lens", "64,64"],
+    "seq_lens_empty": ["--variants", "full.sdpa", "--seq-lens", ","],
+    "max_memory_nan": ["--variants", "full.sdpa", "--seq-lens", "64", "--max-memory", "nan"],
+    "max_memory_neg": ["--variants", "full.sdpa", "--seq-lens", "64", "--max-memory", "-1"],
+    "timeout_neg": ["--variants", "full.sdpa", "--seq-lens", "64", "--timeout", "-1"],
+    "timeout_inf": ["--variants", "full.sdpa", "--seq-lens", "64", "--timeout", "inf"],
+    "max_time_inf": ["--variants", "full.sdpa", "--seq-lens", "64", "--max-time-per-case", "inf"],
+    "passes_zero": ["--variants", "full.sdpa", "--seq-lens", "64", "--passes", "0"],
+    "threads_zero": ["--variants", "full.sdpa", "--seq-lens", "64", "--threads", "0"],
+    "param_no_value": ["--variants", "full.chunked", "--seq-lens", "64", "--param", "full.chunked.chunk="],
+    "param_no_equals": ["--variants", "full.chunked", "--seq-lens", "64", "--param", "full.chunked.chunk"],
+    "param_unknown": ["--variants", "full.chunked", "--seq-lens", "64", "--param", "full.chunked.nope=1"],
+    "param_bad_bool": ["--variants", "full.chunked", "--seq-lens", "64", "--param", "full.chunked.causal=maybe"],
+    "param_dup": ["--variants", "full.chunked", "--seq-lens", "64", "--param", "full.chunked.chunk=32,32"],
+    "variants_empty": ["--variants", "", "--seq-lens", "64"],
+    "variants_unknown": ["--variants", "full.nope", "--seq-lens", "64"],
+    "backend_option": ["--variants", "full.sdpa", "--seq-lens", "64", "--backend-option", "cpu.nope=1"],
+    "suite_missing": ["--suite", "/nonexistent/suite.toml"],
+}
+
+
+def _one_line_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs `bench` in this process; no case may run, and the error is one line with exit 2."""
+    from attnbench.cli.main import main
+    from attnbench.engine import runner
+
+    def would_run(self: runner.Runner) -> int:
+        from attnbench.engine.expand import expand
+
+        expand(self.sweep)  # parameters are checked here, before any case
+        raise AssertionError("the input was accepted and cases would run")
+
+    monkeypatch.setattr(runner.Runner, "execute", would_run)
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.count("\n") == 1 and err.startswith("bench: error: "), err
+    return err
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED_SUITES))
+def test_a_malformed_suite_is_one_line_and_exit_2(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    suite = tmp_path / f"{name}.toml"
+    suite.write_bytes(MALFORMED_SUITES[name].encode())
+    _one_line_exit_2(["run", "--suite", str(suite), "--out", str(tmp_path / "out")], capsys, monkeypatch)
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED_FLAGS))
+def test_a_malformed_flag_is_one_line_and_exit_2(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    argv = ["run", *MALFORMED_FLAGS[name], "--out", str(tmp_path / "out")]
+    with contextlib.suppress(SystemExit):  # argparse's own refusals exit 2 with a usage line
+        _one_line_exit_2(argv, capsys, monkeypatch)
+        return
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "error:" in err
+
+
+RUN_JSON = {
+    "not_json": "{not json",
+    "array": "[1, 2]",
+    "no_schema": '{"run_id": "x"}',
+    "future_schema": '{"schema": "attnbench.run/9"}',
+    "wrong_field_type": '{"schema": "attnbench.run/1", "run_id": 5, "suite": [], "status": "complete"}',
+    "empty": "",
+    "binary": "\x00\xff\xfe",
+}
+
+
+@pytest.mark.parametrize("name", sorted(RUN_JSON))
+@pytest.mark.parametrize("command", ["resume", "report", "compare", "history-ingest"])
+def test_a_damaged_run_folder_is_one_line_and_exit_2(
+    name: str, command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run.json").write_bytes(RUN_JSON[name].encode("latin-1"))
+    argv = {
+        "resume": ["run", "--resume", str(folder)],
+        "report": ["report", str(folder), "--out", str(tmp_path / "report")],
+        "compare": ["compare", str(folder), str(folder)],
+        "history-ingest": ["history", "ingest", str(folder), "--history", str(tmp_path / "h.sqlite")],
+    }[command]
+    if command == "history-ingest":  # many folders at once: each refused one is named, and the rest go on
+        from attnbench.cli.main import main
+
+        assert main(argv) == 2
+        out = capsys.readouterr().out
+        assert f"skipped {folder}: " in out and "1 skipped" in out
+        return
+    _one_line_exit_2(argv, capsys, monkeypatch)

@@ -270,17 +270,21 @@ def test_bad_values_refused(over, fragment):
     assert fragment in str(e.value)
 
 
-def test_values_parsed_and_deduplicated():
-    sweep, _ = resolve_with(
-        seq_lens=["512", "128", "512"],
-        dtypes=["float64", "float32", "float64"],
-        modes=["forward", "train"],
-        threads=["2", "4"],
-    )
+def test_values_parsed_in_order():
+    sweep, _ = resolve_with(seq_lens=["512", "128"], dtypes=["float64", "float32"], modes=["forward", "train"])
     assert sweep.seq_lens == (512, 128)
     assert sweep.dtypes == ("float64", "float32")
     assert sweep.modes == ("forward", "train")
-    assert sweep.threads == (2, 4)
+
+
+@pytest.mark.parametrize(
+    ("axis", "values"),
+    [("seq_lens", ["512", "128", "512"]), ("dtypes", ["float64", "float32", "float64"]), ("threads", ["2", "2"])],
+)
+def test_a_value_given_twice_is_refused(axis, values):
+    # Silently measuring it once hid typos (issue 21: "duplicate values all get one line").
+    with pytest.raises(UserError, match="twice; give each value once"):
+        resolve_with(**{axis: values})
 
 
 @pytest.mark.parametrize("threads", [None, ["auto"]])
@@ -307,7 +311,7 @@ def test_param_flags_parse():
 
 @pytest.mark.parametrize(
     ("raw", "expected"),
-    [("true", (True,)), ("false", (False,)), ("True,False", (True, False)), ("false,true,false", (False, True))],
+    [("true", (True,)), ("false", (False,)), ("True,False", (True, False)), ("false,true", (False, True))],
 )
 def test_param_flag_bools(raw, expected):
     sweep, _ = resolve_with(params=[f"full.sdpa.causal={raw}"])
@@ -352,10 +356,15 @@ def test_suite_param_types_checked():
         resolve(spec(params={"full.sdpa": {"causal": [1]}}), Overrides())
 
 
-def test_suite_param_values_coerced():
-    # TOML strings are read like command-line text; ints widen to float defaults only.
-    sweep, _ = resolve(spec(params={"full.chunked": {"chunk": ["64", 32], "causal": ["yes"]}}), Overrides())
-    assert sweep.params_for("full.chunked") == {"chunk": (64, 32), "causal": (True,)}
+def test_suite_param_values_keep_their_toml_types():
+    # A suite file has types: "64" for a whole number, or "yes" for true/false, is a wrong type
+    # (issue 21: such strings were read like command-line text, so "false" could mean true).
+    for value, expected in (("64", "int"), ("yes", "true or false")):
+        name = "chunk" if value == "64" else "causal"
+        with pytest.raises(UserError, match=f"full.chunked.{name} must be {expected}, not the string '{value}'"):
+            resolve(spec(params={"full.chunked": {name: [value]}}), Overrides())
+    sweep, _ = resolve(spec(params={"adaptive.act": {"target_steps": [2]}}), Overrides())
+    assert sweep.params_for("adaptive.act") == {"target_steps": (2.0,)}  # ints widen to float defaults
 
 
 def test_suite_bool_for_int_param_refused():

@@ -252,14 +252,18 @@ def load_run(folder: str | Path) -> RunResult:
     if not run_path.is_file():
         raise UserError(f"{folder} is not a run folder: {RUN_FILE} is missing")
     try:
-        data = json.loads(run_path.read_text())
+        data = json.loads(run_path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{run_path} is not UTF-8 text; the file is damaged") from None
     except json.JSONDecodeError as exc:
         raise UserError(f"{run_path} is not valid JSON (line {exc.lineno}): {exc.msg}") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {run_path}: {exc.strerror or exc}") from None
     run = RunRecord.from_json(data, str(run_path))
     cases: list[CaseRecord] = []
     cases_path = folder / CASES_FILE
     if cases_path.is_file():
-        with open(cases_path) as f:
+        with open(cases_path, encoding="utf-8", errors="replace") as f:  # damage shows as invalid JSON
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
                     continue

@@ -95,6 +95,26 @@ def _as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list) else [value]
 
 
+def _check_values(values: list[Any], what: str) -> None:
+    """A suite's list of values: not empty, plain values (no tables or nested lists), no repeats."""
+    if not values:
+        raise UserError(f"{what} is an empty list; give at least one value")
+    for v in values:
+        if isinstance(v, (dict, list)):
+            raise UserError(f"{what} must hold plain values (numbers, strings, true/false), got {v!r}")
+    _no_repeats(values, what)
+
+
+def _no_repeats(values: list[Any], what: str) -> None:
+    """A value given twice is a typo: say so, rather than silently measure it once."""
+    seen: list[Any] = []
+    for v in values:
+        # type too: 1 and true, or 1 and 1.0, are different values in a suite
+        if any(type(v) is type(u) and v == u for u in seen):
+            raise UserError(f"{what} lists {v!r} twice; give each value once")
+        seen.append(v)
+
+
 def parse_suite(text: str, name: str, source: str) -> SuiteSpec:
     try:
         data = tomllib.loads(text)
@@ -121,6 +141,14 @@ def parse_suite(text: str, name: str, source: str) -> SuiteSpec:
     for key in settings:
         if key not in SETTING_KEYS:
             raise UserError(f"{source}: unknown key '{key}' in [settings] (known: {', '.join(SETTING_KEYS)})")
+    for key in ("description", "notes", "reference"):
+        if key in data and not isinstance(data[key], str):
+            raise UserError(f"{source}: {key} must be a string, got {data[key]!r}")
+    for key, value in sweep.items():
+        _check_values(_as_list(value), f"{source}: [sweep] {key}")
+    for variant, ps in data.get("params", {}).items():
+        for key, value in ps.items():
+            _check_values(_as_list(value), f'{source}: [params."{variant}"] {key}')
     params = {v: {k: _as_list(x) for k, x in ps.items()} for v, ps in data.get("params", {}).items()}
     overrides: dict[str, dict[str, list[Any]]] = {}
     for backend, axes in data.get("backend_overrides", {}).items():
@@ -161,8 +189,12 @@ def load_suite(name_or_path: str) -> SuiteSpec:
 # ----------------------------------------------------------------------------- resolving
 
 
-def coerce_value(raw: Any, default: Any, what: str) -> Any:
-    """Give a parameter value the type of its default; strings come from the command line."""
+def coerce_value(raw: Any, default: Any, what: str, text: bool = True) -> Any:
+    """Give a parameter value the type of its default. Strings are parsed only where they come
+    from the command line (`text`); in a suite file "64" or "false" is a wrong type."""
+    if isinstance(raw, str) and not text and not isinstance(default, str) and default is not None:
+        expected = "true or false" if isinstance(default, bool) else type(default).__name__
+        raise UserError(f"{what} must be {expected}, not the string {raw!r}")
     if not isinstance(raw, str) or isinstance(default, str):
         if isinstance(default, bool) != isinstance(raw, bool):
             expected = "true or false" if isinstance(default, bool) else type(default).__name__
@@ -195,14 +227,15 @@ def coerce_value(raw: Any, default: Any, what: str) -> Any:
     return text
 
 
-def _positive_ints(values: list[Any], what: str) -> tuple[int, ...]:
+def _positive_ints(values: list[Any], what: str, text: bool = False) -> tuple[int, ...]:
+    """Whole positive numbers, each once; strings only where they come from the command line."""
     out = []
     for v in values:
-        if isinstance(v, bool):
+        if isinstance(v, bool) or (isinstance(v, str) and not text):
             raise UserError(f"{what} must be whole numbers, got {v!r}")
         try:
             i = int(v)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise UserError(f"{what} must be whole numbers, got {v!r}") from None
         if i != v and not isinstance(v, str):
             raise UserError(f"{what} must be whole numbers, got {v!r}")
@@ -211,7 +244,8 @@ def _positive_ints(values: list[Any], what: str) -> tuple[int, ...]:
         out.append(i)
     if not out:
         raise UserError(f"{what} is empty")
-    return tuple(dict.fromkeys(out))
+    _no_repeats(out, what)
+    return tuple(out)
 
 
 def _choices(values: list[Any], allowed: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -220,7 +254,8 @@ def _choices(values: list[Any], allowed: tuple[str, ...], what: str) -> tuple[st
             raise UserError(f"unknown {what} '{v}'; choose from {', '.join(allowed)}")
     if not values:
         raise UserError(f"no {what} given")
-    return tuple(dict.fromkeys(values))
+    _no_repeats(values, what)
+    return tuple(values)
 
 
 def _transforms(values: list[Any]) -> tuple[str, ...]:
@@ -234,8 +269,16 @@ def _transforms(values: list[Any]) -> tuple[str, ...]:
         raise UserError(f"{exc} (--transforms or [sweep] transforms)") from None
 
 
+def _selectors(selectors: list[Any], what: str) -> None:
+    for s in selectors:
+        if not isinstance(s, str):
+            raise UserError(f"{what} must be names (strings), got {s!r}")
+    _no_repeats(selectors, what)
+
+
 def resolve_variants(selectors: list[str]) -> tuple[str, ...]:
     load_plugins()
+    _selectors(selectors, "variants")
     out: list[str] = []
     for s in selectors:
         if s == "all":
@@ -249,6 +292,7 @@ def resolve_variants(selectors: list[str]) -> tuple[str, ...]:
 
 def resolve_backends(selectors: list[str]) -> tuple[str, ...]:
     load_plugins()
+    _selectors(selectors, "backends")
     out: list[str] = []
     for s in selectors:
         if s == "available":
@@ -270,9 +314,11 @@ def resolve_params(raw: dict[str, dict[str, list[Any]]], source: str) -> dict[st
                     f"{source}: unknown parameter '{name}' for {variant}; valid: {', '.join(defaults) or '(none)'}"
                 )
             what = f"{variant}.{name}"
-            out.setdefault(variant, {})[name] = tuple(
-                dict.fromkeys(coerce_value(v, defaults[name], what) for v in values)
-            )
+            if not values:
+                raise UserError(f"{source}: {what} is an empty list; give at least one value")
+            coerced = [coerce_value(v, defaults[name], what, text=source == "--param") for v in values]
+            _no_repeats(coerced, what)
+            out.setdefault(variant, {})[name] = tuple(coerced)
     return out
 
 
@@ -343,10 +389,12 @@ def overrides_from_args(args: Any) -> Overrides:
 def resolve(spec: SuiteSpec, over: Overrides) -> tuple[Sweep, dict[str, Any]]:
     """The concrete sweep (selectors expanded, values checked) and the settings overrides."""
     axes = {k: list(v) for k, v in spec.sweep.items()}
+    from_flags: set[str] = set()  # axes given on the command line: their values are text
     for key in SWEEP_KEYS:
         flag = getattr(over, key)
         if flag is not None:
             axes[key] = flag
+            from_flags.add(key)
     variants = resolve_variants(axes.get("variants", ["all"]))
     if not variants:
         raise UserError(f"suite '{spec.name}' selects no registered variant ({', '.join(axes.get('variants', []))})")
@@ -358,15 +406,17 @@ def resolve(spec: SuiteSpec, over: Overrides) -> tuple[Sweep, dict[str, Any]]:
         params.setdefault(variant, {}).update(ps)
     threads_raw = axes.get("threads", [None])
     threads: tuple[int | None, ...] = (
-        (None,) if threads_raw in ([None], ["auto"]) else _positive_ints(threads_raw, "threads")
+        (None,)
+        if threads_raw in ([None], ["auto"])
+        else _positive_ints(threads_raw, "threads", "threads" in from_flags)
     )
     sweep = Sweep(
         variants=variants,
         backends=backends,
-        seq_lens=_positive_ints(axes.get("seq_lens", []), "sequence lengths (--seq-lens)"),
-        batch=_positive_ints(axes.get("batch", [1]), "batch sizes (--batch)"),
-        heads=_positive_ints(axes.get("heads", [8]), "head counts (--heads)"),
-        head_dim=_positive_ints(axes.get("head_dim", [64]), "head dims (--head-dim)"),
+        seq_lens=_positive_ints(axes.get("seq_lens", []), "sequence lengths (--seq-lens)", "seq_lens" in from_flags),
+        batch=_positive_ints(axes.get("batch", [1]), "batch sizes (--batch)", "batch" in from_flags),
+        heads=_positive_ints(axes.get("heads", [8]), "head counts (--heads)", "heads" in from_flags),
+        head_dim=_positive_ints(axes.get("head_dim", [64]), "head dims (--head-dim)", "head_dim" in from_flags),
         dtypes=_choices(axes.get("dtypes", ["float32"]), tuple(DTYPES), "dtype"),
         modes=_choices(axes.get("modes", ["forward"]), MODES, "mode"),
         scopes=_choices(axes.get("scopes", ["core"]), SCOPES, "scope"),
@@ -386,6 +436,11 @@ def resolve(spec: SuiteSpec, over: Overrides) -> tuple[Sweep, dict[str, Any]]:
             isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
         ):
             raise UserError(f"{key} must be a positive, finite number, got {value!r}")
+    if "verify" in settings and not isinstance(settings["verify"], bool):
+        raise UserError(f"verify must be true or false, got {settings['verify']!r}")
+    seed = settings.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise UserError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
     passes = settings.get("passes", 1)
     if not (isinstance(passes, int) and not isinstance(passes, bool) and 1 <= passes <= 20):
         raise UserError(f"passes must be a whole number from 1 to 20, got {passes!r}")
