@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib.metadata
 import io
 import json
 import logging
@@ -77,6 +78,38 @@ def _first_line(exc: BaseException) -> str:
     text = lines[0] if lines else ""
     where = f"{type(exc).__name__} <- {type(inner).__name__}" if inner is not exc else type(exc).__name__
     return f"{where}: {text}"[:400]
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cached_state(path: Path) -> str:
+    """Whether a cached export can be used: "ok", "missing", or why not (then it is exported
+    again). A file truncated by a full disk or edited by hand no longer matches its digest."""
+    if not path.exists():
+        return "missing"
+    digest = _digest_path(path)
+    if not digest.exists():
+        return "re-exported: the cached file had no digest (an export cut short, or an older cache)"
+    if digest.read_text().strip() != _file_digest(path):
+        return "re-exported: the cached file did not match its digest (damaged)"
+    return "ok"
 
 
 def _state_digest(module: nn.Module) -> str:
@@ -200,7 +233,9 @@ class OnnxRuntimeBackend(Backend):
             "shapes": [list(t.shape) for t in inputs],
             "weights": _state_digest(module),
             "source": _source_digest(module),
-            "versions": [torch.__version__, onnx.__version__, ort.__version__],
+            "versions": [torch.__version__, onnx.__version__, ort.__version__, _version("onnxscript")],
+            # how the graph is made: this module's own code (export options, dynamic dims)
+            "exporter": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
         }
         return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -235,7 +270,9 @@ class OnnxRuntimeBackend(Backend):
             raise
         except Exception as exc:
             raise ExportUnsupported(f"torch.onnx.export (dynamo) failed: {_first_line(exc)}") from None
+        digest = _file_digest(tmp)
         tmp.replace(path)
+        _digest_path(path).write_text(digest + "\n")  # written last: an entry without it is incomplete
 
     def _session_options(self) -> Any:
         import onnxruntime as ort
@@ -271,7 +308,8 @@ class OnnxRuntimeBackend(Backend):
         if key in self._sessions:
             return self._sessions[key]
         path = cache_dir() / "onnx" / f"{key}.onnx"
-        cached = path.exists()
+        cache_state = _cached_state(path)  # "ok", "missing", or why the entry cannot be trusted
+        cached = cache_state == "ok"
         t0 = time.perf_counter()
         if not cached:
             self._export(module, inputs, path)
@@ -290,6 +328,7 @@ class OnnxRuntimeBackend(Backend):
         self._details = {
             "onnx_file": str(path),
             "export_cached": cached,
+            "export_cache": cache_state if cache_state != "ok" else "hit",
             "export_s": None if cached else export_s,
             "session_s": session_s,
             "providers_used": sess.get_providers(),

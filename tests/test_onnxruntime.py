@@ -107,6 +107,24 @@ def test_a_second_run_reuses_the_cached_export(ort_run: Any) -> None:
     assert rec["backend_details"]["export_cached"] is True and rec["backend_details"]["export_s"] is None
 
 
+def test_a_damaged_cached_export_is_exported_again(ort_run: Any) -> None:
+    # A cache file cut short by a full disk, or edited, no longer matches the digest beside it.
+    tmp, _, _ = ort_run
+    files = sorted((tmp / "cache" / "onnx").glob("*.onnx"))
+    assert files and all((f.parent / (f.name + ".sha256")).exists() for f in files)
+    for f in files:
+        f.write_bytes(f.read_bytes()[: len(f.read_bytes()) // 2])
+    out = tmp / "damaged"
+    r = _bench(
+        tmp,
+        *("run", "--suite", "smoke", "--backends", "onnxruntime", "--seq-lens", "128", "--variants", "full.sdpa"),
+        *("--max-time-per-case", "0.1", "--out", str(out)),
+    )
+    assert r.returncode == 0, r.stderr
+    details = _cases(out)["full.sdpa/forward"]["backend_details"]
+    assert details["export_cached"] is False and "did not match its digest" in details["export_cache"]
+
+
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
