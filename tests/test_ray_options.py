@@ -126,3 +126,25 @@ def test_ray_ships_the_checkout_as_one_attnbench_package(tmp_path: Path) -> None
     assert package.name == "attnbench" and plugins == [tests_dir]
     for module in ("__init__.py", "core/record.py", "engine/runner.py", "workloads/base.py", "backends/base.py"):
         assert (package / module).is_file(), module
+
+
+@pytest.mark.parametrize(
+    ("version", "claims_token"), [("2.60.0", True), ("2.52.0rc1", True), ("2.51.2", False), ("2.9.3", False)]
+)
+def test_token_auth_is_claimed_only_where_ray_has_it(
+    version: str, claims_token: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Before Ray 2.52 RAY_AUTH_MODE is ignored: a run must not record "token" for an open cluster.
+    import importlib.metadata
+    import os
+
+    from attnbench.engine.executors import ray as ray_executor
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}
+    monkeypatch.setattr(os, "environ", env)  # what it sets must not reach later tests
+    monkeypatch.setattr(importlib.metadata, "version", lambda dist: version)
+    auth = ray_executor._configure_local_auth(ray_loaded=False)
+    assert auth.startswith("token") is claims_token
+    assert ("RAY_AUTH_MODE" in env) is claims_token
+    if not claims_token:
+        assert f"Ray {version.split('rc')[0]}" in auth and "predates token authentication" in auth

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import importlib.util
+import itertools
 import logging
 import os
 import secrets
@@ -294,6 +296,25 @@ def _code_dirs(plugins: str, scratch: Path) -> list[str]:
     return dirs
 
 
+LOOPBACK = "127.0.0.1"
+TOKEN_AUTH_SINCE = (2, 52)  # the first Ray with RAY_AUTH_MODE=token
+
+
+def _ray_version() -> tuple[int, ...]:
+    """The installed Ray's version as numbers, read without importing Ray; () if unknown."""
+    try:
+        text = importlib.metadata.version("ray")
+    except importlib.metadata.PackageNotFoundError:
+        return ()
+    parts = []
+    for piece in text.split(".")[:3]:
+        digits = "".join(itertools.takewhile(str.isdigit, piece))
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
 def _configure_local_auth(ray_loaded: bool) -> str:
     """Token authentication for a cluster this run starts itself, with nothing to set up.
 
@@ -304,6 +325,10 @@ def _configure_local_auth(ray_loaded: bool) -> str:
     """
     if "RAY_AUTH_MODE" in os.environ:
         return os.environ["RAY_AUTH_MODE"]
+    version = _ray_version()
+    if version < TOKEN_AUTH_SINCE:  # the variable would be ignored: claim nothing
+        shown = ".".join(map(str, version)) or "unknown"
+        return f"none (Ray {shown} predates token authentication)"
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
     if ray_loaded:  # Ray reads its config at import; have it read the environment again
@@ -359,6 +384,10 @@ class RayExecutor(ConcurrentExecutor):
                     ray.init(
                         resources={CPU_RESOURCE: 1},
                         include_dashboard=False,
+                        # A cluster for this run alone, addressed on loopback. Ray (2.60 checked)
+                        # still has its GCS and raylet listen on every interface whatever this
+                        # says, so the run's token is what keeps other hosts out.
+                        _node_ip_address=LOOPBACK,
                         object_store_memory=LOCAL_OBJECT_STORE_BYTES,
                         **common,
                     )
