@@ -7,6 +7,7 @@ needs), memory meter and energy meter, and says which it used.
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -272,7 +273,9 @@ class Backend(ABC):
 
 def eager_step(module: nn.Module, inputs: tuple[Tensor, ...], mode: str) -> Step:
     """One eager call. Training computes gradients for inputs and weights with autograd.grad,
-    so nothing accumulates between calls."""
+    so nothing accumulates between calls. A module whose `train_call` is set trains its own
+    way (Transformer-XL one segment per step): train_call(inputs, upstream gradient) returns
+    the same gradients, inputs' then weights' in `leaves` order."""
     if mode == "forward":
         module.requires_grad_(False)
 
@@ -282,9 +285,19 @@ def eager_step(module: nn.Module, inputs: tuple[Tensor, ...], mode: str) -> Step
         return forward
 
     leaves = [t.requires_grad_(True) for t in inputs] + [p for p in module.parameters() if p.requires_grad]
-    probe = module(*inputs)
+    train_call = getattr(module, "train_call", None)
+    # The probe only gives the output's shape; with a graph it would hold what train_call avoids.
+    with torch.no_grad() if train_call is not None else contextlib.nullcontext():
+        probe = module(*inputs)
     grad_out = torch.randn_like(probe)  # fixed upstream gradient
     del probe
+
+    if train_call is not None:
+
+        def own_train() -> object:
+            return train_call(inputs, grad_out)
+
+        return own_train
 
     def train() -> object:
         out = module(*inputs)

@@ -27,6 +27,7 @@ CHECKS: dict[str, list[dict]] = {
     "hierarchical.transformer_xl": [
         {"segment": 32, "memory": 32},
         {"segment": 32, "memory": 16, "detach_memory": False},
+        {"segment": 32, "memory": 16, "per_segment": True},  # W_R R for every segment, as the reference
     ],
 }
 LENGTHS = [64, 100, 257]  # a multiple of 32, and two that are not
