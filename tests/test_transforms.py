@@ -218,6 +218,19 @@ def test_unsupported_says_why(transform: str, kw: dict, reason: str) -> None:
         T.apply_transform(c, module, inputs, 0)
 
 
+@pytest.mark.parametrize("transform", ["autocast_bf16", "compile"])
+def test_a_workload_training_in_its_own_steps_refuses_wrappers(transform: str) -> None:
+    # autocast's wrapper would hide the segment-by-segment train call, and torch.compile would
+    # run it uncompiled under the "compile" label.
+    params = {**get_workload("hierarchical.transformer_xl").default_params(), "train_step": "segment"}
+    c = dataclasses.replace(
+        case(transform, "hierarchical.transformer_xl", scope="core", mode="train"), params=tuple(sorted(params.items()))
+    )
+    module, inputs = built(c)
+    with pytest.raises(T.TransformUnsupported, match="trains in its own steps"):
+        T.apply_transform(c, module, inputs, 0)
+
+
 def test_fidelity_beyond_tolerance_is_flagged() -> None:
     y = torch.randn(1000, dtype=torch.float64)
     tol = T.Tolerance(rel_err=1e-3, min_cosine=0.9999)

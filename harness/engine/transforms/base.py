@@ -82,6 +82,13 @@ class Transform(ABC):
         The untransformed module is copied first: backend.prepare moves and casts modules in
         place, and the fidelity check needs the original in float64.
         """
+        if case.mode == "train" and getattr(module, "train_call", None) is not None:
+            # The module trains in its own steps (e.g. one segment at a time), which a wrapper
+            # hides (autocast) or runs uncompiled under the transform's name (torch.compile).
+            raise TransformUnsupported(
+                f"transform {case.transform} does not apply to a train case whose workload trains in its own steps "
+                "(e.g. hierarchical.transformer_xl train_step=segment); run it without the transform"
+            )
         reference = copy.deepcopy(module)
         t0 = time.perf_counter()
         applied = self.apply(module, inputs, case, seed)
