@@ -8,6 +8,10 @@
 - an importer of pytest-benchmark JSON into the history (`bench history ingest out.json`),
   which restores the attnbench case identity from `extra_info` when the file came from
   this exporter or the pytest plugin.
+
+A case without a CI (imported from a pytest-benchmark file saved without its samples) gets
+no bounds in BMF and no `range` in github-action-benchmark (both formats make them
+optional); the latter's `extra` says why.
 """
 
 from __future__ import annotations
@@ -59,6 +63,16 @@ MEASURE_FIELDS = (
 
 def _measured(run: RunResult) -> list[tuple[CaseRecord, TimeStats]]:
     return [(c, c.time_s) for c in run.cases if c.status == "ok" and c.time_s]
+
+
+def _ci(t: TimeStats) -> tuple[float, float] | None:
+    """The median's 95% CI, or None where the record has none (an imported summary)."""
+    if t.ci95_low is None or t.ci95_high is None:
+        return None
+    return t.ci95_low, t.ci95_high
+
+
+NO_CI = "no 95% CI: imported without its samples"
 
 
 def bench_name(c: CaseRecord) -> str:
@@ -170,21 +184,18 @@ def to_bmf(run: RunResult) -> dict[str, Any]:
     """Bencher Metric Format: benchmark name -> measure slug -> {value, lower_value, upper_value}."""
     out: dict[str, Any] = {}
     for c, t in _measured(run):
-        measures: dict[str, Any] = {
-            "latency": {
-                "value": t.median * 1e9,
-                "lower_value": t.ci95_low * 1e9,
-                "upper_value": t.ci95_high * 1e9,
-            }
-        }
+        ci = _ci(t)
+        latency: dict[str, float] = {"value": t.median * 1e9}
+        if ci is not None:  # BMF's bounds are optional: left out where there is no CI
+            latency.update(lower_value=ci[0] * 1e9, upper_value=ci[1] * 1e9)
+        measures: dict[str, Any] = {"latency": latency}
         if c.tokens_per_s:
             # Throughput over the median; its bounds follow from the latency's CI.
             tokens = c.tokens_per_s * t.median
-            measures["throughput"] = {
-                "value": c.tokens_per_s,
-                "lower_value": tokens / t.ci95_high,
-                "upper_value": tokens / t.ci95_low,
-            }
+            throughput: dict[str, float] = {"value": c.tokens_per_s}
+            if ci is not None and ci[0] > 0:
+                throughput.update(lower_value=tokens / ci[1], upper_value=tokens / ci[0])
+            measures["throughput"] = throughput
         if c.peak_memory_bytes is not None:
             measures["peak-memory"] = {"value": float(c.peak_memory_bytes)}
         if c.energy_j is not None:
@@ -197,17 +208,16 @@ def to_github_action_benchmark(run: RunResult) -> list[dict[str, Any]]:
     """github-action-benchmark `tool: customSmallerIsBetter`: one entry per case and metric."""
     out: list[dict[str, Any]] = []
     for c, t in _measured(run):
-        half = max(t.median - t.ci95_low, t.ci95_high - t.median)
+        ci = _ci(t)
         extra = f"case_id {c.case_id}; n={t.n} samples; stable={c.stable}; run {run.run.run_id}"
-        out.append(
-            {
-                "name": f"{bench_name(c)} time",
-                "unit": "ms",
-                "value": t.median * 1e3,
-                "range": f"± {half * 1e3:.4g}",
-                "extra": extra,
-            }
-        )
+        entry: dict[str, Any] = {"name": f"{bench_name(c)} time", "unit": "ms", "value": t.median * 1e3}
+        if ci is not None:  # `range` is optional: left out, with the reason in extra, where there is no CI
+            half = max(t.median - ci[0], ci[1] - t.median)
+            entry["range"] = f"± {half * 1e3:.4g}"
+        else:
+            extra += f"; {NO_CI}"
+        entry["extra"] = extra
+        out.append(entry)
         if c.peak_memory_bytes is not None:
             out.append(
                 {

@@ -409,23 +409,19 @@ def ingest_paths(history: History, paths: list[Path], include_incomplete: bool =
     return IngestReport(added, replaced, skipped)
 
 
-def record_finished_run(folder: Path, explicit: str | Path | None, console: Any) -> None:
-    """After `bench run`: add the run to the history. A failure warns and never loses the run,
-    which stays in its folder (add it later with `bench history ingest`)."""
+def record_finished_run(folder: Path, explicit: str | Path | None) -> tuple[Path | None, str | None]:
+    """After `bench run`: add the run to the history. Returns where it was recorded (None with
+    the history off), or why it was not: a failure never loses the run, which stays in its
+    folder (add it later with `bench history ingest`). The command prints either."""
     try:
         path = history_path(explicit)
         if path is None:
-            return
+            return None, None
         with History.open(path) as history:
             history.ingest(load_run(folder), source=str(folder.resolve()))
-        console.print(f"history: recorded in {path}", highlight=False, soft_wrap=True)
+        return path, None
     except Exception as exc:  # the run is on disk whatever happens here
-        console.print(
-            f"[bold yellow]warning[/]: the run was not added to the history ({type(exc).__name__}: {exc}); it is "
-            f"safe in {folder}: add it later with `bench history ingest {folder}`",
-            highlight=False,
-            soft_wrap=True,
-        )
+        return None, f"{type(exc).__name__}: {exc}"
 
 
 def export_run(result: RunResult, folder: Path) -> None:

@@ -210,6 +210,7 @@ def _run_sides(
     python: str,
 ) -> int:
     from attnbench.engine.turns import INTERLEAVED_ENV, TURN_UNIT_ENV, TURNS_ENV, Side, alternate
+    from attnbench.report.escaping import line
 
     group = uuid.uuid4().hex[:12]
     sides: list[Side] = []
@@ -246,9 +247,10 @@ def _run_sides(
         family = _Family(procs[name])
         sides.append(Side(name, to_side_w, from_side_r, on_exit=family.wait, on_ask=family.note))
     console.print(
-        f"bench ab: baseline {checkouts['baseline']} and candidate {checkouts['candidate']} taking turns → {out} "
-        f"(logs: {logs['baseline'].name}, {logs['candidate'].name})",
-        highlight=False,
+        line(
+            f"bench ab: baseline {checkouts['baseline']} and candidate {checkouts['candidate']} taking turns → {out} "
+            f"(logs: {logs['baseline'].name}, {logs['candidate'].name})"
+        ),
         soft_wrap=True,
     )
     started = time.perf_counter()
@@ -259,7 +261,7 @@ def _run_sides(
         if now - last[0] > 30:
             last[0] = now
             counts = ", ".join(f"{s.name} {s.turns}" for s in sides)
-            console.print(f"  {now - started:5.0f} s: worker phases done: {counts}", highlight=False)
+            console.print(line(f"  {now - started:5.0f} s: worker phases done: {counts}"))
 
     try:
         alternate(sides, progress)
@@ -267,7 +269,7 @@ def _run_sides(
     except KeyboardInterrupt:
         for p in procs.values():
             p.wait()
-        console.print(f"[bold yellow]interrupted[/]: the sides' runs so far are in {out}", highlight=False)
+        console.print(line(("interrupted", "bold yellow"), f": the sides' runs so far are in {out}"))
         return EXIT_INTERRUPTED
     finally:
         for s in sides:
@@ -279,9 +281,10 @@ def _run_sides(
         tail = logs[name].read_text().strip().splitlines()[-5:]
         raise UserError(f"the {name}'s bench run exited with {code}: " + " / ".join(tail))
     console.print(
-        f"both sides done in {time.perf_counter() - started:.0f} s "
-        f"({sides[0].turns} and {sides[1].turns} worker phases)",
-        highlight=False,
+        line(
+            f"both sides done in {time.perf_counter() - started:.0f} s "
+            f"({sides[0].turns} and {sides[1].turns} worker phases)"
+        )
     )
     return _compare(out, args)
 

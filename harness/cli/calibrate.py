@@ -26,12 +26,11 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from attnbench.backends.peaks import calibration_path, datasheet_for
     from attnbench.core.registry import BACKENDS, get_backend, load_plugins
     from attnbench.engine.calibrate import calibrate
+    from attnbench.report.console import make_console
+    from attnbench.report.escaping import LiteralTable, line
 
     load_plugins()
     names = [n.strip() for n in args.backends.split(",")] if args.backends else None
@@ -40,8 +39,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         if unknown:
             raise UserError(f"unknown backend {', '.join(unknown)}; known: {', '.join(sorted(BACKENDS))}")
     candidates = names or sorted(BACKENDS)
-    console = Console()
-    table = Table(title="peaks (measured here, and datasheet where known)", title_justify="left")
+    console = make_console()
+    table = LiteralTable(title="peaks (measured here, and datasheet where known)", title_justify="left")
     for col in ("device", "dtype", "measured matmul TFLOP/s", "datasheet TFLOP/s", "bandwidth GB/s (meas./sheet)"):
         table.add_column(col)
     measured_any = False
@@ -49,7 +48,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         cls = get_backend(name)
         if not cls.calibrates:
             if names:
-                console.print(f"{name}: shares its device's calibration ({cls.summary})", highlight=False)
+                console.print(line(f"{name}: shares its device's calibration ({cls.summary})"))
             continue
         avail = cls.availability()
         if not avail.available:
@@ -64,7 +63,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             raise UserError(f"backend {name} does not run {', '.join(bad)} (it runs {', '.join(cls.dtypes)})")
 
         def starting(device: dict[str, Any], name: str = name) -> None:
-            console.print(f"calibrating {name}: {device['name']} ...", highlight=False)
+            console.print(line(f"calibrating {name}: {device['name']} ..."))
 
         entry = calibrate(cls, dtypes, args.threads, args.quick, starting)
         measured_any = True
@@ -85,5 +84,5 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if not measured_any:
         raise UserError("no available backend with a device of its own to calibrate; see `bench env`")
     console.print(table)
-    console.print(f"cached in {calibration_path()}; runs on this machine now record these peaks", highlight=False)
+    console.print(line(f"cached in {calibration_path()}; runs on this machine now record these peaks"))
     return 0

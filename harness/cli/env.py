@@ -56,21 +56,21 @@ def _peaks_text(peaks: dict[str, Any] | None) -> str:
 
 
 def print_env(data: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+    from attnbench.report.console import make_console
+    from attnbench.report.escaping import LiteralTable, literal
 
-    console = Console()
-    table = Table(show_header=False)
+    console = make_console()
+    table = LiteralTable(show_header=False)
     for section in ("host", "packages", "git"):
         for k, v in data[section].items():
             table.add_row(f"{section}.{k}", "-" if v is None else str(v))
     console.print(table)
-    backends = Table(title="backends", title_justify="left", show_lines=True)
+    backends = LiteralTable(title="backends", title_justify="left", show_lines=True)
     for col in ("backend", "available", "device / versions", "clock", "memory", "energy", "peaks", "options"):
         backends.add_column(col, overflow="fold")
     for name, e in data.get("backends", {}).items():
         if not e["available"]:
-            backends.add_row(name, "[red]no[/]", e["reason"] or "", "", "", "", "", "")
+            backends.add_row(name, literal("no", "red"), e["reason"] or "", "", "", "", "", "")
             continue
         versions = ", ".join(f"{k} {v}" for k, v in (e.get("versions") or {}).items())
         energy = e.get("energy_method") or f"none: {e.get('energy_reason')}"

@@ -69,23 +69,24 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
 def _ingest(history: Any, args: argparse.Namespace) -> int:
     from attnbench.analysis.history import ingest_paths
     from attnbench.report.console import make_console
+    from attnbench.report.escaping import line
 
     console = make_console()
     report = ingest_paths(history, args.paths, include_incomplete=args.include_incomplete)
     for path, why in report.skipped:
-        console.print(f"[yellow]skipped[/] {path}: {why}", highlight=False, soft_wrap=True)
+        console.print(line(("skipped", "yellow"), f" {path}: {why}"), soft_wrap=True)
     console.print(
-        f"{len(report.added)} run(s) added, {len(report.replaced)} replaced, {len(report.skipped)} skipped "
-        f"→ {history.path}",
-        highlight=False,
+        line(
+            f"{len(report.added)} run(s) added, {len(report.replaced)} replaced, {len(report.skipped)} skipped "
+            f"→ {history.path}"
+        )
     )
     return 0 if report.added or report.replaced or not report.skipped else EXIT_USER_ERROR
 
 
 def _list(history: Any, args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from attnbench.report.console import make_console
+    from attnbench.report.escaping import LiteralTable, line
 
     runs = history.runs(suite=args.suite, limit=args.limit or None)
     if args.json:
@@ -96,9 +97,9 @@ def _list(history: Any, args: argparse.Namespace) -> int:
         return 0
     console = make_console()
     if not runs:
-        console.print(f"no runs in {history.path}" + (f" of suite {args.suite}" if args.suite else ""))
+        console.print(line(f"no runs in {history.path}" + (f" of suite {args.suite}" if args.suite else "")))
         return 0
-    table = Table(title=f"{history.path}", title_justify="left")
+    table = LiteralTable(title=f"{history.path}", title_justify="left")
     for col in ("ref", "run_id", "suite", "started (UTC)", "status", "cases ok", "host", "commit", "from"):
         table.add_column(col)
     complete = 0
@@ -121,15 +122,14 @@ def _list(history: Any, args: argparse.Namespace) -> int:
         )
     console.print(table)
     if not args.suite and len({r.suite for r in runs}) > 1:
-        console.print("[dim]refs count every suite; with --suite they count that suite's runs[/]")
+        console.print(line(("refs count every suite; with --suite they count that suite's runs", "dim")))
     return 0
 
 
 def _show(history: Any, args: argparse.Namespace) -> int:
-    from rich.table import Table
-
     from attnbench.analysis.history import METRICS
     from attnbench.report.console import make_console
+    from attnbench.report.escaping import LiteralTable, line, literal
     from attnbench.report.history_figure import trend_figure
 
     if args.metric not in METRICS:
@@ -150,7 +150,7 @@ def _show(history: Any, args: argparse.Namespace) -> int:
         raise UserError(f"no measured {args.metric} for {what} in {history.path}; see `bench history list`")
     _, unit, scale = METRICS[args.metric]
     console = make_console()
-    table = Table(title=f"{args.metric} ({unit}) of {what}", title_justify="left")
+    table = LiteralTable(title=f"{args.metric} ({unit}) of {what}", title_justify="left")
     for col in ("started (UTC)", "run_id", "commit", "case", "n", "value", "95% CI", "vs previous", "stable"):
         table.add_column(col, justify="right" if col in ("n", "value", "95% CI", "vs previous") else "left")
     previous: dict[str, float] = {}
@@ -171,14 +171,14 @@ def _show(history: Any, args: argparse.Namespace) -> int:
             f"{value:.4g}",
             ci,
             delta,
-            {None: "-", 1: "yes", 0: "[yellow]no[/]"}[r["stable"]],
+            {None: literal("-"), 1: literal("yes"), 0: literal("no", "yellow")}[r["stable"]],
         )
     console.print(table)
     if not args.no_plot:
         slug = (args.case or args.variant + (f"-n{args.seq_len}" if args.seq_len else "")).replace("/", "_")
         out = args.plot or Path("reports") / "history" / f"{slug}-{args.metric}.png"
         trend_figure(rows, args.metric, what, out)
-        console.print(f"plot: {out}", highlight=False)
+        console.print(line(f"plot: {out}"))
     return 0
 
 

@@ -10,15 +10,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    from rich.console import Console
-    from rich.table import Table
-
     from attnbench.core.registry import BACKENDS, PLUGIN_ERRORS, WORKLOADS, load_plugins
     from attnbench.engine.suites import builtin_suites
+    from attnbench.report.console import make_console
+    from attnbench.report.escaping import LiteralTable, line, literal
 
     load_plugins()
-    console = Console()
-    variants = Table(title="variants", title_justify="left")
+    console = make_console()
+    variants = LiteralTable(title="variants", title_justify="left")
     for col in ("variant", "family", "parameters (defaults)", "scopes", "what"):
         variants.add_column(col)
     for name, cls in sorted(WORKLOADS.items()):
@@ -27,21 +26,21 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         variants.add_row(name, cls.family, params, ",".join(cls.scopes), cls.summary + tag)
     console.print(variants)
 
-    backends = Table(title="backends", title_justify="left")
+    backends = LiteralTable(title="backends", title_justify="left")
     for col in ("backend", "available", "why not / what"):
         backends.add_column(col)
     for name, cls in sorted(BACKENDS.items()):
         avail = cls.availability()
         what = avail.reason or cls.summary + ("" if cls.in_available else " (runs when named: --backends)")
-        backends.add_row(name, "yes" if avail.available else "[red]no[/]", what)
+        backends.add_row(name, "yes" if avail.available else literal("no", "red"), what)
     console.print(backends)
 
-    suites = Table(title="suites", title_justify="left")
+    suites = LiteralTable(title="suites", title_justify="left")
     suites.add_column("suite")
     suites.add_column("what")
     for name, desc in builtin_suites().items():
         suites.add_row(name, desc)
     console.print(suites)
     for where, err in PLUGIN_ERRORS.items():
-        console.print(f"[red]plugin failed to load[/] {where}: {err}", highlight=False, soft_wrap=True)
+        console.print(line(("plugin failed to load", "red"), f" {where}: {err}"), soft_wrap=True)
     return 0

@@ -45,6 +45,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from attnbench.core.registry import get_backend, load_plugins
     from attnbench.engine.executors.local import LocalExecutor
     from attnbench.report.console import make_console
+    from attnbench.report.escaping import line
     from attnbench.report.profiles import print_profile, write_profile_files
 
     if args.calls < 1:
@@ -69,8 +70,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         settings = dataclasses.replace(settings, timeout_s=max(PROFILE_TIMEOUT_S, settings.case_timeout()))
     console = make_console()
     console.print(
-        f"profiling [bold]{case.label()}[/] ({case.case_id}): {args.calls} call(s) after warm-up, in a fresh worker",
-        highlight=False,
+        line(
+            "profiling ",
+            (case.label(), "bold"),
+            f" ({case.case_id}): {args.calls} call(s) after warm-up, in a fresh worker",
+        ),
         soft_wrap=True,
     )
     executor = LocalExecutor(settings)

@@ -96,6 +96,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         return 0
 
     from attnbench.report.csvdata import write_csv
+    from attnbench.report.escaping import line
     from attnbench.report.figures import render
     from attnbench.report.html import render_html
     from attnbench.report.markdown import render_markdown
@@ -107,9 +108,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     (folder / "report.md").write_text(render_markdown(report, figs, args.figure_base_url, link_base=folder))
     write_csv(data, report.stats, folder / "data.csv")
     console.print(
-        f"report: {folder / 'index.html'} (also report.md, data.csv, {len(figs.files)} figures in "
-        f"{folder / 'figures'})",
-        highlight=False,
+        line(
+            f"report: {folder / 'index.html'} (also report.md, data.csv, {len(figs.files)} figures in "
+            f"{folder / 'figures'})"
+        ),
         soft_wrap=True,
     )
     return 0

@@ -33,6 +33,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         from attnbench.engine.suites import load_suite, overrides_from_args, resolve
         from attnbench.engine.turns import interleaved_from_env
         from attnbench.report.console import RunProgress, make_console, print_summary
+        from attnbench.report.escaping import line
 
     console = make_console()
     choice = ExecutorChoice(args.executor, args.ray_address, tuple(args.ray_resource))
@@ -98,13 +99,16 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     settings = RunSettings.from_json(run_settings)
     sweep_axes = run.sweep or {}
     console.print(
-        f"attnbench: suite [bold]{run.suite}[/] → {folder}  "
-        f"(variants {', '.join(sweep_axes['variants'])}; backends {', '.join(sweep_axes['backends'])})",
-        highlight=False,
+        line(
+            "attnbench: suite ",
+            (run.suite, "bold"),
+            f" → {folder}  (variants {', '.join(sweep_axes['variants'])}; "
+            f"backends {', '.join(sweep_axes['backends'])})",
+        ),
         soft_wrap=True,
     )
     if run.suite_notes:
-        console.print(f"note: {run.suite_notes}", highlight=False, soft_wrap=True)
+        console.print(line(f"note: {run.suite_notes}"), soft_wrap=True)
     executor, run = make_executor(choice, run, settings)
     progress: Progress = RunProgress(console)
     if settings.profile_dir:
@@ -115,9 +119,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     except KeyboardInterrupt:
         result = load_run(folder)
         console.print(
-            f"[bold yellow]interrupted[/]: {len(result.cases)} of {runner.run.cases_total} cases recorded in "
-            f"{folder}; finish with: bench run --resume {folder}",
-            highlight=False,
+            line(
+                ("interrupted", "bold yellow"),
+                f": {len(result.cases)} of {runner.run.cases_total} cases recorded in {folder}; "
+                f"finish with: bench run --resume {folder}",
+            ),
             soft_wrap=True,
         )
         return EXIT_INTERRUPTED
@@ -126,13 +132,26 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     print_summary(console, load_run(folder))
     if settings.profile:
         console.print(
-            f"profiles: {folder / 'profiles'}/<case_id>/ (trace.json, ops.md, memory.png; bench profile explains them)",
-            highlight=False,
+            line(
+                f"profiles: {folder / 'profiles'}/<case_id>/ (trace.json, ops.md, memory.png; "
+                "bench profile explains them)"
+            ),
             soft_wrap=True,
         )
     from attnbench.analysis.history import record_finished_run
 
-    record_finished_run(folder, args.history, console)  # warns, never fails the run
+    recorded, why_not = record_finished_run(folder, args.history)  # warns, never fails the run
+    if recorded is not None:
+        console.print(line(f"history: recorded in {recorded}"), soft_wrap=True)
+    if why_not is not None:
+        console.print(
+            line(
+                ("warning", "bold yellow"),
+                f": the run was not added to the history ({why_not}); it is safe in {folder}: "
+                f"add it later with `bench history ingest {folder}`",
+            ),
+            soft_wrap=True,
+        )
     return 0
 
 

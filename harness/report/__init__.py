@@ -10,5 +10,6 @@ Modules, in the order data flows through them:
     tables.py    the tables every format shows, as plain rows
     figures.py   matplotlib figures (imported only when rendering)
     html.py, markdown.py, terminal.py, csvdata.py   the output formats
+    escaping.py  text the project did not write, made literal for each format (every renderer uses it)
     command.py   the CLI command
 """

@@ -9,6 +9,7 @@ from attnbench.analysis.compare import FAILING, Comparison
 from attnbench.analysis.significance import p_text
 from attnbench.analysis.time_judgements import RELATIVE
 from attnbench.analysis.verdicts import MetricChange, change_text
+from attnbench.report.escaping import LiteralTable, line, literal, md_cell, md_code, md_text
 
 
 def _ms(seconds: float | None) -> str:
@@ -85,20 +86,22 @@ def time_basis_used(cmp: Comparison) -> bool:
 
 def render_table(cmp: Comparison, console: Any) -> None:
     """The comparison as a rich table on the terminal."""
-    from rich.table import Table
-
     b, c = cmp.baseline, cmp.current
     console.print(
-        f"baseline [bold]{b['run_id']}[/] ({b['ref']}, {b['started_at']})  →  current [bold]{c['run_id']}[/] "
-        f"({c['ref']}, {c['started_at']})",
-        highlight=False,
+        line(
+            "baseline ",
+            (b["run_id"], "bold"),
+            f" ({b['ref']}, {b['started_at']})  →  current ",
+            (c["run_id"], "bold"),
+            f" ({c['ref']}, {c['started_at']})",
+        ),
         soft_wrap=True,
     )
-    for line in cmp.environment_refusals:
-        console.print(f"[bold yellow]environment differs[/] (allowed by --allow-env-mismatch): {line}", highlight=False)
-    for line in cmp.environment_notes:
-        console.print(f"[dim]note: {line}[/]", highlight=False)
-    table = Table(title_justify="left")
+    for refusal in cmp.environment_refusals:
+        console.print(line(("environment differs", "bold yellow"), f" (allowed by --allow-env-mismatch): {refusal}"))
+    for note in cmp.environment_notes:
+        console.print(line((f"note: {note}", "dim")))
+    table = LiteralTable(title_justify="left")
     table.add_column("case", min_width=24, ratio=3, overflow="fold")
     paired = is_paired(cmp)
     for col, just in (
@@ -125,11 +128,11 @@ def render_table(cmp: Comparison, console: Any) -> None:
             _ci(t),
             p_text(t.p_value if t else None),
             _mem_cell(case.memory),
-            f"[{style}]{case.verdict}[/]",
+            literal(case.verdict, style),
             case.reason or "",
         )
     console.print(table)
-    console.print(headline(cmp), highlight=False, soft_wrap=True)
+    console.print(line(headline(cmp)), soft_wrap=True)
 
 
 def render_markdown(cmp: Comparison) -> str:
@@ -140,15 +143,19 @@ def render_markdown(cmp: Comparison) -> str:
     lines = [
         "## attnbench comparison",
         "",
-        f"{status} — {headline(cmp)}",
+        f"{status} — {md_text(headline(cmp))}",
         "",
-        f"- baseline: `{b['run_id']}` ({b['ref']}; {b['started_at']}; commit `{(b['git'] or {}).get('commit')}`)",
-        f"- current: `{c['run_id']}` ({c['ref']}; {c['started_at']}; commit `{(c['git'] or {}).get('commit')}`)",
+        *(
+            f"- {side}: {md_code(r['run_id'])} ({md_text(r['ref'])}; {md_text(r['started_at'])}; "
+            f"commit {md_code((r['git'] or {}).get('commit'))})"
+            for side, r in (("baseline", b), ("current", c))
+        ),
     ]
     paired = is_paired(cmp)
+    source = md_text(cmp.config_source)
     if paired:
         lines += [
-            f"- thresholds: {cmp.config_source}; the runs took turns (bench ab), so a change counts when the paired "
+            f"- thresholds: {source}; the runs took turns (bench ab), so a change counts when the paired "
             "estimate is beyond the threshold *and* its test's p is below alpha (sides timed in block turns: the "
             "mean over passes of each pass's Hodges–Lehmann change over its block pairs, t-test across passes; "
             "in whole-pass turns: Hodges–Lehmann and Wilcoxon signed-rank over the pass pairs); change, CI and "
@@ -156,13 +163,12 @@ def render_markdown(cmp: Comparison) -> str:
         ]
     else:
         lines += [
-            f"- thresholds: {cmp.config_source}; a change counts when beyond the threshold *and* Mann–Whitney "
-            "p below alpha",
+            f"- thresholds: {source}; a change counts when beyond the threshold *and* Mann–Whitney p below alpha",
             f"- change, CI and p on {'host-relative' if time_basis_used(cmp) else 'raw'} samples; host-rel: the "
             "change of each sample over the host's reference kernel timed around it (for reading; see the README)",
         ]
-    lines += [f"- environment differs (allowed): {r}" for r in cmp.environment_refusals]
-    lines += [f"- note: {n}" for n in cmp.environment_notes]
+    lines += [f"- environment differs (allowed): {md_text(r)}" for r in cmp.environment_refusals]
+    lines += [f"- note: {md_text(n)}" for n in cmp.environment_notes]
     lines += [
         "",
         f"| case | base ms | cur ms | change | {'paired (p)' if paired else 'host-rel'} | 95% CI | p | "
@@ -172,11 +178,11 @@ def render_markdown(cmp: Comparison) -> str:
     for case in cmp.cases:
         t = case.time
         verdict = f"**{case.verdict}**" if case.verdict in FAILING else case.verdict
-        why = (case.reason or "").replace("|", "\\|")
         lines.append(
-            f"| `{case.label}` | {_ms(t.baseline if t else None)} | {_ms(t.current if t else None)} | "
+            f"| {md_code(case.label, in_table=True)} | {_ms(t.baseline if t else None)} | "
+            f"{_ms(t.current if t else None)} | "
             f"{change_text(t.ratio if t else None)} | {_paired_cell(t) if paired else _host_rel(t)} | {_ci(t)} | "
             f"{p_text(t.p_value if t else None)} | "
-            f"{_mem_cell(case.memory)} | {verdict} | {why} |"
+            f"{_mem_cell(case.memory)} | {verdict} | {md_cell(case.reason or '')} |"
         )
     return "\n".join(lines) + "\n"

@@ -7,7 +7,7 @@ user reads is exactly what other tools will parse.
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -19,11 +19,12 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from rich.table import Table
+from rich.text import Text
 
 from attnbench.core.cases import Case
 from attnbench.core.record import CaseRecord
 from attnbench.core.results import RunResult
+from attnbench.report.escaping import LiteralTable, line, literal, visible
 
 BUSY_SHARE = 0.10  # other processes' share of the CPU above which timings are suspect
 
@@ -40,18 +41,23 @@ def fmt_rate(x: float) -> str:
     return f"{x:.3g}"
 
 
-def status_cell(rec: CaseRecord) -> str:
+def status_cell(rec: CaseRecord) -> Text:
     if rec.status == "ok":
-        return "ok" if rec.stable else "[yellow]unstable[/]"
+        return literal("ok") if rec.stable else literal("unstable", "yellow")
     colour = "red" if rec.status in ("error", "timeout", "oom") else "dim"
-    return f"[{colour}]{rec.status}[/]"
+    return literal(rec.status, colour)
 
 
-def make_console() -> Console:
-    """Rich's console; wide enough for the summary table when output goes to a file or CI log."""
-    console = Console()
+def make_console(file: IO[str] | None = None) -> Console:
+    """Rich's console (on stdout, or `file`); wide enough for the summary table when output
+    goes to a file or CI log.
+
+    Emoji codes are off (`:x:` in a record stays `:x:`); markup is never given user text:
+    everything printed that the project did not write goes through attnbench.report.escaping.
+    """
+    console = Console(emoji=False, file=file)
     if not console.is_terminal:
-        console = Console(width=max(console.width, 120))
+        console = Console(emoji=False, file=file, width=max(console.width, 120))
     return console
 
 
@@ -70,7 +76,7 @@ class RunProgress:
         if self.console.is_terminal:
             self._bar = Progress(
                 SpinnerColumn(),
-                TextColumn("{task.description}", style="cyan"),
+                TextColumn("{task.description}", style="cyan", markup=False),
                 BarColumn(),
                 MofNCompleteColumn(),
                 TextColumn("elapsed"),
@@ -85,19 +91,21 @@ class RunProgress:
 
     def case_started(self, case: Case) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, description=case.label())
+            self._bar.update(self._task, description=visible(case.label()))
 
     def case_finished(self, case: Case, record: CaseRecord) -> None:
         self._done += 1
         if self._bar is not None:
             self._bar.advance(self._task)
             if record.status not in ("ok", "skipped", "unsupported"):
-                self._bar.console.print(f"[red]{record.status}[/] {case.label()}: {record.reason}", soft_wrap=True)
+                self._bar.console.print(
+                    line((record.status, "red"), f" {case.label()}: {record.reason}"), soft_wrap=True
+                )
             return
         median = record.median_s
         figure = f"{fmt_time(median)} ms" if median is not None else record.reason
         self.console.print(
-            f"[{self._done}/{self._total}] {case.label()}: {record.status} {figure}", highlight=False, soft_wrap=True
+            line(f"[{self._done}/{self._total}] {case.label()}: {record.status} {figure}"), soft_wrap=True
         )
 
     def stop(self) -> None:
@@ -131,11 +139,11 @@ def _variant_label(rec: CaseRecord, shown: dict[str, list[str]]) -> str:
     return name + " " + ",".join(f"{k}={rec.params[k]}" for k in keys)
 
 
-def summary_table(result: RunResult) -> Table:
+def summary_table(result: RunResult) -> LiteralTable:
     cases = result.cases
     shown = _varying_params(cases)
     extra_cols = [k for k in ("backend", "dtype", "mode", "scope", "batch", "heads", "head_dim") if _varying(cases, k)]
-    table = Table(title=f"run {result.run.run_id} ({result.run.suite})", title_justify="left")
+    table = LiteralTable(title=f"run {result.run.run_id} ({result.run.suite})", title_justify="left")
     table.add_column("variant", style="bold")
     for k in extra_cols:
         table.add_column(k)
@@ -185,35 +193,36 @@ def print_summary(console: Console, result: RunResult) -> None:
     parts = [f"{v} {k}" for k, v in sorted(counts.items())]
     if unstable:
         parts.append(f"{unstable} of them unstable (noisy or not converged: see notes in cases.jsonl)")
-    console.print(f"{len(cases)} cases: " + ", ".join(parts), highlight=False, soft_wrap=True)
+    console.print(line(f"{len(cases)} cases: " + ", ".join(parts)), soft_wrap=True)
     shown = _varying_params(cases)
     for c in cases:
         if c.status != "ok":
             console.print(
-                f"  [bold]{c.status}[/] {_variant_label(c, shown)} n={c.seq_len}: {c.reason}",
-                highlight=False,
-                soft_wrap=True,
+                line("  ", (c.status, "bold"), f" {_variant_label(c, shown)} n={c.seq_len}: {c.reason}"), soft_wrap=True
             )
     overheads = [o for c in cases if (o := (c.worker or {}).get("overhead_s"))]
     if overheads:
         server = result.run.worker_server_start_s
         server_txt = f"; fork server start {server:.2f} s once" if server else ""
         console.print(
-            f"worker isolation overhead: median {statistics.median(overheads) * 1e3:.0f} ms per case"
-            f" (max {max(overheads) * 1e3:.0f} ms){server_txt}",
-            highlight=False,
+            line(
+                f"worker isolation overhead: median {statistics.median(overheads) * 1e3:.0f} ms per case"
+                f" (max {max(overheads) * 1e3:.0f} ms){server_txt}"
+            ),
             soft_wrap=True,
         )
     busy = [share for c in cases if (share := c.other_cpu_share)]
     if busy and max(busy) > BUSY_SHARE:
         n_busy = sum(1 for b in busy if b > BUSY_SHARE)
         console.print(
-            f"[bold yellow]warning[/]: other processes used up to {max(busy):.0%} of the CPU during {n_busy} "
-            "case(s) (worker.other_cpu_share in cases.jsonl); timings from a busy machine are not comparable",
-            highlight=False,
+            line(
+                ("warning", "bold yellow"),
+                f": other processes used up to {max(busy):.0%} of the CPU during {n_busy} case(s) "
+                "(worker.other_cpu_share in cases.jsonl); timings from a busy machine are not comparable",
+            ),
             soft_wrap=True,
         )
     energy = next((c.energy_reason for c in cases if c.status == "ok" and c.energy_j is None), None)
     if energy:
-        console.print(f"energy: not measured ({energy})", highlight=False, soft_wrap=True)
-    console.print(f"results: {result.folder}/run.json and cases.jsonl", highlight=False, soft_wrap=True)
+        console.print(line(f"energy: not measured ({energy})"), soft_wrap=True)
+    console.print(line(f"results: {result.folder}/run.json and cases.jsonl"), soft_wrap=True)

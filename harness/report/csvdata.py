@@ -1,4 +1,5 @@
-"""data.csv: one row per case, the figures the report draws, flat enough for a spreadsheet."""
+"""data.csv: one row per case, the figures the report draws, flat enough for a spreadsheet
+(text that a spreadsheet would run as a formula is neutralised: attnbench.report.escaping)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 from pathlib import Path
 
 from attnbench.report.data import ReportData, SeriesKey, curve_key
+from attnbench.report.escaping import csv_cell
 from attnbench.report.tables import SeriesStats
 
 COLUMNS = (
@@ -49,10 +51,6 @@ COLUMNS = (
     "speedup_vs_baseline",
     "case_id",
 )
-
-
-def _cell(x: object) -> object:
-    return "" if x is None else x
 
 
 def write_csv(data: ReportData, stats: dict[str, list[SeriesStats]], path: Path) -> None:
@@ -113,4 +111,4 @@ def write_csv(data: ReportData, stats: dict[str, list[SeriesStats]], path: Path)
                 "speedup_vs_baseline": speedup.get((key, c.seq_len)),
                 "case_id": c.case_id,
             }
-            w.writerow([_cell(row[k]) for k in COLUMNS])
+            w.writerow([csv_cell(row[k]) for k in COLUMNS])

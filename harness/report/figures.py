@@ -29,6 +29,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 
 from attnbench.core.pattern_grid import PATTERN_MAX_LEN, PatternGrid
 from attnbench.report.data import Group, Point, ReportData, SeriesKey, curve_key
+from attnbench.report.escaping import literal_figure
 from attnbench.report.tables import SeriesStats, calibration_notes, energy_note, fmt_bytes, fmt_len
 
 LINESTYLES = ("-", "--", ":", "-.")
@@ -280,6 +281,7 @@ METRICS = (
 
 
 def _save(fig: Figure, folder: Path, name: str, title: str, caption: str) -> FigureFile:
+    literal_figure(fig)  # labels are variant names, parameters, hosts: `$` in them is not math
     png, svg = folder / f"{name}.png", folder / f"{name}.svg"
     fig.savefig(png, dpi=PNG_DPI, bbox_inches="tight", metadata={"Software": None})
     fig.savefig(svg, bbox_inches="tight", metadata={"Date": None, "Creator": None})

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.analysis.history import METRICS
+from attnbench.report.escaping import literal_figure
 
 
 def trend_figure(rows: list[dict[str, Any]], metric: str, what: str, out: Path) -> None:
@@ -19,6 +20,7 @@ def trend_figure(rows: list[dict[str, Any]], metric: str, what: str, out: Path) 
 
     _, unit, scale = METRICS[metric]
     fig, ax = plt.subplots(figsize=(9, 4.8))
+    handles, labels = [], []  # given to the legend as they are: one from a label starting "_" too
     by_case: dict[str, list[dict[str, Any]]] = {}
     for r in rows:
         by_case.setdefault(r["case_id"], []).append(r)
@@ -26,7 +28,9 @@ def trend_figure(rows: list[dict[str, Any]], metric: str, what: str, out: Path) 
         xs = [dt.datetime.fromisoformat(p["started_at"]) for p in pts]
         ys = [p["value"] * scale for p in pts]
         label = f"n={pts[0]['seq_len']}" if len({p["seq_len"] for p in rows}) > 1 else case_id
-        line = ax.plot(xs, ys, marker="o", label=label)[0]
+        line = ax.plot(xs, ys, marker="o")[0]
+        handles.append(line)
+        labels.append(label)
         lows = [p["ci95_low"] for p in pts]
         if all(v is not None for v in lows):
             err = [
@@ -41,7 +45,8 @@ def trend_figure(rows: list[dict[str, Any]], metric: str, what: str, out: Path) 
     ax.set_ylabel(f"{metric} ({unit})")
     ax.set_xlabel("run start (UTC)")
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(handles, labels, fontsize="small")
+    literal_figure(fig)
     fig.autofmt_xdate()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

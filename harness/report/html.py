@@ -1,14 +1,20 @@
-"""index.html: one self-contained page (figures as data URIs, styles inline, no scripts, no network)."""
+"""index.html: one self-contained page (figures as data URIs, styles inline, no scripts, no network).
+
+Every text and attribute value goes through html_text; links through relative_href, which
+keeps only relative paths into the report folder or the runs it reads
+(attnbench.report.escaping)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import os
-from html import escape
+from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from attnbench.report.data import FAILED
+from attnbench.report.escaping import html_text as escape
+from attnbench.report.escaping import relative_href
 from attnbench.report.figures import FigureFile, Figures
 from attnbench.report.report import Report
 from attnbench.report.tables import Table
@@ -65,7 +71,9 @@ def _cell_class(text: str, right: bool) -> str:
     return f' class="{" ".join(classes)}"' if classes else ""
 
 
-def html_table(table: Table, heading: str = "h3", link_base: Path | None = None) -> str:
+def html_table(
+    table: Table, heading: str = "h3", link_base: Path | None = None, link_roots: Sequence[Path] = ()
+) -> str:
     parts = [f"<{heading}>{escape(table.title)}</{heading}>"]
     if not table.rows:
         parts.append("<p>None.</p>")
@@ -77,8 +85,9 @@ def html_table(table: Table, heading: str = "h3", link_base: Path | None = None)
         cells = []
         for i, c in enumerate(row):
             text = escape(c)
-            if (r, i) in table.links:
-                text = f'<a href="{escape(link_href(table.links[(r, i)], link_base))}">{text}</a>'
+            href = relative_href(table.links[(r, i)], link_base, link_roots) if (r, i) in table.links else None
+            if href is not None:
+                text = f'<a href="{escape(href)}">{text}</a>'
             cells.append(f"<td{_cell_class(c, i in table.right)}>{text}</td>")
         parts.append(f"<tr>{''.join(cells)}</tr>")
     parts.append("</tbody></table></div>")
@@ -92,7 +101,7 @@ def _figure(f: FigureFile, wide: bool = False) -> str:
     return (
         f'<figure{" class=wide" if wide else ""}><img src="data:image/svg+xml;base64,{data}" alt="{escape(f.title)}">'
         f"<figcaption>{escape(f.caption)} "
-        f'<a href="figures/{escape(f.png.name)}">PNG</a> · <a href="figures/{escape(f.svg.name)}">SVG</a>'
+        f'<a href="figures/{escape(quote(f.png.name))}">PNG</a> · <a href="figures/{escape(quote(f.svg.name))}">SVG</a>'
         "</figcaption></figure>"
     )
 
@@ -116,13 +125,6 @@ def _environment(report: Report) -> str:
     return "\n".join(parts)
 
 
-def link_href(path: str, base: Path | None) -> str:
-    """A link to a file beside the runs: relative to the report folder, so both can move together."""
-    if base is None:
-        return Path(path).resolve().as_uri()
-    return os.path.relpath(Path(path).resolve(), base.resolve()).replace(os.sep, "/")
-
-
 def render_html(report: Report, figs: Figures, link_base: Path | None = None) -> str:
     data = report.data
     nav = ['<a href="#runs">runs</a>']
@@ -144,7 +146,8 @@ def render_html(report: Report, figs: Figures, link_base: Path | None = None) ->
         sec.append(html_table(report.scaling[g.key]))
         sec.append(html_table(report.times[g.key]))
         if report.profiles[g.key].rows:
-            sec.append(html_table(report.profiles[g.key], link_base=link_base))
+            roots = [r.folder for r in data.runs]  # links may point into the runs the report reads
+            sec.append(html_table(report.profiles[g.key], link_base=link_base, link_roots=roots))
         sec.append("</section>")
         body.append("\n".join(sec))
     extra = figs.of("patterns") + figs.of("ponder") + figs.of("transforms")

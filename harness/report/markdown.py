@@ -7,32 +7,38 @@ from wherever the report folder is published.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import quote
 
+from attnbench.report.escaping import html_text, md_cell, md_code, md_text, md_url, relative_href
 from attnbench.report.figures import Figures
-from attnbench.report.html import link_href
 from attnbench.report.report import Report
 from attnbench.report.tables import Table
 
 
-def _cell(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ").strip() or " "
+def _linked(text: str, target: str, link_base: Path | None, link_roots: Sequence[Path]) -> str:
+    href = relative_href(target, link_base, link_roots)
+    return md_cell(text) if href is None else f"[{md_cell(text)}]({href})"
 
 
-def md_table(table: Table, heading: str | None = "###", link_base: Path | None = None) -> str:
-    lines = [f"{heading} {table.title}", ""] if heading else []
+def md_table(
+    table: Table, heading: str | None = "###", link_base: Path | None = None, link_roots: Sequence[Path] = ()
+) -> str:
+    """The table in GFM; links only as relative_href allows them (else the cell's text alone)."""
+    lines = [f"{heading} {md_text(table.title)}", ""] if heading else []
     if not table.rows:
         return "\n".join([*lines, "None.", ""])
-    lines.append("| " + " | ".join(_cell(h) for h in table.headers) + " |")
+    lines.append("| " + " | ".join(md_cell(h) for h in table.headers) + " |")
     lines.append("|" + "|".join("---:" if i in table.right else "---" for i in range(len(table.headers))) + "|")
     for r, row in enumerate(table.rows):
         cells = [
-            f"[{_cell(c)}]({link_href(table.links[(r, i)], link_base)})" if (r, i) in table.links else _cell(c)
+            _linked(c, table.links[(r, i)], link_base, link_roots) if (r, i) in table.links else md_cell(c)
             for i, c in enumerate(row)
         ]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
-    lines += [f"<sub>{n}</sub>  " for n in table.notes]
+    lines += [f"<sub>{md_text(n)}</sub>  " for n in table.notes]
     return "\n".join(lines) + "\n"
 
 
@@ -41,44 +47,48 @@ def _figures(figs: Figures, prefix: str, base_url: str | None) -> list[str]:
     if not files:
         return []
     if base_url:
-        base = base_url.rstrip("/")
-        return [f"![{f.title}]({base}/figures/{f.png.name})" for f in files] + [""]
-    return ["Figures (in the report folder): " + ", ".join(f"`figures/{f.png.name}`" for f in files), ""]
+        base = md_url(base_url.rstrip("/"))
+        return [f"![{md_text(f.title)}]({base}/figures/{quote(f.png.name)})" for f in files] + [""]
+    return ["Figures (in the report folder): " + ", ".join(md_code(f"figures/{f.png.name}") for f in files), ""]
 
 
 def render_markdown(report: Report, figs: Figures, base_url: str | None = None, link_base: Path | None = None) -> str:
     data = report.data
-    out = [f"## attnbench report: {report.title}", ""]
+    roots = [r.folder for r in data.runs]  # links may point into the runs the report reads
+    out = [f"## attnbench report: {md_text(report.title)}", ""]
     warnings = report.warnings
     if warnings:
-        out += ["> [!WARNING]", *(f"> {w}  " for w in warnings), ""]
+        out += ["> [!WARNING]", *(f"> {md_text(w)}  " for w in warnings), ""]
     out.append(md_table(report.runs, "###"))
     for group in data.groups:
-        out += [f"### {group.title}", ""]
-        out += [f"- {h}" for h in report.highlights[group.key]] + [""]
+        out += [f"### {md_text(group.title)}", ""]
+        out += [f"- {md_text(h)}" for h in report.highlights[group.key]] + [""]
         if group.backend is not None:
             out.append(md_table(report.scaling[group.key], heading="####"))
             out.append(md_table(report.times[group.key], heading="####"))
             if report.profiles[group.key].rows:
-                out.append(md_table(report.profiles[group.key], heading="####", link_base=link_base))
+                profiles = report.profiles[group.key]
+                out.append(md_table(profiles, heading="####", link_base=link_base, link_roots=roots))
         notes = figs.notes.get(group.key, [])
-        out += [f"- {n}" for n in notes] + ([""] if notes else [])
+        out += [f"- {md_text(n)}" for n in notes] + ([""] if notes else [])
         out += _figures(figs, group.key, base_url)
     if figs.of("patterns") or figs.of("ponder") or figs.of("transforms"):
         out += ["### Attention patterns, ponder steps, transforms", ""]
         for name in ("patterns", "ponder", "transforms"):
             out += _figures(figs, name, base_url)
-    out += [f"- {n}" for n in figs.notes.get("patterns", [])]
+    out += [f"- {md_text(n)}" for n in figs.notes.get("patterns", [])]
     if report.published.rows:
         out.append(md_table(report.published, "###"))
     out.append(md_table(report.failures, "###"))
     if report.unstable.rows:
         out += [
-            f"<details><summary>{report.unstable.title}: {len(report.unstable.rows)}</summary>",
+            # An HTML block: its summary is HTML, not Markdown.
+            f"<details><summary>{html_text(report.unstable.title)}: {len(report.unstable.rows)}</summary>",
             "",
             md_table(report.unstable, heading=None),
             "</details>",
             "",
         ]
-    out += ["", f"<sub>{report.footer}</sub>", ""]
+    before, command, after = report.footer_parts
+    out += ["", f"<sub>{md_text(before)} {md_code(command)} {md_text(after)}</sub>", ""]
     return "\n".join(out)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.engine.profile_data import MEMORY_PNG, OPS_CSV, OPS_MD, SUMMARY, TOP, Analysis
+from attnbench.report.escaping import LiteralTable, csv_cell, line, literal_figure, md_cell, md_code, md_text
 
 
 def write_profile_files(folder: Path) -> None:
@@ -42,26 +43,27 @@ def write_tables(out: Path, analysis: Analysis) -> None:
         w = csv.writer(f)
         w.writerow(["name", "step", "count_per_call", "self_s", "share", "device_s", "allocated_bytes"])
         for o in analysis.ops:
-            w.writerow([o.name, o.step or "", f"{o.count:g}", f"{o.self_s:.9g}", f"{o.share:.6f}",
+            w.writerow([csv_cell(o.name), csv_cell(o.step or ""), f"{o.count:g}", f"{o.self_s:.9g}", f"{o.share:.6f}",
                         "" if o.device_s is None else f"{o.device_s:.9g}", o.allocated_bytes])  # fmt: skip
     lines = [f"Per call, mean over {analysis.calls} profiled call(s) of {_ms(analysis.call_s)} ms each "
              f"(profiler overhead included; the timed figures are in the case record).", ""]  # fmt: skip
-    lines += [f"- {n}" for n in analysis.notes]
+    lines += [f"- {md_text(n)}" for n in analysis.notes]
     if analysis.steps:
         lines += ["", "## Named steps (inclusive)", "", "| step | per call | time ms | share of call | allocated MiB |"]
         lines.append("|---|---:|---:|---:|---:|")
         for s in analysis.steps:
-            name = ("  " * (s.depth - 1)) + s.name
+            name = ("  " * (s.depth - 1)) + md_cell(s.name)
             lines.append(f"| {name} | {s.count:g} | {_ms(s.total_s)} | {s.share:.1%} | {_mib(s.allocated_bytes)} |")
     header = "| operator | step | calls | self ms | share | device ms | allocated MiB |"
     for title, rows in (
-        (f"## Top operators by {analysis.time_basis}", analysis.ops[:TOP]),
+        (f"## Top operators by {md_text(analysis.time_basis)}", analysis.ops[:TOP]),
         ("## Top operators by memory allocated", sorted(analysis.ops, key=lambda o: -o.allocated_bytes)[:TOP]),
     ):
         lines += ["", title, "", header, "|---|---|---:|---:|---:|---:|---:|"]
         for o in rows:
             lines.append(
-                f"| `{o.name}` | {o.step or '-'} | {o.count:g} | {_ms(o.self_s)} | {o.share:.1%} | "
+                f"| {md_code(o.name, in_table=True)} | {md_cell(o.step or '-')} | {o.count:g} | {_ms(o.self_s)} | "
+                f"{o.share:.1%} | "
                 f"{_ms(o.device_s)} | {_mib(o.allocated_bytes)} |"
             )
     (out / OPS_MD).write_text("\n".join(lines) + "\n")
@@ -94,6 +96,7 @@ def memory_figure(path: Path, analysis: Analysis, title: str) -> None:
     ax.set_ylabel("MiB above the start of the calls")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
+    literal_figure(fig)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -101,19 +104,18 @@ def memory_figure(path: Path, analysis: Analysis, title: str) -> None:
 
 def print_profile(console: Any, profile: dict[str, Any], top: int) -> None:
     """The named steps and the top operators, then where the files are."""
-    from rich.table import Table
-
     folder = Path(profile["path"])
     summary = json.loads((folder / profile["summary"]).read_text())
     basis = summary.get("time_basis", "self time")
     console.print(
-        f"{summary['calls']} call(s), {summary['call_s'] * 1e3:.3f} ms each under the profiler "
-        "(its overhead included: the timed figures come from bench run)",
-        highlight=False,
+        line(
+            f"{summary['calls']} call(s), {summary['call_s'] * 1e3:.3f} ms each under the profiler "
+            "(its overhead included: the timed figures come from bench run)"
+        )
     )
     steps = summary.get("steps_all") or []
     if steps:
-        t = Table(title="named steps (inclusive, per call)", title_justify="left")
+        t = LiteralTable(title="named steps (inclusive, per call)", title_justify="left")
         for col, just in (("step", "left"), ("ms", "right"), ("share of call", "right"), ("allocated MiB", "right")):
             t.add_column(col, justify=just)  # type: ignore[arg-type]
         for s in steps:
@@ -124,7 +126,7 @@ def print_profile(console: Any, profile: dict[str, Any], top: int) -> None:
                 f"{s['allocated_bytes'] / 2**20:.2f}",
             )
         console.print(t)
-    t = Table(title=f"top operators by {basis} (per call)", title_justify="left")
+    t = LiteralTable(title=f"top operators by {basis} (per call)", title_justify="left")
     for col, just in (
         ("operator", "left"),
         ("step", "left"),
@@ -147,18 +149,17 @@ def print_profile(console: Any, profile: dict[str, Any], top: int) -> None:
         )
     console.print(t)
     for name, m in (summary.get("metrics") or {}).items():
-        console.print(
-            f"torch-xla {name}: {m['count']} × {m['total_s'] / max(1, m['count']) * 1e3:.3f} ms", highlight=False
-        )
+        console.print(line(f"torch-xla {name}: {m['count']} × {m['total_s'] / max(1, m['count']) * 1e3:.3f} ms"))
     for note in summary.get("notes", []):
-        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+        console.print(line(f"note: {note}"), soft_wrap=True)
     files = [profile[k] for k in ("trace", "ops_md", "ops_csv", "memory_png", "summary")]
     if profile.get("tensorboard"):
         files.append(profile["tensorboard"] + "/")
-    console.print(f"files in {folder}: {', '.join(files)}", highlight=False, soft_wrap=True)
+    console.print(line(f"files in {folder}: {', '.join(files)}"), soft_wrap=True)
     console.print(
-        "open trace.json in https://ui.perfetto.dev or chrome://tracing"
-        + ("; tensorboard --logdir " + str(folder / profile["tensorboard"]) if profile.get("tensorboard") else ""),
-        highlight=False,
+        line(
+            "open trace.json in https://ui.perfetto.dev or chrome://tracing"
+            + ("; tensorboard --logdir " + str(folder / profile["tensorboard"]) if profile.get("tensorboard") else "")
+        ),
         soft_wrap=True,
     )

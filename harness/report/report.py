@@ -40,11 +40,19 @@ class Report:
     profiles: dict[str, Table]  # group key -> its profiled cases
 
     @property
-    def footer(self) -> str:
+    def footer_parts(self) -> tuple[str, str, str]:
+        """The footer as (before, command, after): each format quotes the command its own way."""
+        runs = ", ".join(r.run.run_id for r in self.data.runs)
         return (
-            f"Made by `{self.command}` at {self.generated_at} from stored results only "
-            f"({', '.join(r.run.run_id for r in self.data.runs)}); nothing was re-run."
+            "Made by ",
+            self.command,
+            f" at {self.generated_at} from stored results only ({runs}); nothing was re-run.",
         )
+
+    @property
+    def footer(self) -> str:
+        before, command, after = self.footer_parts
+        return f"{before}`{command}`{after}"
 
 
 def default_title(data: ReportData) -> str:

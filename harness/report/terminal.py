@@ -1,11 +1,12 @@
-"""`--format terminal`: the report's tables and sentences, printed with rich."""
+"""`--format terminal`: the report's tables and sentences, printed with rich (every text
+literal: attnbench.report.escaping)."""
 
 from __future__ import annotations
 
 from rich.console import Console
-from rich.table import Table as RichTable
 
 from attnbench.report.data import FAILED
+from attnbench.report.escaping import LiteralTable, literal
 from attnbench.report.report import Report
 from attnbench.report.tables import Table, group_notes
 
@@ -20,17 +21,17 @@ def _style(text: str) -> str:
     return ""
 
 
-def rich_table(table: Table) -> RichTable:
-    t = RichTable(title=table.title, title_justify="left", title_style="bold")
+def rich_table(table: Table) -> LiteralTable:
+    t = LiteralTable(title=table.title, title_justify="left", title_style="bold")
     for i, h in enumerate(table.headers):
         t.add_column(h, justify="right" if i in table.right else "left", overflow="fold", no_wrap=i in table.nowrap)
     for row in table.rows:
-        t.add_row(*(f"[{_style(c)}]{c}[/]" if _style(c) else c for c in row))
+        t.add_row(*(literal(c, _style(c)) for c in row))
     return t
 
 
 def print_report(console: Console, report: Report) -> None:
-    print_ = lambda text, style="": console.print(text, style=style, highlight=False, soft_wrap=True)  # noqa: E731
+    print_ = lambda text, style="": console.print(literal(text, style), soft_wrap=True)  # noqa: E731
     print_(f"attnbench report: {report.title}", "bold")
     for w in report.warnings:
         print_(f"warning: {w}", "yellow")
