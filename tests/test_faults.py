@@ -294,3 +294,24 @@ def test_a_damaged_run_folder_is_one_line_and_exit_2(
         assert f"skipped {folder}: " in out and "1 skipped" in out
         return
     _one_line_exit_2(argv, capsys, monkeypatch)
+
+
+def test_resume_imports_no_module_the_user_did_not_name(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # run.json is untrusted input: a plugin module it names runs code when imported.
+    from attnbench.cli.main import main
+    from attnbench.core.registry import PLUGINS_ENV
+
+    folder = tmp_path / "run"
+    folder.mkdir()
+    run = json.loads((Path(__file__).parent / "fixtures" / "v0.1.0" / "interrupted" / "run.json").read_text())
+    run["settings"]["plugins"] = "evil_module_that_must_not_be_imported"
+    (folder / "run.json").write_text(json.dumps(run))
+    monkeypatch.delenv(PLUGINS_ENV, raising=False)
+    assert main(["run", "--resume", str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert "evil_module_that_must_not_be_imported" in err and "--allow-plugins" in err
+    assert err.count("\n") == 1
+    assert main(["run", "--allow-plugins", "--variants", "full.sdpa", "--seq-lens", "8"]) == 2
+    assert "--allow-plugins goes with --resume" in capsys.readouterr().err

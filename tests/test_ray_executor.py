@@ -170,7 +170,10 @@ def test_interrupt_then_resume_keeps_ray(cluster: Any, tmp_path: Path) -> None:
     assert 1 <= len(first) < 3 and all(r["status"] == "ok" for r in first)
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
 
-    resumed = bench("run", "--resume", str(out))  # no --executor: the run's own, with its address
+    # run.json is untrusted: a resume contacts the cluster it names only when told to again.
+    refused = bench("run", "--resume", str(out))
+    assert refused.returncode == 2 and f"--ray-address {cluster.address}" in refused.stderr, refused.stderr
+    resumed = bench("run", "--resume", str(out), "--ray-address", cluster.address)  # no --executor: the run's own
     assert resumed.returncode == 0, resumed.stderr
     run = json.loads((out / "run.json").read_text())
     assert run["status"] == "complete" and run["executor"] == "ray" and len(run["resumed_at"]) == 1

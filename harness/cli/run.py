@@ -43,6 +43,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             "--profile runs with the local executor (profiles are files on the machine that ran the case); "
             "drop --executor ray, or profile single cases on a node with bench profile"
         )
+    if args.allow_plugins and args.resume is None:
+        raise UserError("--allow-plugins goes with --resume (a new run imports the plugins named in the environment)")
     if args.resume is not None:
         given = (
             [f for f in SWEEP_FLAGS if getattr(args, f) is not None]
@@ -60,7 +62,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         if run.sweep is None or run.settings is None:
             raise UserError(f"{folder} was not written by bench run (its run.json has no sweep); it cannot be resumed")
         plugins = run.settings.get("plugins")
-        if plugins and not os.environ.get(PLUGINS_ENV):
+        # run.json is untrusted input: importing a module it names runs that module's code.
+        if plugins and os.environ.get(PLUGINS_ENV) != plugins:
+            if not args.allow_plugins:
+                raise UserError(
+                    f"{folder} was made with the plugin modules {plugins}, which resuming imports; "
+                    f"add --allow-plugins to import them (or set {PLUGINS_ENV}={plugins})"
+                )
             os.environ[PLUGINS_ENV] = plugins  # the variants the run was made with
         run = replace(run, status="running", resumed_at=[*run.resumed_at, " ".join(["bench", *argv])])
         check_writable(folder)

@@ -93,6 +93,13 @@ RUN_FLAGS: tuple[Flag, ...] = (
     Flag("--out", {"type": Path, "help": RUN_OUT_HELP}),
     Flag("--resume", {"type": Path, "metavar": "RUN_DIR", "help": "finish an interrupted run"}),
     Flag(
+        "--allow-plugins",
+        {
+            "action": "store_true",
+            "help": "with --resume: import the plugin modules the run was made with (run.json names them)",
+        },
+    ),
+    Flag(
         "--history",
         {
             "metavar": "PATH",

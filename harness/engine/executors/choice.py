@@ -54,6 +54,12 @@ def make_executor(choice: ExecutorChoice, run: RunRecord, settings: RunSettings)
             settings = dataclasses.replace(settings, memory_limit_bytes=int(0.9 * psutil.virtual_memory().available))
         return LocalExecutor(settings), run
     stored = RayOptions.from_json(run.ray_options or {})
+    if stored.address and not choice.ray_address:
+        # run.json is untrusted input: a resume contacts only a host named on its command line.
+        raise UserError(
+            f"this run ran on the Ray cluster at {stored.address}; to finish it there, name it with "
+            f"--ray-address {stored.address} (or finish it here with --executor local)"
+        )
     options = RayOptions(
         choice.ray_address or stored.address,
         tuple(RaySpec.parse(r) for r in choice.ray_resources) or stored.resources,
