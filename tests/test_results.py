@@ -456,3 +456,18 @@ def test_non_finite_figures_are_written_as_null_with_the_reason(tmp_path):
     assert data["flops_per_s"] is None and data["energy_j"] is None
     assert "flops_per_s was inf, written as null" in data["notes"]
     assert "energy_j was nan, written as null" in data["notes"]
+
+
+def test_a_record_torn_at_any_byte_is_set_aside_and_the_rest_kept(tmp_path):
+    """A write cut at every possible byte of the last record: the whole records before it are
+    kept, the fragment goes to cases.jsonl.torn byte for byte, and the next append is clean."""
+    whole = json.dumps(case_dict(0)) + "\n" + json.dumps(case_dict(1)) + "\n"
+    last = json.dumps(case_dict(2)) + "\n"
+    for cut in range(1, len(last)):  # cut == len(last) is a whole record
+        folder = tmp_path / f"cut{cut}"
+        write_folder(folder, run_dict(), whole + last[:cut])
+        writer = RunWriter(folder, RunRecord.from_json(run_dict()))
+        writer.append(CaseRecord.from_json(case_dict(3)))
+        writer.close()
+        assert [c.seq_len for c in load_run(folder).cases] == [256, 257, 259], cut
+        assert (folder / (CASES_FILE + ".torn")).read_text() == last[:cut] + "\n", cut
