@@ -315,3 +315,31 @@ def test_resume_imports_no_module_the_user_did_not_name(
     assert err.count("\n") == 1
     assert main(["run", "--allow-plugins", "--variants", "full.sdpa", "--seq-lens", "8"]) == 2
     assert "--allow-plugins goes with --resume" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # two real sides starting up, about 20 s
+def test_bench_ab_stops_cleanly_on_sigterm_to_the_driver_alone(tmp_path: Path) -> None:
+    from tests.conftest import ROOT
+
+    out = tmp_path / "ab"
+    flags = ["--variants", "test.hangs", "--backends", "cpu", "--seq-lens", "16", *TINY, "--timeout", "300"]
+    proc = subprocess.Popen(
+        [*BENCH, "ab", "--baseline", str(ROOT), *flags, "--out", str(out), "--history", "off"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=cli_env(ATTNBENCH_PLUGINS=FAULTY),
+        start_new_session=True,  # so nothing but the driver gets the signal below
+    )
+    driver = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and len(driver.children(recursive=True)) < 4:
+        time.sleep(0.2)  # both sides, each with its fork server (and a worker in the hanging case)
+    family = driver.children(recursive=True)
+    assert len(family) >= 4, "the sides never started"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    for side in ("baseline", "candidate"):
+        assert json.loads((out / side / "run.json").read_text())["status"] == "interrupted"
+    assert _gone(family, within_s=15) == []

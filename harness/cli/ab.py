@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -267,8 +268,7 @@ def _run_sides(
         alternate(sides, progress)
         codes = {name: p.wait() for name, p in procs.items()}
     except KeyboardInterrupt:
-        for p in procs.values():
-            p.wait()
+        _stop_sides(procs)
         console.print(line(("interrupted", "bold yellow"), f": the sides' runs so far are in {out}"))
         return EXIT_INTERRUPTED
     finally:
@@ -287,6 +287,26 @@ def _run_sides(
         )
     )
     return _compare(out, args)
+
+
+def _stop_sides(procs: dict[str, subprocess.Popen], grace_s: float = 60.0) -> None:
+    """Pass the driver's interrupt on to the sides, which mark their runs interrupted. A Ctrl-C
+    reached them already (the terminal signals the whole group); a SIGTERM sent to the driver
+    alone did not, and waiting for them would have waited for both whole runs."""
+    from attnbench.core import interrupts
+
+    sig = interrupts.received() or signal.SIGINT
+    for p in procs.values():
+        if p.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                p.send_signal(sig)
+    deadline = time.monotonic() + grace_s
+    for p in procs.values():
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.kill()  # its workers go with it (attnbench.engine.lifeline)
+            p.wait()
 
 
 def _compare(out: Path, args: argparse.Namespace) -> int:
