@@ -85,6 +85,14 @@ def test_the_grid_is_the_masks_average_pooling_over_zero_padded_cells(n: int) ->
     assert grid.density == int(mask.sum()) / n**2
 
 
+def test_bigbird_with_per_head_draws_records_head_0s_pattern() -> None:
+    """Per-head random blocks make one mask per head; the record keeps head 0's, which is the
+    shared layout (per-head draws start with it)."""
+    per_head = _stored(_case("sparse.bigbird", 1024, {"block": 16, "random_per_head": True}))
+    shared = _stored(_case("sparse.bigbird", 1024, {"block": 16}))
+    assert per_head.to_json() == shared.to_json() and not per_head.input_dependent
+
+
 def test_the_edge_cells_count_their_padding_as_unattended() -> None:
     mask = torch.ones(10, 10, dtype=torch.bool)
     grid = pool_mask(mask)  # 10 positions, one per cell: nothing to pad

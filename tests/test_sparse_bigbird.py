@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 
 import pytest
@@ -33,10 +34,11 @@ def qkv(n: int, B: int = 2, h: int = 3, d: int = 8, seed: int = 0, dtype=torch.f
     return tuple(torch.randn(B, h, n, d, generator=g, dtype=torch.float64).to(dtype) for _ in range(3))
 
 
-def brute_force_mask(n: int, b: int, r: int, seed: int, causal: bool) -> torch.Tensor:
-    """The layout straight from its definition, one (query, key) pair at a time."""
+def brute_force_mask(n: int, b: int, r: int, seed: int, causal: bool, head: int = 0, heads: int = 1) -> torch.Tensor:
+    """The layout straight from its definition, one (query, key) pair at a time: the random
+    blocks of head `head` among `heads` independent draws."""
     nb = num_blocks(n, b)
-    rand = random_blocks(nb, r, seed).tolist()
+    rand = random_blocks(nb, r, seed, heads)[head].tolist()
     mask = torch.zeros(n, n, dtype=torch.bool)
     for i in range(n):
         qb = i // b
@@ -51,7 +53,17 @@ def brute_force_mask(n: int, b: int, r: int, seed: int, causal: bool) -> torch.T
 def test_registered_with_its_defaults() -> None:
     cls = WORKLOADS["sparse.bigbird"]
     assert cls is BigBirdAttention and cls.family == "sparse" and cls.subquadratic
-    assert cls.default_params() == {"block": 64, "random_blocks": 3, "seed": 0, "causal": False, "attention": "auto"}
+    assert cls.default_params() == {
+        "block": 64,
+        "random_blocks": 3,
+        "random_per_head": False,
+        "seed": 0,
+        "causal": False,
+        "attention": "auto",
+    }
+    # random_per_head=False is what every case computed before the parameter existed.
+    assert cls.neutral_params == {"random_per_head": False}
+    assert cls.definition_revision(cls.default_params(), "core") == 1
     assert BigBirdParams().full_threshold == 704
 
 
@@ -120,6 +132,7 @@ def test_forcing_block_sparse_on_too_short_a_sequence_raises() -> None:
         {"random_blocks": -1},
         {"seed": "x"},
         {"causal": 1},
+        {"random_per_head": 1},
         {"attention": "sparse"},
     ],
 )
@@ -150,8 +163,8 @@ def test_mask_is_the_definition(n: int, b: int, r: int, seed: int, causal: bool)
 @pytest.mark.parametrize(("nb", "r", "seed"), [(6, 1, 0), (7, 2, 1), (8, 3, 2), (40, 3, 3), (200, 5, 4), (9, 0, 0)])
 def test_random_blocks_are_distinct_and_not_already_attended(nb: int, r: int, seed: int) -> None:
     table, valid = block_layout(nb, r, seed)
-    assert table.shape == (nb - 2, 5 + r) and valid.shape == table.shape
-    for row, blocks in enumerate(table.tolist()):
+    assert table.shape == (1, nb - 2, 5 + r) and valid.shape == table.shape[1:]
+    for row, blocks in enumerate(table[0].tolist()):
         i = row + 1
         assert blocks[:5] == [i - 1, i, i + 1, 0, nb - 1]
         rand = blocks[5:]
@@ -164,7 +177,7 @@ def test_random_blocks_cover_every_candidate() -> None:
     nb, r = 10, 2
     seen = [set() for _ in range(nb - 2)]
     for seed in range(60):
-        for row, blocks in enumerate(random_blocks(nb, r, seed).tolist()):
+        for row, blocks in enumerate(random_blocks(nb, r, seed)[0].tolist()):
             seen[row].update(blocks)
     for row, blocks in enumerate(seen):
         i = row + 1
@@ -274,9 +287,12 @@ def test_cost_methods() -> None:
     short = Shape(1, 8, 64, 700)
     assert BigBirdAttention.flops(p, short) == BigBirdAttention.executed_flops(p, short) == 4.0 * 700**2 * 512
     assert BigBirdAttention.case_flops(p, long, "core", "train") == 3.5 * useful
-    # Working memory grows linearly; the estimate is above the minimum and training doubles.
-    w1, w2 = (BigBirdAttention.working_bytes(p, dataclasses.replace(long, seq_len=m), 4) for m in (8192, 16384))
-    assert 1.9 < w2 / w1 < 2.1
+    # Working memory grows linearly in n (a run's buffers are a constant on top); the estimate
+    # is above the minimum and training doubles.
+    w1, w2, w4 = (
+        BigBirdAttention.working_bytes(p, dataclasses.replace(long, seq_len=m), 4) for m in (8192, 16384, 32768)
+    )
+    assert w4 - w2 == 2 * (w2 - w1) > 0
     fwd = BigBirdAttention.peak_bytes_estimate(p, long, 4, train=False)
     assert fwd > BigBirdAttention.working_bytes(p, long, 4)
     assert BigBirdAttention.peak_bytes_estimate(p, long, 4, train=True) >= 2 * fwd
@@ -307,9 +323,9 @@ def test_layout_tables_are_cached() -> None:
     module = make(200, block=8, random_blocks=2, attention="block_sparse")
     q, k, v = qkv(200)
     module(q, k, v)
-    plan = module._plans[(200, q.device)]
+    plan = module._plans[(200, 2, 3, q.device)]
     module(q, k, v)
-    assert module._plans[(200, q.device)] is plan and len(module._plans) == 1
+    assert module._plans[(200, 2, 3, q.device)] is plan and len(module._plans) == 1
     assert math.isfinite(float(module(q, k, v).sum()))
 
 
@@ -329,11 +345,11 @@ def test_verification_length_keeps_the_block_sparse_path() -> None:
 def test_short_runs_match_reference_and_its_gradients(
     monkeypatch: pytest.MonkeyPatch, blocks_per_run: int, causal: bool, n: int, r: int
 ) -> None:
-    # At the test sizes one run covers every middle block; force several runs per head.
+    # At the test sizes one run covers every middle block; force several runs (B·h = 6 heads).
     b = 8
-    monkeypatch.setattr(bigbird, "CHUNK_SCORES", blocks_per_run * b * b * (5 + r))
+    monkeypatch.setattr(bigbird, "CHUNK_SCORES", blocks_per_run * 6 * b * b * (5 + r))
     module = make(n, block=b, random_blocks=r, causal=causal, attention="block_sparse")
-    plan = module._plan(n, torch.device("cpu"))
+    plan = module._plan(n, 2, 3, torch.device("cpu"))
     assert len(plan.chunks) > 2 and all(end - first <= blocks_per_run for first, end, _ in plan.chunks)
     mask = module.reference_mask(n)
     q, k, v = qkv(n, seed=4)
@@ -348,27 +364,48 @@ def test_short_runs_match_reference_and_its_gradients(
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_inference_copies_neither_keys_nor_values(causal: bool) -> None:
-    # The sliding blocks are read through views of K and V, the global ones are shared by all
-    # query blocks, and only a run's random blocks are gathered: no K- or V-sized copy.
-    n, b, r, B, h, d = 3990, 32, 3, 1, 2, 16  # a partial last block
+def test_inference_buffers_are_bounded_by_a_run(monkeypatch: pytest.MonkeyPatch, causal: bool) -> None:
+    # Every head at once, the middle blocks in runs of CHUNK_SCORES score elements: nothing
+    # but the inputs' own copies, the output and the global rows grows with n; a run's
+    # gathered sliding and random blocks are copies of that run's blocks only.
+    n, b, r, B, h, d = 3990, 32, 3, 2, 2, 16  # a partial last block
+    run_blocks = 8
+    monkeypatch.setattr(bigbird, "CHUNK_SCORES", run_blocks * B * h * b * b * (5 + r))
     module = make(n, B=B, h=h, d=d, block=b, random_blocks=r, causal=causal)
+    assert bigbird._per_chunk(b, r, B * h, bigbird.CHUNK_SCORES) == run_blocks
     q, k, v = qkv(n, B=B, h=h, d=d, dtype=torch.float32)
     with OpRecorder(keep_calls=True) as rec:
         out = module(q, k, v)
     torch.testing.assert_close(out.double(), module.reference(q, k, v), rtol=1e-4, atol=1e-4)
-    run_blocks = bigbird._per_chunk(b, r)
-    per_head = n * d
+    run_scores = B * h * run_blocks * b * (5 + r) * b
     for func, _, outs in rec.calls:
         for t in outs:
             if t.untyped_storage().data_ptr() == out.untyped_storage().data_ptr():
                 continue  # the result itself, written in place
-            assert t.numel() <= max(per_head, 2 * b * n, run_blocks * b * (5 + r) * b), func
-            if func is torch.ops.aten.index_select.default:
-                assert t.numel() <= run_blocks * r * b * d
-    # The sliding-block products take K and V in place (overlapping views, not copies).
-    operands = {a.untyped_storage().data_ptr() for func, args, _ in rec.calls if "bmm" in str(func) for a in args[1:3]}
-    assert k.untyped_storage().data_ptr() in operands and v.untyped_storage().data_ptr() in operands
+            assert t.numel() <= max(B * h * n * d, B * h * 2 * b * n, run_scores), func
+            if func is torch.ops.aten.index.Tensor:  # a run's random blocks, every head at once
+                assert t.numel() <= B * h * run_blocks * r * b * d
+            if func is torch.ops.aten.clone.default:  # a run's sliding windows (and scaled queries)
+                assert t.numel() <= B * h * run_blocks * 3 * b * d, func
+
+
+def test_heads_are_batched_not_looped() -> None:
+    """One set of ops for every batch row and head: the op count does not grow with B·h
+    (a loop over heads would make GPU timings launch-bound)."""
+
+    def ops(B: int, h: int, per_head: bool) -> int:
+        n = 300
+        module = make(n, B=B, h=h, block=8, random_blocks=2, random_per_head=per_head, attention="block_sparse")
+        q, k, v = (t.requires_grad_(True) for t in qkv(n, B=B, h=h))
+        module(q, k, v)  # the layout tables are built once per length, batch and head count
+        with OpRecorder() as rec:
+            out = module(q, k, v)
+            torch.autograd.grad(out.sum(), (q, k, v))
+        return rec.ops
+
+    # (With B·h = 1 some reshapes are views instead of copies, so start at 2.)
+    counts = {ops(B, h, per_head) for B, h in ((1, 2), (1, 4), (3, 5), (2, 8)) for per_head in (False, True)}
+    assert len(counts) == 1, counts
 
 
 def test_cost_methods_follow_what_runs() -> None:
@@ -380,6 +417,158 @@ def test_cost_methods_follow_what_runs() -> None:
     # keys and r random blocks each.
     pairs = (b + tail) * 8192 + M * b * (b + tail + r * b) + b * b * (3 * M - 1)
     assert BigBirdAttention.executed_flops(p, shape) == 4.0 * pairs * shape.model_dim
-    # The forward's peak estimate no longer counts a materialised score buffer for all middle blocks.
-    materialised = shape.heads * M * b * (5 + r) * b * 4
-    assert BigBirdAttention.peak_bytes_estimate(p, shape, 4, train=False) < materialised
+    # The forward's peak estimate counts one run (an accelerator's: 64 blocks, whatever n), not
+    # a score buffer for all middle blocks (1022 at 64K).
+    for m in (32768, 65536):
+        run = BigBirdAttention._run_elements(p, dataclasses.replace(shape, seq_len=m), bigbird.CHUNK_SCORES_ACCELERATOR)
+        assert run[0] == 8 * 64 * b * (5 + r) * b
+
+
+def test_runs_are_cache_sized_on_cpu_and_large_elsewhere() -> None:
+    n, B, h = 65536, 1, 8
+    module = make(n, B=B, h=h, d=64)
+    for device, budget, blocks in (("cpu", bigbird.CHUNK_SCORES, 2), ("meta", bigbird.CHUNK_SCORES_ACCELERATOR, 64)):
+        plan = module._plan(n, B, h, torch.device(device))
+        # 8 heads × blocks × 64 × 512 scores per run: 2 MiB (CPU), 64 MiB (elsewhere) in float32.
+        assert bigbird._per_chunk(64, 3, B * h, budget) == blocks
+        assert max(end - first for first, end, _ in plan.chunks) == blocks
+        assert len(plan.chunks) == -(-1021 // blocks) + 1  # uniform runs, then block nb−2 alone
+
+
+def test_executed_flops_are_what_torch_counts() -> None:
+    """torch's FlopCounterMode counts every product the block-sparse path runs (with and without
+    autograd, which take different routes): exactly executed_flops."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for n, causal, per_head in itertools.product((100, 128, 203), (False, True), (False, True)):
+        module = make(n, block=8, random_blocks=2, causal=causal, random_per_head=per_head, attention="block_sparse")
+        expected = BigBirdAttention.executed_flops(module.params, Shape(2, 3, 8, n))
+        for grad in (False, True):
+            q, k, v = (t.requires_grad_(grad) for t in qkv(n, dtype=torch.float32))
+            with FlopCounterMode(display=False) as counter:
+                module(q, k, v)
+            assert counter.get_total_flops() == expected, (n, causal, per_head, grad)
+
+
+# --- random blocks drawn per head (HF) ---------------------------------------------------------
+def test_shared_draw_is_unchanged() -> None:
+    # The draw every case made before random_per_head existed (pinned), and head 0 of a
+    # per-head draw is that same draw.
+    shared = [[5, 8], [5, 7], [5, 6], [1, 8], [2, 7], [3, 4], [1, 3], [3, 4]]
+    assert random_blocks(10, 2, 0).tolist() == [shared]
+    assert random_blocks(10, 2, 0, 4)[0].tolist() == shared
+
+
+@pytest.mark.parametrize(("nb", "r", "seed", "heads"), [(8, 1, 0, 3), (12, 3, 5, 4), (40, 2, 1, 8)])
+def test_per_head_draws_are_independent_and_valid(nb: int, r: int, seed: int, heads: int) -> None:
+    table, valid = block_layout(nb, r, seed, heads)
+    assert table.shape == (heads, nb - 2, 5 + r) and valid.shape == (nb - 2, 5 + r)
+    for z in range(heads):
+        for row, blocks in enumerate(table[z].tolist()):
+            i = row + 1
+            assert blocks[:5] == [i - 1, i, i + 1, 0, nb - 1]
+            rand = blocks[5:]
+            assert len(set(rand)) == r and all(0 < x < nb - 1 and abs(x - i) > 1 for x in rand)
+    # Heads draw on their own: not all alike (HF draws each head's blocks separately).
+    assert any(not torch.equal(table[0], table[z]) for z in range(1, heads))
+
+
+def test_per_head_draws_cover_every_candidate_in_every_head() -> None:
+    nb, r, heads = 10, 2, 3
+    seen = [[set() for _ in range(nb - 2)] for _ in range(heads)]
+    for seed in range(60):
+        table = random_blocks(nb, r, seed, heads).tolist()
+        for z in range(heads):
+            for row, blocks in enumerate(table[z]):
+                seen[z][row].update(blocks)
+    for z in range(heads):
+        for row, blocks in enumerate(seen[z]):
+            assert blocks == set(range(1, nb - 1)) - {row, row + 1, row + 2}
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize(("n", "b", "r", "seed"), [(41, 8, 1, 0), (100, 8, 2, 5), (131, 8, 3, 1)])
+def test_per_head_masks_are_the_definition(n: int, b: int, r: int, seed: int, causal: bool) -> None:
+    h = 3
+    params = dict(block=b, random_blocks=r, seed=seed, causal=causal, attention="block_sparse")
+    module = make(n, h=h, random_per_head=True, **params)
+    masks = module.head_masks(n)
+    assert masks.shape == (h, n, n)
+    for z in range(h):
+        assert torch.equal(masks[z], brute_force_mask(n, b, r, seed, causal, head=z, heads=h))
+    # The recorded picture is head 0's, which is the shared layout.
+    shared = make(n, h=h, **params)
+    assert torch.equal(module.reference_mask(n), masks[0])
+    assert torch.equal(module.reference_mask(n), shared.reference_mask(n))
+    assert shared.head_masks(n).shape == (1, n, n)
+
+
+@pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
+@pytest.mark.parametrize(("n", "r"), [(57, 1), (100, 2), (203, 2), (96, 3)])
+def test_per_head_draws_match_their_reference_and_gradients(n: int, r: int, causal: bool) -> None:
+    module = make(n, block=8, random_blocks=r, causal=causal, random_per_head=True, attention="block_sparse")
+    masks = module.head_masks(n)  # (h, n, n)
+    q, k, v = qkv(n, seed=7)
+    got = module(q, k, v)
+    torch.testing.assert_close(got, dense_reference(q, k, v, masks), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(got, module.reference(q, k, v), rtol=1e-10, atol=1e-10)
+    # Really per head: the shared layout's result differs on heads 1 and 2, not on head 0.
+    shared = dense_reference(q, k, v, masks[0])
+    torch.testing.assert_close(got[:, 0], shared[:, 0], rtol=1e-10, atol=1e-10)
+    assert not torch.allclose(got[:, 1:], shared[:, 1:])
+    proj = torch.randn(2, 3, n, 8, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    grads = []
+    for f in (module, lambda q, k, v: dense_reference(q, k, v, masks)):
+        q, k, v = (t.requires_grad_(True) for t in qkv(n, seed=9))
+        grads.append(torch.autograd.grad((f(q, k, v) * proj).sum(), (q, k, v)))
+    for a, e in zip(*grads, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_per_head_flops_count_every_heads_pairs(causal: bool) -> None:
+    n, h = 203, 4
+    module = make(n, h=h, block=8, random_blocks=3, causal=causal, random_per_head=True, attention="block_sparse")
+    shape = Shape(2, h, 8, n)
+    pairs = [int(m.sum()) for m in module.head_masks(n)]
+    assert BigBirdAttention.flops(module.params, shape) == 4.0 * sum(pairs) * 8 * 2
+    # Causal: a random block after its query block carries no weight, and each head's draw
+    # puts a different number there; without causal every head has the same count.
+    assert (len(set(pairs)) > 1) == causal
+    shared = dataclasses.replace(module.params, random_per_head=False)
+    assert BigBirdAttention.executed_flops(module.params, shape) == BigBirdAttention.executed_flops(shared, shape)
+
+
+def test_per_head_draws_at_the_default_verification_length() -> None:
+    # The worker's check: defaults at n = 1031 (auto: block-sparse), float32 against float64.
+    module = make(1031, B=1, h=4, d=16, random_per_head=True)
+    assert module.params.mode(1031) == "block_sparse"
+    q, k, v = qkv(1031, B=1, h=4, d=16)
+    got = module(*(t.float() for t in (q, k, v)))
+    assert (got.double() - module.reference(q, k, v)).abs().max() < 1e-4
+
+
+def test_case_ids_keep_the_shared_draw_and_split_the_per_head_one() -> None:
+    def case(scope: str = "core", **values) -> Case:
+        params = (("sparse.bigbird", tuple((k, (v,)) for k, v in values.items())),)
+        sweep = Sweep(variants=("sparse.bigbird",), backends=("cpu",), seq_lens=(4096,), scopes=(scope,), params=params)
+        [c] = expand(sweep)
+        return c
+
+    shared, per_head = case(), case(random_per_head=True)
+    # The id a case had before random_per_head existed: its parameters without it.
+    before = Case(
+        "sparse.bigbird",
+        tuple((k, v) for k, v in shared.params if k != "random_per_head"),
+        "core",
+        "cpu",
+        "float32",
+        "forward",
+        1,
+        8,
+        64,
+        4096,
+    )
+    assert shared.case_id == before.case_id and shared.revision == 1
+    assert per_head.case_id != shared.case_id and per_head.revision == 1
+    assert case(scope="layer").revision == 1

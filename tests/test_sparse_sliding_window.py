@@ -4,9 +4,11 @@ the dense float64 reference, and proof that nothing n×n is ever built."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,9 +16,15 @@ from attnbench.core.cases import Case
 from attnbench.core.registry import WORKLOADS, load_plugins
 from attnbench.core.settings import RunSettings
 from attnbench.engine.executors.local import LocalExecutor
-from attnbench.workloads.base import Shape
+from attnbench.workloads.base import AttentionVariant, Shape
+from attnbench.workloads.layer import PreNormLayer
 from attnbench.workloads.reference import dense_reference
-from attnbench.workloads.sparse.sliding_window import SlidingWindowAttention, SlidingWindowParams, allowed_pairs
+from attnbench.workloads.sparse.sliding_window import (
+    LongformerLayer,
+    SlidingWindowAttention,
+    SlidingWindowParams,
+    allowed_pairs,
+)
 from tests.op_recorder import OpRecorder
 
 load_plugins()
@@ -298,3 +306,205 @@ def test_flops_against_the_published_formula_and_look_around_overhead() -> None:
     fwd = SlidingWindowAttention.peak_bytes_estimate(plain, shape, 4, train=False)
     assert SlidingWindowAttention.working_bytes(plain, shape, 4) < fwd
     assert fwd < SlidingWindowAttention.peak_bytes_estimate(plain, shape, 4, train=True)
+
+
+# --- case identity ----------------------------------------------------------------------------------------
+
+
+def test_definition_revision_marks_the_changed_cases() -> None:
+    rev = SlidingWindowAttention.definition_revision
+    base = {"window": 512, "global_tokens": 0, "dilation": 1, "causal": False}
+    for scope in ("core", "layer"):
+        assert rev(base, scope) == 1
+        assert rev({**base, "dilation": 2}, scope) == 2  # dilation follows the paper now
+        assert rev({**base, "dilation": 3, "global_tokens": 4}, scope) == 2
+    # Global projections exist only in the layer scope; the core computes what it did.
+    assert rev({**base, "global_tokens": 4}, "core") == 1
+    assert rev({**base, "global_tokens": 4}, "layer") == 2
+    assert rev({**base, "global_tokens": 4, "causal": True}, "layer") == 2
+    assert SlidingWindowAttention.neutral_params == {}
+
+
+# --- the layer scope: Longformer's own global projections -------------------------------------------------
+
+
+def layer_by_hand(layer: LongformerLayer, x: torch.Tensor, **params) -> torch.Tensor:
+    """The pre-norm layer written out with Longformer's global attention (allenai's
+    query_global, key_global, value_global): the global rows use Q_g of the global tokens
+    against K_g and V_g of every token; the other rows attend their band and the global
+    columns with the ordinary q, k, v. Dense, masked, one product at a time."""
+    base = layer.layer
+    B, n, D = x.shape
+    h, d = layer.heads, layer.head_dim
+    g = min(params.get("global_tokens", 0), n)
+
+    def heads(t: torch.Tensor) -> torch.Tensor:  # (B, m, D) -> (B, h, m, d)
+        return t.view(B, -1, h, d).transpose(1, 2)
+
+    def attend(q, k, v, allowed):
+        s = (q @ k.transpose(-1, -2) / math.sqrt(d)).masked_fill(~allowed, float("-inf"))
+        return torch.softmax(s, -1) @ v
+
+    hid = F.layer_norm(x, (D,), base.norm1.weight, base.norm1.bias, base.norm1.eps)
+    w, b = base.qkv.weight.chunk(3), base.qkv.bias.chunk(3)
+    q, k, v = (heads(F.linear(hid, w[i], b[i])) for i in range(3))
+    qg = heads(F.linear(hid[:, :g], layer.query_global.weight, layer.query_global.bias))
+    wg, bg = layer.kv_global.weight.chunk(2), layer.kv_global.bias.chunk(2)
+    kg, vg = (heads(F.linear(hid, wg[i], bg[i])) for i in range(2))
+    allowed = brute_force_mask(
+        n, params["window"], params.get("global_tokens", 0), params.get("dilation", 1), params.get("causal", False)
+    )
+    rows = attend(q, k, v, allowed)  # band and global columns: ordinary q, k, v
+    glob = attend(qg, kg, vg, allowed[:g])  # global rows: their own projections, every (earlier) key
+    a = torch.cat([glob, rows[:, :, g:]], 2).transpose(1, 2).reshape(B, n, D)
+    x = x + F.linear(a, base.proj.weight, base.proj.bias)
+    first, _, second = base.ffn
+    hid = F.layer_norm(x, (D,), base.norm2.weight, base.norm2.bias, base.norm2.eps)
+    return x + F.linear(F.gelu(F.linear(hid, first.weight, first.bias)), second.weight, second.bias)
+
+
+def build_layer(n: int, B: int = 2, h: int = 3, d: int = 8, **params) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return SlidingWindowAttention.build(SlidingWindowParams(**params), Shape(B, h, d, n), "layer").double()
+
+
+LAYER_PARAMS = [
+    {"window": 16, "global_tokens": 3},
+    {"window": 16, "global_tokens": 3, "causal": True},
+    {"window": 12, "global_tokens": 5, "dilation": 2},
+    {"window": 8, "global_tokens": 10, "dilation": 3, "causal": True},  # globals inside the band
+    {"window": 8, "global_tokens": 40},  # more global tokens than some sequences
+]
+
+
+@pytest.mark.parametrize("n", [1, 9, 16, 37, 100])
+@pytest.mark.parametrize("params", LAYER_PARAMS, ids=str)
+def test_layer_scope_matches_the_layer_by_hand(n: int, params: dict) -> None:
+    layer = build_layer(n, **params)
+    assert isinstance(layer, LongformerLayer)
+    x = torch.randn(2, n, 24, generator=torch.Generator().manual_seed(n), dtype=torch.float64)
+    torch.testing.assert_close(layer(x), layer_by_hand(layer, x, **params), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("params", LAYER_PARAMS[:4], ids=str)
+def test_layer_scope_gradients_match_the_layer_by_hand(params: dict) -> None:
+    n = 37
+    layer = build_layer(n, **params)
+    weights = [layer.query_global.weight, layer.kv_global.weight, layer.layer.qkv.weight]
+    proj = torch.randn(2, n, 24, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    grads = []
+    for f in (layer, lambda x: layer_by_hand(layer, x, **params)):
+        x = torch.randn(2, n, 24, generator=torch.Generator().manual_seed(4), dtype=torch.float64, requires_grad=True)
+        grads.append(torch.autograd.grad((f(x) * proj).sum(), [x, *weights]))
+    for got, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    # The global projections are used (allenai trains them; they are not dead weights).
+    assert grads[0][1].abs().sum() > 0 and grads[0][2].abs().sum() > 0
+
+
+def test_global_projections_feed_the_global_rows_only() -> None:
+    """As allenai's kernel: Q_g, K_g, V_g make the g global rows; every other row attends the
+    global tokens through the ordinary k and v, so it does not see the global projections."""
+    n, g = 64, 4
+    layer = build_layer(n, window=8, global_tokens=g)
+    x = torch.randn(2, n, 24, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    before = layer(x)
+    with torch.no_grad():
+        layer.query_global.weight.add_(0.5)
+        layer.kv_global.weight.mul_(-1.5)
+    after = layer(x)
+    assert not torch.allclose(before[:, :g], after[:, :g])
+    torch.testing.assert_close(before[:, g:], after[:, g:], rtol=0, atol=0)
+
+
+def test_without_global_tokens_the_layer_is_the_plain_one() -> None:
+    shape = Shape(2, 3, 8, 100)
+    p = SlidingWindowParams(window=16)
+    assert type(SlidingWindowAttention.build(p, shape, "layer")) is PreNormLayer
+    assert SlidingWindowAttention.case_flops(p, shape, "layer", "forward") == (
+        SlidingWindowAttention.flops(p, shape) + PreNormLayer.linear_flops(shape)
+    )
+    # With global tokens the core scope is unchanged: the core gets one q, k, v.
+    pg = SlidingWindowParams(window=16, global_tokens=3)
+    assert type(SlidingWindowAttention.build(pg, shape, "core")) is SlidingWindowAttention
+    assert SlidingWindowAttention.case_flops(pg, shape, "core", "forward") == SlidingWindowAttention.flops(pg, shape)
+    module = make(100, window=16, global_tokens=3)
+    q, k, v = qkv(100)
+    torch.testing.assert_close(module(q, k, v), module(q, k, v, global_qkv=(q[:, :, :3], k, v)), rtol=0, atol=0)
+
+
+def test_pruning_transforms_refuse_the_longformer_layer() -> None:
+    # prune_heads and distill rebuild a PreNormLayer; they must not drop the global projections.
+    from attnbench.engine.transforms.heads import is_layer
+
+    assert not is_layer(build_layer(50, window=8, global_tokens=2))
+    assert is_layer(build_layer(50, window=8))
+
+
+@pytest.mark.parametrize(
+    ("n", "params"),
+    list(itertools.product([9, 100, 257], [{"window": 16, "global_tokens": 3}, *LAYER_PARAMS[1:4]])),
+    ids=str,
+)
+def test_layer_flops_count_the_global_projections(n: int, params: dict) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    p, shape = SlidingWindowParams(**params), Shape(2, 3, 8, n)
+    D, g = 24, min(params["global_tokens"], n)
+    extra = 2 * (4 * n * D * D + 2 * g * D * D)  # K_g and V_g over n tokens, Q_g over g; batch 2
+    assert SlidingWindowAttention.global_projection_flops(p, shape) == extra
+    linear = PreNormLayer.linear_flops(shape)
+    for executed in (False, True):
+        attention = (SlidingWindowAttention.executed_flops if executed else SlidingWindowAttention.flops)(p, shape)
+        assert SlidingWindowAttention.case_flops(p, shape, "layer", "forward", executed) == attention + linear + extra
+        assert SlidingWindowAttention.case_flops(p, shape, "layer", "train", executed) == (
+            3.5 * attention + 3 * (linear + extra)
+        )
+    # torch counts every product the layer runs: exactly the executed count.
+    layer = SlidingWindowAttention.build(p, shape, "layer")
+    with FlopCounterMode(display=False) as counter:
+        layer(torch.randn(2, n, D))
+    assert counter.get_total_flops() == SlidingWindowAttention.case_flops(p, shape, "layer", "forward", executed=True)
+    # The core alone, too.
+    with FlopCounterMode(display=False) as counter:
+        make(n, **params)(*qkv(n, dtype=torch.float32))
+    assert counter.get_total_flops() == SlidingWindowAttention.executed_flops(p, shape)
+
+
+def test_layer_memory_counts_the_global_projections() -> None:
+    shape, itemsize = Shape(2, 8, 64, 4096), 4
+    D, n = shape.model_dim, shape.seq_len
+    plain, glob = SlidingWindowParams(window=256), SlidingWindowParams(window=256, global_tokens=4)
+    cls = SlidingWindowAttention
+    core = cls.working_bytes(glob, shape, itemsize) - cls.working_bytes(plain, shape, itemsize)
+    # Two n×D buffers (K_g, V_g) and Q_g's g×D, per batch row.
+    outputs = 2 * (2 * n + 4) * D * itemsize
+    assert cls.case_min_bytes(glob, shape, "layer", itemsize) - cls.case_min_bytes(plain, shape, "layer", itemsize) == (
+        core + outputs
+    )
+    assert cls.case_min_bytes(glob, shape, "core", itemsize) == cls.working_bytes(glob, shape, itemsize)
+    for mode, factor in (("forward", 1), ("train", 3)):
+        peak = cls.case_peak_estimate(glob, shape, "layer", itemsize, mode)
+        base = AttentionVariant.case_peak_estimate.__func__(cls, glob, shape, "layer", itemsize, mode)
+        assert peak - base == outputs * (2 if mode == "train" else 1) + 3 * D * D * itemsize * factor
+
+
+def test_case_ids_change_only_where_the_definition_did() -> None:
+    from attnbench.core.cases import Sweep
+    from attnbench.engine.expand import expand
+
+    def case(scope: str, **values) -> Case:
+        params = (("sparse.sliding_window", tuple((k, (v,)) for k, v in values.items())),)
+        sweep = Sweep(
+            variants=("sparse.sliding_window",), backends=("cpu",), seq_lens=(4096,), scopes=(scope,), params=params
+        )
+        [c] = expand(sweep)
+        return c
+
+    def before(c: Case) -> str:  # the id the same parameters had before revisions existed
+        return Case(c.variant, c.params, c.scope, "cpu", "float32", "forward", 1, 8, 64, 4096).case_id
+
+    unchanged = [case("core"), case("layer"), case("core", global_tokens=4), case("layer", causal=True)]
+    changed = [case("core", dilation=2), case("layer", dilation=2), case("layer", global_tokens=4)]
+    assert all(c.revision == 1 and c.case_id == before(c) for c in unchanged)
+    assert all(c.revision == 2 and c.case_id != before(c) for c in changed)

@@ -23,7 +23,11 @@ CHECKS: dict[str, list[dict]] = {
     "sparse.lsh": [{"chunk": 32}, {"chunk": 32, "hashes": 3, "causal": True}, {"chunk": 2}],
     # Each sparse variant has a test file of its own; these are the generic checks.
     "sparse.sliding_window": [{"window": 32}, {"window": 32, "causal": True, "global_tokens": 3}],
-    "sparse.bigbird": [{"block": 8, "random_blocks": 2}, {"block": 8, "random_blocks": 1, "causal": True}],
+    "sparse.bigbird": [
+        {"block": 8, "random_blocks": 2},
+        {"block": 8, "random_blocks": 1, "causal": True},
+        {"block": 8, "random_blocks": 2, "random_per_head": True},
+    ],
     "hierarchical.transformer_xl": [
         {"segment": 32, "memory": 32},
         {"segment": 32, "memory": 16, "detach_memory": False},

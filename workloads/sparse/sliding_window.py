@@ -33,6 +33,18 @@ rescales the band output: no concatenated score buffer. The g global query rows 
 then computed densely against all n keys, (g, n) scores, linear in n, and replace the
 band result for those rows.
 
+Global projections (layer scope). The paper, and allenai's ``LongformerSelfAttention``
+(``query_global``, ``key_global``, ``value_global``), give the global attention its own
+projections: the g global rows are softmax(Q_g·K_gᵀ/√d)·V_g with Q_g projected from the g
+global tokens and K_g, V_g from all n tokens, while the band and the global columns (every
+token attending the global tokens) use the ordinary q, k and v. With g > 0 the layer scope
+builds ``LongformerLayer``, the pre-norm layer plus those projections (Q_g: D → D on g
+rows, K_g and V_g: one fused D → 2D on n rows), and hands (Q_g, K_g, V_g) to the core for
+the global rows. The core scope receives one q, k, v and uses them for the global rows too
+(there is nothing to project there). ``LongformerLayer`` is not a ``PreNormLayer`` subclass,
+so transforms that rebuild a pre-norm layer head by head (prune_heads, distill) refuse it
+rather than drop the global projections.
+
 Costs (forward, 2 FLOPs per multiply-add, D = h·d):
 
 - `flops` (useful) = 4·B·D·P, with P the exact number of allowed (query, key) pairs of
@@ -41,19 +53,34 @@ Costs (forward, 2 FLOPs per multiply-add, D = h·d):
 - `executed_flops` = 4·B·D·(r·m_pad·(3b + g) + g·n): every padded query row times its
   3b look-around keys (1.5× the band) and the g global columns, plus the dense global
   rows. Softmax and masking are not counted (only matmuls are, as for the dense ones).
+- `case_flops`, layer scope with g > 0: the pre-norm layer's (docs/cost-model.md) plus the
+  global projections, B·(4·n·D² + 2·g·D²) (K_g and V_g over n tokens, Q_g over g), useful
+  and executed alike. `case_min_bytes` and `case_peak_estimate` add their outputs, B·(2n + g)·D
+  elements, and their weights, 3·D².
+
+Case identity: `definition_revision` is 2 for every case with dilation > 1 (dilation was
+redefined as the paper's) and for layer-scope cases with g > 0 (the global projections);
+their case ids differ from the ones measured before.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from attnbench.core.registry import register_workload
-from attnbench.workloads.base import AttentionVariant, Shape, require_int, step_range
+from attnbench.workloads.base import (
+    TRAIN_FLOP_FACTOR_LINEAR,
+    AttentionVariant,
+    Shape,
+    require_int,
+    step_range,
+)
+from attnbench.workloads.layer import PreNormLayer
 
 # Bias for masked scores: finite so a fully masked (padding) row gives no NaN, yet
 # exp(NEG - max) is exactly 0 for any real score, even added up to three times.
@@ -155,8 +182,21 @@ class SlidingWindowAttention(AttentionVariant):
             allowed &= j <= i
         return allowed
 
+    @classmethod
+    def definition_revision(cls, params: dict[str, Any], scope: str) -> int:
+        # Dilation now follows the paper (W + 1 keys r apart); the layer scope's global rows
+        # now come from their own projections. Both change what those cases compute.
+        if params.get("dilation", 1) > 1 or (scope == "layer" and params.get("global_tokens", 0) > 0):
+            return 2
+        return 1
+
     # --- forward ------------------------------------------------------------------------------
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    def forward(
+        self, q: Tensor, k: Tensor, v: Tensor, global_qkv: tuple[Tensor, Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """(B, h, n, d) x3 -> (B, h, n, d). `global_qkv` = (Q_g (B, h, g, d), K_g, V_g (B, h, n, d)),
+        the global projections the layer scope passes: the g global rows then attend with
+        them instead of q, k, v (the band and the global columns always use q, k, v)."""
         B, h, n, d = q.shape
         lay = _layout(self.params, n)
         b, scale, dtype = lay.b, 1.0 / math.sqrt(d), q.dtype
@@ -198,8 +238,9 @@ class SlidingWindowAttention(AttentionVariant):
         with step_range("sliding_window.unfold"):
             out = _unfold(out, lay, B, h, n, d)  # (B, h, n, d)
         if lay.g:
+            qg, kg, vg = (q[:, :, : lay.g], k, v) if global_qkv is None else global_qkv
             with step_range("sliding_window.global_rows"):
-                out = torch.cat([self._global_rows(q, k, v, lay), out[:, :, lay.g :]], dim=2)
+                out = torch.cat([self._global_rows(qg, kg, vg, lay), out[:, :, lay.g :]], dim=2)
         return out
 
     def _band_bias(self, lay: _Layout, device: torch.device) -> tuple[Tensor, Tensor]:
@@ -263,18 +304,67 @@ class SlidingWindowAttention(AttentionVariant):
             ok &= j <= i
         return torch.zeros(ok.shape, device=device).masked_fill_(~ok, NEG)
 
-    def _global_rows(self, q: Tensor, k: Tensor, v: Tensor, lay: _Layout) -> Tensor:
-        """The g global queries against every key: (B, h, g, d), (g, n) scores."""
-        g, n, dtype = lay.g, lay.n, q.dtype
-        s = q[:, :, :g] @ k.transpose(-1, -2)  # (B, h, g, n)
+    def _global_rows(self, qg: Tensor, k: Tensor, v: Tensor, lay: _Layout) -> Tensor:
+        """The g global queries (B, h, g, d) against every key: (B, h, g, d), (g, n) scores."""
+        g, n, dtype = lay.g, lay.n, qg.dtype
+        s = qg @ k.transpose(-1, -2)  # (B, h, g, n)
         if dtype in LOW_PRECISION:
             s = s.float()
-        s = s * (1.0 / math.sqrt(q.shape[-1]))
+        s = s * (1.0 / math.sqrt(qg.shape[-1]))
         if self.params.causal:
-            i = torch.arange(g, device=q.device)[:, None]
-            j = torch.arange(n, device=q.device)[None, :]
+            i = torch.arange(g, device=qg.device)[:, None]
+            j = torch.arange(n, device=qg.device)[None, :]
             s = s.masked_fill(j > i, float("-inf"))  # every global row keeps its own key
         return torch.softmax(s, -1).to(dtype) @ v
+
+    # --- the layer scope: Longformer's global projections ------------------------------------------
+    @classmethod
+    def build(cls, params: SlidingWindowParams, shape: Shape, scope: str) -> nn.Module:
+        if scope == "layer" and params.global_tokens > 0:
+            return LongformerLayer(cls(params, shape), shape)
+        return super().build(params, shape, scope)
+
+    @classmethod
+    def global_projection_flops(cls, params: SlidingWindowParams, shape: Shape) -> float:
+        """Q_g over the g global tokens, K_g and V_g over all n, 2 FLOPs per multiply-add, over the batch."""
+        n, D = shape.seq_len, shape.model_dim
+        g = min(params.global_tokens, n)
+        return float(shape.batch * (4 * n + 2 * g) * D * D) if g else 0.0
+
+    @classmethod
+    def case_flops(
+        cls, params: SlidingWindowParams, shape: Shape, scope: str, mode: str, executed: bool = False
+    ) -> float:
+        base = super().case_flops(params, shape, scope, mode, executed)
+        if scope != "layer":
+            return base
+        extra = cls.global_projection_flops(params, shape)
+        return base + extra * (TRAIN_FLOP_FACTOR_LINEAR if mode == "train" else 1)
+
+    @classmethod
+    def _global_projection_bytes(cls, params: SlidingWindowParams, shape: Shape, itemsize: int) -> tuple[int, int]:
+        """(Q_g, K_g and V_g outputs, their weights) in bytes; 0 without global tokens."""
+        n, D = shape.seq_len, shape.model_dim
+        g = min(params.global_tokens, n)
+        if not g:
+            return 0, 0
+        return shape.batch * (2 * n + g) * D * itemsize, 3 * D * D * itemsize
+
+    @classmethod
+    def case_min_bytes(cls, params: SlidingWindowParams, shape: Shape, scope: str, itemsize: int) -> int:
+        base = super().case_min_bytes(params, shape, scope, itemsize)
+        if scope != "layer":
+            return base
+        return base + cls._global_projection_bytes(params, shape, itemsize)[0]
+
+    @classmethod
+    def case_peak_estimate(cls, params: SlidingWindowParams, shape: Shape, scope: str, itemsize: int, mode: str) -> int:
+        base = super().case_peak_estimate(params, shape, scope, itemsize, mode)
+        if scope != "layer":
+            return base
+        train = mode == "train"
+        outputs, weights = cls._global_projection_bytes(params, shape, itemsize)
+        return base + outputs * (2 if train else 1) + weights * (3 if train else 1)
 
     # --- analytic cost ---------------------------------------------------------------------------
     @classmethod
@@ -305,6 +395,43 @@ class SlidingWindowAttention(AttentionVariant):
             return forward
         inputs = 3 * bh * shape.seq_len * shape.head_dim * itemsize
         return 2 * forward + 2 * inputs
+
+
+class LongformerLayer(nn.Module):
+    """The pre-norm layer (workloads/layer.py) with Longformer's global projections.
+
+    As allenai's ``LongformerSelfAttention``: the band and the global columns use the layer's
+    q, k, v; the g global rows use Q_g = query_global(LN(x)[:g]) against K_g, V_g =
+    key_global, value_global(LN(x)) over all n tokens (K_g and V_g fused in one D → 2D
+    projection, as the layer fuses QKV). Everything else is the wrapped PreNormLayer's.
+    """
+
+    def __init__(self, attention: SlidingWindowAttention, shape: Shape) -> None:
+        super().__init__()
+        D = shape.model_dim
+        self.heads, self.head_dim = shape.heads, shape.head_dim
+        self.layer = PreNormLayer(attention, shape)
+        self.query_global = nn.Linear(D, D)
+        self.kv_global = nn.Linear(D, 2 * D)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, n, D = x.shape
+        h, d, layer = self.heads, self.head_dim, self.layer
+        g = min(layer.attention.params.global_tokens, n)
+        with step_range("layer.qkv"):
+            hidden = layer.norm1(x)  # (B, n, D)
+            qkv = layer.qkv(hidden).view(B, n, 3, h, d)  # (B, n, 3, h, d)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, n, d)
+        with step_range("layer.global_qkv"):
+            qg = self.query_global(hidden[:, :g]).view(B, g, h, d).transpose(1, 2)  # (B, h, g, d)
+            kv = self.kv_global(hidden).view(B, n, 2, h, d)  # (B, n, 2, h, d)
+            kg, vg = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, n, d)
+        with step_range("layer.attention"):
+            a = layer.attention(q, k, v, global_qkv=(qg, kg, vg)).transpose(1, 2).reshape(B, n, D)  # (B, n, D)
+        with step_range("layer.proj"):
+            x = x + layer.proj(a)
+        with step_range("layer.ffn"):
+            return x + layer.ffn(layer.norm2(x))
 
 
 def _fold(x: Tensor, lay: _Layout, pad: int) -> Tensor:
