@@ -51,6 +51,7 @@ def _gone(procs: list[psutil.Process], within_s: float) -> list[psutil.Process]:
     return alive
 
 
+@pytest.mark.slow  # a real bench run, about 5 s: CI runs it (-m slow)
 def test_workers_die_with_a_sigkilled_driver(tmp_path: Path) -> None:
     proc = _start("--variants", "test.hangs", "--seq-lens", "16", *TINY, "--out", str(tmp_path / "run"))
     try:
@@ -63,6 +64,7 @@ def test_workers_die_with_a_sigkilled_driver(tmp_path: Path) -> None:
             proc.kill()
 
 
+@pytest.mark.slow  # a real bench run, about 5 s: CI runs it (-m slow)
 def test_sigterm_interrupts_with_143_and_leaves_no_process(tmp_path: Path) -> None:
     out = tmp_path / "run"
     proc = _start("--variants", "test.hangs", "--seq-lens", "16", *TINY, "--out", str(out))
@@ -74,6 +76,7 @@ def test_sigterm_interrupts_with_143_and_leaves_no_process(tmp_path: Path) -> No
     assert _gone(children, within_s=10) == []
 
 
+@pytest.mark.slow  # a real bench run, about 5 s: CI runs it (-m slow)
 def test_a_second_writer_of_a_run_folder_is_refused(tmp_path: Path) -> None:
     out = tmp_path / "run"
     first = _start("--variants", "test.hangs", "--seq-lens", "16", *TINY, "--out", str(out))

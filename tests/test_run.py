@@ -79,6 +79,7 @@ def check_ok_case(rec: dict, run_id: str) -> None:
     case = Case(
         rec["variant"], params, rec["scope"], rec["backend"], rec["dtype"], rec["mode"],
         rec["batch"], rec["heads"], rec["head_dim"], rec["seq_len"], rec["threads"],
+        revision=rec["revision"], neutral_params=tuple(rec["neutral_params"]),
     )  # fmt: skip
     assert case.case_id == rec["case_id"]
 
