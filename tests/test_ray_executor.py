@@ -90,6 +90,9 @@ def test_local_cluster_needs_no_setup(tmp_path: Path) -> None:
     ray_info = json.loads((out / "run.json").read_text())["ray"]
     assert ray_info["local_cluster"] is True and ray_info["dashboard"] is False
     assert ray_info["auth"].startswith("token") and ray_info["cluster_resources"]["attnbench_cpu"] == 1
+    # Ray 2.60's GCS and raylet listen on every interface whatever node_ip_address says: the
+    # record says where the cluster listened, so nobody reads "local" as "unreachable".
+    assert ray_info["listening"] and "127.0.0.1" in ray_info["listening"]
     assert not (tmp_path / "home" / ".ray" / "auth_token").exists()
 
 

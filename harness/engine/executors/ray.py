@@ -315,6 +315,18 @@ def _ray_version() -> tuple[int, ...]:
     return tuple(parts)
 
 
+def _listening_addresses() -> list[str]:
+    """The addresses the processes of the run's local cluster listen on (children of this
+    process), e.g. "::" for every interface: what run.json says about who could connect."""
+    found: set[str] = set()
+    for proc in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            for conn in proc.net_connections(kind="inet"):
+                if conn.status == psutil.CONN_LISTEN and conn.laddr:
+                    found.add(conn.laddr.ip)
+    return sorted(found)
+
+
 def _configure_local_auth(ray_loaded: bool) -> str:
     """Token authentication for a cluster this run starts itself, with nothing to set up.
 
@@ -431,6 +443,8 @@ class RayExecutor(ConcurrentExecutor):
                 {"ray_node_id": n["id"], "ip": n["ip"], "resources": n["resources"]} for n in self._nodes.values()
             ],
             "code": "attnbench (and local plugin packages) shipped as runtime_env py_modules, unless installed",
+            # Said plainly: Ray's own servers may listen beyond loopback whatever the run asks.
+            "listening": _listening_addresses() if self._local_cluster else "as the cluster is configured",
         }
 
     def close(self) -> None:
