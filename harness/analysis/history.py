@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from attnbench.core import strict_json
 from attnbench.core.errors import UserError
 from attnbench.core.record import CaseRecord, RunRecord
 from attnbench.core.results import RunResult, load_run
@@ -214,7 +215,7 @@ class History:
                     origin,
                     source if source is not None else str(result.folder),
                     _now(),
-                    json.dumps(info.to_json()),
+                    strict_json.dumps(info.to_json()),
                 ),
             )
             c.executemany(f"INSERT INTO cases VALUES ({','.join('?' * 20)})", rows)
@@ -356,7 +357,7 @@ def _case_row(run_id: str, c: CaseRecord) -> tuple:
         c.energy_j,
         None if c.stable is None else int(bool(c.stable)),
         c.workload_hash,
-        json.dumps(c.to_json()),
+        strict_json.dumps(c.to_json()),
     )
 
 
@@ -431,7 +432,7 @@ def export_run(result: RunResult, folder: Path) -> None:
     if folder.exists() and any(folder.iterdir()):
         raise UserError(f"{folder} already holds files; choose an empty folder")
     check_writable(folder)
-    (folder / RUN_FILE).write_text(json.dumps(result.run.to_json(), indent=2) + "\n")
+    (folder / RUN_FILE).write_text(strict_json.dumps(result.run.to_json(), indent=2) + "\n")
     with open(folder / CASES_FILE, "w") as f:
         for c in result.cases:
-            f.write(json.dumps(c.to_json()) + "\n")
+            f.write(strict_json.dumps(c.to_json()) + "\n")

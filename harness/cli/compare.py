@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from attnbench.cli.history import HISTORY_HELP
 from attnbench.cli.parsing import add_documented_command
+from attnbench.core import strict_json
 from attnbench.core.errors import EXIT_REGRESSION, UserError
 
 if TYPE_CHECKING:
@@ -187,13 +187,13 @@ def compare(args: CompareRequest) -> int:
         with open(summary_file, "a") as f:
             f.write(markdown + "\n")
     if args.json == "-":
-        json.dump(cmp.to_json(), sys.stdout, indent=2)
+        sys.stdout.write(strict_json.dumps(cmp.to_json(), indent=2))
         sys.stdout.write("\n")
     else:
         if args.json:
             out = Path(args.json)
             out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(json.dumps(cmp.to_json(), indent=2) + "\n")
+            out.write_text(strict_json.dumps(cmp.to_json(), indent=2) + "\n")
         console = make_console()
         if not console.is_terminal:  # CI logs: room for every column rather than wrapped cells
             console.width = max(console.width, 170)

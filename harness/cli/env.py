@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any
+
+from attnbench.core import strict_json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,7 +21,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     data = fingerprint()
     data["backends"] = backends_environment()
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(strict_json.dumps(data, indent=2))
     else:
         print_env(data)
     return 0

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 from attnbench.cli.history import HISTORY_HELP
+from attnbench.core import strict_json
 from attnbench.core.errors import UserError
 
 
@@ -42,7 +42,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         with History.open(path, create=False) as history:
             result = history.load(history.resolve(args.run, args.suite))
     data = export(result, args.format)
-    text = json.dumps(data, indent=2) + "\n"
+    text = strict_json.dumps(data, indent=2) + "\n"
     if args.output:
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(text)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from attnbench.cli.parsing import add_documented_command
+from attnbench.core import strict_json
 from attnbench.core.errors import EXIT_USER_ERROR, UserError
 
 HISTORY_HELP = "history file (default: $ATTNBENCH_HISTORY or results/history.sqlite)"
@@ -91,9 +92,8 @@ def _list(history: Any, args: argparse.Namespace) -> int:
     runs = history.runs(suite=args.suite, limit=args.limit or None)
     if args.json:
         import dataclasses
-        import json
 
-        print(json.dumps([dataclasses.asdict(r) for r in runs], indent=2))
+        print(strict_json.dumps([dataclasses.asdict(r) for r in runs], indent=2))
         return 0
     console = make_console()
     if not runs:
