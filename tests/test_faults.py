@@ -327,7 +327,7 @@ def test_bench_ab_stops_cleanly_on_sigterm_to_the_driver_alone(tmp_path: Path) -
     out = tmp_path / "ab"
     flags = ["--variants", "test.hangs", "--backends", "cpu", "--seq-lens", "16", *TINY, "--timeout", "300"]
     proc = subprocess.Popen(
-        [*BENCH, "ab", "--baseline", str(ROOT), *flags, "--out", str(out), "--history", "off"],
+        [*BENCH, "ab", "--baseline", str(ROOT), "--allow-same", *flags, "--out", str(out), "--history", "off"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -177,11 +177,16 @@ def test_new_records_have_every_key_of_their_status_in_the_old_order() -> None:
     rebuilt = replace(rebuilt, node=stored.node, wall_s=stored.wall_s, finished_at=stored.finished_at)
     new = rebuilt.to_json()
     before_node = list(old_ok)[: list(old_ok).index("node")]
-    assert list(new) == [*before_node, "pattern", "revision", "neutral_params", "node", "wall_s", "finished_at"]
+    assert list(new) == [
+        *before_node, "pattern", "revision", "neutral_params", "definition_hash", "implementation_hash",
+        "node", "wall_s", "finished_at",
+    ]  # fmt: skip
     # The same measurement gives the same record: every figure the runner derives included.
-    assert {k: v for k, v in new.items() if k not in ("pattern", "revision", "neutral_params", "workload_hash")} == {
-        k: v for k, v in old_ok.items() if k != "workload_hash"
-    }
+    assert {
+        k: v
+        for k, v in new.items()
+        if k not in ("pattern", "revision", "neutral_params", "definition_hash", "implementation_hash", "workload_hash")
+    } == {k: v for k, v in old_ok.items() if k != "workload_hash"}
     validator("case").validate(new)
 
     refused = refused_record(
@@ -190,7 +195,9 @@ def test_new_records_have_every_key_of_their_status_in_the_old_order() -> None:
     keys = list(refused.to_json())
     assert keys[-1] == "wall_s" and "worker" not in keys and "node" not in keys and "time_s" in keys
     failed = finish_record("r", case, Outcome("error", "boom", traceback="Traceback ...", worker={"pid": 1}))
-    assert list(failed.to_json())[-5:] == ["worker", "traceback", "revision", "neutral_params", "node"]
+    assert list(failed.to_json())[-7:] == [
+        "worker", "traceback", "revision", "neutral_params", "definition_hash", "implementation_hash", "node",
+    ]  # fmt: skip
     for rec in (refused, failed):
         validator("case").validate(rec.to_json())
         assert CaseRecord.from_json(rec.to_json()) == rec

@@ -77,7 +77,7 @@ def run_once(folder: Path, extra: float, args: argparse.Namespace) -> None:
 def run_pair(folder: Path, extra: float, args: argparse.Namespace) -> None:
     """One bench ab: the baseline (extra 0) and the candidate (extra) taking turns block by block."""
     env = _env()
-    cmd = [sys.executable, "-m", "attnbench", "ab", "--baseline", str(ROOT)]
+    cmd = [sys.executable, "-m", "attnbench", "ab", "--baseline", str(ROOT), "--allow-same"]
     cmd += ["--baseline-env", "ATTNBENCH_SLOWDOWN=0", "--candidate-env", f"ATTNBENCH_SLOWDOWN={extra}"]
     cmd += ["--variants", "test.slowdown", "--backends", args.backends]
     cmd += ["--seq-lens", args.seq_lens, "--heads", "4", "--head-dim", "32", "--threads", str(args.threads)]

@@ -79,6 +79,14 @@ def statistic(rec: CaseRecord, basis: str) -> float | None:
     return relative_median(rec) if basis == "host-relative" else fastest(rec)
 
 
+def _code(rec: CaseRecord) -> tuple[str | None, str | None]:
+    """What makes two records the same code: the definition and implementation hashes, or the
+    workload hash of records made before those existed."""
+    if rec.definition_hash:
+        return rec.definition_hash, rec.implementation_hash
+    return rec.workload_hash, None
+
+
 def estimate(
     runs: Sequence[RunResult], current: RunResult, bases: dict[str, str] | None = None
 ) -> tuple[dict[str, NoiseEstimate], int]:
@@ -87,13 +95,14 @@ def estimate(
     "raw", the default); each basis has its own suite figure. Empty when fewer than MIN_RUNS
     runs hold the suite's cases."""
     bases = bases or {}
-    hashes = {c.case_id: c.workload_hash for c in current.cases}
+    # The same code only: a run of other code measured other speeds, not noise.
+    hashes = {c.case_id: _code(c) for c in current.cases}
     logs: dict[str, list[float]] = {}
     used = 0
     for run in runs:
         took = False
         for rec in run.cases:
-            if rec.case_id not in hashes or rec.workload_hash != hashes[rec.case_id]:
+            if rec.case_id not in hashes or _code(rec) != hashes[rec.case_id]:
                 continue
             value = statistic(rec, bases.get(rec.case_id, "raw"))
             if value is not None and value > 0:

@@ -130,7 +130,7 @@ class RunRecord(JsonRecord):
     suite_notes: str | None = field(default=None, metadata=M_ALWAYS)  # how the run differs from what its suite mirrors
     # the published dataset a reference suite compares with
     reference: str | None = field(default=None, metadata=M_ALWAYS)
-    # bench ab: {group, side, checkout, turns}
+    # bench ab: {group, side, checkout, turns, imported: {import name: folder its code came from}}
     interleaved: dict[str, Any] | None = field(default=None, metadata=M_WHEN_SET)
     # --executor ray: RayOptions.to_json()
     ray_options: dict[str, Any] | None = field(default=None, metadata=M_WHEN_SET)
@@ -164,7 +164,8 @@ class CaseRecord(JsonRecord):
     family: str = field(metadata=M_ALWAYS)
     params: dict[str, Any] = field(metadata=M_ALWAYS)  # the variant's resolved parameters
     derived_params: list[str] = field(default_factory=list, metadata=M_ALWAYS)  # parameters that follow from the length
-    workload_hash: str | None = field(default=None, metadata=M_ALWAYS)  # source and configuration of what was measured
+    # source and configuration of what was measured; records before definition_hash compare by it
+    workload_hash: str | None = field(default=None, metadata=M_ALWAYS)
     scope: str = field(default="core", metadata=M_ALWAYS)  # core | layer
     backend: str = field(metadata=M_ALWAYS)
     device: str | None = field(metadata=M_ALWAYS)  # the device's name; None when the case never ran
@@ -237,6 +238,9 @@ class CaseRecord(JsonRecord):
     revision: int = field(default=1, metadata=M_ALWAYS)  # the variant's definition revision (Case.revision)
     # parameters at the value that reproduces the definition from before they existed (Case.neutral_params)
     neutral_params: list[str] = field(default_factory=list, metadata=M_ALWAYS)
+    # what the case computes (decides comparability) and how (attnbench.engine.identity)
+    definition_hash: str | None = field(default=None, metadata=M_ALWAYS)
+    implementation_hash: str | None = field(default=None, metadata=M_ALWAYS)
     # attnbench.core.nodes.case_node(); None: it reached none
     node: dict[str, Any] | None = field(default=None, metadata=M_WHEN_RAN)
     wall_s: float | None = field(default=None, metadata=M_WHEN_SET)  # driver seconds for the case, queueing included

@@ -25,7 +25,7 @@ from attnbench.core.results import CASES_FILE, RunWriter, load_run
 from attnbench.core.settings import RunSettings
 from attnbench.engine.executors.base import ConcurrentExecutor, Executor, Outcome
 from attnbench.engine.expand import expand
-from attnbench.engine.identity import workload_hash
+from attnbench.engine.identity import definition_hash, implementation_hash, workload_hash
 from attnbench.engine.memory_fit import memory_refusal
 from attnbench.engine.passes import PASSES_FILE, save_pass, saved_passes
 from attnbench.engine.passes import merge as merge_passes
@@ -88,6 +88,10 @@ def base_record(run_id: str, case: Case, status: str, reason: str | None) -> Cas
         # Source and configuration of what is measured: `bench compare` reports a case whose
         # hash differs as changed instead of comparing numbers of different code.
         workload_hash=workload_hash(cls, case.params_dict),
+        # What is computed decides comparability, how it is computed only adds a note
+        # (attnbench.engine.identity); the definition is probed by the worker's verification.
+        definition_hash=definition_hash(case, None),
+        implementation_hash=implementation_hash(case),
         device=None,
         status=status,
         reason=reason,
@@ -123,6 +127,9 @@ def finish_record(run_id: str, case: Case, outcome: Outcome) -> CaseRecord:
         return replace(record, energy_reason=f"case did not run to completion ({outcome.status})")
     m: Measurement = outcome.result
     record = record.with_measurement(m)
+    probe = (m.verification or {}).get("definition_probe")
+    if probe is not None:
+        record = replace(record, definition_hash=definition_hash(case, probe))
     metrics = record.workload_metrics or {}
     # The workload measured what it did (e.g. ACT's halting): its count replaces the analytic one.
     if metrics.get("flops") is not None:

@@ -50,7 +50,7 @@ from typing import Any
 from attnbench.core import cpu_load
 
 TURNS_ENV = "ATTNBENCH_TURNS"  # "READ_FD,WRITE_FD": the side's ends of its pipes to the driver
-INTERLEAVED_ENV = "ATTNBENCH_INTERLEAVED"  # JSON {"group", "side"}: recorded in run.json as "interleaved"
+INTERLEAVED_ENV = "ATTNBENCH_INTERLEAVED"  # JSON {"group", "side", ...}: run.json's "interleaved" (+ "imported")
 TURN_UNIT_ENV = "ATTNBENCH_TURN_UNIT"  # "blocks" (default) or "passes": each worker phase one exclusive turn
 ASK, PHASE, GO, DONE = b"r", b"p", b"g", b"d"  # whole-phase ask, phase-with-blocks ask, grant, phase done
 BLOCK, BLOCK_END = b"b", b"e"
@@ -228,8 +228,23 @@ def gate_from_env() -> Gate | NoGate:
 
 
 def interleaved_from_env() -> dict[str, Any] | None:
+    """The side's record (run.json `interleaved`): what the driver said, and where this
+    process's code came from, which bench ab checks against the side's checkout."""
     value = os.environ.get(INTERLEAVED_ENV)
-    return json.loads(value) if value else None
+    return {**json.loads(value), "imported": imported_code()} if value else None
+
+
+def imported_code() -> dict[str, str | None]:
+    """The folder each of attnbench's packages was imported from, resolved through an import
+    root's links (attnbench.core.layout): the checkout's harness/, workloads/, backends/."""
+    import importlib.util
+
+    out: dict[str, str | None] = {}
+    for name in ("attnbench", "attnbench.workloads", "attnbench.backends"):
+        spec = importlib.util.find_spec(name)  # the imported module's spec; a subpackage is not imported
+        origin = spec.origin if spec is not None else None
+        out[name] = os.path.dirname(os.path.realpath(origin)) if origin else None
+    return out
 
 
 # ----------------------------------------------------------------------------- the driver's end
