@@ -110,3 +110,21 @@ def test_definition_hash_decides_and_a_kernel_edit_is_compared(tmp_path: Path, c
         (case,) = [c for c in report["cases"] if c["case_id"] == sdpa.case_id]
         assert (case["verdict"] == "changed") is (name == "formula"), case
         assert expected in json.dumps(case), case
+
+
+@pytest.mark.slow  # one real bench ab of one case against a slowed copy, about 30 s
+def test_the_regression_experiment_sees_a_kernel_edit_as_code_not_definition(tmp_path: Path) -> None:
+    # tools/regression_experiment.py, small: the slowed copy's case is judged on its time
+    # (it was `changed`, never compared, before the definition hash).
+    out = tmp_path / "exp"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "regression_experiment.py"), "--reps", "1", "--conditions", "10pct",
+         "--variants", "full.sdpa", "--seq-lens", "256", "--out", str(out), "--", "--passes", "2",
+         "--max-time-per-case", "1"],
+        capture_output=True, text=True, timeout=600, env=cli_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    (case,) = json.loads((out / "10pct-rep0" / "compare.json").read_text())["cases"]
+    assert case["verdict"] != "changed" and "code changed" in case["reason"], case
+    assert case["time"]["ratio"] is not None  # compared: a time ratio, not a refusal
+    assert "10pct" in proc.stdout and "comparisons" in proc.stdout
