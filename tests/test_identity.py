@@ -27,11 +27,11 @@ EDITS = {
         "            F.scaled_dot_product_attention(q[:, :, : max(1, q.shape[2] // 10)], k, v)\n"
         "            return F.scaled_dot_product_attention(q, k, v, is_causal=self.params.causal)  # (B, h, n, d)",
     ),
-    # A cost formula: the minimum bytes full.sdpa must move.
+    # A cost formula: the useful FLOPs of the dense variants.
     "formula": (
         "workloads/full.py",
-        "        return output_bytes(shape, itemsize)\n\n    @classmethod\n    def peak_bytes_estimate",
-        "        return 2 * output_bytes(shape, itemsize)\n\n    @classmethod\n    def peak_bytes_estimate",
+        "        return dense_flops(shape, params.causal)",
+        "        return 1.01 * dense_flops(shape, params.causal)",
     ),
     # The pattern: LSH's random rotations drawn from other seeds (kernel and reference alike);
     # at n = 300 (5 chunks) the buckets decide which keys a query sees.

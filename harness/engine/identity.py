@@ -1,15 +1,18 @@
 """What a case's numbers can be compared with: three hashes each record carries.
 
 - `definition_hash` (decides comparability): *what* the case computes. The case's identity
-  (variant, resolved parameters, shape, dtype, mode, scope, transform, revision), its cost
-  formulas evaluated at its shape, and its definition evaluated where the worker verifies the
+  (variant, resolved parameters, shape, dtype, mode, scope, transform, revision), its useful
+  FLOP formula evaluated at its shape, and its definition evaluated where the worker verifies the
   case (fixed inputs, at the variant's `verify_length`, which runs the path being timed): the
   reference mask and the float64 reference output. A kernel edit leaves all of these alone; a
-  change to the parameters, the mask, the reference or a formula changes the hash. Being a
+  change to the parameters, the mask, the reference or the useful-FLOP formula changes the
+  hash. Executed FLOPs and memory formulas follow the kernel (padding, scratch), so a kernel
+  that needs less memory is compared, not refused. Being a
   fingerprint of behaviour, not of source, a refactor of the reference that computes the same
   keeps it. Workloads with no core form (adaptive.*, hierarchical.han) have no reference apart
   from their module, so their source stands in: any edit changes their hash, as before.
-- `implementation_hash`: *how* it is computed. The variant's source files and the modules
+- `implementation_hash`: *how* it is computed. The variant's source files (executed-FLOP and
+  memory formulas included) and the modules
   around it (the layer, its backend's module), and the library versions. Two records with the
   same definition and different implementations are compared, with a note "code changed", so
   a slower kernel is a regression.
@@ -115,12 +118,9 @@ def definition_hash(case: Case, probe: str | None) -> str | None:
         probe = "source:" + _files_digest(tuple(_source_files(cls)))
     params = cls.make_params(case.params_dict)
     shape = Shape(case.batch, case.heads, case.head_dim, case.seq_len)
-    itemsize = torch.empty((), dtype=getattr(torch, case.dtype)).element_size()
-    formulas = [
-        cls.case_flops(params, shape, case.scope, case.mode),
-        cls.case_flops(params, shape, case.scope, case.mode, executed=True),
-        cls.case_min_bytes(params, shape, case.scope, itemsize),
-    ]
+    # The useful FLOPs define the work; executed FLOPs and the memory a call needs follow the
+    # kernel (a padded block, a bounded scratch), so they belong to the implementation.
+    formulas = [cls.case_flops(params, shape, case.scope, case.mode)]
     h = hashlib.sha256()
     h.update(json.dumps(case.identity(), sort_keys=True, default=str).encode())
     h.update(json.dumps(formulas).encode())
