@@ -9,6 +9,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._pytree import tree_leaves
 
 from attnbench.backends.base import eager_step
 from attnbench.core.cases import Case, Sweep
@@ -18,6 +19,7 @@ from attnbench.engine.executors.local import LocalExecutor
 from attnbench.engine.expand import expand
 from attnbench.workloads.base import Shape
 from attnbench.workloads.reference import dense_reference
+from attnbench.workloads.sparse import lsh
 from attnbench.workloads.sparse.lsh import (
     SEED_STRIDE,
     LSHAttention,
@@ -292,8 +294,9 @@ def test_no_n_by_n_tensor_is_built() -> None:
     n, c, hashes, B, h = 4096, 32, 2, 1, 2
     assert auto_buckets(n, c) == (256, 16)  # factorised: a projection of (16 + 16)/2 columns
     largest = largest_tensor(n, chunk=c, hashes=hashes)
-    # Scores are B·h·n_r·n·2c; the per-round hashing projection B·h·n·(f1 + f2)/2 is smaller.
-    assert largest == B * h * n * hashes * 2 * c
+    # Without autograd a group holds one round's scores at most, B·h·n·2c here (the budget
+    # allows more); the per-round hashing projection B·h·n·(f1 + f2)/2 is smaller.
+    assert largest == B * h * n * 2 * c
     assert largest <= B * h * n * n / 16
     # At fixed buckets the largest tensor grows exactly linearly, forward and backward.
     for train in (False, True):
@@ -303,7 +306,7 @@ def test_no_n_by_n_tensor_is_built() -> None:
 
 def test_memory_grows_linearly_through_the_executor() -> None:
     executor = LocalExecutor(RunSettings(max_time_per_case=0.05, verify=False))
-    peaks = {}
+    peaks, working = {}, {}
     for n in (4096, 8192):
         shape = Shape(1, 8, 64, n)
         params = LSHAttention.resolve_params(LSHAttention.default_params(), shape)
@@ -317,7 +320,87 @@ def test_memory_grows_linearly_through_the_executor() -> None:
             < peaks[n]
             < LSHAttention.peak_bytes_estimate(p, shape, 4, False)
         )
-    assert 1.6 <= peaks[8192] / peaks[4096] <= 2.3, peaks
+        working[n] = LSHAttention.working_bytes(p, shape, 4)
+    # The output grows with n, one group's scratch does not: the peak grows by about the
+    # output's growth (8 MiB here), never faster than n.
+    grown = working[8192] - working[4096]
+    assert 0.5 * grown <= peaks[8192] - peaks[4096] <= 2 * grown, peaks
+    assert peaks[8192] / peaks[4096] <= 2.3, peaks
+
+
+# --- without autograd: chunks in groups of a fixed score budget ------------------------------
+
+
+def group_chunks(monkeypatch: pytest.MonkeyPatch, chunks: int, chunk: int) -> None:
+    """Groups of `chunks` chunks (c queries against 2c keys each)."""
+    monkeypatch.setattr(lsh, "GROUP_SCORES", chunks * chunk * 2 * chunk)
+
+
+# 1 and 3 chunks: runs inside one sorted sequence; 12: several whole sequences per group (a
+# sequence is 2 to 6 chunks of 32 at these lengths), never two rounds of one head.
+@pytest.mark.parametrize("chunks", [1, 3, 12])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("hashes", [1, 3])
+def test_grouped_forward_matches_reference(
+    monkeypatch: pytest.MonkeyPatch, chunks: int, causal: bool, hashes: int
+) -> None:
+    group_chunks(monkeypatch, chunks, 32)
+    for n in (33, 64, 100, 161):
+        check(n, chunk=32, hashes=hashes, causal=causal)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("hashes", [1, 3])
+def test_groups_change_nothing(monkeypatch: pytest.MonkeyPatch, causal: bool, hashes: int) -> None:
+    n = 1001  # not a multiple of the chunk
+    module = make(n, chunk=16, hashes=hashes, causal=causal)
+    q, k, v = (t.float() for t in qkv(2, 3, n, seed=5))
+    outs = []
+    for chunks in (10**9, 40, 3, 1):  # one group per round, then smaller and smaller ones
+        group_chunks(monkeypatch, chunks, 16)
+        outs.append(module(q, k, v))
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], rtol=0, atol=1e-6)
+    # Autograd's path (one group, the rounds combined by one softmax) computes the same.
+    q.requires_grad_(True)
+    torch.testing.assert_close(module(q, k, v).detach(), outs[0], rtol=0, atol=1e-6)
+
+
+def new_tensors(rec: OpRecorder) -> list[tuple[object, int]]:
+    """(op, elements) of every tensor an op returned in storage of its own: neither a view of
+    one of its arguments nor an argument written in place."""
+    found = []
+    for func, args, outs in rec.calls:
+        given = {a.untyped_storage().data_ptr() for a in tree_leaves(args) if isinstance(a, torch.Tensor)}
+        found += [(func, t.numel()) for t in outs if t.untyped_storage().data_ptr() not in given]
+    return found
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_forward_holds_one_group_at_a_time(monkeypatch: pytest.MonkeyPatch, causal: bool) -> None:
+    # Without autograd nothing made per group grows with n: what is larger than one group's
+    # scratch (its scores, gathered keys and values) is made once per call (hashing, sorting,
+    # the result), and nothing is larger than the result.
+    B, h, d, c, chunks = 1, 2, 8, 8, 8
+    group_chunks(monkeypatch, chunks, c)
+    bound = chunks * 2 * c * max(c, d)
+    large, groups = {}, {}
+    for n in (1024, 4096):
+        q, k, v = (t.float() for t in qkv(B, h, n, d))
+        with torch.no_grad(), OpRecorder(keep_calls=True) as rec:
+            out = make(n, B, h, d, chunk=c, hashes=2, buckets=16, causal=causal)(q, k, v)
+        made = new_tensors(rec)
+        assert max(m for _, m in made) <= out.numel() + d  # the result and its padding row
+        products = [m for f, m in made if f is torch.ops.aten.bmm.default]
+        hashing = B * h * n * 16 // 2  # one per round, (B, h, n, n_b/2)
+        assert products.count(hashing) == 2
+        scores = [m for m in products if m != hashing]
+        assert max(scores) == chunks * c * 2 * c
+        large[n] = len([m for _, m in made if m > bound])
+        groups[n] = len(scores) // 2  # scores, then P·V
+        del rec, made
+    assert large[1024] == large[4096]  # made once per call, not per group
+    assert groups[4096] == 4 * groups[1024] == 4 * 2 * B * h * 1024 // c // chunks
 
 
 def test_hashing_projection_is_n_times_the_factor_sum() -> None:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch.utils._pytree import tree_leaves
 
 from attnbench.core.cases import Case
 from attnbench.core.registry import WORKLOADS, load_plugins
@@ -19,6 +20,7 @@ from attnbench.engine.executors.local import LocalExecutor
 from attnbench.workloads.base import AttentionVariant, Shape
 from attnbench.workloads.layer import PreNormLayer
 from attnbench.workloads.reference import dense_reference
+from attnbench.workloads.sparse import sliding_window
 from attnbench.workloads.sparse.sliding_window import (
     LongformerLayer,
     SlidingWindowAttention,
@@ -244,11 +246,90 @@ def test_no_tensor_grows_faster_than_n_times_window(params: dict, train: bool) -
 
 
 def test_number_of_ops_does_not_grow_with_n() -> None:
-    # A constant number of tensor ops per call, forward and backward: no loop over tokens or
-    # blocks. Only padding branches depend on n, and only on n mod (dilation × block) = 16 here.
+    # With autograd, one group: a constant number of tensor ops per call, forward and backward,
+    # no loop over tokens or blocks. Only padding branches depend on n, and only on
+    # n mod (dilation × block) = 16 here.
     params = {"window": 32, "global_tokens": 3, "dilation": 2}
     counts = [record(make(n, B=1, h=2, d=8, **params), n, 2, 8, train=True).ops for n in (1001, 2601, 4201)]
     assert counts[0] == counts[1] == counts[2]
+
+
+# --- without autograd: query blocks in groups of a fixed score budget ----------------------------------
+
+
+def group_blocks(monkeypatch: pytest.MonkeyPatch, blocks: int, window: int, global_tokens: int = 0) -> None:
+    """Groups of `blocks` query blocks (window/2 queries against 1.5·window + g keys each)."""
+    b = window // 2
+    monkeypatch.setattr(sliding_window, "GROUP_SCORES", blocks * b * (3 * b + global_tokens))
+
+
+GROUPED = [
+    {"window": 16},
+    {"window": 16, "causal": True},
+    {"window": 16, "global_tokens": 3, "dilation": 3},
+    {"window": 12, "global_tokens": 10, "dilation": 2, "causal": True},
+]
+
+
+# 1 and 3 blocks: runs inside one subsequence; 40: several whole subsequences per group.
+@pytest.mark.parametrize("blocks", [1, 3, 40])
+@pytest.mark.parametrize("params", GROUPED, ids=str)
+def test_grouped_forward_matches_reference(monkeypatch: pytest.MonkeyPatch, blocks: int, params: dict) -> None:
+    group_blocks(monkeypatch, blocks, params["window"], params.get("global_tokens", 0))
+    for n in (9, 64, 100, 129):  # one block, multiples of the block and not
+        check_against_reference(n, **params)
+
+
+@pytest.mark.parametrize("params", [*GROUPED, {"window": 64, "global_tokens": 4}], ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_groups_change_nothing(monkeypatch: pytest.MonkeyPatch, params: dict, dtype: torch.dtype) -> None:
+    n = 1001
+    module = make(n, **params)
+    q, k, v = (t.to(dtype) for t in qkv(n, seed=5))
+    outs = []
+    for blocks in (10**9, 40, 3, 1):  # one group, then smaller and smaller ones
+        group_blocks(monkeypatch, blocks, params["window"], params.get("global_tokens", 0))
+        outs.append(module(q, k, v))
+    for out in outs[1:]:
+        torch.testing.assert_close(out, outs[0], rtol=0, atol=1e-6)
+    # Autograd's path (one group, out of place) computes the same.
+    q.requires_grad_(True)
+    torch.testing.assert_close(module(q, k, v).detach(), outs[0], rtol=0, atol=1e-6)
+
+
+def new_tensors(rec: OpRecorder) -> list[tuple[object, int]]:
+    """(op, elements) of every tensor an op returned in storage of its own: neither a view of
+    one of its arguments nor an argument written in place."""
+    found = []
+    for func, args, outs in rec.calls:
+        given = {a.untyped_storage().data_ptr() for a in tree_leaves(args) if isinstance(a, torch.Tensor)}
+        found += [(func, t.numel()) for t in outs if t.untyped_storage().data_ptr() not in given]
+    return found
+
+
+@pytest.mark.parametrize("params", [{"window": 16, "global_tokens": 3}, {"window": 16, "dilation": 2, "causal": True}])
+def test_forward_holds_one_group_at_a_time(monkeypatch: pytest.MonkeyPatch, params: dict) -> None:
+    # Without autograd nothing made per group grows with n: what is larger than one group's
+    # scratch is made once per call (the result, the masks' tables, the global rows), and
+    # nothing is larger than the result.
+    B, h, d, b, blocks = 1, 2, 8, 8, 4
+    g = params.get("global_tokens", 0)
+    group_blocks(monkeypatch, blocks, params["window"], g)
+    bound = blocks * b * (3 * b + g)  # one group's scores; its gathered rows are fewer
+    large, groups = {}, {}
+    for n in (1024, 4096):
+        q, k, v = qkv(n, B, h, d, dtype=torch.float32)
+        with torch.no_grad(), OpRecorder(keep_calls=True) as rec:
+            out = make(n, B, h, d, **params)(q, k, v)
+        made = new_tensors(rec)
+        assert max(m for _, m in made) <= out.numel()
+        band = [m for f, m in made if f is torch.ops.aten.baddbmm.default]  # one per group
+        assert max(band) <= bound
+        large[n] = sorted(m for _, m in made if m > bound)
+        groups[n] = len(band)
+        del rec, made
+    assert len(large[1024]) == len(large[4096])  # made once per call, not per group
+    assert groups[4096] >= 4 * groups[1024] - 4 > 4  # while the groups grew with n
 
 
 # --- memory, through the real executor ------------------------------------------------------------------
@@ -257,7 +338,7 @@ def test_number_of_ops_does_not_grow_with_n() -> None:
 def test_peak_memory_grows_linearly() -> None:
     executor = LocalExecutor(RunSettings(max_time_per_case=0.05, verify=False))
     params = tuple(sorted({"window": 256, "global_tokens": 0, "dilation": 1, "causal": False}.items()))
-    peaks = {}
+    peaks, working = {}, {}
     for n in (4096, 8192):
         case = Case("sparse.sliding_window", params, "core", "cpu", "float32", "forward", 1, 8, 64, n)
         out = executor.run(case)
@@ -265,7 +346,12 @@ def test_peak_memory_grows_linearly() -> None:
         peaks[n] = out.result.peak_memory_bytes
         shape, p = Shape(1, 8, 64, n), SlidingWindowParams(window=256)
         assert peaks[n] <= SlidingWindowAttention.peak_bytes_estimate(p, shape, 4, train=False)
-    assert 1.6 <= peaks[8192] / peaks[4096] <= 2.3, peaks
+        working[n] = SlidingWindowAttention.working_bytes(p, shape, 4)
+    # The output grows with n, one group's scores do not: the peak grows by about the output's
+    # growth (8 MiB here), never faster than n.
+    grown = working[8192] - working[4096]
+    assert 0.5 * grown <= peaks[8192] - peaks[4096] <= 2 * grown, peaks
+    assert peaks[8192] / peaks[4096] <= 2.3, peaks
 
 
 # --- costs ------------------------------------------------------------------------------------------------
@@ -291,7 +377,25 @@ def test_flops_count_the_mask_and_executed_covers_them(n: int, params: dict) -> 
     pairs = int(make(n, **params).reference_mask(n).sum())
     assert SlidingWindowAttention.flops(p, shape) == 4 * pairs * 24 * 2
     assert SlidingWindowAttention.executed_flops(p, shape) >= SlidingWindowAttention.flops(p, shape)
-    assert SlidingWindowAttention.working_bytes(p, shape, 4) == 2 * 3 * (pairs + n * 8) * 4
+    # Working memory: the output, one group's scores (at these sizes the only group: every
+    # padded folded row against its 3b + g keys) and the global rows' (g, n) scores.
+    m = -(-n // p.dilation)
+    b = min(p.window // 2, m)
+    rows, g = p.dilation * -(-m // b) * b, min(p.global_tokens, n)
+    assert SlidingWindowAttention.working_bytes(p, shape, 4) == 2 * 3 * (n * 8 + rows * (3 * b + g) + g * n) * 4
+
+
+def test_working_memory_is_the_output_and_one_group() -> None:
+    # At the default window a group is 10 blocks of 256 queries against 768 keys on a CPU, for
+    # any length: only the output grows with n.
+    p = SlidingWindowParams()
+    group = 10 * 256 * 768
+    for n in (32768, 65536):
+        output = 8 * n * 64
+        assert SlidingWindowAttention.working_bytes(p, Shape(1, 8, 64, n), 4) == (output + group) * 4
+    # 32K: far below the (n, 1.5·W) scores of every head, which the forward held before.
+    estimate = SlidingWindowAttention.peak_bytes_estimate(p, Shape(1, 8, 64, 32768), 4, train=False)
+    assert estimate < 8 * 32768 * 768 * 4
 
 
 def test_flops_against_the_published_formula_and_look_around_overhead() -> None:

@@ -52,11 +52,22 @@ Definition (what `forward` computes and `reference` defines, per batch element a
   number of rounds in which query i sees key j (each round's window holds a key at most
   once). ``pattern(q)`` returns count; ``reference`` applies it in float64.
 
-The fast path never builds an n×n tensor: one hashing matmul per round, a stable sort,
-gathers of the sorted queries and of the (own + previous chunk) keys and values,
-(B, h, n_r·K, c, 2c) scores, the log-sum-exp softmax, and a gather through the inverse
-permutation. The hashing projection is (B, h, n, Σf/2) per round and costs n·D·Σf·n_r FLOPs,
-against the chunk attention's 8·n·c·D·n_r: a share of Σf/(8c). With auto buckets Σf ≤ 128 up
+The fast path never builds an n×n tensor. Hashing (one matmul per round) and the stable sort
+run over the whole sequence, O(n·Σf) and O(n log n). Without autograd the sorted chunks are
+then taken in groups of at most ``GROUP_SCORES`` score elements (``GROUP_SCORES_ACCELERATOR``
+off the CPU): as many whole sorted sequences of one round as fit, or a run of chunks of one.
+A group gathers its sorted queries and its (own + previous chunk) keys, normalised on the
+gathered rows, and values, scores them (chunks, c, 2c), applies the log-sum-exp softmax, and
+scatters each output row to its original position, where it is merged with the earlier
+rounds' by log-sum-exp: the forward holds one group, one (B, h, n, d) result and one
+(B, h, n) log-sum-exp, never n_r copies of anything of size n·d. With autograd the whole
+sequence is one group, as before groups: the rounds' outputs are unsorted by a gather through
+the inverse permutation and combined by one softmax over the rounds (the saved activations
+grow with n anyway, and each group's gathers would cost a full-size gradient buffer in
+backward). The two paths agree to float rounding.
+
+The hashing projection is (B, h, n, Σf/2) per round and costs n·D·Σf·n_r FLOPs, against
+the chunk attention's 8·n·c·D·n_r: a share of Σf/(8c). With auto buckets Σf ≤ 128 up
 to the threshold and 2 to 2.5·√n_b above it, so hashing grows as n^1.5 where one rotation of
 2n/c buckets grows as n²/c. At c = 64 the share is 25% at 4K (128 buckets, one rotation),
 6% at 8K, 12.5% at 32K, 19% at 64K and 38% at 256K (one rotation: 100% at 16K). Everything
@@ -84,6 +95,13 @@ SEED_STRIDE = 1_000_003
 NORM_EPS = 1e-12  # hashing's normalisation (the bucket does not depend on the length)
 LEN_NORM_EPS = 1e-6  # the keys' length normalisation, trax's length_normalized and HF's _len_norm
 FACTORISE_ABOVE = 128  # trax's hash_vectors: one rotation up to 128 auto buckets, two factors above
+# Score elements per group of chunks, over every head in the group: without autograd the forward
+# holds one group's scores, gathered queries, keys and values at a time, whatever n and B·h. On
+# a CPU 4 MiB of float32 scores (about 20 MiB with the gathered rows at c = d = 64): 128 chunks,
+# 8192 query rows per batched product, few enough groups that their Python overhead is noise.
+# On an accelerator 64 MiB of scores, so that each group's kernels outlast their launches.
+GROUP_SCORES = 1 << 20
+GROUP_SCORES_ACCELERATOR = 1 << 24
 
 
 def auto_buckets(n: int, chunk: int) -> tuple[int, int]:
@@ -174,6 +192,26 @@ def lsh_buckets(x: Tensor, factors: tuple[int, ...], hashes: int, seed: int) -> 
     return out
 
 
+def _groups(heads: int, rounds: int, chunks: int, per_group: int) -> tuple[tuple[int, int, int, int], ...]:
+    """Groups of sorted chunks sharing one score buffer, (first, end sequence, first, end chunk).
+
+    Sorted sequence s = r·heads + z is round r of batch row and head z, `chunks` long. A group
+    is as many whole sequences of one round as fit in `per_group` chunks, or a run of
+    `per_group` chunks of one sequence: never two rounds of one head, so each original
+    position appears at most once in a group.
+    """
+    if per_group >= chunks:
+        step = per_group // chunks
+        return tuple(
+            (r * heads + z, r * heads + min(z + step, heads), 0, chunks)
+            for r in range(rounds)
+            for z in range(0, heads, step)
+        )
+    return tuple(
+        (s, s + 1, k, min(k + per_group, chunks)) for s in range(rounds * heads) for k in range(0, chunks, per_group)
+    )
+
+
 def _keys(q: Tensor) -> Tensor:
     """Reformer's unit-length keys, q / √(mean(q²) + 1e-6) / √d (trax and Hugging Face)."""
     return q * torch.rsqrt(q.square().mean(dim=-1, keepdim=True) + LEN_NORM_EPS) / math.sqrt(q.shape[-1])
@@ -231,67 +269,142 @@ class LSHAttention(AttentionVariant):
         p = self.params
         B, h, n, d = q.shape
         R, c = p.hashes, p.chunk
+        BH = B * h
         K = -(-n // c)  # chunks per round
         npad = K * c
-        BhR = B * h * R
         dev = q.device
-        self_score, masked = _fill_values(q.dtype)
+        grad = torch.is_grad_enabled() and (q.requires_grad or v.requires_grad)
 
         with step_range("lsh.hash"):
             buckets = lsh_buckets(q, self.factors(n), R, p.seed)  # (B, h, R, n)
         with step_range("lsh.sort"):
-            order = torch.sort(buckets, dim=-1, stable=True).indices  # (B, h, R, n): by (bucket, position)
+            # Rounds outermost: sorted sequence s = r·B·h + z is round r of batch row and head z.
+            order = torch.sort(buckets.permute(2, 0, 1, 3).reshape(R * BH, n), dim=-1, stable=True).indices
             del buckets
             if npad > n:  # pad each round's sorted sequence at the end with the sentinel n
-                order = F.pad(order, (0, npad - n), value=n)  # (B, h, R, npad)
-        qpos = order.view(B, h, R, K, c)  # original position of each sorted slot
-        # Keys: own chunk, then the previous chunk of the round (wrapping), (B, h, R, K, 2c);
-        # a single chunk attends only itself.
-        kpos = torch.cat([qpos, qpos.roll(1, dims=3)], dim=-1) if K > 1 else qpos
+                order = F.pad(order, (0, npad - n), value=n)  # (R·B·h, npad): by (bucket, position)
+        q2, v2 = q.reshape(BH * n, d), v.reshape(BH * n, d)  # views of contiguous inputs
+        chunks = order.view(R * BH, K, c)
+
+        if grad:
+            # One group: the saved activations grow with n whatever the grouping, and each
+            # group's gathers would cost a full-size gradient buffer in backward.
+            keys = _keys(q).reshape(BH * n, d)
+            o, lse, _ = self._attend(q2, keys, v2, chunks, (0, R * BH, 0, K), n, normalise=False)
+            with step_range("lsh.unsort"):
+                # Undo the sort: row of the sorted output holding each original position.
+                inv = torch.empty(R * BH, n, dtype=torch.long, device=dev)
+                inv.scatter_(-1, order[:, :n], torch.arange(n, device=dev).expand(R * BH, n))
+                rows = (inv + (torch.arange(R * BH, device=dev) * npad)[:, None]).reshape(-1)
+                o = o.reshape(R * BH * npad, d).index_select(0, rows).view(R, B, h, n, d)
+            if R == 1:
+                return o[0]
+            with step_range("lsh.combine"):  # the rounds, weighted by their log-sum-exp
+                lse = lse.reshape(-1).index_select(0, rows).view(R, B, h, n)
+                weights = torch.softmax(lse, dim=0).unsqueeze(-1)  # (R, B, h, n, 1)
+                return (weights * o).sum(dim=0)  # (B, h, n, d)
+
+        # Without autograd: groups of chunks, each scattered into the result and merged with the
+        # earlier rounds by log-sum-exp (the result holds out_i = Σ_r softmax_r(L_ri)·o_ri over
+        # the rounds so far). Row B·h·n takes the padding slots.
+        budget = GROUP_SCORES if dev.type == "cpu" else GROUP_SCORES_ACCELERATOR
+        per_group = max(1, budget // (c * (2 * c if K > 1 else c)))
+        out = lse_all = None
+        for group in _groups(BH, R, K, per_group):
+            o, lse, qpos = self._attend(q2, q2, v2, chunks, group, n, normalise=True)
+            with step_range("lsh.unsort"):
+                base = (torch.arange(group[0], group[1], device=dev).remainder(BH) * n).view(-1, 1, 1)
+                rows = torch.where(qpos < n, qpos + base, BH * n).reshape(-1)  # original row of each slot
+                o, lse = o.view(-1, d), lse.reshape(-1)
+                if out is None:  # in the products' dtype (autocast's, if on)
+                    out, lse_all = o.new_empty(BH * n + 1, d), lse.new_empty(BH * n + 1)
+                if group[0] < BH:  # round 0
+                    out.index_copy_(0, rows, o)
+                    if R > 1:
+                        lse_all.index_copy_(0, rows, lse)
+            if group[0] >= BH:
+                with step_range("lsh.combine"):
+                    # Shifted by the larger log-sum-exp, as a softmax over the rounds would be.
+                    old = lse_all.index_select(0, rows)
+                    top = torch.maximum(old, lse)
+                    w_old, w_new = (old - top).exp_(), (lse - top).exp_()
+                    total = w_old + w_new
+                    merged = out.index_select(0, rows).mul_(w_old.unsqueeze(-1))
+                    merged.add_(o.mul_(w_new.unsqueeze(-1))).div_(total.unsqueeze(-1))
+                    out.index_copy_(0, rows, merged)
+                    lse_all.index_copy_(0, rows, top.add_(total.log_()))
+            del o, lse, qpos
+        return out[: BH * n].view(B, h, n, d)
+
+    def _attend(
+        self,
+        q2: Tensor,
+        key_src: Tensor,
+        v2: Tensor,
+        chunks: Tensor,
+        group: tuple[int, int, int, int],
+        n: int,
+        normalise: bool,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Chunks k0..k1−1 of sorted sequences s0..s1−1 against their own and previous chunk.
+
+        q2, key_src, v2: (B·h·n, d) rows; keys are key_src's rows, normalised here with
+        `normalise` (then in place: no autograd). chunks: (R·B·h, K, c) sorted positions.
+        Returns the normalised outputs (S, Kg, c, d), their log-sum-exp (S, Kg, c) and the
+        original position of each slot (S, Kg, c); n marks padding.
+        """
+        p = self.params
+        c, d = p.chunk, q2.shape[1]
+        s0, s1, k0, k1 = group
+        S, Kg, K = s1 - s0, k1 - k0, chunks.shape[1]
+        BH = q2.shape[0] // n
+        self_score, masked = _fill_values(q2.dtype)
+        qpos = chunks[s0:s1, k0:k1]  # (S, Kg, c) original position of each sorted slot
+        # Keys: own chunk, then the previous chunk of the round (wrapping), (S, Kg, 2c); a
+        # single chunk attends only itself.
+        if K > 1:
+            prev = chunks[s0:s1, k0 - 1 : k1 - 1] if k0 else torch.cat([chunks[s0:s1, -1:], chunks[s0:s1, : k1 - 1]], 1)
+            kpos = torch.cat([qpos, prev], dim=-1)
+        else:
+            kpos = qpos
         width = kpos.shape[-1]
 
         with step_range("lsh.gather"):
             # Flat row indices into (B·h·n, d) sources; padding reads row n-1 and is masked.
-            base = (torch.arange(B * h, device=dev) * n).view(B, h, 1, 1, 1)
+            base = (torch.arange(s0, s1, device=q2.device).remainder(BH) * n).view(S, 1, 1)
             q_rows = (qpos.clamp(max=n - 1) + base).reshape(-1)
             k_rows = (kpos.clamp(max=n - 1) + base).reshape(-1)
-            qs = q.reshape(B * h * n, d).index_select(0, q_rows).view(BhR * K, c, d)
-            ks = _keys(q).reshape(B * h * n, d).index_select(0, k_rows).view(BhR * K, width, d)
-            vs = v.reshape(B * h * n, d).index_select(0, k_rows).view(BhR * K, width, d)
+            qs = q2.index_select(0, q_rows).view(S * Kg, c, d)
+            ks = key_src.index_select(0, k_rows)
+            if normalise:  # _keys on the gathered rows, in place
+                ks.mul_(torch.rsqrt(ks.square().mean(dim=-1, keepdim=True) + LEN_NORM_EPS)).div_(math.sqrt(d))
+            ks = ks.view(S * Kg, width, d)
+            vs = v2.index_select(0, k_rows).view(S * Kg, width, d)
+            del q_rows, k_rows
 
         with step_range("lsh.attention"):
-            scores = torch.bmm(qs, ks.transpose(1, 2)).view(BhR, K, c, width)  # (B·h·R, K, c, 2c)
+            scores = torch.bmm(qs, ks.transpose(1, 2)).view(S, Kg, c, width)  # (S, Kg, c, 2c)
             del qs, ks
             if p.causal:  # later original positions; also covers padding (sentinel n)
-                later = kpos.view(BhR, K, 1, width) > qpos.view(BhR, K, c, 1)
+                later = kpos.view(S, Kg, 1, width) > qpos.view(S, Kg, c, 1)
                 scores = scores.masked_fill_(later, masked)
                 del later
-            elif npad > n:  # padding sits in the last chunk's own half and the first's look-back
+            elif K * c > n:  # padding sits in the last chunk's own half and the first's look-back
                 real = n - (K - 1) * c  # real slots in the last chunk
-                scores[:, -1, :, real:c] = masked
-                if K > 1:
+                if k1 == K:
+                    scores[:, -1, :, real:c] = masked
+                if k0 == 0 and K > 1:
                     scores[:, 0, :, c + real :] = masked
             scores.diagonal(dim1=-2, dim2=-1).fill_(self_score)  # own position: own half's diagonal
 
             # Log-sum-exp softmax; the row max is a constant shift (detached, exact).
-            m = scores.detach().amax(dim=-1, keepdim=True)  # (B·h·R, K, c, 1)
+            m = scores.detach().amax(dim=-1, keepdim=True)  # (S, Kg, c, 1)
             e = scores.sub_(m).exp_()
             s = e.sum(dim=-1, keepdim=True)
-            o = torch.bmm(e.view(BhR * K, c, width), vs).view(BhR, K, c, d) / s  # (B·h·R, K, c, d)
+            o = torch.bmm(e.view(S * Kg, c, width), vs).view(S, Kg, c, d)
             del e, vs
-
-        with step_range("lsh.unsort"):
-            # Undo the sort: row of the sorted output holding each original position.
-            inv = torch.empty(B, h, R, n, dtype=torch.long, device=dev)
-            inv.scatter_(-1, order[..., :n], torch.arange(n, device=dev).expand(B, h, R, n))
-            rows = (inv + (torch.arange(BhR, device=dev) * npad).view(B, h, R, 1)).reshape(-1)
-            o = o.reshape(BhR * npad, d).index_select(0, rows).view(B, h, R, n, d)
-        if R == 1:
-            return o[:, :, 0]
-        with step_range("lsh.combine"):  # the rounds, weighted by their log-sum-exp
-            lse = (m.squeeze(-1) + s.squeeze(-1).log()).reshape(-1).index_select(0, rows).view(B, h, R, n)
-            weights = torch.softmax(lse, dim=2).unsqueeze(-1)  # (B, h, R, n, 1)
-            return (weights * o).sum(dim=2)  # (B, h, n, d)
+            o = o.div_(s) if normalise else o / s  # (S, Kg, c, d)
+        return o, (m + s.log()).squeeze(-1), qpos
 
     # --- definition, for correctness checks ---------------------------------------------
     def pattern(self, q: Tensor) -> Tensor:
@@ -370,25 +483,41 @@ class LSHAttention(AttentionVariant):
         return attention + cls._hash_flops(params, shape)
 
     @classmethod
+    def _group_chunks(cls, params: LSHParams, shape: Shape, budget: int) -> tuple[int, int]:
+        """(chunks in the largest group at this budget, keys per chunk)."""
+        K, _, _ = cls._layout(params, shape)
+        width = 2 * params.chunk if K > 1 else params.chunk
+        per_group = max(1, budget // (params.chunk * width))
+        return min(per_group, shape.batch * shape.heads * K), width
+
+    @classmethod
     def working_bytes(cls, params: LSHParams, shape: Shape, itemsize: int) -> int:
-        """Scores B·h·n_r·n·2c, n_r sorted copies of Q, K and V, and the output."""
-        B, h, n, d = shape.batch, shape.heads, shape.seq_len, shape.head_dim
-        keys = 2 * params.chunk if n > params.chunk else n
-        scores = B * h * params.hashes * n * keys
-        sorted_qkv = 3 * B * h * params.hashes * n * d
-        return (scores + sorted_qkv + B * h * n * d) * itemsize
+        """The output and one group's scores and gathered queries, keys and values (a CPU's budget)."""
+        c, d = params.chunk, shape.head_dim
+        chunks, width = cls._group_chunks(params, shape, GROUP_SCORES)
+        group = chunks * (c * width + (c + 2 * width) * d)
+        return (shape.batch * shape.heads * shape.seq_len * d + group) * itemsize
 
     @classmethod
     def peak_bytes_estimate(cls, params: LSHParams, shape: Shape, itemsize: int, train: bool) -> int:
-        """Generous: scores, a bool mask, gathered Q and 2c-wide K/V windows, per-round
-        outputs twice (sorted, unsorted), the float32 hashing projection (n·Σf/2), int64 indices."""
-        B, h, n, d = shape.batch, shape.heads, shape.seq_len, shape.head_dim
+        """Generous. Forward: the float32 hashing (a normalised copy of Q and the projection,
+        n·Σf/2), the int64 buckets, sort and order, the result and its log-sum-exp, and one
+        group (the larger budget, on any device): scores, gathered Q and 2c-wide K/V windows
+        and the squares of K, outputs, int64 indices, the causal mask. Train runs one group:
+        scores, gathered copies and per-round outputs twice (sorted, unsorted) for all rounds."""
+        B, h, n, d, c = shape.batch, shape.heads, shape.seq_len, shape.head_dim, params.chunk
         K, npad, rot = cls._layout(params, shape)
-        width = 2 * params.chunk if K > 1 else params.chunk
         rows = B * h * params.hashes * npad
-        floats = rows * (2 * width + 2 * width * d // params.chunk + 4 * d) + B * h * n * d
-        ints = rows * (2 + width // params.chunk) * 8 + rows * width  # indices, causal mask
-        hashing = B * h * n * (rot // 2) * 4 * 2
-        forward = floats * itemsize + ints + hashing
+        hashing = B * h * n * (rot // 2 + d) * 4 * 2
+        if not train:
+            chunks, width = cls._group_chunks(params, shape, max(GROUP_SCORES, GROUP_SCORES_ACCELERATOR))
+            group = chunks * (c * width + (2 * c + 3 * width) * d) * itemsize
+            group += chunks * ((c + 2 * width) * 8 * 2 + c * width)
+            result = B * h * (n + 1) * (d + 1) * itemsize
+            return 2 * (hashing + rows * 8 * 4 + result + group)
+        width = 2 * c if K > 1 else c
+        floats = rows * (2 * width + 2 * width * d // c + 4 * d) + B * h * n * d
+        ints = rows * (2 + width // c) * 8 + rows * width  # indices, causal mask
+        forward = floats * itemsize + ints + B * h * n * (rot // 2) * 4 * 2
         inputs = 3 * B * h * n * d * itemsize
-        return 2 * forward + (2 * forward + 2 * inputs if train else 0)
+        return 4 * forward + 2 * inputs

@@ -16,13 +16,22 @@ undilated band of half-width w' = W/2 (a dilated band is exactly that), so the
 subsequences are folded into the batch dimension: (B, h, n, d) -> (B·h·r, m, d) with
 m = ⌈n/r⌉, padded to a multiple of the block b = w' (or m itself when the subsequence
 is shorter, then it is one block). Queries are cut into blocks of b; block t sees the
-3b keys of blocks t−1, t, t+1 ("look-around"), which cover its whole band. The
-look-around windows are overlapping strided views (`Tensor.unfold`) of one padded copy
-of K and of V with a zero block at either end, so one batched matmul scores every block
-(B·h·r·m/b, b, 3b) without copying K or V three times. Out-of-band, out-of-sequence and
-padded keys get a large negative bias (finite, so padded query rows never turn into NaN
-that backward would spread to real keys). Without autograd the bias, the scale and the
-softmax are applied in place on that single score buffer.
+3b keys of blocks t−1, t, t+1 ("look-around"), which cover its whole band. Out-of-band,
+out-of-sequence and padded keys get a large negative bias (finite, so padded query rows
+never turn into NaN that backward would spread to real keys).
+
+Groups. Without autograd the blocks are taken in groups of at most ``GROUP_SCORES``
+score elements (``GROUP_SCORES_ACCELERATOR`` off the CPU): as many whole subsequences as
+fit, or a run of blocks of one. A group's look-around windows are overlapping strided
+views (`Tensor.unfold`) of its rows of K and V plus one block either side, so one
+batched matmul scores its blocks (blocks, b, 3b) without copying K or V three times;
+without dilation or padding those rows are the inputs' own (a view; the first and last
+group get a zero block), otherwise they are gathered for the group. The bias, the scale
+and the softmax are applied in place on the group's score buffer, and its output is
+written into one folded result: the forward holds one group's scores at a time, whatever
+n and B·h. With autograd the whole sequence is one group, as it was before groups: the
+saved activations grow with n anyway, and each group's slice of the inputs would cost a
+full-size gradient buffer in backward.
 
 Global tokens. Every query also scores the g global keys, (n, g) extra columns whose
 bias hides keys already in its band (nothing counted twice) and, when causal, keys
@@ -53,6 +62,9 @@ Costs (forward, 2 FLOPs per multiply-add, D = h·d):
 - `executed_flops` = 4·B·D·(r·m_pad·(3b + g) + g·n): every padded query row times its
   3b look-around keys (1.5× the band) and the g global columns, plus the dense global
   rows. Softmax and masking are not counted (only matmuls are, as for the dense ones).
+  Groups do not change either count.
+- `working_bytes` = the output, one group's scores at a CPU's budget and the global rows'
+  (g, n) scores; `peak_bytes_estimate` (forward) counts one group at the larger budget.
 - `case_flops`, layer scope with g > 0: the pre-norm layer's (docs/cost-model.md) plus the
   global projections, B·(4·n·D² + 2·g·D²) (K_g and V_g over n tokens, Q_g over g), useful
   and executed alike. `case_min_bytes` and `case_peak_estimate` add their outputs, B·(2n + g)·D
@@ -70,6 +82,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnbench.core.registry import register_workload
@@ -86,6 +99,13 @@ from attnbench.workloads.layer import PreNormLayer
 # exp(NEG - max) is exactly 0 for any real score, even added up to three times.
 NEG = -1.0e30
 LOW_PRECISION = (torch.float16, torch.bfloat16)
+# Score elements per group of query blocks, over every head and subsequence in the group:
+# without autograd the forward holds one group's scores at a time, whatever n and B·h. On a
+# CPU 8 MiB of float32 scores: 2560 query rows per batched product at the default window
+# (thousands of rows keep the products efficient) and few enough groups that their Python
+# overhead is noise. On an accelerator 64 MiB, so that each group's kernels outlast their launches.
+GROUP_SCORES = 1 << 21
+GROUP_SCORES_ACCELERATOR = 1 << 24
 
 
 @dataclass(frozen=True)
@@ -161,8 +181,9 @@ def _in_band(i: Tensor, j: Tensor, p: SlidingWindowParams) -> Tensor:
 class SlidingWindowAttention(AttentionVariant):
     """Longformer attention: W-key band (optionally dilated, causal) plus g global tokens.
 
-    Never builds an (n, n) tensor: the largest is the (n, 1.5·W + g) score buffer per
-    head (see the module docstring for the blocking scheme and the cost formulas).
+    Never builds an (n, n) tensor: without autograd the largest scratch is one group's
+    scores (``GROUP_SCORES`` elements), with autograd the (n, 1.5·W + g) score buffer per
+    head (see the module docstring for the blocking scheme, the groups and the cost formulas).
     """
 
     name: ClassVar[str] = "sparse.sliding_window"
@@ -199,49 +220,95 @@ class SlidingWindowAttention(AttentionVariant):
         them instead of q, k, v (the band and the global columns always use q, k, v)."""
         B, h, n, d = q.shape
         lay = _layout(self.params, n)
-        b, scale, dtype = lay.b, 1.0 / math.sqrt(d), q.dtype
+        b, g = lay.b, lay.g
+        grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        seqs = B * h * lay.r  # subsequences, each nb blocks of b folded rows
+        src = tuple(t.reshape(B * h * n, d) for t in (q, k, v))  # views of contiguous inputs
+        band_bias, edge_bias = self._band_bias(lay, q.device)
+        if q.dtype not in LOW_PRECISION:
+            band_bias = band_bias.to(q.dtype)
+        glob = None
+        if g:  # the g global keys and values of every head, and their bias per folded row
+            kv = (t[:, :, :g].reshape(B * h, g, d) for t in (k, v))
+            glob = (*kv, self._global_column_bias(lay, q.device).view(lay.r, lay.m_pad, g))
+        if grad:
+            # One group: the saved activations grow with n whatever the grouping, and each
+            # group's slice of the inputs would cost a full-size gradient buffer in backward.
+            groups: tuple[tuple[int, int, int, int], ...] = ((0, seqs, 0, lay.nb),)
+        else:
+            budget = GROUP_SCORES if q.device.type == "cpu" else GROUP_SCORES_ACCELERATOR
+            groups = _groups(seqs, lay.nb, max(1, budget // (b * (3 * b + g))))
+        folded = None
+        for group in groups:
+            res = self._group(src, lay, group, band_bias, edge_bias, glob, not grad)  # (blocks, b, d)
+            if len(groups) == 1:
+                folded = res
+            else:  # the folded result, written group by group (in the products' dtype: autocast's)
+                s0, s1, t0, t1 = group
+                folded = res.new_empty(seqs * lay.nb, b, d) if folded is None else folded
+                folded[s0 * lay.nb + t0 : (s1 - 1) * lay.nb + t1] = res
+            del res
+
+        with step_range("sliding_window.unfold"):
+            out = _unfold(folded, lay, B, h, n, d)  # (B, h, n, d)
+        if g:
+            qg, kg, vg = (q[:, :, :g], k, v) if global_qkv is None else global_qkv
+            with step_range("sliding_window.global_rows"):
+                rows = self._global_rows(qg, kg, vg, lay)
+                if grad:
+                    return torch.cat([rows, out[:, :, g:]], dim=2)
+                out[:, :, :g] = rows
+        return out
+
+    def _group(
+        self,
+        src: tuple[Tensor, Tensor, Tensor],
+        lay: _Layout,
+        group: tuple[int, int, int, int],
+        band_bias: Tensor,
+        edge_bias: Tensor,
+        glob: tuple[Tensor, Tensor, Tensor] | None,
+        inplace: bool,
+    ) -> Tensor:
+        """Query blocks t0..t1−1 of subsequences s0..s1−1, (blocks, b, d) in folded order.
+        src: q, k, v as (B·h·n, d)."""
+        q2, k2, v2 = src
+        s0, s1, t0, t1 = group
+        b, d, dtype = lay.b, q2.shape[1], q2.dtype
         low = dtype in LOW_PRECISION
-        inplace = not (torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)))
-        rows = B * h * lay.r * lay.m_pad  # padded query rows, all subsequences of all heads
-        blocks = rows // b
+        lo, hi = s0 * lay.m_pad + t0 * b, (s1 - 1) * lay.m_pad + t1 * b  # the group's folded rows
+        blocks = (hi - lo) // b
 
         with step_range("sliding_window.fold"):
-            qf = _fold(q, lay, pad=0)  # (rows, d)
-            kx = _fold(k, lay, pad=b)  # (b + rows + b, d): a zero block at either end
-            vx = _fold(v, lay, pad=b)
-        qb = qf.view(blocks, b, d)
-        k_win = kx.unfold(0, 3 * b, b)  # (blocks, d, 3b) view: keys of blocks t-1, t, t+1
-        v_win = vx.unfold(0, 3 * b, b).transpose(1, 2)  # (blocks, 3b, d) view
+            qr = _rows(q2, lay, lo, hi)  # (hi − lo, d)
+            # Keys and values one block either side: block t's window is blocks t−1, t, t+1, an
+            # overlapping strided view (no copy) of the group's rows.
+            k_win = _rows(k2, lay, lo - b, hi + b).unfold(0, 3 * b, b)  # (blocks, d, 3b)
+            v_win = _rows(v2, lay, lo - b, hi + b).unfold(0, 3 * b, b).transpose(1, 2)  # (blocks, 3b, d)
+        qb = qr.view(blocks, b, d)
 
         with step_range("sliding_window.scores"):
-            band_bias, edge_bias = self._band_bias(lay, q.device)
+            scale = 1.0 / math.sqrt(d)
             if low:  # scores in the input precision, masking and softmax in float32 (as Longformer)
                 scores = torch.bmm(qb, k_win).float().mul_(scale).add_(band_bias)
             else:
-                scores = torch.baddbmm(band_bias.to(dtype), qb, k_win, alpha=scale)  # (blocks, b, 3b)
-            s5 = scores.view(B * h, lay.r, lay.nb, b, 3 * b)
-            # Keys before the start or past the end of each subsequence: only first and last two blocks.
-            s5[:, :, :1].add_(edge_bias[:, :1])
-            tail = max(1, lay.nb - 2)
-            if tail < lay.nb:
-                s5[:, :, tail:].add_(edge_bias[:, tail:])
+                scores = torch.baddbmm(band_bias, qb, k_win, alpha=scale)  # (blocks, b, 3b)
+            s4 = scores.view(s1 - s0, t1 - t0, b, 3 * b)
+            # Keys before the start or past the end of each subsequence: only its first and last two blocks.
+            edge = _of_residues(edge_bias[:, t0:t1], s0, s1, lay.r)  # (subsequences or 1, t1 − t0, 1, 3b)
+            if t0 == 0:
+                s4[:, :1].add_(edge[:, :1])
+            tail = max(t0, 1, lay.nb - 2) - t0
+            if tail < t1 - t0:
+                s4[:, tail:].add_(edge[:, tail:])
 
-        if lay.g == 0:
+        if glob is None:
             with step_range("sliding_window.softmax"):
                 probs = torch.softmax(scores, -1, out=scores) if inplace else torch.softmax(scores, -1)
             with step_range("sliding_window.output"):
-                out = torch.bmm(probs.to(dtype) if low else probs, v_win)  # (blocks, b, d)
-        else:
-            with step_range("sliding_window.global_keys"):
-                out = self._with_global_keys(scores, qf, k, v, v_win, lay, inplace)
-
-        with step_range("sliding_window.unfold"):
-            out = _unfold(out, lay, B, h, n, d)  # (B, h, n, d)
-        if lay.g:
-            qg, kg, vg = (q[:, :, : lay.g], k, v) if global_qkv is None else global_qkv
-            with step_range("sliding_window.global_rows"):
-                out = torch.cat([self._global_rows(qg, kg, vg, lay), out[:, :, lay.g :]], dim=2)
-        return out
+                return torch.bmm(probs.to(dtype) if low else probs, v_win)  # (blocks, b, d)
+        with step_range("sliding_window.global_keys"):
+            return self._with_global_keys(scores, qr.view(s1 - s0, -1, d), v_win, glob, lay, group, inplace)
 
     def _band_bias(self, lay: _Layout, device: torch.device) -> tuple[Tensor, Tensor]:
         """(b, 3b) band pattern, the same for every block; (r, nb, 1, 3b) key validity."""
@@ -262,20 +329,27 @@ class SlidingWindowAttention(AttentionVariant):
         return band, edge[:, :, None, :]
 
     def _with_global_keys(
-        self, scores: Tensor, qf: Tensor, k: Tensor, v: Tensor, v_win: Tensor, lay: _Layout, inplace: bool
+        self,
+        scores: Tensor,
+        qr: Tensor,
+        v_win: Tensor,
+        glob: tuple[Tensor, Tensor, Tensor],
+        lay: _Layout,
+        group: tuple[int, int, int, int],
+        inplace: bool,
     ) -> Tensor:
-        """Band and global-key columns normalised together; (blocks, b, d)."""
-        B, h, _, d = k.shape
-        g, b, dtype = lay.g, lay.b, k.dtype
+        """Band and global-key columns normalised together; (blocks, b, d). qr (S, rows, d):
+        the group's query rows of each of its S subsequences (all of them, or one run)."""
+        s0, s1, t0, t1 = group
+        kg, vg = (_of_heads(t, s0, s1, lay.r) for t in glob[:2])  # (S, g, d)
+        bias = _of_residues(glob[2][:, t0 * lay.b : t1 * lay.b], s0, s1, lay.r)  # (S or 1, rows, g)
+        S, _, d = qr.shape
+        g, b, dtype = kg.shape[1], lay.b, qr.dtype
         low = dtype in LOW_PRECISION
-        per_head = lay.r * lay.m_pad
-        q3 = qf.view(B * h, per_head, d)
-        kg = k[:, :, :g].reshape(B * h, g, d)
-        vg = v[:, :, :g].reshape(B * h, g, d)
-        s_g = torch.bmm(q3, kg.transpose(1, 2))  # (B·h, r·m_pad, g)
+        s_g = torch.bmm(qr, kg.transpose(1, 2))  # (S, rows, g)
         if low:
             s_g = s_g.float()
-        s_g = s_g.mul_(1.0 / math.sqrt(d)).add_(self._global_column_bias(lay, k.device))
+        s_g = s_g.mul_(1.0 / math.sqrt(d)).add_(bias)
         s_g = s_g.view(scores.shape[0], b, g)
         # The band is normalised on its own by the fused softmax (in place without autograd);
         # its log-sum-exp comes back for free: the largest probability of a row is exp(0)/Z.
@@ -287,10 +361,10 @@ class SlidingWindowAttention(AttentionVariant):
         if low:
             probs, e_g = probs.to(dtype), e_g.to(dtype)
         out = torch.bmm(probs, v_win)  # (blocks, b, d), normalised over the band only
-        glob = torch.bmm(e_g.view(B * h, per_head, g), vg).view_as(out)
+        glob_out = torch.bmm(e_g.view(S, -1, g), vg).view_as(out)
         if low:
-            return (out.float() * (lse_band - lse).exp() + glob.float()).to(dtype)
-        return out * (lse_band - lse).exp() + glob
+            return (out.float() * (lse_band - lse).exp() + glob_out.float()).to(dtype)
+        return out * (lse_band - lse).exp() + glob_out
 
     def _global_column_bias(self, lay: _Layout, device: torch.device) -> Tensor:
         """(r·m_pad, g): query rows in folded order against the g global keys."""
@@ -378,22 +452,41 @@ class SlidingWindowAttention(AttentionVariant):
         return 4.0 * pairs * shape.model_dim * shape.batch
 
     @classmethod
+    def _group_scores(cls, params: SlidingWindowParams, shape: Shape, budget: int) -> int:
+        """Score elements of the largest group at this budget (band and global columns)."""
+        lay = _layout(params, shape.seq_len)
+        per_block = lay.b * (3 * lay.b + lay.g)
+        blocks = shape.batch * shape.heads * lay.r * lay.nb
+        return min(blocks, max(1, budget // per_block)) * per_block
+
+    @classmethod
     def working_bytes(cls, params: SlidingWindowParams, shape: Shape, itemsize: int) -> int:
-        # One score per allowed pair, plus the output.
-        per_head = allowed_pairs(params, shape.seq_len) + shape.seq_len * shape.head_dim
-        return shape.batch * shape.heads * per_head * itemsize
+        # The output, one group's scores (a CPU's budget) and the global rows' (g, n) scores.
+        n = shape.seq_len
+        bh = shape.batch * shape.heads
+        g = min(params.global_tokens, n)
+        group = cls._group_scores(params, shape, GROUP_SCORES)
+        return (bh * n * shape.head_dim + group + bh * g * n) * itemsize
 
     @classmethod
     def peak_bytes_estimate(cls, params: SlidingWindowParams, shape: Shape, itemsize: int, train: bool) -> int:
         lay = _layout(params, shape.seq_len)
-        bh = shape.batch * shape.heads
-        score_bytes = bh * (lay.r * lay.m_pad * (3 * lay.b + lay.g) + lay.g * shape.seq_len) * max(itemsize, 4)
-        # Folded copies of q, k, v, the folded and the final output, with their padding.
-        io_bytes = bh * (lay.r * lay.m_pad + 2 * lay.b) * shape.head_dim * itemsize
-        forward = 2 * score_bytes + 8 * io_bytes
+        bh, d = shape.batch * shape.heads, shape.head_dim
+        wide = max(itemsize, 4)  # low precision scores are masked and normalised in float32
+        # The folded output with its padding, the dilated result's copy, copies of strided inputs.
+        io_bytes = bh * (lay.r * lay.m_pad + 2 * lay.b) * d * itemsize
+        global_rows = bh * lay.g * shape.seq_len * wide  # their scores; masked and normalised copies
         if not train:
-            return forward
-        inputs = 3 * bh * shape.seq_len * shape.head_dim * itemsize
+            # One group at a time (the larger budget, on any device): its scores and their
+            # float32 copy, its gathered queries, keys and values, its result; with slack.
+            group = cls._group_scores(params, shape, max(GROUP_SCORES, GROUP_SCORES_ACCELERATOR))
+            rows = group // (3 * lay.b + lay.g)
+            group_bytes = group * (wide + itemsize) + (4 * rows + 4 * lay.b) * d * itemsize
+            return 6 * io_bytes + 2 * (group_bytes + 3 * global_rows)
+        # Autograd runs one group and keeps its activations: every block's scores at once.
+        score_bytes = bh * lay.r * lay.m_pad * (3 * lay.b + lay.g) * wide + global_rows
+        forward = 2 * score_bytes + 8 * io_bytes
+        inputs = 3 * bh * shape.seq_len * d * itemsize
         return 2 * forward + 2 * inputs
 
 
@@ -434,33 +527,54 @@ class LongformerLayer(nn.Module):
             return x + layer.ffn(layer.norm2(x))
 
 
-def _fold(x: Tensor, lay: _Layout, pad: int) -> Tensor:
-    """(B, h, n, d) -> (pad + B·h·r·m_pad + pad, d): subsequence c of head z at rows
-    pad + (z·r + c)·m_pad + t for position t·r + c; padding rows are zero."""
-    B, h, n, d = x.shape
-    r, m_pad = lay.r, lay.m_pad
-    rows = B * h * r * m_pad
-    if pad == 0 and r == 1 and m_pad == n:
-        return x.reshape(rows, d)  # a view when x is contiguous
-    buf = x.new_empty(pad + rows + pad, d)
-    buf[:pad].zero_()
-    buf[pad + rows :].zero_()
+def _groups(seqs: int, blocks: int, per_group: int) -> tuple[tuple[int, int, int, int], ...]:
+    """Groups of query blocks sharing one score buffer, (first, end subsequence, first, end block):
+    as many whole subsequences as fit in `per_group` blocks, or runs of `per_group` blocks of one."""
+    if per_group >= blocks:
+        step = per_group // blocks
+        return tuple((s, min(s + step, seqs), 0, blocks) for s in range(0, seqs, step))
+    return tuple((s, s + 1, t, min(t + per_group, blocks)) for s in range(seqs) for t in range(0, blocks, per_group))
+
+
+def _rows(x: Tensor, lay: _Layout, lo: int, hi: int) -> Tensor:
+    """Folded rows lo..hi−1 of x = (B·h·n, d), as (hi − lo, d).
+
+    Folded row (z·r + c)·m_pad + t holds position t·r + c of head z. Rows that hold no
+    position (padding past a subsequence's end, or before the first row and after the last)
+    are zero without dilation or padding, and some real row otherwise: they are only ever
+    masked keys or dropped queries, so any finite value does. Without dilation or padding
+    the folded rows are x's own: a view, but for a zero block at either end.
+    """
+    total = x.shape[0] // lay.n * lay.r * lay.m_pad
+    if lay.r == 1 and lay.m_pad == lay.n:
+        a, z = max(lo, 0), min(hi, total)
+        if (a, z) == (lo, hi):
+            return x[lo:hi]
+        return F.pad(x[a:z], (0, 0, a - lo, hi - z))
+    f = torch.arange(lo, hi, device=x.device)
+    seq, t = f.div(lay.m_pad, rounding_mode="floor"), f.remainder(lay.m_pad)
+    pos = t * lay.r + seq.remainder(lay.r)  # position inside the head
+    ok = (f >= 0) & (f < total) & (pos < lay.n)
+    return x.index_select(0, torch.where(ok, seq.div(lay.r, rounding_mode="floor") * lay.n + pos, 0))
+
+
+def _of_heads(x: Tensor, s0: int, s1: int, r: int) -> Tensor:
+    """x's rows (one per head) for subsequences s0..s1−1: subsequence s belongs to head s // r."""
     if r == 1:
-        core = buf[pad : pad + rows].view(B, h, m_pad, d)
-        core[:, :, :n] = x
-        core[:, :, n:].zero_()
-        return buf
-    # Folded layout (B, h, r, m_pad, d), written through its (B, h, m_pad, r, d) view.
-    core = buf[pad : pad + rows].view(B, h, r, m_pad, d).transpose(2, 3)
-    full, rem = divmod(n, r)
-    if full:
-        core[:, :, :full] = x[:, :, : full * r].reshape(B, h, full, r, d)
-    if rem:
-        core[:, :, full, :rem] = x[:, :, full * r :]
-        core[:, :, full, rem:].zero_()
-        full += 1
-    core[:, :, full:].zero_()
-    return buf
+        return x[s0:s1]
+    if s1 - s0 == 1:
+        return x[s0 // r : s0 // r + 1]
+    return x[torch.arange(s0, s1, device=x.device).div(r, rounding_mode="floor")]
+
+
+def _of_residues(x: Tensor, s0: int, s1: int, r: int) -> Tensor:
+    """x's rows (one per residue c) for subsequences s0..s1−1 (subsequence s holds residue
+    s mod r); x itself, broadcast, when r = 1."""
+    if r == 1:
+        return x
+    if s1 - s0 == 1:
+        return x[s0 % r : s0 % r + 1]
+    return x[torch.arange(s0, s1, device=x.device).remainder(r)]
 
 
 def _unfold(out: Tensor, lay: _Layout, B: int, h: int, n: int, d: int) -> Tensor:
