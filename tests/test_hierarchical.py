@@ -204,6 +204,7 @@ def test_flops_count_allowed_pairs_and_the_shifted_rectangle() -> None:
     assert wb == 4 * 32 * 48 * 4 + 4 * 3200 * 8 * 4
 
 
+@pytest.mark.slow  # real workers at several lengths, 5-8 s: CI runs it (-m slow), tests/test_memory.py too
 def test_memory_grows_linearly_through_the_executor() -> None:
     executor = LocalExecutor(RunSettings(max_time_per_case=0.05, verify=False))
     peaks = {}

@@ -303,6 +303,7 @@ def executor() -> LocalExecutor:
     return LocalExecutor(RunSettings(max_time_per_case=0.05, verify=False))
 
 
+@pytest.mark.slow  # real workers at several lengths, 5-8 s: CI runs it (-m slow), tests/test_memory.py too
 def test_peak_memory_grows_linearly(executor: LocalExecutor) -> None:
     peaks = {}
     for n in (4096, 8192):

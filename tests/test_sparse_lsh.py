@@ -304,6 +304,7 @@ def test_no_n_by_n_tensor_is_built() -> None:
         assert largest_tensor(4096, train, chunk=c, hashes=hashes, buckets=64) == 2 * small
 
 
+@pytest.mark.slow  # real workers at several lengths, 5-8 s: CI runs it (-m slow), tests/test_memory.py too
 def test_memory_grows_linearly_through_the_executor() -> None:
     executor = LocalExecutor(RunSettings(max_time_per_case=0.05, verify=False))
     peaks, working = {}, {}

@@ -335,6 +335,7 @@ def test_forward_holds_one_group_at_a_time(monkeypatch: pytest.MonkeyPatch, para
 # --- memory, through the real executor ------------------------------------------------------------------
 
 
+@pytest.mark.slow  # real workers at several lengths, 5-8 s: CI runs it (-m slow), tests/test_memory.py too
 def test_peak_memory_grows_linearly() -> None:
     executor = LocalExecutor(RunSettings(max_time_per_case=0.05, verify=False))
     params = tuple(sorted({"window": 256, "global_tokens": 0, "dilation": 1, "causal": False}.items()))
