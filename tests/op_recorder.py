@@ -30,3 +30,13 @@ class OpRecorder(TorchDispatchMode):
         if self.keep_calls:
             self.calls.append((func, args, tensors))
         return out
+
+
+def new_tensors(rec: OpRecorder) -> list[tuple[object, int]]:
+    """(op, elements) of every tensor an op returned in storage of its own: neither a view of
+    one of its arguments nor an argument written in place."""
+    found = []
+    for func, args, outs in rec.calls:
+        given = {a.untyped_storage().data_ptr() for a in tree_leaves(args) if isinstance(a, torch.Tensor)}
+        found += [(func, t.numel()) for t in outs if t.untyped_storage().data_ptr() not in given]
+    return found

@@ -9,7 +9,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._pytree import tree_leaves
 
 from attnbench.backends.base import eager_step
 from attnbench.core.cases import Case, Sweep
@@ -28,7 +27,7 @@ from attnbench.workloads.sparse.lsh import (
     bucket_factors,
     lsh_buckets,
 )
-from tests.op_recorder import OpRecorder
+from tests.op_recorder import OpRecorder, new_tensors
 
 
 def qkv(B: int, h: int, n: int, d: int = 8, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -365,16 +364,6 @@ def test_groups_change_nothing(monkeypatch: pytest.MonkeyPatch, causal: bool, ha
     # Autograd's path (one group, the rounds combined by one softmax) computes the same.
     q.requires_grad_(True)
     torch.testing.assert_close(module(q, k, v).detach(), outs[0], rtol=0, atol=1e-6)
-
-
-def new_tensors(rec: OpRecorder) -> list[tuple[object, int]]:
-    """(op, elements) of every tensor an op returned in storage of its own: neither a view of
-    one of its arguments nor an argument written in place."""
-    found = []
-    for func, args, outs in rec.calls:
-        given = {a.untyped_storage().data_ptr() for a in tree_leaves(args) if isinstance(a, torch.Tensor)}
-        found += [(func, t.numel()) for t in outs if t.untyped_storage().data_ptr() not in given]
-    return found
 
 
 @pytest.mark.parametrize("causal", [False, True])

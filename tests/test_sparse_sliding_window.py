@@ -11,7 +11,6 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from torch.utils._pytree import tree_leaves
 
 from attnbench.core.cases import Case
 from attnbench.core.registry import WORKLOADS, load_plugins
@@ -27,7 +26,7 @@ from attnbench.workloads.sparse.sliding_window import (
     SlidingWindowParams,
     allowed_pairs,
 )
-from tests.op_recorder import OpRecorder
+from tests.op_recorder import OpRecorder, new_tensors
 
 load_plugins()
 
@@ -295,16 +294,6 @@ def test_groups_change_nothing(monkeypatch: pytest.MonkeyPatch, params: dict, dt
     # Autograd's path (one group, out of place) computes the same.
     q.requires_grad_(True)
     torch.testing.assert_close(module(q, k, v).detach(), outs[0], rtol=0, atol=1e-6)
-
-
-def new_tensors(rec: OpRecorder) -> list[tuple[object, int]]:
-    """(op, elements) of every tensor an op returned in storage of its own: neither a view of
-    one of its arguments nor an argument written in place."""
-    found = []
-    for func, args, outs in rec.calls:
-        given = {a.untyped_storage().data_ptr() for a in tree_leaves(args) if isinstance(a, torch.Tensor)}
-        found += [(func, t.numel()) for t in outs if t.untyped_storage().data_ptr() not in given]
-    return found
 
 
 @pytest.mark.parametrize("params", [{"window": 16, "global_tokens": 3}, {"window": 16, "dilation": 2, "causal": True}])
