@@ -174,26 +174,13 @@ def _candidate(given: Path | None) -> tuple[Path, str, bool]:
     return _checkout(ROOT, "--candidate"), how, True
 
 
-def _commit(checkout: Path) -> tuple[str | None, bool]:
-    """The checkout's commit (None: not a git checkout) and whether git sees changes in it
-    (untracked files included: a new file a variant imports changes what runs)."""
-
-    def git(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(["git", "-C", str(checkout), *args], capture_output=True, text=True, timeout=60)
-
-    try:
-        head = git("rev-parse", "HEAD")
-        if head.returncode != 0:
-            return None, False
-        return head.stdout.strip(), bool(git("status", "--porcelain").stdout.strip())
-    except (OSError, subprocess.TimeoutExpired):
-        return None, False
-
-
 def _describe(checkouts: dict[str, Path], note: str) -> str:
     """Both checkouts with their commits (note: said of the candidate), and whether they are the
     same folder or commit."""
-    commits = {name: _commit(checkouts[name]) for name in SIDES}
+    from attnbench.core.environment import git_info
+
+    infos = {name: git_info(checkouts[name]) for name in SIDES}
+    commits = {name: (info["commit"], bool(info["dirty"])) for name, info in infos.items()}
 
     def one(name: str) -> str:
         commit, dirty = commits[name]

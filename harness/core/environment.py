@@ -62,9 +62,10 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def git_info() -> dict[str, Any]:
-    """The commit of the attnbench source that ran, and whether it had local changes."""
-    src = Path(__file__).resolve().parents[2]  # the checkout (this file is harness/core/environment.py)
+def git_info(src: Path | None = None) -> dict[str, Any]:
+    """The commit of a checkout (by default the attnbench source that runs), and whether git sees
+    changes in it: untracked files included, since a new file a variant imports changes what runs."""
+    src = src or Path(__file__).resolve().parents[2]  # the checkout (this file is harness/core/environment.py)
     try:
         commit = subprocess.run(
             ["git", "-C", str(src), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
@@ -72,7 +73,7 @@ def git_info() -> dict[str, Any]:
         if commit.returncode != 0:
             return {"commit": None, "dirty": None, "reason": "attnbench is not running from a git checkout"}
         status = subprocess.run(
-            ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+            ["git", "-C", str(src), "status", "--porcelain"],
             capture_output=True,
             text=True,
             timeout=10,
