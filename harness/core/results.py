@@ -34,7 +34,13 @@ CASES_FILE = "cases.jsonl"
 
 
 def _umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    """The process's umask. Read from /proc where Linux shows it: os.umask can only read it by
+    setting it, which for an instant races with any other thread creating files."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
     os.umask(mask)
     return mask
 
