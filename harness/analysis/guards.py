@@ -92,13 +92,16 @@ def workload_differences(base: CaseRecord, cur: CaseRecord) -> tuple[str | None,
     """(refusal, note) for the code behind a case's two records.
 
     Where both carry a definition hash, it decides: a different definition (parameters, mask,
-    reference or cost formulas: attnbench.engine.identity) is not comparable; the same
+    reference or useful-FLOP formula: attnbench.engine.identity) is not comparable; the same
     definition computed by different code is compared, with the note "code changed", so a
     slower kernel is a regression. Older records fall back to the workload hash (source and
     parameters together), as before."""
     if base.definition_hash and cur.definition_hash:
         if base.definition_hash != cur.definition_hash:
-            return "definition changed (definition_hash differs: parameters, mask, reference or cost formulas)", None
+            return (
+                "definition changed (definition_hash differs: parameters, mask, reference or useful-FLOP formula)",
+                None,
+            )
         if base.implementation_hash != cur.implementation_hash:
             return None, "code changed (same definition, verified against it on both sides)"
         return None, None
