@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.metadata
 import inspect
 import json
 import sys
@@ -34,6 +33,7 @@ from typing import Any
 import torch
 
 from attnbench.core.cases import Case
+from attnbench.core.environment import package_versions
 from attnbench.core.registry import get_backend, get_workload
 from attnbench.workloads.base import AttentionVariant, NoParams, Shape
 
@@ -131,14 +131,19 @@ def definition_hash(case: Case, probe: str | None) -> str | None:
 # ----------------------------------------------------------------------------- the implementation
 
 
+# The libraries each backend's kernels come from, besides torch (environment.PACKAGES names them).
+BACKEND_LIBRARIES = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu", "onnx"), "xla": ("torch_xla",)}
+
+
 def _versions(backend: str) -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": sys.version.split()[0], "torch": torch.__version__}
-    for dist in {"onnxruntime": ("onnxruntime", "onnx", "onnxscript"), "xla": ("torch_xla",)}.get(backend, ()):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
+    installed = _package_versions()
+    wanted = ("torch", *BACKEND_LIBRARIES.get(backend, ()))
+    return {"python": sys.version.split()[0], **{name: installed.get(name) for name in wanted}}
+
+
+@functools.cache
+def _package_versions() -> dict[str, str | None]:
+    return package_versions()
 
 
 def implementation_hash(case: Case) -> str:
