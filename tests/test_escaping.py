@@ -32,8 +32,6 @@ from markdown_it import MarkdownIt
 from rich.text import Text
 
 from attnbench.analysis.compare import Comparison, compare_runs
-from attnbench.analysis.exporters import NO_CI, to_bmf, to_github_action_benchmark
-from attnbench.analysis.importers import import_pytest_benchmark
 from attnbench.core.cases import Case as BenchCase
 from attnbench.core.record import CaseRecord
 from attnbench.core.results import RunResult, load_run
@@ -515,37 +513,3 @@ def test_report_and_history_figures_draw_dollars_as_dollars(tmp_path: Path) -> N
     trend = [html.unescape(t) for t in re.findall(r"<text[^>]*>([^<]*)</text>", (tmp_path / "trend.svg").read_text())]
     assert "time of [/] $x$ over runs (hollow: unstable)" in trend
     assert "_hidden $y$" in trend  # a label starting with _ is not hidden from the legend
-
-
-# ----------------------------------------------------------------------------- exporters
-
-
-def test_exporters_take_an_imported_run_without_a_confidence_interval(tmp_path: Path) -> None:
-    """A pytest-benchmark file saved without its samples has no CI: BMF and
-    github-action-benchmark leave the bounds out (both make them optional) instead of a TypeError."""
-    foreign = {
-        "machine_info": {"node": "laptop", "machine": "arm64", "cpu": {"brand_raw": "Apple M2", "count": 8}},
-        "commit_info": {"id": "deadbeef", "dirty": False},
-        "benchmarks": [
-            {
-                "name": "test_parse[big]",
-                "fullname": "tests/test_parse.py::test_parse[big]",
-                "params": {"size": "big"},
-                "extra_info": {},
-                "stats": {"min": 1.0, "max": 2.0, "mean": 1.5, "stddev": 0.1, "rounds": 9, "median": 1.4},
-            }
-        ],
-        "datetime": "2026-11-20T10:00:00+00:00",
-        "version": "5.1.0",
-    }
-    path = tmp_path / "foreign.json"
-    path.write_text(json.dumps(foreign))
-    run = import_pytest_benchmark(path)
-    assert run.cases[0].time_s is not None and run.cases[0].time_s.ci95_low is None
-    bmf = to_bmf(run)
-    (measures,) = bmf.values()
-    assert measures["latency"] == {"value": pytest.approx(1.4e9)}
-    json.dumps(bmf, allow_nan=False)
-    (entry,) = to_github_action_benchmark(run)
-    assert "range" not in entry and entry["value"] == pytest.approx(1.4e3) and NO_CI in entry["extra"]
-    json.dumps(entry, allow_nan=False)

@@ -12,6 +12,7 @@ import pytest
 
 from attnbench.analysis.compare import compare_runs
 from attnbench.analysis.exporters import (
+    NO_CI,
     pytest_benchmark_stats,
     to_bmf,
     to_github_action_benchmark,
@@ -103,8 +104,8 @@ def test_import_of_our_own_export_restores_cases_and_compares(run: RunResult, tm
     assert cmp.summary.counts["no change"] == 2 and cmp.summary.counts["missing"] == 1
 
 
-def test_import_of_a_foreign_pytest_benchmark_file(tmp_path: Path) -> None:
-    """A file written by pytest-benchmark itself for an unrelated test suite."""
+def foreign_pytest_benchmark(tmp_path: Path, name: str = "0001_foreign.json") -> Path:
+    """A file written by pytest-benchmark itself for an unrelated test suite, saved without its samples."""
     foreign = {
         "machine_info": {
             "node": "laptop",
@@ -128,8 +129,14 @@ def test_import_of_a_foreign_pytest_benchmark_file(tmp_path: Path) -> None:
         "datetime": "2026-11-20T10:00:00.000001+00:00",
         "version": "5.1.0",
     }
-    path = tmp_path / "0001_foreign.json"
+    path = tmp_path / name
     path.write_text(json.dumps(foreign))
+    return path
+
+
+def test_import_of_a_foreign_pytest_benchmark_file(tmp_path: Path) -> None:
+    """A file written by pytest-benchmark itself for an unrelated test suite."""
+    path = foreign_pytest_benchmark(tmp_path)
     result = import_pytest_benchmark(path)
     (case,) = result.cases
     assert case.case_id == "tests/test_parse.py::test_parse[big]"
@@ -159,3 +166,17 @@ def test_bench_export_command(run: RunResult, tmp_path: Path) -> None:
         )
         assert r.returncode == 0, r.stderr
         assert json.loads(out.read_text())
+
+
+def test_exporters_take_an_imported_run_without_a_confidence_interval(tmp_path: Path) -> None:
+    """A pytest-benchmark file saved without its samples has no CI: BMF and
+    github-action-benchmark leave the bounds out (both make them optional) instead of a TypeError."""
+    run = import_pytest_benchmark(foreign_pytest_benchmark(tmp_path))
+    assert run.cases[0].time_s is not None and run.cases[0].time_s.ci95_low is None
+    bmf = to_bmf(run)
+    (measures,) = bmf.values()
+    assert measures["latency"] == {"value": pytest.approx(1.4e9)}
+    json.dumps(bmf, allow_nan=False)
+    (entry,) = to_github_action_benchmark(run)
+    assert "range" not in entry and entry["value"] == pytest.approx(1.4e3) and NO_CI in entry["extra"]
+    json.dumps(entry, allow_nan=False)
