@@ -68,6 +68,18 @@ def test_registered_with_its_defaults() -> None:
 
 
 # b=8, r=1: block-sparse from n=41 (6 blocks), "auto" falls back up to n=56.
+def assert_gradients_match(module: torch.nn.Module, mask: torch.Tensor, n: int, proj_seed: int, seed: int) -> None:
+    """The module's input gradients against the dense float64 reference with `mask`, through a
+    random projection of the output (so every output element weighs differently)."""
+    proj = torch.randn(2, 3, n, 8, generator=torch.Generator().manual_seed(proj_seed), dtype=torch.float64)
+    grads = []
+    for f in (module, lambda q, k, v: dense_reference(q, k, v, mask)):
+        q, k, v = (t.requires_grad_(True) for t in qkv(n, seed=seed))
+        grads.append(torch.autograd.grad((f(q, k, v) * proj).sum(), (q, k, v)))
+    for got, expected in zip(*grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize("causal", [False, True], ids=["bidir", "causal"])
 @pytest.mark.parametrize(
     ("n", "block", "r"),
@@ -236,13 +248,7 @@ def test_property_auto_resolves_by_hf_rule(n, block, r, causal) -> None:
 def test_gradients_match_dense_reference(n: int, causal: bool) -> None:
     module = make(n, block=8, random_blocks=2, causal=causal, attention="block_sparse")
     mask = module.reference_mask(n)
-    proj = torch.randn(2, 3, n, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    grads = []
-    for f in (module, lambda q, k, v: dense_reference(q, k, v, mask)):
-        q, k, v = (t.requires_grad_(True) for t in qkv(n, seed=2))
-        grads.append(torch.autograd.grad((f(q, k, v) * proj).sum(), (q, k, v)))
-    for got, expected in zip(*grads, strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    assert_gradients_match(module, mask, n, proj_seed=1, seed=2)
 
 
 # --- low precision ---------------------------------------------------------------------------
@@ -355,13 +361,7 @@ def test_short_runs_match_reference_and_its_gradients(
     mask = module.reference_mask(n)
     q, k, v = qkv(n, seed=4)
     torch.testing.assert_close(module(q, k, v), dense_reference(q, k, v, mask), rtol=1e-10, atol=1e-10)
-    proj = torch.randn(2, 3, n, 8, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    grads = []
-    for f in (module, lambda q, k, v: dense_reference(q, k, v, mask)):
-        q, k, v = (t.requires_grad_(True) for t in qkv(n, seed=6))
-        grads.append(torch.autograd.grad((f(q, k, v) * proj).sum(), (q, k, v)))
-    for got, expected in zip(*grads, strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+    assert_gradients_match(module, mask, n, proj_seed=5, seed=6)
 
 
 @pytest.mark.parametrize("causal", [False, True])
@@ -517,13 +517,7 @@ def test_per_head_draws_match_their_reference_and_gradients(n: int, r: int, caus
     shared = dense_reference(q, k, v, masks[0])
     torch.testing.assert_close(got[:, 0], shared[:, 0], rtol=1e-10, atol=1e-10)
     assert not torch.allclose(got[:, 1:], shared[:, 1:])
-    proj = torch.randn(2, 3, n, 8, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
-    grads = []
-    for f in (module, lambda q, k, v: dense_reference(q, k, v, masks)):
-        q, k, v = (t.requires_grad_(True) for t in qkv(n, seed=9))
-        grads.append(torch.autograd.grad((f(q, k, v) * proj).sum(), (q, k, v)))
-    for a, e in zip(*grads, strict=True):
-        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+    assert_gradients_match(module, masks, n, proj_seed=8, seed=9)
 
 
 @pytest.mark.parametrize("causal", [False, True])
