@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from attnbench.core.registry import declare_base
+from attnbench.core.sdpa import SdpaChoice
 
 if TYPE_CHECKING:
     from attnbench.core.cases import Case
@@ -190,6 +191,13 @@ class Backend(ABC):
         """Memory a case could still use on this device, for the analytic fit check; None if unknown."""
         return None
 
+    @classmethod
+    def sdpa_choice(cls, case: Case) -> SdpaChoice:
+        """The kernel torch's scaled_dot_product_attention will run for the case on this backend,
+        for memory estimates. Cheap, and in the driver: no device context may be created here.
+        The default, for runtimes that trace or export the graph, is the materialised math path."""
+        return SdpaChoice("math", how=f"assumed: backend {cls.name} runs SDPA as its decomposition")
+
     def supports(self, case: Case) -> str | None:
         """None if the case can run here, else the reason it cannot."""
         if case.dtype not in self.dtypes:
@@ -269,6 +277,35 @@ class Backend(ABC):
     @abstractmethod
     def describe(self) -> dict[str, Any]:
         """The device as run.json records it: name, kind, versions, peak figures and how obtained."""
+
+
+# torch's names for its SDPA kernels (torch.nn.attention.SDPBackend), as SdpaChoice names them.
+SDPA_KERNEL_NAMES = {
+    "FLASH_ATTENTION": "flash",
+    "EFFICIENT_ATTENTION": "efficient",
+    "CUDNN_ATTENTION": "cudnn",
+    "MATH": "math",
+}
+SDPA_PROBE_LEN = 256  # the choice does not depend on the length; a short probe keeps it cheap
+
+
+def probe_sdpa_kernel(case: Case, device: str) -> tuple[str, str]:
+    """(kernel, how): torch's own selection (`torch._fused_sdp_choice`, what F.scaled_dot_product_attention
+    consults) for the case's dtype, batch, heads, head size, causality and mode, on `device`.
+    Empty probe tensors, of the case's shape but at most SDPA_PROBE_LEN long; "math" with the
+    reason where torch cannot say (an older or newer torch without the function)."""
+    try:
+        from torch.nn.attention import SDPBackend
+
+        n = min(case.seq_len, SDPA_PROBE_LEN)
+        shape = (case.batch, case.heads, n, case.head_dim)
+        q = torch.empty(shape, dtype=DTYPES[case.dtype], device=device, requires_grad=case.mode == "train")
+        causal = bool(case.params_dict.get("causal", False))
+        chosen = SDPBackend(torch._fused_sdp_choice(q, q, q, None, 0.0, causal)).name
+    except Exception as exc:  # private API: a torch without it gets the conservative estimate
+        return "math", f"assumed math: torch did not say ({type(exc).__name__}: {exc})"
+    kernel = SDPA_KERNEL_NAMES.get(chosen, "math")
+    return kernel, f"torch._fused_sdp_choice on {device}: {chosen}"
 
 
 def eager_step(module: nn.Module, inputs: tuple[Tensor, ...], mode: str) -> Step:

@@ -23,12 +23,14 @@ from attnbench.backends.base import (
     MemoryReading,
     Step,
     Timer,
+    probe_sdpa_kernel,
 )
 from attnbench.backends.energy import rapl_meter, rapl_status
 from attnbench.backends.peaks import peaks_for
 from attnbench.core.cases import Case
 from attnbench.core.environment import cpu_model
 from attnbench.core.registry import register_backend
+from attnbench.core.sdpa import SdpaChoice
 
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
@@ -166,6 +168,11 @@ class CpuBackend(Backend):
     @classmethod
     def free_memory_bytes(cls) -> int | None:
         return psutil.virtual_memory().available
+
+    @classmethod
+    def sdpa_choice(cls, case: Case) -> SdpaChoice:
+        kernel, how = probe_sdpa_kernel(case, "cpu")
+        return SdpaChoice(kernel, "cpu", case.threads or cls.default_threads(), how)
 
     @staticmethod
     def default_threads() -> int:

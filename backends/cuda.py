@@ -11,8 +11,12 @@ never for NVML). Energy is NVML's cumulative counter.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import json
 import os
+import subprocess
+import sys
 import time
 from typing import Any, ClassVar
 
@@ -34,6 +38,7 @@ from attnbench.backends.energy import nvml_meter
 from attnbench.backends.peaks import peaks_for
 from attnbench.core.cases import Case
 from attnbench.core.registry import register_backend
+from attnbench.core.sdpa import SdpaChoice
 
 FLUSH_BYTES = 256 * 2**20  # larger than any current GPU's L2 (H100: 50 MiB; B200: 126 MiB)
 
@@ -179,6 +184,13 @@ class CudaBackend(Backend):
         except Exception:
             return None
 
+    @classmethod
+    def sdpa_choice(cls, case: Case) -> SdpaChoice:
+        # torch decides on the device itself (GPU generation, dtype, head size), but the driver
+        # must not create a CUDA context: a short-lived process asks torch, once per kind of case.
+        kernel, how = _probe_in_subprocess(case.dtype, case.batch, case.heads, case.head_dim, _causal(case), case.mode)
+        return SdpaChoice(kernel, "cuda", 1, how)
+
     @property
     def index(self) -> int:
         return int(self.opts["device"])
@@ -272,3 +284,30 @@ def host_vs_event_seconds(step: Step, calls: int) -> tuple[float, float]:
     seconds = CudaEventTimer(flush=False).time(step, calls)
     torch.cuda.synchronize()
     return time.perf_counter() - t0, seconds
+
+
+def _causal(case: Case) -> bool:
+    return bool(case.params_dict.get("causal", False))
+
+
+_PROBE = """
+import json, sys
+from attnbench.backends.base import probe_sdpa_kernel
+from attnbench.core.cases import Case
+dtype, b, h, d, causal, mode = json.loads(sys.argv[1])
+case = Case("full.sdpa", (("causal", causal),), "core", "cuda", dtype, mode, b, h, d, 256)
+print(json.dumps(probe_sdpa_kernel(case, "cuda:0")))
+"""
+
+
+@functools.lru_cache(maxsize=64)
+def _probe_in_subprocess(dtype: str, batch: int, heads: int, head_dim: int, causal: bool, mode: str) -> tuple[str, str]:
+    args = json.dumps([dtype, batch, heads, head_dim, causal, mode])
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE, args], capture_output=True, text=True, timeout=120, check=False
+        )
+        kernel, how = json.loads(done.stdout.strip().splitlines()[-1])
+        return str(kernel), str(how)
+    except Exception as exc:  # no answer: the conservative (materialised) estimate, and why
+        return "math", f"assumed math: the CUDA probe process gave no answer ({type(exc).__name__})"

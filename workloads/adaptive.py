@@ -77,6 +77,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnbench.core.registry import get_workload, register_workload
+from attnbench.core.sdpa import MATH, SdpaChoice
 from attnbench.workloads.base import (
     FFN_MULT,
     TRAIN_FLOP_FACTOR_ATTENTION,
@@ -159,9 +160,11 @@ class _Adaptive(AttentionVariant):
         return _train_factor(*cls._parts(params, shape, executed), mode)
 
     @classmethod
-    def _layer_peak(cls, inner: type[AttentionVariant], ip: Any, shape: Shape, itemsize: int, train: bool) -> int:
+    def _layer_peak(
+        cls, inner: type[AttentionVariant], ip: Any, shape: Shape, itemsize: int, train: bool, sdpa: SdpaChoice = MATH
+    ) -> int:
         """Peak of one layer application (inner attention plus layer activations)."""
-        return inner.peak_bytes_estimate(ip, shape, itemsize, train) + PreNormLayer.activation_bytes(
+        return inner.peak_bytes_estimate(ip, shape, itemsize, train, sdpa) + PreNormLayer.activation_bytes(
             shape, itemsize
         ) * (4 if train else 2)
 
@@ -223,16 +226,20 @@ class UniversalTransformer(_Adaptive):
         return cls.working_bytes(params, shape, itemsize)
 
     @classmethod
-    def peak_bytes_estimate(cls, params: UniversalParams, shape: Shape, itemsize: int, train: bool) -> int:
+    def peak_bytes_estimate(
+        cls, params: UniversalParams, shape: Shape, itemsize: int, train: bool, sdpa: SdpaChoice = MATH
+    ) -> int:
         inner = _inner_class(params.attention)
         ip = _inner_params(params.attention, shape)
-        one = cls._layer_peak(inner, ip, shape, itemsize, train)
+        one = cls._layer_peak(inner, ip, shape, itemsize, train, sdpa)
         # Training keeps every step's activations for backward.
         return one * (params.steps if train else 1) + PreNormLayer.weight_bytes(shape, itemsize) * (3 if train else 1)
 
     @classmethod
-    def case_peak_estimate(cls, params: Any, shape: Shape, scope: str, itemsize: int, mode: str) -> int:
-        return cls.peak_bytes_estimate(params, shape, itemsize, mode == "train")
+    def case_peak_estimate(
+        cls, params: Any, shape: Shape, scope: str, itemsize: int, mode: str, sdpa: SdpaChoice = MATH
+    ) -> int:
+        return cls.peak_bytes_estimate(params, shape, itemsize, mode == "train", sdpa)
 
     @classmethod
     def case_metrics(cls, module: nn.Module) -> dict[str, Any]:
@@ -612,15 +619,19 @@ class ACTUniversalTransformer(_Adaptive):
         return cls.working_bytes(params, shape, itemsize)
 
     @classmethod
-    def peak_bytes_estimate(cls, params: ACTParams, shape: Shape, itemsize: int, train: bool) -> int:
+    def peak_bytes_estimate(
+        cls, params: ACTParams, shape: Shape, itemsize: int, train: bool, sdpa: SdpaChoice = MATH
+    ) -> int:
         inner = _inner_class(params.attention)
         ip = _inner_params(params.attention, shape)
         tokens_d = shape.batch * shape.seq_len * shape.model_dim * itemsize
-        one = cls._layer_peak(inner, ip, shape, itemsize, train) + 8 * tokens_d
+        one = cls._layer_peak(inner, ip, shape, itemsize, train, sdpa) + 8 * tokens_d
         # Training keeps every step's activations; halting may run to max_steps.
         steps = params.max_steps if train else 1
         return one * steps + PreNormLayer.weight_bytes(shape, itemsize) * (3 if train else 1)
 
     @classmethod
-    def case_peak_estimate(cls, params: Any, shape: Shape, scope: str, itemsize: int, mode: str) -> int:
-        return cls.peak_bytes_estimate(params, shape, itemsize, mode == "train")
+    def case_peak_estimate(
+        cls, params: Any, shape: Shape, scope: str, itemsize: int, mode: str, sdpa: SdpaChoice = MATH
+    ) -> int:
+        return cls.peak_bytes_estimate(params, shape, itemsize, mode == "train", sdpa)

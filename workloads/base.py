@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from attnbench.core.registry import declare_base
+from attnbench.core.sdpa import MATH, SdpaChoice
 from attnbench.workloads.reference import dense_reference
 from attnbench.workloads.shape import (  # noqa: F401 - re-exported: variants and plugins import them from here
     FAMILIES,
@@ -78,7 +79,7 @@ class AttentionVariant(nn.Module, ABC):
         """Analytic minimum memory above the inputs for one forward call, output included."""
 
     @classmethod
-    def peak_bytes_estimate(cls, params: Any, shape: Shape, itemsize: int, train: bool) -> int:
+    def peak_bytes_estimate(cls, params: Any, shape: Shape, itemsize: int, train: bool, sdpa: SdpaChoice = MATH) -> int:
         """A generous estimate of the peak above the inputs, used to skip cases that cannot fit."""
         inputs = 3 * shape.batch * shape.heads * shape.seq_len * shape.head_dim * itemsize
         return 2 * cls.working_bytes(params, shape, itemsize) + (2 * inputs if train else 0)
@@ -180,9 +181,11 @@ class AttentionVariant(nn.Module, ABC):
         return core
 
     @classmethod
-    def case_peak_estimate(cls, params: Any, shape: Shape, scope: str, itemsize: int, mode: str) -> int:
+    def case_peak_estimate(
+        cls, params: Any, shape: Shape, scope: str, itemsize: int, mode: str, sdpa: SdpaChoice = MATH
+    ) -> int:
         train = mode == "train"
-        peak = cls.peak_bytes_estimate(params, shape, itemsize, train)
+        peak = cls.peak_bytes_estimate(params, shape, itemsize, train, sdpa)
         if scope == "layer":
             from attnbench.workloads.layer import PreNormLayer
 

@@ -19,6 +19,7 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from attnbench.core.registry import register_workload
+from attnbench.core.sdpa import MATH, SdpaChoice
 from attnbench.workloads.base import AttentionVariant, Shape, step_range
 from attnbench.workloads.reference import causal_mask
 
@@ -36,6 +37,33 @@ def dense_flops(shape: Shape, causal: bool) -> float:
 
 def output_bytes(shape: Shape, itemsize: int) -> int:
     return shape.batch * shape.heads * shape.seq_len * shape.head_dim * itemsize
+
+
+# torch's CPU flash kernel walks queries and keys in blocks of at most these sizes (its choice
+# for long sequences) and keeps one block of scores and one of output sums per thread.
+CPU_FLASH_Q_BLOCK = 256
+CPU_FLASH_KV_BLOCK = 512
+
+
+def fused_sdpa_peak(shape: Shape, itemsize: int, train: bool, sdpa: SdpaChoice) -> int:
+    """Peak above the inputs of one fused SDPA call (flash, memory-efficient or cuDNN): O(n).
+
+    Forward: the output, a float32 log-sum-exp per query row, and the kernel's block scratch.
+    Training adds the output's gradient, dQ, dK and dV (each the inputs' size), a float32 row
+    sum for backward, and a float32 dQ accumulator where the kernel keeps one (GPU kernels,
+    and the CPU kernel in reduced precision)."""
+    B, h, n, d = shape.batch, shape.heads, shape.seq_len, shape.head_dim
+    out = output_bytes(shape, itemsize)  # (B, h, n, d)
+    rows = B * h * n * 4  # (B, h, n) float32
+    scratch = 0
+    if sdpa.device == "cpu":
+        qb, kb = min(n, CPU_FLASH_Q_BLOCK), min(n, CPU_FLASH_KV_BLOCK)
+        per_thread = (qb * kb + qb * d) * 4  # (qb, kb) scores and (qb, d) sums, float32
+        scratch = sdpa.threads * per_thread * (3 if train else 1)  # backward: P, dP and dS blocks
+    if not train:
+        return out + rows + scratch
+    accumulator = B * h * n * d * 4 if sdpa.device != "cpu" or itemsize < 4 else 0
+    return 5 * out + 2 * rows + accumulator + scratch
 
 
 class _DenseVariant(AttentionVariant):
@@ -76,7 +104,9 @@ class NaiveAttention(_DenseVariant):
         return scores + output_bytes(shape, itemsize)
 
     @classmethod
-    def peak_bytes_estimate(cls, params: CausalParams, shape: Shape, itemsize: int, train: bool) -> int:
+    def peak_bytes_estimate(
+        cls, params: CausalParams, shape: Shape, itemsize: int, train: bool, sdpa: SdpaChoice = MATH
+    ) -> int:
         scores = shape.batch * shape.heads * shape.seq_len**2 * itemsize
         # Scores and probabilities alive at once; training also keeps them and their grads.
         return (4 if train else 2) * scores + 4 * output_bytes(shape, itemsize)
@@ -96,9 +126,12 @@ class SdpaAttention(_DenseVariant):
         return output_bytes(shape, itemsize)
 
     @classmethod
-    def peak_bytes_estimate(cls, params: CausalParams, shape: Shape, itemsize: int, train: bool) -> int:
-        # Without a fused kernel for the dtype, torch falls back to the materialised math path.
-        return NaiveAttention.peak_bytes_estimate(params, shape, itemsize, train)
+    def peak_bytes_estimate(
+        cls, params: CausalParams, shape: Shape, itemsize: int, train: bool, sdpa: SdpaChoice = MATH
+    ) -> int:
+        if not sdpa.fused:  # torch's math fallback materialises the scores as full.naive does
+            return NaiveAttention.peak_bytes_estimate(params, shape, itemsize, train, sdpa)
+        return fused_sdpa_peak(shape, itemsize, train, sdpa)
 
 
 @dataclass(frozen=True)

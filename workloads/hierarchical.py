@@ -74,6 +74,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnbench.core.registry import register_workload
+from attnbench.core.sdpa import MATH, SdpaChoice
 from attnbench.workloads.base import (
     FFN_MULT,
     TRAIN_FLOP_FACTOR_ATTENTION,
@@ -375,7 +376,9 @@ class TransformerXLAttention(AttentionVariant):
         return scores + out
 
     @classmethod
-    def peak_bytes_estimate(cls, params: XLParams, shape: Shape, itemsize: int, train: bool) -> int:
+    def peak_bytes_estimate(
+        cls, params: XLParams, shape: Shape, itemsize: int, train: bool, sdpa: SdpaChoice = MATH
+    ) -> int:
         L = min(params.segment, shape.seq_len)
         B, h, n, d = shape.batch, shape.heads, shape.seq_len, shape.head_dim
         seg = B * h * L * (L + params.memory + 1) * itemsize
@@ -686,7 +689,9 @@ class HierarchicalAttentionNetwork(AttentionVariant):
         return cls.working_bytes(params, shape, itemsize) + acts
 
     @classmethod
-    def case_peak_estimate(cls, params: HANParams, shape: Shape, scope: str, itemsize: int, mode: str) -> int:
+    def case_peak_estimate(
+        cls, params: HANParams, shape: Shape, scope: str, itemsize: int, mode: str, sdpa: SdpaChoice = MATH
+    ) -> int:
         T, S = cls._padded(params, shape)
         D = shape.model_dim
         acts = shape.batch * S * T * D * (FFN_MULT + 4) * itemsize

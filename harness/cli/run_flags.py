@@ -41,7 +41,7 @@ RUN_FLAGS: tuple[Flag, ...] = (
     Flag("--heads", {"type": csv_list, "help": "head count(s)"}),
     Flag("--head-dim", {"type": csv_list, "help": "head dimension(s)"}),
     Flag("--dtypes", {"type": csv_list, "help": "float32, float64, bfloat16, float16"}),
-    Flag("--mode", {"type": csv_list, "help": "forward, train (forward+backward), or both"}),
+    Flag("--mode", {"type": csv_list, "help": "forward, train (forward+backward), or forward,train for both"}),
     Flag("--scope", {"type": csv_list, "help": "core (attention alone) or layer (a whole transformer layer)"}),
     Flag("--threads", {"type": csv_list, "help": "CPU threads (default: physical cores)"}),
     Flag(

@@ -77,8 +77,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnbench.core.registry import register_workload
+from attnbench.core.sdpa import MATH, SdpaChoice
 from attnbench.workloads.base import AttentionVariant, Shape, require_int, step_range
-from attnbench.workloads.full import NaiveAttention, dense_flops, output_bytes
+from attnbench.workloads.full import SdpaAttention, dense_flops, output_bytes
 from attnbench.workloads.reference import causal_mask, dense_reference
 
 ATTENTION_MODES = ("auto", "block_sparse", "full")
@@ -534,9 +535,11 @@ class BigBirdAttention(AttentionVariant):
         return max(run, global_rows) * itemsize + output_bytes(shape, itemsize)
 
     @classmethod
-    def peak_bytes_estimate(cls, params: BigBirdParams, shape: Shape, itemsize: int, train: bool) -> int:
+    def peak_bytes_estimate(
+        cls, params: BigBirdParams, shape: Shape, itemsize: int, train: bool, sdpa: SdpaChoice = MATH
+    ) -> int:
         if params.mode(shape.seq_len) == "full":
-            return NaiveAttention.peak_bytes_estimate(params, shape, itemsize, train)
+            return SdpaAttention.peak_bytes_estimate(params, shape, itemsize, train, sdpa)
         wide = max(itemsize, 4)  # low precision scores are normalised in float32
         n, b, d = shape.seq_len, params.block, shape.head_dim
         bh = shape.batch * shape.heads

@@ -86,6 +86,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attnbench.core.registry import register_workload
+from attnbench.core.sdpa import MATH, SdpaChoice
 from attnbench.workloads.base import AttentionVariant, Shape, require_int, step_range
 
 SELF_SCORE = -1e5  # score of a query against its own position (Reformer's self mask)
@@ -499,7 +500,9 @@ class LSHAttention(AttentionVariant):
         return (shape.batch * shape.heads * shape.seq_len * d + group) * itemsize
 
     @classmethod
-    def peak_bytes_estimate(cls, params: LSHParams, shape: Shape, itemsize: int, train: bool) -> int:
+    def peak_bytes_estimate(
+        cls, params: LSHParams, shape: Shape, itemsize: int, train: bool, sdpa: SdpaChoice = MATH
+    ) -> int:
         """Generous. Forward: the float32 hashing (a normalised copy of Q and the projection,
         n·Σf/2), the int64 buckets, sort and order, the result and its log-sum-exp, and one
         group (the larger budget, on any device): scores, gathered Q and 2c-wide K/V windows

@@ -86,6 +86,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnbench.core.registry import register_workload
+from attnbench.core.sdpa import MATH, SdpaChoice
 from attnbench.workloads.base import (
     TRAIN_FLOP_FACTOR_LINEAR,
     AttentionVariant,
@@ -432,8 +433,10 @@ class SlidingWindowAttention(AttentionVariant):
         return base + cls._global_projection_bytes(params, shape, itemsize)[0]
 
     @classmethod
-    def case_peak_estimate(cls, params: SlidingWindowParams, shape: Shape, scope: str, itemsize: int, mode: str) -> int:
-        base = super().case_peak_estimate(params, shape, scope, itemsize, mode)
+    def case_peak_estimate(
+        cls, params: SlidingWindowParams, shape: Shape, scope: str, itemsize: int, mode: str, sdpa: SdpaChoice = MATH
+    ) -> int:
+        base = super().case_peak_estimate(params, shape, scope, itemsize, mode, sdpa)
         if scope != "layer":
             return base
         train = mode == "train"
@@ -469,7 +472,9 @@ class SlidingWindowAttention(AttentionVariant):
         return (bh * n * shape.head_dim + group + bh * g * n) * itemsize
 
     @classmethod
-    def peak_bytes_estimate(cls, params: SlidingWindowParams, shape: Shape, itemsize: int, train: bool) -> int:
+    def peak_bytes_estimate(
+        cls, params: SlidingWindowParams, shape: Shape, itemsize: int, train: bool, sdpa: SdpaChoice = MATH
+    ) -> int:
         lay = _layout(params, shape.seq_len)
         bh, d = shape.batch * shape.heads, shape.head_dim
         wide = max(itemsize, 4)  # low precision scores are masked and normalised in float32
