@@ -25,7 +25,9 @@ from attnbench.workloads.shape import Shape
 MiB = 2**20
 
 
-def sdpa_case(n: int, mode: str = "forward", dtype: str = "float32", backend: str = "cpu", causal: bool = False) -> Case:
+def sdpa_case(
+    n: int, mode: str = "forward", dtype: str = "float32", backend: str = "cpu", causal: bool = False
+) -> Case:
     return Case("full.sdpa", (("causal", causal),), "core", backend, dtype, mode, 1, 8, 64, n)
 
 
@@ -97,3 +99,23 @@ def test_measured_peak_is_within_twice_the_estimate(executor: LocalExecutor, n: 
     inputs = 3 * 8 * n * 64 * 4
     estimate = peak_estimate(case).bytes - inputs  # the meter reads the peak above the inputs
     assert 0.5 <= estimate / measured <= 2.0, (estimate / MiB, measured / MiB)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["forward", "train"])
+def test_cuda_choice_and_estimate_match_the_run(executor: LocalExecutor, mode: str) -> None:
+    # The driver asks in a probe process (no CUDA context of its own); the kernel it names must
+    # be the one the timed call runs, and the estimate within 2× of the allocator's peak.
+    from attnbench.backends.cuda import CudaBackend
+
+    if not CudaBackend.availability().available:
+        pytest.skip("no CUDA device")
+    case = sdpa_case(4096, mode, "float16", backend="cuda")
+    choice = CudaBackend.sdpa_choice(case)
+    assert choice.device == "cuda" and choice.fused, choice
+    out = executor.run(case)
+    assert out.status == "ok", out.reason
+    ran = " ".join(out.result.attention_ops or {})
+    assert f"_scaled_dot_product_{choice.kernel}_attention" in ran, ran
+    estimate = peak_estimate(case).bytes - 3 * 8 * 4096 * 64 * 2
+    assert 0.5 <= estimate / out.result.peak_memory_bytes <= 2.0, (estimate, out.result.peak_memory_bytes)
