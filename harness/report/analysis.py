@@ -98,6 +98,7 @@ class Crossover:
     `length` is the smallest measured length from which the variant wins at every longer
     one; `interpolated` is where the log speedup, linear in log n between the two bracketing
     measured lengths, crosses zero (only when both of them have measured times).
+    memory_crossover answers the same question for peak memory, in the same terms.
     """
 
     kind: str
@@ -121,22 +122,76 @@ class Crossover:
         return out
 
 
+def _final_stretch(wins: Sequence[bool]) -> int:
+    """Index of the first of the trailing run of True values (len(wins) when the last is False)."""
+    k = len(wins)
+    while k > 0 and wins[k - 1]:
+        k -= 1
+    return k
+
+
+def _log_crossing(lo_len: int, lo_value: float, hi_len: int, hi_value: float) -> float | None:
+    """Where log(value), linear in log n between two lengths, crosses 0 (None when it does not rise)."""
+    a, b = math.log(lo_value), math.log(hi_value)
+    if b <= a:
+        return None
+    frac = -a / (b - a)
+    return math.exp(math.log(lo_len) + frac * (math.log(hi_len) - math.log(lo_len)))
+
+
 def crossover(points: Sequence[SpeedupPoint]) -> Crossover:
     pts = sorted(points, key=lambda p: p.seq_len)
     if not pts:
         return Crossover("none")
     if not pts[-1].wins:
         return Crossover("never", below=pts[-1].seq_len, certain=pts[-1].significant)
-    k = len(pts) - 1
-    while k > 0 and pts[k - 1].wins:
-        k -= 1
+    k = _final_stretch([p.wins for p in pts])
     if k == 0:
         return Crossover("always", length=pts[0].seq_len, certain=pts[0].significant)
     lo, hi = pts[k - 1], pts[k]
     interp = None
     if lo.speedup and hi.speedup and lo.outcome == hi.outcome == "measured":
-        a, b = math.log(lo.speedup), math.log(hi.speedup)
-        if b > a:
-            frac = -a / (b - a)
-            interp = math.exp(math.log(lo.seq_len) + frac * (math.log(hi.seq_len) - math.log(lo.seq_len)))
+        interp = _log_crossing(lo.seq_len, lo.speedup, hi.seq_len, hi.speedup)
     return Crossover("at", hi.seq_len, lo.seq_len, interp, certain=lo.significant and hi.significant)
+
+
+@dataclass(frozen=True)
+class MemoryPoint:
+    """Variant peak memory over baseline peak memory at one length (below 1: the variant needs
+    less). `outcome` as SpeedupPoint's: "measured" when both have a peak, "baseline failed"
+    when only the variant ran because the baseline ran out of memory, "variant failed" the reverse."""
+
+    seq_len: int
+    ratio: float | None
+    outcome: str = "measured"
+
+    @property
+    def less(self) -> bool:
+        if self.outcome != "measured":
+            return self.outcome == "baseline failed"
+        return self.ratio is not None and self.ratio < 1.0
+
+
+def memory_crossover(points: Sequence[MemoryPoint]) -> Crossover:
+    """Where a variant starts to need less memory than the baseline for good.
+
+    The smallest measured length from which the variant's peak is below the baseline's at every
+    longer measured length, in the time crossover's terms (Crossover.text()): "always" when it is
+    below at every length, "never" when it is not below at the longest, else "at" with the length
+    just below; ≈ where log(ratio), linear in log n between those two lengths, crosses 0. A peak
+    has no confidence band, so the answer is always `certain`.
+    """
+    pts = sorted(points, key=lambda p: p.seq_len)
+    if not pts:
+        return Crossover("none")
+    if not pts[-1].less:
+        return Crossover("never", below=pts[-1].seq_len)
+    k = _final_stretch([p.less for p in pts])
+    if k == 0:
+        return Crossover("always", length=pts[0].seq_len)
+    lo, hi = pts[k - 1], pts[k]
+    interp = None
+    if lo.ratio and hi.ratio and lo.outcome == hi.outcome == "measured":
+        # baseline over variant rises through 1 where variant over baseline falls through it
+        interp = _log_crossing(lo.seq_len, 1 / lo.ratio, hi.seq_len, 1 / hi.ratio)
+    return Crossover("at", hi.seq_len, lo.seq_len, interp)

@@ -145,6 +145,7 @@ def render_html(report: Report, figs: Figures, link_base: Path | None = None) ->
         sec += [f'<p class="notes">{escape(n)}</p>' for n in notes]
         sec.append(html_table(report.scaling[g.key]))
         sec.append(html_table(report.times[g.key]))
+        sec += [html_table(t) for t in report.ratios[g.key]]
         if report.profiles[g.key].rows:
             roots = [r.folder for r in data.runs]  # links may point into the runs the report reads
             sec.append(html_table(report.profiles[g.key], link_base=link_base, link_roots=roots))

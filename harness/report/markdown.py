@@ -66,6 +66,7 @@ def render_markdown(report: Report, figs: Figures, base_url: str | None = None, 
         if group.backend is not None:
             out.append(md_table(report.scaling[group.key], heading="####"))
             out.append(md_table(report.times[group.key], heading="####"))
+            out += [md_table(t, heading="####") for t in report.ratios[group.key]]
             if report.profiles[group.key].rows:
                 profiles = report.profiles[group.key]
                 out.append(md_table(profiles, heading="####", link_base=link_base, link_roots=roots))

@@ -13,6 +13,7 @@ from attnbench.report.tables import (
     highlights,
     profiles_table,
     published_table,
+    ratio_tables,
     runs_table,
     scaling_table,
     series_stats,
@@ -31,6 +32,7 @@ class Report:
     stats: dict[str, list[SeriesStats]]  # group key -> one per curve
     scaling: dict[str, Table]
     times: dict[str, Table]
+    ratios: dict[str, list[Table]]  # group key -> speedup and memory vs the baseline (none without one)
     highlights: dict[str, list[str]]
     runs: Table
     failures: Table
@@ -73,6 +75,7 @@ def build(data: ReportData, command: str, title: str | None = None, fit_min_len:
         stats=stats,
         scaling={g.key: scaling_table(data, g, stats[g.key], fit_min_len) for g in data.groups},
         times={g.key: time_table(data, g) for g in data.groups},
+        ratios={g.key: ratio_tables(data, g, stats[g.key]) for g in data.groups},
         highlights={g.key: highlights(data, g, stats[g.key]) for g in data.groups},
         runs=runs_table(data),
         failures=failures_table(data),

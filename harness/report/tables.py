@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from attnbench.report.analysis import Crossover, SlopeFit, SpeedupPoint, crossover, fit_loglog
+from attnbench.report.analysis import (
+    Crossover,
+    MemoryPoint,
+    SlopeFit,
+    SpeedupPoint,
+    crossover,
+    fit_loglog,
+    memory_crossover,
+)
 from attnbench.report.data import FAILED, Group, Point, ReportData, SeriesKey, case_label, curve_key
 
 
@@ -48,6 +57,10 @@ def fmt_bytes(n: float) -> str:
 
 def fmt_len(n: float) -> str:
     return f"{n / 1024:g}K" if n >= 1024 and n % 256 == 0 else f"{n:,.0f}"
+
+
+def _is_baseline(data: ReportData, key: SeriesKey) -> bool:
+    return key.curve.variant == data.baseline and key.curve.transform == "none"
 
 
 def speedup_points(base: list[Point], var: list[Point]) -> list[SpeedupPoint]:
@@ -102,7 +115,7 @@ def scaling_table(data: ReportData, group: Group, stats: list[SeriesStats], fit_
         ok = [p for p in s.points if p.ok]
         longest = max(ok, key=lambda p: p.seq_len) if ok else None
         measured = [sp for sp in s.speedups if sp.outcome == "measured"]
-        if s.key.curve.variant == data.baseline and s.key.curve.transform == "none":
+        if _is_baseline(data, s.key):
             speed, cross = "baseline", "—"
         elif s.baseline is None:
             speed, cross = f"no {data.baseline} in scope {s.key.curve.scope}", "n/a"
@@ -162,6 +175,140 @@ def time_table(data: ReportData, group: Group) -> Table:
         frozenset(range(1, len(lens) + 1)),
         ["~: unstable (the CI target was not reached or IQR/median over 10%); words: the case's status."],
     )
+
+
+RATIO_LENGTHS = 3  # length columns of the ratio tables: the longest ones, so the tables fit 80 columns
+
+
+def fmt_ratio(r: float) -> str:
+    return f"{r:.0f}×" if r >= 100 else f"{r:.2f}×" if r >= 0.1 else f"{r:.2g}×"
+
+
+def memory_points(base: list[Point], var: list[Point]) -> list[MemoryPoint]:
+    """Variant peak over baseline peak at every length both curves reached.
+
+    A length where only one of them ran counts for it when the other ran out of memory; other
+    failures (time, errors, skips) and cases without a peak figure say nothing about memory and
+    are left out.
+    """
+    by_len = {p.seq_len: p for p in base}
+    out = []
+    for v in var:
+        b = by_len.get(v.seq_len)
+        if b is None:
+            continue
+        mb, mv = b.peak_memory, v.peak_memory
+        if mb and mv:
+            out.append(MemoryPoint(v.seq_len, mv / mb))
+        elif v.ok and b.status == "oom":
+            out.append(MemoryPoint(v.seq_len, None, "baseline failed"))
+        elif b.ok and v.status == "oom":
+            out.append(MemoryPoint(v.seq_len, None, "variant failed"))
+    return out
+
+
+def _not_run(b: Point, v: Point) -> str | None:
+    """The cell for a length where a side has no figure ("baseline skipped", "variant oom"), else None."""
+    if b.ok and v.ok:
+        return None
+    if not b.ok and not v.ok:
+        return f"both {b.status}" if b.status == v.status else f"baseline {b.status}, variant {v.status}"
+    return f"variant {v.status}" if b.ok else f"baseline {b.status}"
+
+
+def _speedup_cell(b: Point | None, v: Point | None) -> str:
+    if b is None or v is None:
+        return "—"
+    sp = next(iter(speedup_points([b], [v])), None)
+    if sp is None or sp.outcome != "measured" or sp.speedup is None:
+        return _not_run(b, v) or "—"
+    return fmt_ratio(sp.speedup) + ("" if sp.significant else " (n.s.)")
+
+
+def _memory_cell(b: Point | None, v: Point | None) -> str:
+    if b is None or v is None:
+        return "—"
+    not_run = _not_run(b, v)
+    if not_run:
+        return not_run
+    mb, mv = b.peak_memory, v.peak_memory
+    return fmt_ratio(mv / mb) if mb and mv else "not measured"
+
+
+def _ratio_rows(data: ReportData, group: Group, stats: list[SeriesStats]) -> tuple[list[int], list[SeriesStats]]:
+    """The length columns (the longest at which the baseline has a case of any status) and the
+    rows (every series but the baseline's) of the ratio tables; no rows when there is nothing to compare."""
+    base_lens = sorted({p.seq_len for key, pts in group.series.items() if _is_baseline(data, key) for p in pts})
+    rows = [s for s in stats if not _is_baseline(data, s.key)]
+    if not base_lens or not rows:
+        return [], []
+    return base_lens[-RATIO_LENGTHS:], rows
+
+
+def _ratio_table(
+    data: ReportData,
+    group: Group,
+    stats: list[SeriesStats],
+    what: str,
+    cell: Callable[[Point | None, Point | None], str],
+    cross: Callable[[SeriesStats, list[Point]], Crossover],
+    notes: list[str],
+) -> Table | None:
+    lens, series = _ratio_rows(data, group, stats)
+    if not series:
+        return None
+    rows = []
+    for s in series:
+        base = group.series[s.baseline] if s.baseline else []
+        b_at = {p.seq_len: p for p in base}
+        v_at = {p.seq_len: p for p in s.points}
+        rows.append([s.label, *(cell(b_at.get(n), v_at.get(n)) for n in lens), cross(s, base).text()])
+    return Table(
+        f"{what} vs {data.baseline} — {group.title}",
+        ["variant", *(fmt_len(n) for n in lens), "crossover"],
+        rows,
+        frozenset(range(1, len(lens) + 1)),
+        notes,
+    )
+
+
+def ratio_tables(data: ReportData, group: Group, stats: list[SeriesStats]) -> list[Table]:
+    """Speedup and memory ratio of each variant against the baseline at the group's longest lengths,
+    with the crossovers; none where the group has no baseline or nothing besides it."""
+    b = data.baseline
+    failed = (
+        "baseline oom, variant skipped, ...: that side has no figure there (its status); "
+        "—: a side has no case at that length."
+    )
+    speed = _ratio_table(
+        data,
+        group,
+        stats,
+        "Speedup",
+        _speedup_cell,
+        lambda s, base: s.crossover,
+        [
+            f"speedup = {b} time / variant time, medians (above 1: faster); (n.s.): its 95% band includes 1.",
+            failed,
+            "crossover: as in the scaling table.",
+        ],
+    )
+    memory = _ratio_table(
+        data,
+        group,
+        stats,
+        "Memory",
+        _memory_cell,
+        lambda s, base: memory_crossover(memory_points(base, s.points)),
+        [
+            f"memory = variant peak / {b} peak (below 1: less).",
+            failed,
+            f"crossover: the smallest measured length from which the variant's peak is below {b}'s at every longer "
+            "measured length; ≈ where the log ratio, interpolated linearly in log n between the bracketing lengths, "
+            "crosses 1; a length where only the variant ran because the baseline ran out of memory counts as below.",
+        ],
+    )
+    return [t for t in (speed, memory) if t is not None]
 
 
 def failures_table(data: ReportData) -> Table:

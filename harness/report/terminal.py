@@ -47,6 +47,10 @@ def print_report(console: Console, report: Report) -> None:
             console.print(rich_table(report.times[g.key]))
             for n in report.scaling[g.key].notes + report.times[g.key].notes:
                 print_(n, "dim")
+            for t in report.ratios[g.key]:
+                console.print(rich_table(t))
+                for n in t.notes:
+                    print_(n, "dim")
             if report.profiles[g.key].rows:
                 console.print(rich_table(report.profiles[g.key]))
     if report.published.rows:
