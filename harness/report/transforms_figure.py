@@ -57,6 +57,8 @@ def tradeoff_figure(cases: Iterable[CaseRecord]) -> Figure:
     flag cases beyond their transform's tolerance."""
     from matplotlib.figure import Figure
 
+    from attnbench.report.figures import separate_labels
+
     points = tradeoff_points(cases)
     fig = Figure(figsize=(11, 4.5), layout="constrained")
     ax_t, ax_m = fig.subplots(1, 2)
@@ -64,6 +66,7 @@ def tradeoff_figure(cases: Iterable[CaseRecord]) -> Figure:
         for ax in (ax_t, ax_m):
             ax.text(0.5, 0.5, "no transformed case with an ok baseline", ha="center", va="center")
             ax.set_axis_off()
+            separate_labels(ax)  # inside its half of the figure, whatever the layout leaves it
         return fig
     transforms = sorted({p["transform"] for p in points})
     variants = sorted({p["variant"] for p in points})
