@@ -57,7 +57,10 @@ def test_expanding_the_same_sweep_today_keeps_every_unchanged_case_id() -> None:
             assert rec.case_id not in today, rec.case_id
         else:
             assert rec.case_id in today, f"{rec.variant} n={rec.seq_len}: case_id moved"
-    assert len(today) == len(run.cases)
+    # Since 0.2.0 the baseline also runs in the scope of variants that have only a layer form.
+    added = [c for c in today.values() if c.case_id not in {r.case_id for r in run.cases}]
+    assert {(c.variant, c.scope) for c in added if c.variant not in REDEFINED} == {("full.sdpa", "layer")}
+    assert len(today) == len(run.cases) + sum(c.variant == "full.sdpa" for c in added)
 
 
 def verdicts(report: dict[str, Any]) -> dict[str, str]:
@@ -84,7 +87,10 @@ def test_history_opens_lists_and_compares_as_it_did(tmp_path: Path, capsys: pyte
     db = tmp_path / "history.sqlite"  # a copy: opening it switches on WAL, and the fixture stays frozen
     shutil.copyfile(V010 / "history.sqlite", db)
     listed = bench_json(["history", "list", "--json", "--history", str(db)], tmp_path / "stdout", capsys)
-    assert listed == json.loads((V010 / "history-list.json").read_text())
+    then_listed = json.loads((V010 / "history-list.json").read_text())
+    # Every key 0.1.0 listed, as it listed it; the branch and commit time it did not record are unknown.
+    assert [{k: run[k] for k in then_listed[0]} for run in listed] == then_listed
+    assert {(run["branch"], run["commit_time"]) for run in listed} == {(None, None)}
 
     out = tmp_path / "compare.json"
     args = ["compare", "latest~1", "latest", "--noise-runs", "0", "--json", str(out), "--history", str(db)]

@@ -424,3 +424,23 @@ def test_sweep_defaults_when_suite_omits_axes():
     assert "cpu" in sweep.backends  # "available"
     assert (sweep.batch, sweep.heads, sweep.head_dim) == ((1,), (8,), (64,))
     assert (sweep.dtypes, sweep.modes, sweep.scopes, sweep.threads) == (("float32",), ("forward",), ("core",), (None,))
+
+
+def test_default_suite_has_its_baseline_in_every_scope_it_runs():
+    # adaptive.* and hierarchical.han have only a layer form: full.sdpa follows them there, so
+    # their rows get a speedup and a crossover.
+    from attnbench.engine.expand import expand
+
+    cases = expand(resolve(load_suite("default"), Overrides())[0])
+    scopes = {c.scope for c in cases}
+    assert scopes == {"core", "layer"}
+    for scope in scopes:
+        lens = {c.seq_len for c in cases if c.scope == scope}
+        assert {c.seq_len for c in cases if c.scope == scope and c.variant == "full.sdpa"} == lens
+
+
+def test_the_baseline_does_not_follow_when_the_sweep_lacks_it():
+    from attnbench.engine.expand import expand
+
+    sweep, _ = resolve(load_suite("default"), Overrides(variants=["adaptive.universal"]))
+    assert {(c.variant, c.scope) for c in expand(sweep)} == {("adaptive.universal", "layer")}

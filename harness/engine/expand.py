@@ -10,55 +10,71 @@ from attnbench.core.errors import UserError
 from attnbench.core.registry import get_workload
 from attnbench.workloads.shape import Shape
 
+BASELINE = "full.sdpa"  # the variant reports measure the others against (bench report --baseline)
+
 
 def expand(sweep: Sweep) -> list[Case]:
     """All cases of a sweep, grouped into scaling curves, each curve by increasing length.
 
     Ordering by length matters: after a length runs out of memory, the longer ones of the
     same curve are skipped.
+
+    A variant that has none of the requested scopes (a whole-model workload such as the
+    Universal Transformer has no bare-attention form) runs in its own first scope, which the
+    case records, rather than silently dropping out of "all". So that its row still has a
+    baseline, the sweep's full.sdpa, when it has one, runs in that scope too.
     """
     cases: dict[str, Case] = {}
+    fallback: list[str] = []
     for variant in sweep.variants:
         cls = get_workload(variant)
-        chosen = sweep.params_for(variant)
-        defaults = cls.default_params()
-        names = sorted(defaults)
-        grids = [chosen.get(name, (defaults[name],)) for name in names]
-        for values in itertools.product(*grids):
-            chosen_values = dict(zip(names, values, strict=True))
-            try:
-                cls.make_params(chosen_values)
-            except (TypeError, ValueError) as exc:
-                raise UserError(f"invalid parameters for {variant}: {exc}") from None
-            # A variant that has none of the requested scopes (a whole-model workload such as
-            # the Universal Transformer has no bare-attention form) runs in its own first scope,
-            # which the case records, rather than silently dropping out of "all".
-            scopes = [s for s in sweep.scopes if s in cls.scopes] or [cls.scopes[0]]
-            for scope in scopes:
-                for backend, dtype, mode, b, h, d, t, tr, n in (
-                    (name, *rest)
-                    for name in sweep.backends
-                    for rest in itertools.product(
-                        sweep.axis_for(name, "dtypes"),
-                        sweep.modes,
-                        sweep.axis_for(name, "batch"),
-                        sweep.heads,
-                        sweep.head_dim,
-                        sweep.threads,
-                        sweep.transforms,
-                        sorted(sweep.seq_lens),
-                    )
-                ):
-                    try:
-                        at_length = cls.resolve_params(dict(chosen_values), Shape(b, h, d, n))
-                    except ValueError as exc:
-                        raise UserError(f"invalid parameters for {variant} at n={n}: {exc}") from None
-                    resolved = tuple(sorted(at_length.items()))
-                    neutral = tuple(k for k, v in resolved if _is_neutral(cls.neutral_params, k, v))
-                    revision = cls.definition_revision(at_length, scope)
-                    case = Case(variant, resolved, scope, backend, dtype, mode, b, h, d, n, t, tr, revision, neutral)
-                    cases.setdefault(case.case_id, case)
-    return list(cases.values())
+        scopes = [s for s in sweep.scopes if s in cls.scopes] or [cls.scopes[0]]
+        fallback += [s for s in scopes if s not in sweep.scopes and s not in fallback]
+        _add_variant(cases, sweep, variant, scopes)
+    if BASELINE in sweep.variants:
+        extra = [s for s in fallback if s in get_workload(BASELINE).scopes]
+        _add_variant(cases, sweep, BASELINE, extra)
+    # Stable: the baseline's added curves join its own, each curve still by increasing length.
+    return sorted(cases.values(), key=lambda c: sweep.variants.index(c.variant))
+
+
+def _add_variant(cases: dict[str, Case], sweep: Sweep, variant: str, scopes: list[str]) -> None:
+    """The variant's cases in these scopes, over its parameter grid and every other axis."""
+    cls = get_workload(variant)
+    chosen = sweep.params_for(variant)
+    defaults = cls.default_params()
+    names = sorted(defaults)
+    grids = [chosen.get(name, (defaults[name],)) for name in names]
+    for values in itertools.product(*grids):
+        chosen_values = dict(zip(names, values, strict=True))
+        try:
+            cls.make_params(chosen_values)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"invalid parameters for {variant}: {exc}") from None
+        for scope in scopes:
+            for backend, dtype, mode, b, h, d, t, tr, n in (
+                (name, *rest)
+                for name in sweep.backends
+                for rest in itertools.product(
+                    sweep.axis_for(name, "dtypes"),
+                    sweep.modes,
+                    sweep.axis_for(name, "batch"),
+                    sweep.heads,
+                    sweep.head_dim,
+                    sweep.threads,
+                    sweep.transforms,
+                    sorted(sweep.seq_lens),
+                )
+            ):
+                try:
+                    at_length = cls.resolve_params(dict(chosen_values), Shape(b, h, d, n))
+                except ValueError as exc:
+                    raise UserError(f"invalid parameters for {variant} at n={n}: {exc}") from None
+                resolved = tuple(sorted(at_length.items()))
+                neutral = tuple(k for k, v in resolved if _is_neutral(cls.neutral_params, k, v))
+                revision = cls.definition_revision(at_length, scope)
+                case = Case(variant, resolved, scope, backend, dtype, mode, b, h, d, n, t, tr, revision, neutral)
+                cases.setdefault(case.case_id, case)
 
 
 def _is_neutral(neutral: dict[str, Any], name: str, value: Any) -> bool:
