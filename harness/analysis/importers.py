@@ -37,6 +37,43 @@ def _time_stats(stats: dict[str, Any]) -> TimeStats:
     )
 
 
+def _run_info(data: dict[str, Any]) -> dict[str, Any]:
+    """attnbench's fingerprint of the run, where the file has one: in each benchmark's
+    extra_info["run"] (bench export), or in machine_info["attnbench"] (the pytest plugin, and
+    exports before 0.2.0)."""
+    for bench in data["benchmarks"]:
+        run = (bench.get("extra_info") or {}).get("run") if isinstance(bench, dict) else None
+        if isinstance(run, dict):
+            return run
+    return (data.get("machine_info") or {}).get("attnbench") or {}
+
+
+def _git(ci: dict[str, Any]) -> dict[str, Any]:
+    """run.json's git from pytest-benchmark's commit_info: the commit, and its branch and time
+    where pytest-benchmark knew them ("(unknown)" and "(detached head)" name no branch)."""
+    git = {"commit": ci.get("id"), "dirty": ci.get("dirty")}
+    branch = ci.get("branch")
+    if isinstance(branch, str) and branch and not branch.startswith("("):
+        git["branch"] = branch
+    try:
+        when = dt.datetime.fromisoformat(ci["time"])
+    except (KeyError, TypeError, ValueError):
+        return git
+    if when.tzinfo is not None:  # UTC, like every timestamp attnbench writes
+        git["commit_time"] = when.astimezone(dt.timezone.utc).isoformat(timespec="seconds")
+    return git
+
+
+def _as_written(bench: dict[str, Any]) -> dict[str, Any]:
+    """What `bench export` needs to write the benchmark back as the file had it: its names,
+    params and options, and its statistics where the file has no samples to compute them from."""
+    kept = {k: bench.get(k) for k in ("name", "fullname", "group", "params", "param", "options")}
+    stats = bench.get("stats") or {}
+    if not stats.get("data"):
+        kept["stats"] = {k: v for k, v in stats.items() if k != "data"}
+    return kept
+
+
 def import_pytest_benchmark(path: Path) -> RunResult:
     """A pytest-benchmark JSON file as a run (suite "pytest-benchmark"), ready for the history.
 
@@ -51,7 +88,7 @@ def import_pytest_benchmark(path: Path) -> RunResult:
         raise UserError(f"{path} is not a pytest-benchmark JSON file (no 'benchmarks' and 'machine_info')")
     mi = data.get("machine_info") or {}
     ci = data.get("commit_info") or {}
-    ours = mi.get("attnbench") or {}
+    ours = _run_info(data)
     when = data.get("datetime") or dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     stamp = when.replace("-", "").replace(":", "").replace("T", "-")[:15]
     digest = hashlib.sha256(path.read_bytes()).hexdigest()[:6]
@@ -72,7 +109,7 @@ def import_pytest_benchmark(path: Path) -> RunResult:
         finished_at=when,
         status="complete",
         argv=[],
-        git={"commit": ci.get("id"), "dirty": ci.get("dirty")},
+        git=_git(ci),
         host=host,
         packages=ours.get("packages") or {},
         devices=ours.get("devices") or [],
@@ -109,7 +146,7 @@ def import_pytest_benchmark(path: Path) -> RunResult:
                 reason=None,
                 time_s=time_s,
                 compile_s=None,
-                pytest_benchmark={"name": bench.get("name"), "fullname": bench.get("fullname"), "group": group},
+                pytest_benchmark=_as_written(bench),
                 **given,
             )
         )

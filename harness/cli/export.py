@@ -1,10 +1,15 @@
-"""`bench export RUN --format F`: a run in pytest-benchmark, Bencher BMF or github-action-benchmark JSON."""
+"""`bench export RUN --format F`: a run in pytest-benchmark, Bencher BMF or github-action-benchmark JSON.
+
+github-action-benchmark takes one tool per file: `--format github-action-benchmark -o F.json`
+writes the customSmallerIsBetter entries (time, peak memory) to F.json and the
+customBiggerIsBetter ones (throughput) to F-throughput.json."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from attnbench.cli.history import HISTORY_HELP
 from attnbench.core import strict_json
@@ -28,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    from attnbench.analysis.exporters import export
+    from attnbench.analysis.exporters import COMPANIONS, export
     from attnbench.analysis.history import History, history_path
     from attnbench.cli.compare import _is_folder_ref
     from attnbench.core.results import load_run
@@ -42,12 +47,27 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         with History.open(path, create=False) as history:
             result = history.load(history.resolve(args.run, args.suite))
     data = export(result, args.format)
-    text = strict_json.dumps(data, indent=2) + "\n"
-    if args.output:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        args.output.write_text(text)
-        n = len(data) if not isinstance(data, dict) or "benchmarks" not in data else len(data["benchmarks"])
-        sys.stderr.write(f"{n} entries of {args.format} written to {args.output}\n")
-    else:
-        sys.stdout.write(text)
+    if not args.output:
+        sys.stdout.write(_text(data))
+        return 0
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    _write(args.output, args.format, data)
+    if args.format in COMPANIONS:
+        fmt, suffix = COMPANIONS[args.format]
+        path = args.output.with_name(f"{args.output.stem}{suffix}{args.output.suffix}")
+        extra = export(result, fmt)
+        if extra:
+            _write(path, fmt, extra)
+        else:  # github-action-benchmark refuses a file with no entries
+            sys.stderr.write(f"no {fmt} entries in this run: {path} not written\n")
     return 0
+
+
+def _text(data: Any) -> str:
+    return strict_json.dumps(data, indent=2) + "\n"
+
+
+def _write(path: Path, fmt: str, data: Any) -> None:
+    path.write_text(_text(data))
+    n = len(data) if not isinstance(data, dict) or "benchmarks" not in data else len(data["benchmarks"])
+    sys.stderr.write(f"{n} entries of {fmt} written to {path}\n")
