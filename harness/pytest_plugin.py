@@ -100,16 +100,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.hookimpl(optionalhook=True)
-def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: dict[str, Any]) -> None:
-    """The attnbench fingerprint beside pytest-benchmark's own, so `bench history ingest` of the
-    JSON knows the host, library versions and devices (and `bench compare` can check them)."""
+def pytest_benchmark_update_json(config: pytest.Config, benchmarks: Any, output_json: dict[str, Any]) -> None:
+    """The attnbench fingerprint of the session in each benchmark's extra_info["run"], written
+    once every case has run (so it names every device), so `bench history ingest` of the JSON
+    knows the host, library versions and devices. machine_info stays exactly pytest-benchmark's:
+    an extra key there makes `--benchmark-compare` warn that the machines differ, every time."""
     state = getattr(config, _STATE_KEY, None)
     if state is None:
         return
     from attnbench.core.environment import fingerprint
 
     env = fingerprint()
-    machine_info["attnbench"] = {
+    run = {
         "run_id": state.run_id,
         "suite": state.suite,
         "host": env["host"],
@@ -117,6 +119,9 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
         "devices": state.devices,
         "settings": state.settings.to_json(),
     }
+    for bench in output_json.get("benchmarks", []):
+        if isinstance(bench, dict) and isinstance(bench.get("extra_info"), dict) and "case_id" in bench["extra_info"]:
+            bench["extra_info"]["run"] = run
 
 
 def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -26,7 +26,8 @@ import tests.report_fixtures as fixtures
 from attnbench.core.record import CaseRecord
 from attnbench.core.results import CASES_FILE, RUN_FILE, load_run
 from attnbench.report.data import ReportData
-from attnbench.report.figures import RC, Painter, roofline_figure, separate_labels, speedup_figure
+from attnbench.report.figures import RC, Painter, roofline_figure, speedup_figure
+from attnbench.report.labels import separate_labels
 from attnbench.report.tables import series_stats
 from attnbench.report.transforms_figure import tradeoff_figure
 from tests.synthetic_runs import Case as Made

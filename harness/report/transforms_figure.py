@@ -57,7 +57,7 @@ def tradeoff_figure(cases: Iterable[CaseRecord]) -> Figure:
     flag cases beyond their transform's tolerance."""
     from matplotlib.figure import Figure
 
-    from attnbench.report.figures import separate_labels
+    from attnbench.report.labels import separate_labels
 
     points = tradeoff_points(cases)
     fig = Figure(figsize=(11, 4.5), layout="constrained")
