@@ -1,8 +1,10 @@
 """`bench compare BASELINE CURRENT`: per-case verdicts between two runs, as a table, Markdown and JSON.
 
 BASELINE and CURRENT are run folders or history references (`latest`, `latest~1`, a run
-id or a unique prefix of one). Exit status: 0, or 1 with --fail-on-regression when a case
-regressed or now fails, or 2 for a user error (including runs from different environments).
+id or a unique prefix of one); `latest` and `latest~N` count one branch's runs (--branch, by
+default the branch of the checkout attnbench runs from; --branch any: every run). Exit
+status: 0, or 1 with --fail-on-regression when a case regressed or now fails, or 2 for a
+user error (including runs from different environments).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from attnbench.cli.history import HISTORY_HELP
+from attnbench.cli.history import BRANCH_HELP, HISTORY_HELP
 from attnbench.cli.parsing import add_documented_command
 from attnbench.core import strict_json
 from attnbench.core.errors import EXIT_REGRESSION, UserError
@@ -35,6 +37,7 @@ class CompareRequest:
     current: str
     history: str | None = None
     suite: str | None = None
+    branch: str | None = None  # whose runs latest/latest~N count: a name, "any", or None (this checkout's)
     threshold: float | None = None
     alpha: float | None = None
     memory_threshold: float | None = None
@@ -58,6 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("current", help="run folder, or history reference: latest, latest~N, a run id")
     p.add_argument("--history", metavar="PATH", help=HISTORY_HELP)
     p.add_argument("--suite", help="resolve latest/latest~N among runs of this suite (default: the other run's suite)")
+    p.add_argument("--branch", metavar="NAME", help="resolve latest/latest~N: " + BRANCH_HELP)
     p.add_argument("--threshold", type=float, help="relative time change that counts (default 0.05, or the suite's)")
     p.add_argument("--alpha", type=float, help="significance level of the Mann–Whitney test (default 0.01)")
     p.add_argument("--memory-threshold", type=float, help="relative peak-memory change that counts (default 0.10)")
@@ -118,7 +122,7 @@ def compare(args: CompareRequest) -> int:
     """Judge the current run against the baseline; print, and write what was asked for.
     Returns the exit code (EXIT_REGRESSION with fail_on_regression when a case regressed)."""
     from attnbench.analysis.compare import compare_runs, suite_compare_config
-    from attnbench.analysis.history import History, history_path
+    from attnbench.analysis.history import History, branch_filter, history_path
     from attnbench.core.results import load_run
     from attnbench.core.thresholds import load_compare_config
     from attnbench.report.compare_tables import render_markdown, render_table
@@ -134,11 +138,15 @@ def compare(args: CompareRequest) -> int:
             opened["h"] = History.open(path, create=False)
         return opened["h"]
 
+    branches: dict[str, str | None] = {}  # --branch resolved once, and only for a latest reference
+
     def load(ref: str, suite: str | None) -> RunResult:
         if _is_folder_ref(ref):
             return load_run(ref)
         h = history()
-        return h.load(h.resolve(ref, suite))
+        if ref.startswith("latest") and "b" not in branches:
+            branches["b"] = branch_filter(args.branch)
+        return h.load(h.resolve(ref, suite, branches.get("b")))
 
     if args.noise_runs < 0:
         raise UserError(f"--noise-runs must be 0 or more, got {args.noise_runs}")
@@ -194,9 +202,7 @@ def compare(args: CompareRequest) -> int:
             out = Path(args.json)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(strict_json.dumps(cmp.to_json(), indent=2) + "\n")
-        console = make_console()
-        if not console.is_terminal:  # CI logs: room for every column rather than wrapped cells
-            console.width = max(console.width, 170)
+        console = make_console(log_width=170)  # CI logs: room for every column (unless COLUMNS is set)
         render_table(cmp, console)
     if args.fail_on_regression and cmp.failing:
         sys.stderr.write(

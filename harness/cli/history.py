@@ -1,9 +1,15 @@
-"""`bench history`: ingest runs made elsewhere, list runs, show a metric's trend, export a run.
+"""`bench history`: ingest runs made elsewhere, list runs, show a metric's trend, export a run,
+find the commit at which a case moved.
 
 bench history ingest DIR_OR_FILE...     run folders (searched recursively) or pytest-benchmark JSON
 bench history list                      runs, newest first
 bench history show --variant full.sdpa --seq-len 1024 --metric time    table + plot
 bench history export latest results/baselines/nightly                  a run folder again
+bench history bisect time CASE_ID       the first run past the threshold, with the run before it
+
+list, show, export and bisect see one branch's runs (and those of unknown branch): --branch
+NAME, by default the branch of the checkout attnbench runs from; --branch any sees every run.
+bisect exits 0 when it finds a step, 1 when it finds none, 2 on bad input.
 """
 
 from __future__ import annotations
@@ -14,14 +20,18 @@ from typing import Any
 
 from attnbench.cli.parsing import add_documented_command
 from attnbench.core import strict_json
-from attnbench.core.errors import EXIT_USER_ERROR, UserError
+from attnbench.core.errors import EXIT_FAILED, EXIT_USER_ERROR, UserError
 
 HISTORY_HELP = "history file (default: $ATTNBENCH_HISTORY or results/history.sqlite)"
+BRANCH_HELP = (
+    "only runs of this branch (and of unknown branch) count (default: the branch of the checkout attnbench runs "
+    "from; 'any': every run)"
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = add_documented_command(
-        subparsers, "history", "the run history (SQLite): ingest, list, show a trend, export", __doc__
+        subparsers, "history", "the run history (SQLite): ingest, list, show a trend, export, bisect", __doc__
     )
     sub = p.add_subparsers(dest="history_command", metavar="SUBCOMMAND")
 
@@ -50,7 +60,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     export.add_argument("folder", type=Path)
     export.add_argument("--suite", help="resolve latest/latest~N among runs of this suite")
 
-    for q in (ingest, ls, show, export):
+    bisect = sub.add_parser(
+        "bisect",
+        help="the first run (in commit order) at which a case's metric moved past bench compare's threshold",
+    )
+    bisect.add_argument("metric", help="time (median seconds per call), memory (peak bytes) or energy (J per call)")
+    bisect.add_argument("case", help="a case_id, or a unique prefix of one")
+    bisect.add_argument("--suite", help="only runs of this suite")
+    bisect.add_argument(
+        "--threshold",
+        type=float,
+        help="relative change that counts (default: the suite's [compare] threshold for the metric, as bench compare)",
+    )
+    bisect.add_argument("--json", action="store_true", help="print the result as JSON (for scripts)")
+
+    for q in (ls, show, export, bisect):
+        q.add_argument("--branch", metavar="NAME", help=BRANCH_HELP)
+    for q in (ingest, ls, show, export, bisect):
         q.add_argument("--history", metavar="PATH", help=HISTORY_HELP)
     return p
 
@@ -59,12 +85,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from attnbench.analysis.history import History, history_path
 
     if not args.history_command:
-        raise UserError("say what to do: bench history ingest|list|show|export (see bench history --help)")
+        raise UserError("say what to do: bench history ingest|list|show|export|bisect (see bench history --help)")
     path = history_path(args.history)
     if path is None:
         raise UserError("the history is turned off (ATTNBENCH_HISTORY=off); give --history PATH")
     with History.open(path, create=args.history_command == "ingest") as history:
-        return {"ingest": _ingest, "list": _list, "show": _show, "export": _export}[args.history_command](history, args)
+        commands = {"ingest": _ingest, "list": _list, "show": _show, "export": _export, "bisect": _bisect}
+        return commands[args.history_command](history, args)
 
 
 def _ingest(history: Any, args: argparse.Namespace) -> int:
@@ -86,21 +113,24 @@ def _ingest(history: Any, args: argparse.Namespace) -> int:
 
 
 def _list(history: Any, args: argparse.Namespace) -> int:
+    from attnbench.analysis.history import branch_filter
     from attnbench.report.console import make_console
     from attnbench.report.escaping import LiteralTable, line
 
-    runs = history.runs(suite=args.suite, limit=args.limit or None)
+    branch = branch_filter(args.branch)
+    runs = history.runs(suite=args.suite, limit=args.limit or None, branch=branch)
     if args.json:
         import dataclasses
 
         print(strict_json.dumps([dataclasses.asdict(r) for r in runs], indent=2))
         return 0
     console = make_console()
+    on = f" on branch {branch}" if branch else ""
     if not runs:
-        console.print(line(f"no runs in {history.path}" + (f" of suite {args.suite}" if args.suite else "")))
+        console.print(line(f"no runs in {history.path}" + (f" of suite {args.suite}" if args.suite else "") + on))
         return 0
-    table = LiteralTable(title=f"{history.path}", title_justify="left")
-    for col in ("ref", "run_id", "suite", "started (UTC)", "status", "cases ok", "host", "commit", "from"):
+    table = LiteralTable(title=f"{history.path}{on}", title_justify="left")
+    for col in ("ref", "run_id", "suite", "started (UTC)", "status", "cases ok", "host", "commit", "branch", "from"):
         table.add_column(col)
     complete = 0
     for r in runs:
@@ -118,16 +148,21 @@ def _list(history: Any, args: argparse.Namespace) -> int:
             f"{r.ok}/{r.cases}",
             r.hostname or "-",
             commit,
+            r.branch or "-",
             r.origin,
         )
     console.print(table)
+    if branch:
+        console.print(
+            line((f"runs of branch {branch} and of unknown branch ('-'); --branch any lists every run", "dim"))
+        )
     if not args.suite and len({r.suite for r in runs}) > 1:
         console.print(line(("refs count every suite; with --suite they count that suite's runs", "dim")))
     return 0
 
 
 def _show(history: Any, args: argparse.Namespace) -> int:
-    from attnbench.analysis.history import METRICS
+    from attnbench.analysis.history import METRICS, branch_filter
     from attnbench.report.console import make_console
     from attnbench.report.escaping import LiteralTable, line, literal
     from attnbench.report.history_figure import trend_figure
@@ -144,6 +179,7 @@ def _show(history: Any, args: argparse.Namespace) -> int:
         suite=args.suite,
         backend=args.backend,
         limit=args.limit,
+        branch=branch_filter(args.branch),
     )
     what = args.case or args.variant + (f" n={args.seq_len}" if args.seq_len else "")
     if not rows:
@@ -183,9 +219,82 @@ def _show(history: Any, args: argparse.Namespace) -> int:
 
 
 def _export(history: Any, args: argparse.Namespace) -> int:
-    from attnbench.analysis.history import export_run
+    from attnbench.analysis.history import branch_filter, export_run
 
-    run_id = history.resolve(args.ref, args.suite)
+    run_id = history.resolve(args.ref, args.suite, branch_filter(args.branch))
     export_run(history.load(run_id), args.folder)
     print(f"run {run_id} written to {args.folder}")
     return 0
+
+
+def _bisect(history: Any, args: argparse.Namespace) -> int:
+    from attnbench.analysis.history import METRICS, branch_filter
+    from attnbench.report.console import make_console
+    from attnbench.report.escaping import LiteralTable, line
+
+    branch = branch_filter(args.branch)
+    found = history.bisect(args.metric, args.case, branch=branch, suite=args.suite, threshold=args.threshold)
+    if args.json:
+        print(strict_json.dumps(found.to_json(), indent=2))
+        return 0 if found.found else EXIT_FAILED
+    _, unit, scale = METRICS[args.metric]
+    on = f"branch {branch}" if branch else "every branch"
+    first, last = found.first, found.last
+    walked = f"{found.runs} runs on {on} from {_when(first)} ({_commit(first)}) to {_when(last)} ({_commit(last)})"
+    console = make_console()
+    if not found.found:
+        th = f"±{found.threshold:.0%}" if found.threshold is not None else "the threshold"
+        console.print(
+            line(
+                f"no step in {args.metric} of {found.case_id}: of {walked}, none moved past {th} of the first "
+                "as bench compare judges it"
+            ),
+            soft_wrap=True,
+        )
+        return EXIT_FAILED
+    assert found.before is not None and found.after is not None and found.change is not None
+    console.print(
+        line(
+            f"{args.metric} of {found.case_id}: {walked}, each judged against the first as bench compare judges "
+            f"(threshold {found.threshold:.0%}, {found.config_source})"
+        ),
+        soft_wrap=True,
+    )
+    step = f", {found.step - 1:+.1%} on the run before" if found.step is not None else ""
+    console.print(
+        line(
+            (f"first step: {found.verdict}", "red" if found.verdict == "regression" else "green"),
+            f" {found.change - 1:+.1%} against the first{step}, at commit {_commit(found.after)} "
+            f"({_when(found.after)})",
+        ),
+        soft_wrap=True,
+    )
+    table = LiteralTable()
+    for col in ("", "run_id", "commit", "commit time (UTC)", "branch", f"{args.metric} ({unit})", "95% CI"):
+        table.add_column(col, justify="right" if col in (f"{args.metric} ({unit})", "95% CI") else "left")
+    for side, point in (("before", found.before), ("after", found.after)):
+        ci = "-"
+        if point.ci95_low is not None and point.ci95_high is not None:
+            ci = f"{point.ci95_low * scale:.4g} – {point.ci95_high * scale:.4g}"
+        table.add_row(
+            side,
+            point.run_id,
+            _commit(point),
+            (point.commit_time or "-")[:19],
+            point.branch or "-",
+            f"{point.value * scale:.4g}",
+            ci,
+        )
+    console.print(table)
+    for note in found.notes:
+        console.print(line(("note: ", "dim"), note), soft_wrap=True)
+    return 0
+
+
+def _commit(point: Any) -> str:
+    return (point.git_commit or "-")[:10] + ("+dirty" if point.git_dirty else "")
+
+
+def _when(point: Any) -> str:
+    """When a run sits in the branch: its commit's time, else (marked) its start."""
+    return point.commit_time[:19] if point.commit_time else f"started {point.started_at[:19]}"
