@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,8 +150,26 @@ class Judging:
     host_fast: Mapping[Any, float] = field(default_factory=dict)  # the host's fastest reference reading, per threads
 
 
-def case_label(rec: CaseRecord) -> str:
-    return f"{rec.variant} {rec.backend}/{rec.dtype}/{rec.mode}/{rec.scope} n={rec.seq_len}"
+def case_label(rec: CaseRecord, shown: Sequence[str] = ()) -> str:
+    """The case in one line: variant, the parameters named in `shown` (those that tell it from
+    the other cases of its variant), and where it ran."""
+    params = ", ".join(f"{k}={rec.params[k]}" for k in shown if k in rec.params)
+    what = f"{rec.variant} {params}" if params else rec.variant
+    return f"{what} {rec.backend}/{rec.dtype}/{rec.mode}/{rec.scope} n={rec.seq_len}"
+
+
+def varying_params(records: Iterable[CaseRecord]) -> dict[str, tuple[str, ...]]:
+    """Per variant, the parameters whose values differ between its cases at one length (two
+    windows, say); parameters derived from the length alone do not count."""
+    seen: dict[tuple[str, int], dict[str, set[str]]] = {}
+    for r in records:
+        at = seen.setdefault((r.variant, r.seq_len), {})
+        for k, v in r.params.items():
+            at.setdefault(k, set()).add(repr(v))
+    out: dict[str, set[str]] = {}
+    for (variant, _n), params in seen.items():
+        out.setdefault(variant, set()).update(k for k, vs in params.items() if len(vs) > 1)
+    return {variant: tuple(sorted(names)) for variant, names in out.items()}
 
 
 def compare_case(
@@ -325,8 +343,11 @@ def compare_runs(
     judging = Judging(time_basis, paired, noise, host_fast)
     results: list[CaseComparison] = []
     replicates: list[Any] = []
+    shown = varying_params([*baseline.cases, *current.cases])
     for case_id in [*cur_cases, *(k for k in base_cases if k not in cur_cases)]:
         comparison, reps = compare_case(base_cases.get(case_id), cur_cases.get(case_id), config, judging)
+        rec = cur_cases.get(case_id) or base_cases[case_id]
+        comparison = replace(comparison, label=case_label(rec, shown.get(rec.variant, ())))
         results.append(comparison)
         if reps is not None:
             replicates.append(reps)

@@ -9,6 +9,7 @@ from attnbench.analysis.compare import FAILING, Comparison
 from attnbench.analysis.significance import p_text
 from attnbench.analysis.time_judgements import RELATIVE
 from attnbench.analysis.verdicts import MetricChange, change_text
+from attnbench.report.console import fit
 from attnbench.report.escaping import LiteralTable, line, literal, md_cell, md_code, md_text
 
 
@@ -49,7 +50,7 @@ def headline(cmp: Comparison) -> str:
     if s.time_geomean is not None:
         ci = ""
         if s.time_ci_low is not None and s.time_ci_high is not None:
-            ci = f" (95% CI {s.time_ci_low - 1:+.1%} … {s.time_ci_high - 1:+.1%})"
+            ci = f" (95% CI {s.time_ci_low - 1:+.1%} to {s.time_ci_high - 1:+.1%})"
         geo = f"; time geometric mean {s.time_geomean - 1:+.1%}{ci} over {s.cases_compared} cases"
     if s.memory_geomean is not None:
         geo += f"; memory geometric mean {s.memory_geomean - 1:+.1%} over {s.memory_cases} cases"
@@ -85,7 +86,8 @@ def time_basis_used(cmp: Comparison) -> bool:
 
 
 def render_table(cmp: Comparison, console: Any) -> None:
-    """The comparison as a rich table on the terminal."""
+    """The comparison on the terminal: a table where the console is wide enough for its ten
+    columns with every word whole (fit), otherwise a few lines per case (80 columns)."""
     b, c = cmp.baseline, cmp.current
     console.print(
         line(
@@ -101,24 +103,25 @@ def render_table(cmp: Comparison, console: Any) -> None:
         console.print(line(("environment differs", "bold yellow"), f" (allowed by --allow-env-mismatch): {refusal}"))
     for note in cmp.environment_notes:
         console.print(line((f"note: {note}", "dim")))
-    table = LiteralTable(title_justify="left")
-    table.add_column("case", min_width=24, ratio=3, overflow="fold")
     paired = is_paired(cmp)
-    for col, just in (
-        ("base ms", "right"),
-        ("cur ms", "right"),
-        ("change", "right"),
-        ("paired (p)" if paired else "host-rel", "right"),
-        ("95% CI", "right"),
-        ("p", "right"),
-        ("memory MiB (Δ)", "right"),
-        ("verdict", "left"),
-    ):
-        table.add_column(col, justify=just, no_wrap=col == "verdict")  # type: ignore[arg-type]
-    table.add_column("why", ratio=2, overflow="fold")
+    table = wide_table(cmp, paired)
+    if fit(console, [table]):
+        console.print(table)
+    else:  # 80 columns: ten columns do not fit beside a case's label; a few lines per case
+        console.print(case_lines(cmp, paired))
+    console.print(line(headline(cmp)), soft_wrap=True)
+
+
+def wide_table(cmp: Comparison, paired: bool) -> LiteralTable:
+    """A row per case, a column per figure (where the terminal is wide enough: fit)."""
+    table = LiteralTable(title_justify="left")
+    table.add_column("case")
+    for col in ("base ms", "cur ms", "change", "paired (p)" if paired else "host-rel", "95% CI", "p", "memory MiB (Δ)"):
+        table.add_column(col, justify="right")
+    table.add_column("verdict", no_wrap=True)
+    table.add_column("why", overflow="fold")
     for case in cmp.cases:
         t = case.time
-        style = VERDICT_STYLE[case.verdict]
         table.add_row(
             case.label,
             _ms(t.baseline if t else None),
@@ -128,11 +131,38 @@ def render_table(cmp: Comparison, console: Any) -> None:
             _ci(t),
             p_text(t.p_value if t else None),
             _mem_cell(case.memory),
-            literal(case.verdict, style),
+            literal(case.verdict, VERDICT_STYLE[case.verdict]),
             case.reason or "",
         )
-    console.print(table)
-    console.print(line(headline(cmp)), soft_wrap=True)
+    return table
+
+
+def case_lines(cmp: Comparison, paired: bool) -> LiteralTable:
+    """A few lines per case: its verdict and label, then its time, memory and why, each
+    wrapping at its spaces (no name, figure or status is cut at any width)."""
+    lines = LiteralTable.grid(padding=(0, 1))
+    lines.add_column(no_wrap=True, min_width=max(map(len, VERDICT_STYLE)))  # the labels line up
+    lines.add_column(overflow="fold")  # only a word longer than the whole line folds
+    for case in cmp.cases:
+        lines.add_row(literal(case.verdict, VERDICT_STYLE[case.verdict]), literal(case.label, "bold"))
+        t, m = case.time, case.memory
+        if t is not None:
+            figures = [
+                f"{_ms(t.baseline)} → {_ms(t.current)} ms, {change_text(t.ratio)}",
+                f"95% CI {_ci(t)}",
+                f"p {p_text(t.p_value)}",
+            ]
+            if paired and t.paired_ratio is not None:
+                figures.append(f"paired {_paired_cell(t)}")
+            elif not paired and t.host_relative_ratio is not None:
+                figures.append(f"host-rel {_host_rel(t)}")
+            lines.add_row(literal("  time", "dim"), "; ".join(figures))
+        if m is not None and m.verdict is not None:
+            delta = ((m.current or 0) - (m.baseline or 0)) / 2**20
+            lines.add_row(literal("  memory", "dim"), f"{_mib(m.current)} MiB ({delta:+.1f})")
+        if case.reason:
+            lines.add_row(literal("  why", "dim"), case.reason)
+    return lines
 
 
 def render_markdown(cmp: Comparison) -> str:

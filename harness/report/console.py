@@ -1,4 +1,5 @@
-"""What the terminal shows: live progress during a run, a summary table after it.
+"""What the terminal shows: live progress during a run, a summary table after it, and how
+every command's tables fit the terminal (80 columns included) without cutting a word.
 
 The summary is rendered from the stored results, never from in-memory state, so what the
 user reads is exactly what other tools will parse.
@@ -6,19 +7,26 @@ user reads is exactly what other tools will parse.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import itertools
+import os
 import statistics
+from collections.abc import Iterable, Sequence
 from typing import IO, Any
 
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.measure import Measurement
+from rich.padding import Padding
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column, Table
 from rich.text import Text
 
 from attnbench.core.cases import Case
@@ -48,17 +56,203 @@ def status_cell(rec: CaseRecord) -> Text:
     return literal(rec.status, colour)
 
 
-def make_console(file: IO[str] | None = None) -> Console:
-    """Rich's console (on stdout, or `file`); wide enough for the summary table when output
-    goes to a file or CI log.
+LOG_WIDTH = 120  # output to a file or CI log: room for the wide table layouts
+
+
+def make_console(file: IO[str] | None = None, log_width: int = LOG_WIDTH) -> Console:
+    """Rich's console (on stdout, or `file`). Output to a file or CI log is `log_width` wide,
+    unless COLUMNS says how wide (rich reads it): the tables fit any width (print_table).
 
     Emoji codes are off (`:x:` in a record stays `:x:`); markup is never given user text:
     everything printed that the project did not write goes through attnbench.report.escaping.
     """
     console = Console(emoji=False, file=file)
-    if not console.is_terminal:
-        console = Console(emoji=False, file=file, width=max(console.width, 120))
+    if not console.is_terminal and not os.environ.get("COLUMNS", "").strip().isdigit():
+        console = Console(emoji=False, file=file, width=max(console.width, log_width))
     return console
+
+
+# ----------------------------------------------------------------------------- tables that fit
+
+FOLD_MIN = 12  # a column that may fold (overflow="fold": prose, reasons) keeps words this long whole
+
+
+def _column_range(console: Console, column: Column) -> tuple[int, int]:
+    """The narrowest width that cuts no word of the column (its longest word; at most
+    FOLD_MIN in a column that may fold) and its natural width, padding excluded."""
+    lo = hi = 1
+    for cell in (column.header, *column.cells):
+        m = Measurement.get(console, console.options, cell)
+        lo, hi = max(lo, m.minimum), max(hi, m.maximum)
+    if column.no_wrap:
+        lo = hi
+    elif column.overflow == "fold":
+        lo = min(lo, FOLD_MIN)
+    return lo, hi
+
+
+def _frame(table: Table, columns: int) -> int:
+    """Cells that `columns` columns of `table` spend on borders and padding."""
+    _, right, _, left = table.padding
+    pad = (left + right) * columns - (0 if table.pad_edge else left + right)
+    borders = columns - 1 + (2 if table.show_edge else 0) if table.box else 0
+    return pad + borders
+
+
+def _share(ranges: Sequence[tuple[int, int]], room: int) -> list[int]:
+    """Widths from the narrowest up: the room left over goes first to the columns that want
+    least (short numbers get their natural width), the rest in equal shares (names, prose)."""
+    wants = [hi - lo for lo, hi in ranges]
+    give = [0] * len(ranges)
+    spare = room - sum(lo for lo, _ in ranges)
+    order = sorted(range(len(ranges)), key=lambda i: wants[i])
+    for k, i in enumerate(order):
+        give[i] = min(wants[i], spare // (len(order) - k))
+        spare -= give[i]
+    return [lo + g for (lo, _), g in zip(ranges, give, strict=True)]
+
+
+def fit(console: Console, tables: Sequence[Table]) -> bool:
+    """Fix the widths of the tables' columns (the same columns in each: one layout printed in
+    parts, which then line up) so that no word is cut and each table fits the console.
+
+    Names, parameters, numbers and status words are never cut: a column is at least as wide as
+    its longest word (a column with overflow="fold" may fold words longer than FOLD_MIN). A cell
+    wraps at its spaces. False, with the tables untouched, where that does not fit.
+    """
+    n = len(tables[0].columns)
+    ranges = []
+    for i in range(n):
+        each = [_column_range(console, t.columns[i]) for t in tables]
+        ranges.append((max(lo for lo, _ in each), max(hi for _, hi in each)))
+    room = console.width - _frame(tables[0], n)
+    if sum(lo for lo, _ in ranges) > room:
+        return False
+    widths = _share(ranges, room)
+    for t in tables:
+        for column, width in zip(t.columns, widths, strict=True):
+            column.width = width
+    return True
+
+
+def _continued(title: Any) -> Any:
+    if isinstance(title, Text):
+        more = title.copy()
+        more.append(" (continued)")
+        return more
+    return f"{title} (continued)" if title else title
+
+
+def _part(table: Table, columns: Sequence[int], continued: bool) -> Table:
+    """The table with only these columns (and its rows)."""
+    part = copy.copy(table)
+    part.columns = [dataclasses.replace(table.columns[c], _cells=[], _index=i) for i, c in enumerate(columns)]
+    part.rows = []
+    if continued:
+        part.title = _continued(table.title)
+    cells = [list(table.columns[c].cells) for c in columns]
+    for r, row in enumerate(table.rows):
+        Table.add_row(part, *(col[r] for col in cells), style=row.style, end_section=row.end_section)
+    return part
+
+
+def fold_everywhere(table: Table) -> Table:
+    """Last resort for a console too narrow for the words: they fold, but nothing is left out."""
+    for column in table.columns:
+        column.no_wrap, column.overflow = False, "fold"
+    return table
+
+
+def table_parts(console: Console, table: Table, keys: int = 1) -> list[Table]:
+    """The table as it is where it fits the console (fit); otherwise its columns in as few
+    parts as fit, each part repeating the first `keys` columns (the names) and titled
+    '(continued)' after the first. Of the ways to cut it into that many parts, the one whose
+    most crowded part has to wrap its cells least."""
+    if fit(console, [table]):
+        return [table]
+    ranges = [_column_range(console, c) for c in table.columns]
+    names, rest = list(range(keys)), list(range(keys, len(ranges)))
+
+    def excess(cols: Sequence[int], end: int) -> int:  # end 0: at the narrowest widths, 1: at natural ones
+        return sum(ranges[i][end] for i in cols) + _frame(table, len(cols)) - console.width
+
+    count, cur = 1, list(names)  # as few parts as fit at the narrowest widths, filled in turn
+    for c in rest:
+        if len(cur) > keys and excess([*cur, c], 0) > 0:
+            count, cur = count + 1, list(names)
+        cur.append(c)
+    if count == 1:  # the names and one more column leave no room: nothing to gain by cutting
+        return [fold_everywhere(table)]
+    best: tuple[int, list[list[int]]] | None = None
+    for cuts in itertools.combinations(range(1, len(rest)), count - 1):
+        parts = [names + rest[a:b] for a, b in zip((0, *cuts), (*cuts, len(rest)), strict=True)]
+        if all(excess(p, 0) <= 0 for p in parts):
+            crowded = max(excess(p, 1) for p in parts)
+            if best is None or crowded < best[0]:
+                best = (crowded, parts)
+    out = []
+    for i, cols in enumerate(best[1] if best else [names + rest]):
+        part = _part(table, cols, continued=i > 0)
+        out.append(part if fit(console, [part]) else fold_everywhere(part))
+    return out
+
+
+def transposed(table: Table) -> Table:
+    """The table turned: a row per column, headed by its first row's cells (for a table of a
+    few records with many fields, such as the runs of a report)."""
+    cells = [[column.header, *column.cells] for column in table.columns]
+    turned = copy.copy(table)
+    turned.columns, turned.rows = [], []
+    overflow = table.columns[0].overflow  # its cells become headers: as protected as they were
+    for r, head in enumerate(cells[0]):
+        Table.add_column(turned, head, style="bold" if r == 0 else "", overflow=overflow)
+    for row in cells[1:]:
+        Table.add_row(turned, *row)
+    return turned
+
+
+def print_table(console: Console, table: Table, keys: int = 1) -> None:
+    """Print the table (in parts where it is too wide: table_parts) without cutting a word."""
+    for part in table_parts(console, table, keys):
+        console.print(part)
+
+
+class CaseProgress(Progress):
+    """rich's progress bar with the case in flight on a line of its own below it: a case's
+    label is longer than what 80 columns leave beside the bar, the counts and the clocks."""
+
+    def get_renderables(self) -> Iterable[RenderableType]:
+        yield self.make_tasks_table(self.tasks)
+        for task in self.tasks:
+            # A Text wraps at its spaces: the label is never cut, at any width.
+            yield Padding(Text(task.description, style="cyan"), (0, 0, 0, 2))
+
+
+def progress_bar(console: Console) -> CaseProgress:
+    """The live display of a run: spinner, bar, cases done/total, elapsed and ETA on one
+    line (the bar takes what the others leave), the case in flight on the next."""
+
+    def fixed(**kwargs: Any) -> Column:
+        return Column(no_wrap=True, **kwargs)
+
+    return CaseProgress(
+        SpinnerColumn(table_column=fixed()),
+        BarColumn(bar_width=None, table_column=Column(ratio=1)),
+        TextColumn("{task.completed:.0f}/{task.total:.0f} cases", table_column=fixed()),
+        TextColumn("elapsed", table_column=fixed()),
+        TimeElapsedColumn(table_column=fixed()),
+        TextColumn("eta", table_column=fixed()),
+        TimeRemainingColumn(table_column=fixed()),
+        console=console,
+        transient=True,
+        expand=True,
+    )
+
+
+def in_flight(case: Case) -> str:
+    """The case's label, its parameters ', '-separated so that a narrow terminal wraps
+    between them rather than inside a name."""
+    return visible(case.label().replace(",", ", "))
 
 
 class RunProgress:
@@ -74,24 +268,13 @@ class RunProgress:
     def start(self, total: int, done: int) -> None:
         self._total, self._done = total, done
         if self.console.is_terminal:
-            self._bar = Progress(
-                SpinnerColumn(),
-                TextColumn("{task.description}", style="cyan", markup=False),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("elapsed"),
-                TimeElapsedColumn(),
-                TextColumn("eta"),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=True,
-            )
+            self._bar = progress_bar(self.console)
             self._bar.start()
             self._task = self._bar.add_task("starting workers", total=total, completed=done)
 
     def case_started(self, case: Case) -> None:
         if self._bar is not None:
-            self._bar.update(self._task, description=visible(case.label()))
+            self._bar.update(self._task, description=in_flight(case))
 
     def case_finished(self, case: Case, record: CaseRecord) -> None:
         self._done += 1
@@ -136,55 +319,91 @@ def _variant_label(rec: CaseRecord, shown: dict[str, list[str]]) -> str:
     name = rec.variant if transform == "none" else f"{rec.variant} +{transform}"
     if not keys:
         return name
-    return name + " " + ",".join(f"{k}={rec.params[k]}" for k in keys)
+    # ', ': a narrow column wraps between the parameters, never inside one
+    return name + " " + ", ".join(f"{k}={rec.params[k]}" for k in keys)
 
 
-def summary_table(result: RunResult) -> LiteralTable:
-    cases = result.cases
-    shown = _varying_params(cases)
-    extra_cols = [k for k in ("backend", "dtype", "mode", "scope", "batch", "heads", "head_dim") if _varying(cases, k)]
-    table = LiteralTable(title=f"run {result.run.run_id} ({result.run.suite})", title_justify="left")
-    table.add_column("variant", style="bold")
-    for k in extra_cols:
-        table.add_column(k)
-    table.add_column("n", justify="right")
-    table.add_column("median ms", justify="right")
-    table.add_column("±CI", justify="right")
-    table.add_column("tokens/s", justify="right")
-    table.add_column("GFLOP/s", justify="right")
-    table.add_column("peak MiB", justify="right")
-    table.add_column("status")
+SETTING_AXES = ("backend", "dtype", "mode", "scope", "batch", "heads", "head_dim")  # shown where they vary
+FIGURE_COLUMNS = (
+    ("n", "right"),
+    ("median ms", "right"),
+    ("±CI", "right"),
+    ("tokens/s", "right"),
+    ("GFLOP/s", "right"),
+    ("peak MiB", "right"),
+    ("status", "left"),
+)
 
-    def key(c: CaseRecord) -> tuple:
-        return (_variant_label(c, shown), *(str(getattr(c, k)) for k in extra_cols), c.seq_len)
 
-    previous = None
-    for rec in sorted(cases, key=key):
-        label = _variant_label(rec, shown)
-        row = [label if label != previous else ""]
-        previous = label
-        row += [str(getattr(rec, k)) for k in extra_cols]
-        row.append(str(rec.seq_len))
-        if rec.status == "ok" and rec.time_s:
-            t = rec.time_s
-            ci = max(t.median - t.ci95_low, t.ci95_high - t.median) / t.median
-            peak = rec.peak_memory_bytes
-            row += [
-                fmt_time(t.median),
-                f"{ci:.1%}",
-                fmt_rate(rec.tokens_per_s or 0),
-                f"{(rec.flops_per_s or 0) / 1e9:.1f}",
-                f"{peak / 2**20:.1f}" if peak is not None else "n/a",
-            ]
-        else:
-            row += ["-", "-", "-", "-", "-"]
-        row.append(status_cell(rec))
-        table.add_row(*row)
+def _figures(rec: CaseRecord) -> list[Any]:
+    """The length, the measured figures and the status of one case."""
+    row: list[Any] = [str(rec.seq_len)]
+    if rec.status == "ok" and rec.time_s:
+        t = rec.time_s
+        ci = max(t.median - t.ci95_low, t.ci95_high - t.median) / t.median
+        peak = rec.peak_memory_bytes
+        row += [
+            fmt_time(t.median),
+            f"{ci:.1%}",
+            fmt_rate(rec.tokens_per_s or 0),
+            f"{(rec.flops_per_s or 0) / 1e9:.1f}",
+            f"{peak / 2**20:.1f}" if peak is not None else "n/a",
+        ]
+    else:
+        row += ["-", "-", "-", "-", "-"]
+    return [*row, status_cell(rec)]
+
+
+def _summary_table(title: str, title_style: str, names: Sequence[str]) -> LiteralTable:
+    table = LiteralTable(title=title, title_justify="left", title_style=title_style)
+    for name in names:
+        table.add_column(name, style="bold" if name == "variant" else "")
+    for header, justify in FIGURE_COLUMNS:
+        table.add_column(header, justify=justify)  # type: ignore[arg-type]
     return table
 
 
+def summary_tables(result: RunResult, console: Console) -> list[RenderableType]:
+    """The end-of-run summary, laid out for the console's width (fit: no name, parameter or
+    status cut): one table where it fits; otherwise a line naming the run, then one table
+    per design titled with its variant, transform and varying parameters (the backend, dtype,
+    ... that vary within the run as columns, or in the titles too where those do not fit)."""
+    cases = result.cases
+    shown = _varying_params(cases)
+    axes = [k for k in SETTING_AXES if _varying(cases, k)]
+
+    def setting(c: CaseRecord) -> list[str]:
+        return [str(getattr(c, k)) for k in axes]
+
+    ordered = sorted(cases, key=lambda c: (_variant_label(c, shown), *setting(c), c.seq_len))
+    heading = f"run {result.run.run_id} ({result.run.suite})"
+    one = _summary_table(heading, "table.title", ["variant", *axes])
+    previous = None
+    for rec in ordered:
+        label = _variant_label(rec, shown)
+        one.add_row(label if label != previous else "", *setting(rec), *_figures(rec))
+        previous = label
+    if fit(console, [one]):
+        return [one]
+    tables: list[Table] = []
+    for in_title in dict.fromkeys((0, len(axes))):  # the setting as columns, else in the titles too
+        groups: dict[str, list[CaseRecord]] = {}
+        for rec in ordered:
+            groups.setdefault(" · ".join([_variant_label(rec, shown), *setting(rec)[:in_title]]), []).append(rec)
+        tables = []
+        for title, recs in groups.items():
+            table = _summary_table(title, "bold", axes[in_title:])
+            for rec in recs:
+                table.add_row(*setting(rec)[in_title:], *_figures(rec))
+            tables.append(table)
+        if fit(console, tables):
+            return [literal(heading, "table.title"), *tables]
+    return [literal(heading, "table.title"), *map(fold_everywhere, tables)]
+
+
 def print_summary(console: Console, result: RunResult) -> None:
-    console.print(summary_table(result))
+    for renderable in summary_tables(result, console):
+        console.print(renderable)
     cases = result.cases
     counts: dict[str, int] = {}
     for c in cases:

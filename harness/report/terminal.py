@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
+from attnbench.report.console import fit, print_table, transposed
 from attnbench.report.data import FAILED
 from attnbench.report.escaping import LiteralTable, literal
 from attnbench.report.report import Report
@@ -22,12 +23,27 @@ def _style(text: str) -> str:
 
 
 def rich_table(table: Table) -> LiteralTable:
+    """The table for rich; print it with `show` (attnbench.report.console.print_table), which
+    keeps every word whole at the console's width. Names and ids (`nowrap`) wrap only at their
+    spaces; other cells may also fold a word longer than console.FOLD_MIN (a status never is)."""
     t = LiteralTable(title=table.title, title_justify="left", title_style="bold")
     for i, h in enumerate(table.headers):
-        t.add_column(h, justify="right" if i in table.right else "left", overflow="fold", no_wrap=i in table.nowrap)
+        fold = "ellipsis" if i in table.nowrap else "fold"  # ellipsis: never shown, fit keeps the words whole
+        t.add_column(h, justify="right" if i in table.right else "left", overflow=fold)
     for row in table.rows:
         t.add_row(*(literal(c, _style(c)) for c in row))
     return t
+
+
+def show(console: Console, table: Table, turn: bool = False) -> None:
+    """The table at the console's width: where its columns do not fit, turned (`turn`: a row
+    per column) if that fits, else in parts that each repeat its first column (the variant,
+    run or case)."""
+    t = rich_table(table)
+    if turn and not fit(console, [t]) and fit(console, [turned := transposed(t)]):
+        console.print(turned)
+        return
+    print_table(console, t)
 
 
 def print_report(console: Console, report: Report) -> None:
@@ -35,7 +51,7 @@ def print_report(console: Console, report: Report) -> None:
     print_(f"attnbench report: {report.title}", "bold")
     for w in report.warnings:
         print_(f"warning: {w}", "yellow")
-    console.print(rich_table(report.runs))
+    show(console, report.runs, turn=True)  # a few runs, ten fields each
     for g in report.data.groups:
         print_(f"\n{g.title}", "bold cyan")
         for h in report.highlights[g.key]:
@@ -43,22 +59,22 @@ def print_report(console: Console, report: Report) -> None:
         for n in group_notes(report.data, g):
             print_(f"  {n}", "dim")
         if g.backend is not None:
-            console.print(rich_table(report.scaling[g.key]))
-            console.print(rich_table(report.times[g.key]))
+            show(console, report.scaling[g.key])
+            show(console, report.times[g.key])
             for n in report.scaling[g.key].notes + report.times[g.key].notes:
                 print_(n, "dim")
             for t in report.ratios[g.key]:
-                console.print(rich_table(t))
+                show(console, t)
                 for n in t.notes:
                     print_(n, "dim")
             if report.profiles[g.key].rows:
-                console.print(rich_table(report.profiles[g.key]))
+                show(console, report.profiles[g.key])
     if report.published.rows:
-        console.print(rich_table(report.published))
+        show(console, report.published)
         for n in report.published.notes:
             print_(n, "dim")
     if report.failures.rows:
-        console.print(rich_table(report.failures))
+        show(console, report.failures)
     else:
         print_("every case is ok.")
     if report.unstable.rows:
