@@ -70,7 +70,14 @@ RUN_FLAGS: tuple[Flag, ...] = (
             "help": "a backend setting, e.g. onnxruntime.providers=CPUExecutionProvider (repeatable; see bench env)",
         },
     ),
-    Flag("--max-time-per-case", {"type": float, "help": "seconds of sampling per case"}),
+    Flag(
+        "--max-time-per-case",
+        {
+            "type": float,
+            "help": "seconds of sampling per case (the suite's, else 2); a slow case gets 6 × its first call's time t1 "
+            "instead (6 samples: a 95%% CI of the median) if that is at most 300 s, else 3 samples",
+        },
+    ),
     Flag("--target-ci", {"type": float, "help": "stop sampling when the median's 95%% CI is within ±this"}),
     Flag(
         "--passes",
@@ -79,7 +86,15 @@ RUN_FLAGS: tuple[Flag, ...] = (
             "help": "time each case in N fresh workers, one per pass over the sweep, sharing its budget (default 1)",
         },
     ),
-    Flag("--timeout", {"type": float, "help": "seconds before a case's worker is stopped"}),
+    Flag(
+        "--timeout",
+        {
+            "type": float,
+            "help": "seconds from a case's worker's start to its result, a hard limit. bench run's default: a base of "
+            "max(120, 10 × max-time-per-case + 60) to the first timed call, the base again for that call, "
+            "then max(base, 2 × (samples + 2) × t1 + 60), samples being 6 (3 if 6 × t1 > 300)",
+        },
+    ),
     Flag("--max-memory", {"type": float, "help": "GiB a worker may hold before it is stopped (oom)"}),
     Flag("--no-verify", {"action": "store_true", "help": "skip the float64 reference check before timing"}),
     Flag(

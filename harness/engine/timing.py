@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from attnbench.backends.base import Step, Timer
-from attnbench.core.settings import SamplingPolicy
+from attnbench.core.settings import SLOW_CASE_BUDGET_CAP_S, SamplingPolicy
 from attnbench.core.stats import TimeStats, converged, is_stable, summarize
 from attnbench.engine.turns import BLOCK_S, BlockTurns, NoTurns
 
@@ -20,6 +20,13 @@ class Warmup:
     calls: int
     seconds: float
     last_call_s: float
+
+    @property
+    def call_s(self) -> float:
+        """t1 of the slow-case rule: the first call, which is the whole warm-up of a slow case;
+        where warm-up went on and its calls got faster (a first call that compiled or
+        initialised), the last of them."""
+        return min(self.first_call_s, self.last_call_s)
 
 
 @dataclass
@@ -41,10 +48,23 @@ class Measurement:
         return {name: getattr(self, name) for name in names}
 
 
-def warm_up(step: Step, timer: Timer, policy: SamplingPolicy, min_calls: int = 1) -> Warmup:
+def warm_up(
+    step: Step,
+    timer: Timer,
+    policy: SamplingPolicy,
+    min_calls: int = 1,
+    first_call: Callable[[float | None], None] | None = None,
+) -> Warmup:
     """Run until warm-up time has passed and at least `min_calls` calls were made (a compiling
-    backend may build a second graph on the second call); the first call is kept apart."""
+    backend may build a second graph on the second call); the first call is kept apart.
+
+    first_call: told None just before the first call and its seconds just after (the worker
+    passes them on to the parent, whose deadline scales with that call)."""
+    if first_call is not None:
+        first_call(None)
     first = timer.time(step, 1)
+    if first_call is not None:
+        first_call(first)
     total, calls, last = first, 1, first
     while (total < policy.warmup_s or calls < min_calls) and calls < 1000:
         # Grow the block so fast steps do not pay clock overhead per call.
@@ -56,6 +76,36 @@ def warm_up(step: Step, timer: Timer, policy: SamplingPolicy, min_calls: int = 1
     return Warmup(first_call_s=first, calls=calls, seconds=total, last_call_s=last)
 
 
+def slow_case_policy(policy: SamplingPolicy, call_s: float, passes: int = 1) -> tuple[SamplingPolicy, str | None]:
+    """The sampling budget of the slow-case rule (docs/measurement.md), and a note when it changed it.
+
+    policy: the budget of one pass (passes share the case's budget); call_s: t1 (Warmup.call_s).
+    Where min_samples calls outlast the case's budget but fit in SLOW_CASE_BUDGET_CAP_S, the
+    budget becomes min_samples × t1, shared by the passes like the budget it replaces, and each
+    pass takes at least its share of the min_samples samples (never fewer than floor_samples),
+    so that however the calls vary the case gets the samples a 95% CI of the median needs.
+    Beyond the cap the policy stays: floor_samples are taken, and sample() notes the CI is none."""
+    need = policy.min_samples * call_s
+    total = policy.budget_s * passes
+    if need > SLOW_CASE_BUDGET_CAP_S:
+        note = (
+            f"calls of {call_s:.3g} s: {policy.min_samples} of them would outlast the "
+            f"{SLOW_CASE_BUDGET_CAP_S:g} s slow-case cap, so the {total:g} s sampling budget stays"
+        )
+        return policy, note if need > total else None
+    if need <= total:
+        return policy, None
+    floor = max(policy.floor_samples, math.ceil(policy.min_samples / passes))
+    stretched = replace(policy, budget_s=need / passes, floor_samples=floor)
+    # Worded without "CI" and "samples": passes.merge keeps such notes of each pass.
+    each = f", {need / passes:.3g} s in each of {passes} passes" if passes > 1 else ""
+    note = (
+        f"sampling budget stretched from {total:g} s to {need:.3g} s{each}: {policy.min_samples} calls of "
+        f"{call_s:.3g} s, the fewest for a 95% interval of the median"
+    )
+    return stretched, note
+
+
 def _stop_reason(samples: list[float], policy: SamplingPolicy, elapsed: float) -> str | None:
     """Why sampling stops now, or None to go on. elapsed: sampling time so far, turns not counted."""
     if len(samples) >= policy.max_samples:
@@ -63,7 +113,7 @@ def _stop_reason(samples: list[float], policy: SamplingPolicy, elapsed: float) -
     if len(samples) >= policy.min_samples and converged(summarize(samples), policy.target_rel_ci):
         return f"95% CI of the median within ±{policy.target_rel_ci:.0%}"
     if elapsed >= policy.budget_s and len(samples) >= policy.floor_samples:
-        return f"time budget of {policy.budget_s:g} s spent before the CI target"
+        return f"time budget of {policy.budget_s:.3g} s spent before the CI target"
     return None
 
 

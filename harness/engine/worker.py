@@ -11,6 +11,7 @@ import os
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -28,11 +29,17 @@ from attnbench.engine.build import build_transformed, load_case
 from attnbench.engine.identity import PROBE_SEED, definition_probe
 from attnbench.engine.kernels import ATTENTION_MARKERS, attention_ops
 from attnbench.engine.lifeline import die_with_parent
-from attnbench.engine.timing import sample, warm_up
+from attnbench.engine.timing import sample, slow_case_policy, warm_up
 from attnbench.engine.turns import BlockTurns, NoTurns
 from attnbench.workloads.base import AttentionVariant, Shape
 
 VERIFY_TOLERANCE = {"float64": 1e-8, "float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+
+# What a worker sends its parent before its result: (FIRST_CALL, None) as its first timed call
+# starts and (FIRST_CALL, seconds) as it ends, so the parent's deadline can scale with that call
+# (attnbench.engine.executors.local; the rule: RunSettings.limit_after_first_call).
+FIRST_CALL = "first_call"
+FirstCallReport = Callable[[float | None], None]
 
 
 class VerificationFailed(Exception):
@@ -95,11 +102,17 @@ def measure_energy(step: Step, timer: Timer, meter: EnergyMeter, per_call_s: flo
     return meter.stop(), calls
 
 
-def measure_time(case: Case, settings: RunSettings, turns: BlockTurns | NoTurns | None = None) -> Measurement:
+def measure_time(
+    case: Case,
+    settings: RunSettings,
+    turns: BlockTurns | NoTurns | None = None,
+    first_call: FirstCallReport | None = None,
+) -> Measurement:
     """Verification, warm-up, timing and energy for one case; raises on failure.
 
     turns: in a bench ab, the timed stretches (warm-up, each block of samples, the closing
-    readings) each wait for a turn (attnbench.engine.turns); building and verifying do not."""
+    readings) each wait for a turn (attnbench.engine.turns); building and verifying do not.
+    first_call: told as the first timed call starts (None) and ends (its seconds)."""
     turns = turns or NoTurns()
     cls, backend = load_case(case, settings)
     backend_settings = backend.setup(case)
@@ -121,10 +134,13 @@ def measure_time(case: Case, settings: RunSettings, turns: BlockTurns | NoTurns 
     reference = reference_kernel.pair_reader() if device.get("kind") == "cpu" else None
     with turns.block():
         machine_before = reference_kernel.reference_seconds()
-        warm = warm_up(step, timer, policy, backend.min_warmup_calls)
+        warm = warm_up(step, timer, policy, backend.min_warmup_calls, first_call)
+    policy, stretched = slow_case_policy(policy, warm.call_s, settings.passes)
     backend.timed_region_start()
     applied.timed_start()
     measurement = sample(step, timer, policy, warm.last_call_s, reference, turns)
+    if stretched:
+        measurement.notes.insert(0, stretched)
     problems = backend.timed_region_stop() + applied.timed_stop()
     if problems:
         measurement.stable = False
@@ -179,8 +195,10 @@ def measure_time(case: Case, settings: RunSettings, turns: BlockTurns | NoTurns 
     )
 
 
-def measure_memory(case: Case, settings: RunSettings) -> MemoryMeasurement:
-    """Peak memory of one call, in a process of its own: one warm-up call, then the metered one."""
+def measure_memory(case: Case, settings: RunSettings, first_call: FirstCallReport | None = None) -> MemoryMeasurement:
+    """Peak memory of one call, in a process of its own: one warm-up call, then the metered one.
+
+    first_call: told as the warm-up call starts (None) and ends (its seconds)."""
     cls, backend = load_case(case, settings)
     meter = backend.memory_meter()
     meter.prepare_process()
@@ -189,7 +207,13 @@ def measure_memory(case: Case, settings: RunSettings) -> MemoryMeasurement:
     # Lazy initialisation belongs to no measurement, so that call also records which attention
     # kernels ran (a compiled graph is opaque to the dispatcher: the timed worker reads those).
     record_ops = backend.records_aten_ops and not applied.compiles_on_first_call
+    if first_call is not None:
+        first_call(None)
+    began = time.perf_counter()
     ops = attention_ops(step) if record_ops else step()
+    backend.synchronize()  # its device work too: the parent's limit scales with this call's time
+    if first_call is not None:
+        first_call(time.perf_counter() - began)
     meter.start()
     step()
     reading = meter.stop()
@@ -229,7 +253,8 @@ def _mark_oom_victim() -> None:
 def child_main(
     conn: Connection, case: Case, settings: RunSettings, phase: str, turns: BlockTurns | None = None
 ) -> None:
-    """Entry point of the worker process: send back ("ok", result) or ("failed", status, reason, tb)."""
+    """Entry point of the worker process: send back ("ok", result) or ("failed", status, reason, tb),
+    in a tuple (entered, left, message), after the (FIRST_CALL, ...) reports of the time and memory phases."""
     entered = time.perf_counter()
     die_with_parent()
     # A group of its own: the executor kills the case's own child processes with it, and a
@@ -239,8 +264,17 @@ def child_main(
     _mark_oom_victim()
     if settings.plugins:
         os.environ[PLUGINS_ENV] = settings.plugins
+
+    def first_call(seconds: float | None) -> None:
+        conn.send((FIRST_CALL, seconds))
+
     try:
-        result = measure_time(case, settings, turns) if phase == "time" else PHASES[phase](case, settings)
+        if phase == "time":
+            result = measure_time(case, settings, turns, first_call)
+        elif phase == "memory":
+            result = measure_memory(case, settings, first_call)
+        else:
+            result = PHASES[phase](case, settings)
         message: tuple = ("ok", result)
     except BaseException as exc:
         status = classify(exc)

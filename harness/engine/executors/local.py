@@ -28,6 +28,79 @@ from attnbench.engine.lifeline import mark_driver
 POLL_S = 0.05
 
 
+def _secs(x: float) -> str:
+    return f"{x:.3g}" if x < 100 else f"{x:.0f}"
+
+
+class _Deadline:
+    """When a worker that has sent no result is stopped, and the reason it is given then.
+
+    With --timeout, that limit from the worker's start. Without, the slow-case rule
+    (RunSettings.limit_after_first_call, docs/measurement.md): the base limit until the first
+    timed call starts, the base again for that call, and once it has ended after t1 seconds,
+    max(base, 2 × (calls + 2) × t1 + 60 s) for the calls its phase still makes. The profile
+    worker reports no calls: it gets the base plus that limit for the time phase's t1.
+    A worker taking bench ab's turns waits about as long as it times: every limit doubles."""
+
+    def __init__(
+        self, settings: RunSettings, phase: str, started: float, turns: bool, first_call_s: float | None = None
+    ) -> None:
+        self.settings, self.phase, self.started = settings, phase, started
+        self.factor = 2.0 if turns else 1.0
+        self.base = settings.case_timeout()
+        self.known_first_call_s = first_call_s  # the profile phase's: the time phase measured it
+        self.first_started: float | None = None
+        self.first_call_s: float | None = None
+        limit = settings.profile_timeout(first_call_s) if phase == "profile" else self.base
+        self.at = started + self.factor * limit
+        if not settings.scales_timeout:
+            self.why = " (twice --timeout: it took turns)" if turns else ""
+        else:
+            self.why = " (limits doubled: it took turns)" if turns else ""
+
+    def first_call(self, now: float, seconds: float | None) -> None:
+        """The worker's report: its first timed call started (None) or ended after `seconds`."""
+        if not self.settings.scales_timeout or self.phase == "profile":
+            return
+        if seconds is None:
+            self.first_started = now
+            self.at = now + self.factor * self.base
+        else:
+            self.first_call_s = seconds
+            calls = self.settings.calls_after_first(self.phase, seconds)
+            self.at = now + self.factor * self.settings.limit_after_first_call(seconds, calls)
+
+    def _after(self, t1: float, calls: int) -> str:
+        """The limit after a first call of t1, as the rule's figures."""
+        rule = f"2 × {calls + 2} × {_secs(t1)} s + 60 s"
+        if self.settings.limit_after_first_call(t1, calls) > self.base:
+            return rule
+        return f"the base {_secs(self.base)} s, over {rule}"
+
+    def reason(self) -> str:
+        within = f"no result within {_secs(self.at - self.started)} s"
+        if not self.settings.scales_timeout:
+            return f"{within}; worker stopped{self.why}"
+        if self.phase == "profile":
+            t1 = self.known_first_call_s
+            if t1 is None:
+                return f"{within} (the base limit); worker stopped{self.why}"
+            after = self._after(t1, self.settings.calls_after_first("profile", t1))
+            return f"{within} (base {_secs(self.base)} s, then {after} for a first call of {_secs(t1)} s); " + (
+                f"worker stopped{self.why}"
+            )
+        if self.first_started is None:
+            return f"{within}, before its first timed call (base {_secs(self.base)} s); worker stopped{self.why}"
+        if self.first_call_s is None:
+            return (
+                f"{within}: its first timed call ran past the base {_secs(self.base)} s from its start; "
+                f"worker stopped{self.why}"
+            )
+        t1 = self.first_call_s
+        after = self._after(t1, self.settings.calls_after_first(self.phase, t1))
+        return f"{within} (first call {_secs(t1)} s; limit {after} after it); worker stopped{self.why}"
+
+
 def _signal_name(code: int) -> str:
     try:
         return signal.Signals(-code).name
@@ -78,16 +151,18 @@ class LocalExecutor(Executor):
             if memory.traceback:
                 timed.traceback = memory.traceback
         if self.settings.profile:  # after the figures are taken, in a worker of its own
-            timed.result = replace(timed.result, profile=self.profile_summary(self.profile(case)))
+            profiled = self.profile(case, timed.result.first_call_s)
+            timed.result = replace(timed.result, profile=self.profile_summary(profiled))
         return timed
 
     def run_pass(self, case: Case) -> Outcome:
         """One more timing pass of a case already verified and metered in its first pass."""
         return self._run_phase(case, "time", replace(self.settings, verify=False))
 
-    def profile(self, case: Case) -> Outcome:
-        """The case under its backend's profiler in a fresh worker (attnbench.engine.profiling)."""
-        return self._run_phase(case, "profile")
+    def profile(self, case: Case, first_call_s: float | None = None) -> Outcome:
+        """The case under its backend's profiler in a fresh worker (attnbench.engine.profiling).
+        first_call_s: the time phase's first call, which the worker's limit scales with."""
+        return self._run_phase(case, "profile", first_call_s=first_call_s)
 
     def profile_summary(self, outcome: Outcome) -> dict[str, Any]:
         """What a case record keeps of its profile: files (folder relative to the run folder), top operators."""
@@ -100,13 +175,16 @@ class LocalExecutor(Executor):
         profile["dir"] = os.path.relpath(path, root)
         return {"status": "ok", **profile, "worker": worker}
 
-    def _run_phase(self, case: Case, phase: str, settings: RunSettings | None = None) -> Outcome:
+    def _run_phase(
+        self, case: Case, phase: str, settings: RunSettings | None = None, first_call_s: float | None = None
+    ) -> Outcome:
         parent_conn, child_conn = self.ctx.Pipe(duplex=False)
         from attnbench.engine.worker import child_main
 
+        settings = settings or self.settings
         started = time.perf_counter()
         turns = self.gate.worker_turns() if phase == "time" else None
-        args = (child_conn, case, settings or self.settings, phase, turns)
+        args = (child_conn, case, settings, phase, turns)
         proc = self.ctx.Process(target=child_main, args=args, daemon=True)
         proc.start()
         self._current = proc
@@ -115,20 +193,19 @@ class LocalExecutor(Executor):
             turns.read.close()
             turns.write.close()
         # Taking block turns with the other side of a bench ab, a worker waits about as long as
-        # it times, so its wall clock gets twice the case's timeout (its own time still gets one).
-        timeout, why = self.settings.case_timeout(), ""
-        if turns is not None:
-            timeout, why = 2 * timeout, " (twice --timeout: it took turns)"
+        # it times, so its wall clock gets twice each limit (its own time still gets one).
+        deadline = _Deadline(settings, phase, started, turns is not None, first_call_s)
         try:
-            return self._wait(proc, parent_conn, started, timeout, why)
+            return self._wait(proc, parent_conn, started, deadline)
         finally:
             self._current = None
             _kill(proc)
             proc.join(5)
             parent_conn.close()
 
-    def _wait(self, proc: Any, conn: Any, started: float, timeout: float, why: str) -> Outcome:
-        deadline = started + timeout
+    def _wait(self, proc: Any, conn: Any, started: float, deadline: _Deadline) -> Outcome:
+        from attnbench.engine.worker import FIRST_CALL
+
         limit = self.settings.memory_limit_bytes
         watched = _watch(proc.pid)
         busy0 = cpu_load.busy_seconds()
@@ -137,10 +214,14 @@ class LocalExecutor(Executor):
             interrupts.check()  # a Ctrl-C swallowed where it landed still stops the case
             if conn.poll(POLL_S):
                 try:
-                    entered, left, message = conn.recv()
+                    sent = conn.recv()
                 except (EOFError, OSError):
                     break  # died while sending; reported below from the exit code
                 received = time.perf_counter()
+                if sent[0] == FIRST_CALL:
+                    deadline.first_call(received, sent[1])
+                    continue
+                entered, left, message = sent
                 try:
                     cpu = watched.cpu_times() if watched is not None else None
                     worker_cpu = cpu.user + cpu.system if cpu is not None else None
@@ -182,12 +263,12 @@ class LocalExecutor(Executor):
                         f"{limit / 2**30:.2f} GiB and was stopped",
                         worker={"pid": proc.pid, "wall_s": now - started, "exitcode": proc.exitcode},
                     )
-            if now > deadline:
+            if now > deadline.at:
                 _kill(proc)
                 proc.join(5)
                 return Outcome(
                     "timeout",
-                    f"no result within {timeout:g} s; worker stopped{why}",
+                    deadline.reason(),
                     worker={"pid": proc.pid, "wall_s": now - started, "exitcode": proc.exitcode},
                 )
             if not proc.is_alive() and not conn.poll(0):

@@ -563,7 +563,9 @@ class RayExecutor(ConcurrentExecutor):
     def _check_cluster(self) -> None:
         """After nodes leave, cases that no remaining node can run are stopped and say why."""
         gone = self._refresh_nodes()
-        deadline = 2 * self.settings.case_timeout() + 120  # time + memory phase, then a margin
+        # The longest the case's workers (time, memory, profile) may legitimately take under the
+        # timeout rule, slow cases included, then a margin for the task's own start (a fork server).
+        deadline = self.settings.case_timeout_ceiling() + 120
         now = time.perf_counter()
         for gen, flight in list(self._flights.items()):
             if flight.started is not None:
