@@ -4,7 +4,10 @@ A figure is only hardware-aware when it can be placed against what the device co
 each case's FLOP/s and bytes/s are divided by the peak matrix-multiply rate (per dtype)
 and the memory bandwidth of its device. Measured peaks are cached per machine
 fingerprint; datasheet peaks (dense, no structured sparsity, boost clock) are a fallback
-for known accelerators and are never presented as measured.
+for known accelerators and are never presented as measured. A calibration taken while other
+processes used the CPU (`busy`, attnbench.engine.calibrate) is kept but is never a ceiling.
+A case that runs faster than its ceiling gets no fraction but a note (`over_ceiling`): a
+fraction above 1 only says the ceiling is wrong.
 """
 
 from __future__ import annotations
@@ -136,11 +139,18 @@ def save_calibration(device_key: str, entry: dict[str, Any]) -> Path:
     return path
 
 
+def is_busy(entry: dict[str, Any]) -> bool:
+    """Whether a stored calibration was taken while other processes used too much of the CPU.
+    One from before the load was recorded counts as quiet: nothing says otherwise."""
+    return entry.get("busy") is True
+
+
 def peaks_for(device_key: str, device_name: str) -> dict[str, Any]:
-    """The ceilings a run records for a device: measured if calibrated here, else datasheet, else null."""
+    """The ceilings a run records for a device: measured if calibrated here on a quiet machine,
+    else datasheet, else null."""
     measured = load_calibration().get(device_key)
     sheet = datasheet_for(device_name)
-    if measured:
+    if measured and not is_busy(measured):
         return {
             "source": "calibrated",
             "reason": None,
@@ -149,29 +159,53 @@ def peaks_for(device_key: str, device_name: str) -> dict[str, Any]:
             "calibrated_at": measured.get("calibrated_at"),
             "threads": measured.get("threads"),
             "method": measured.get("method"),
+            "other_cpu_share": measured.get("other_cpu_share"),
+            "quick": measured.get("quick"),
             "datasheet": sheet,
         }
+    if measured:  # busy: recorded beside the ceiling (if any), so the run says why it was not used
+        share = measured.get("other_cpu_share")
+        missing = (
+            f"this machine's calibration of {device_key} ({measured.get('calibrated_at') or 'undated'}) was taken "
+            f"while other processes used {f'{share:.0%}' if isinstance(share, (int, float)) else 'too much'} of the "
+            "CPU, so it is no ceiling; run `bench calibrate` "
+            "when the machine is quiet"
+        )
+        busy = {
+            k: measured.get(k)
+            for k in ("matmul_flops_per_s", "memory_bytes_per_s", "calibrated_at", "other_cpu_share", "method")
+        }
+    else:
+        missing, busy = None, None
     if sheet:
         return {
             "source": "datasheet",
-            "reason": f"not calibrated on this machine (run `bench calibrate`); datasheet: {sheet['source_note']}",
+            "reason": f"{missing or 'not calibrated on this machine (run `bench calibrate`)'}; "
+            f"datasheet: {sheet['source_note']}",
             "matmul_flops_per_s": sheet["matmul_flops_per_s"],
             "memory_bytes_per_s": sheet["memory_bytes_per_s"],
             "datasheet": sheet,
+            **({"busy_calibration": busy} if busy else {}),
         }
     return {
         "source": None,
-        "reason": f"no calibration for {device_key} on this machine and no datasheet entry; run `bench calibrate`",
+        "reason": f"{missing} (and no datasheet entry)"
+        if missing
+        else f"no calibration for {device_key} on this machine and no datasheet entry; run `bench calibrate`",
         "matmul_flops_per_s": {},
         "memory_bytes_per_s": None,
         "datasheet": None,
+        **({"busy_calibration": busy} if busy else {}),
     }
 
 
 def fraction_of_peak(
     peaks: dict[str, Any] | None, dtype: str, flops_per_s: float | None, bytes_per_s: float | None
 ) -> dict[str, Any]:
-    """A case's achieved rates over its device's ceilings (None where a ceiling is unknown)."""
+    """A case's achieved rates over its device's ceilings (None where a ceiling is unknown).
+
+    A rate above its ceiling gets no fraction (a fraction above 1 is no figure of the case: the
+    ceiling is wrong) but `over_ceiling` {flops|bytes: achieved over ceiling} and a reason."""
     if not peaks:
         return {"flops": None, "bytes": None, "source": None, "reason": "the device recorded no peak figures"}
     flops_peak = (peaks.get("matmul_flops_per_s") or {}).get(dtype)
@@ -181,12 +215,29 @@ def fraction_of_peak(
         reasons.append(peaks["reason"])
     elif not flops_peak:
         reasons.append(f"no {dtype} matmul peak for this device")
-    return {
+    fractions = {
         "flops": flops_per_s / flops_peak if flops_peak and flops_per_s is not None else None,
         "bytes": bytes_per_s / bandwidth if bandwidth and bytes_per_s is not None else None,
-        "source": peaks.get("source"),
-        "reason": "; ".join(reasons) or None,
     }
+    over = {what: f for what, f in fractions.items() if f is not None and f > 1}
+    source = peaks.get("source") or "recorded"
+    if "flops" in over:
+        fractions["flops"] = None
+        reasons.append(
+            f"{flops_per_s / 1e12:.3g} TFLOP/s achieved, above the {source} {dtype} matmul ceiling of "  # type: ignore[operator]
+            f"{flops_peak / 1e12:.3g} TFLOP/s: the ceiling is too low (e.g. calibrated on a busy machine); "
+            "`bench calibrate` on a quiet machine re-measures it"
+        )
+    if "bytes" in over:
+        fractions["bytes"] = None
+        reasons.append(
+            f"{bytes_per_s / 1e9:.3g} GB/s of minimum traffic achieved, above the {source} bandwidth of "  # type: ignore[operator]
+            f"{bandwidth / 1e9:.3g} GB/s: the data stayed in cache, or the ceiling is too low"
+        )
+    out = {**fractions, "source": peaks.get("source"), "reason": "; ".join(reasons) or None}
+    if over:
+        out["over_ceiling"] = over
+    return out
 
 
 def now_iso() -> str:

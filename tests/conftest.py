@@ -34,6 +34,9 @@ if "ATTNBENCH_HISTORY" not in os.environ:
 # sees this machine's real calibration, and exports are really made.
 if "ATTNBENCH_CACHE_DIR" not in os.environ:
     os.environ["ATTNBENCH_CACHE_DIR"] = _throwaway_dir("attnbench-test-cache-")
+# With that cache empty, every `bench run` would first calibrate its device (a few seconds):
+# tests that want the first-run calibration clear this (tests/test_first_run_calibration.py).
+os.environ.setdefault("ATTNBENCH_NO_CALIBRATE", "1")
 FAULTY = "tests.plugins.faulty"
 
 

@@ -25,7 +25,8 @@ import another checkout's code is refused in one line; a side new enough to reco
 code came from (run.json `interleaved.imported`) is checked again after its run.
 --baseline-env and --candidate-env set variables on one side only. OUT holds baseline/ and
 candidate/ (two ordinary run folders), each side's log, and the comparison (compare.json,
-compare.md). Only the candidate's run is recorded in the history.
+compare.md). Only the candidate's run is recorded in the history. --json prints the comparison
+(compare.json) on stdout instead of the table, everything else on stderr.
 """
 
 from __future__ import annotations
@@ -44,9 +45,10 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from attnbench.cli.compare import ALLOW_MISSING_HELP, FAIL_HELP
 from attnbench.cli.parsing import add_documented_command
 from attnbench.cli.run_flags import add_run_flags
-from attnbench.core.errors import EXIT_INTERRUPTED, UserError
+from attnbench.core.errors import EXIT_CASES_FAILED, EXIT_INTERRUPTED, UserError
 from attnbench.core.layout import SUBPACKAGE_FOLDERS, CheckoutCommand, bench_command, is_checkout
 
 if TYPE_CHECKING:  # the rest is imported where used, so `bench --help` stays fast
@@ -68,6 +70,8 @@ OWN_FLAGS = {
     "--threshold": True,
     "--alpha": True,
     "--fail-on-regression": False,
+    "--allow-missing": False,
+    "--json": False,
     "--allow-same": False,
     "--turns": True,
 }
@@ -119,10 +123,22 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     p.add_argument("--threshold", type=float, help="relative time change that counts (default 0.05, or the suite's)")
     p.add_argument("--alpha", type=float, help="significance level (default 0.01)")
-    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a case regressed or now fails")
+    p.add_argument("--fail-on-regression", action="store_true", help=FAIL_HELP)
+    p.add_argument("--allow-missing", action="store_true", help=ALLOW_MISSING_HELP)
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the comparison as JSON on stdout (as OUT/compare.json holds it) instead of the table; "
+        "everything else goes to stderr",
+    )
     out_help = "folder for the pair: baseline/, candidate/, logs, compare.* (default: results/ab-<time>)"
     add_run_flags(p, out_help=out_help)
     return p
+
+
+# Run flags the sides do without: a side never calibrates (the other side loads the machine),
+# and a baseline checkout older than the flag would refuse it.
+NOT_FOR_SIDES = ("--no-calibrate",)
 
 
 def side_flags(argv: list[str]) -> list[str]:
@@ -131,6 +147,8 @@ def side_flags(argv: list[str]) -> list[str]:
     tokens = iter(argv[1:] if argv and argv[0] == "ab" else argv)
     for token in tokens:
         name = token.split("=", 1)[0]
+        if name in NOT_FOR_SIDES:
+            continue
         if name in REFUSED:
             raise UserError(f"bench ab does not take {name}: {REFUSED[name]}")
         if name in OWN_FLAGS:
@@ -332,7 +350,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from attnbench.report.console import make_console
     from attnbench.report.escaping import line
 
-    console = make_console()
+    console = make_console(file=sys.stderr if args.json else None)
     flags = _absolute_suite(side_flags(argv))
     baseline = _checkout(args.baseline, "--baseline")
     candidate, how, fallback = _candidate(args.candidate)
@@ -426,7 +444,8 @@ def _run_sides(
         for s in sides:
             os.close(s.to_side)
             os.close(s.from_side)
-    failed = {name: code for name, code in codes.items() if code != 0}
+    # EXIT_CASES_FAILED: the side's run finished with failing cases, which the comparison reports.
+    failed = {name: code for name, code in codes.items() if code not in (0, EXIT_CASES_FAILED)}
     if failed:
         name, code = next(iter(failed.items()))
         tail = logs[name].read_text().strip().splitlines()[-5:]
@@ -475,5 +494,7 @@ def _compare(out: Path, args: argparse.Namespace) -> int:
             threshold=args.threshold,
             alpha=args.alpha,
             fail_on_regression=args.fail_on_regression,
+            allow_missing=args.allow_missing,
+            print_json=args.json,
         )
     )

@@ -3,8 +3,10 @@
 BASELINE and CURRENT are run folders or history references (`latest`, `latest~1`, a run
 id or a unique prefix of one); `latest` and `latest~N` count one branch's runs (--branch, by
 default the branch of the checkout attnbench runs from; --branch any: every run). Exit
-status: 0, or 1 with --fail-on-regression when a case regressed or now fails, or 2 for a
-user error (including runs from different environments).
+status: 0, or 1 with --fail-on-regression when a case regressed or now fails, or when a case
+lost its measurement (unless --allow-missing): missing from the current run, failing on both
+sides, or measured in the baseline and now skipped or unsupported; 2 for a user error
+(including runs from different environments).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from attnbench.core import strict_json
 from attnbench.core.errors import EXIT_REGRESSION, UserError
 
 if TYPE_CHECKING:
+    from attnbench.analysis.compare import CaseComparison, Comparison
     from attnbench.analysis.history import History
     from attnbench.core.results import RunResult
 
@@ -48,11 +51,21 @@ class CompareRequest:
     noise_runs: int = NOISE_RUNS
     allow_env_mismatch: bool = False
     fail_on_regression: bool = False
+    allow_missing: bool = False  # with fail_on_regression: cases that lost their measurement do not fail it
     markdown: Path | None = None
     json: str | None = None  # FILE, or "-": the JSON to stdout instead of the table
+    print_json: bool = False  # the JSON to stdout instead of the table, as well as to a json FILE (bench ab --json)
 
 
 HELP = "compare two runs: ratio of medians with a bootstrap CI, Mann–Whitney U, a verdict per case"
+FAIL_HELP = (
+    f"exit {EXIT_REGRESSION} when a case regressed or now fails, or lost its measurement: missing from the current "
+    "run, failing on both sides, or measured in the baseline and now skipped or unsupported"
+)
+ALLOW_MISSING_HELP = (
+    "with --fail-on-regression: cases that lost their measurement do not fail it (a case skipped or unsupported "
+    "on both sides never does)"
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -90,7 +103,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         f"(default {NOISE_RUNS}; 0: judge on the two runs alone)",
     )
     p.add_argument("--allow-env-mismatch", action="store_true", help="compare runs from different hosts or versions")
-    p.add_argument("--fail-on-regression", action="store_true", help="exit 1 when a case regressed or now fails")
+    p.add_argument("--fail-on-regression", action="store_true", help=FAIL_HELP)
+    p.add_argument("--allow-missing", action="store_true", help=ALLOW_MISSING_HELP)
     p.add_argument("--markdown", type=Path, metavar="FILE", help="also write the report as Markdown")
     p.add_argument("--json", metavar="FILE", help="also write the comparison as JSON ('-': to stdout, no table)")
     return p
@@ -115,7 +129,26 @@ def _earlier_runs(current: RunResult, args: CompareRequest, opened: dict[str, Hi
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
-    return compare(CompareRequest(**{f.name: getattr(args, f.name) for f in dataclasses.fields(CompareRequest)}))
+    fields = dataclasses.fields(CompareRequest)
+    return compare(CompareRequest(**{f.name: getattr(args, f.name) for f in fields if hasattr(args, f.name)}))
+
+
+def lost_measurements(cmp: Comparison) -> list[CaseComparison]:
+    """The `missing` cases that fail --fail-on-regression unless --allow-missing: not in the current
+    run, failing there (in the baseline too, or skipped there), or measured in the baseline and now
+    not (skipped, unsupported). Skipped or unsupported on both sides is both sweeps' decision."""
+    from attnbench.analysis.compare import FAILED_STATUSES
+
+    return [
+        c
+        for c in cmp.cases
+        if c.verdict == "missing"
+        and (c.current_status is None or c.current_status in FAILED_STATUSES or c.baseline_status == "ok")
+    ]
+
+
+def _ids(cases: list[CaseComparison]) -> str:
+    return ", ".join(c.case_id for c in cases[:5]) + (" ..." if len(cases) > 5 else "")
 
 
 def compare(args: CompareRequest) -> int:
@@ -194,22 +227,27 @@ def compare(args: CompareRequest) -> int:
     if summary_file:
         with open(summary_file, "a") as f:
             f.write(markdown + "\n")
-    if args.json == "-":
+    if args.json and args.json != "-":
+        out = Path(args.json)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(strict_json.dumps(cmp.to_json(), indent=2) + "\n")
+    if args.json == "-" or args.print_json:
         sys.stdout.write(strict_json.dumps(cmp.to_json(), indent=2))
         sys.stdout.write("\n")
     else:
-        if args.json:
-            out = Path(args.json)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(strict_json.dumps(cmp.to_json(), indent=2) + "\n")
         console = make_console(log_width=170)  # CI logs: room for every column (unless COLUMNS is set)
         render_table(cmp, console)
-    if args.fail_on_regression and cmp.failing:
-        sys.stderr.write(
-            f"bench compare: {len(cmp.failing)} case(s) regressed or failed: "
-            + ", ".join(c.case_id for c in cmp.failing[:5])
-            + (" ..." if len(cmp.failing) > 5 else "")
-            + "\n"
+    if not args.fail_on_regression:
+        return 0
+    lost = [] if args.allow_missing else lost_measurements(cmp)
+    problems = []
+    if cmp.failing:
+        problems.append(f"{len(cmp.failing)} case(s) regressed or failed: {_ids(cmp.failing)}")
+    if lost:
+        problems.append(
+            f"{len(lost)} case(s) missing or not measured now: {_ids(lost)} (--allow-missing lets them pass)"
         )
+    if problems:
+        sys.stderr.write("bench compare: " + "; ".join(problems) + "\n")
         return EXIT_REGRESSION
     return 0

@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from attnbench.cli.history import HISTORY_HELP
+from attnbench.cli.history import BRANCH_HELP, HISTORY_HELP
 from attnbench.core import strict_json
 from attnbench.core.errors import UserError
 
@@ -29,12 +29,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("-o", "--output", type=Path, metavar="FILE", help="write here (default: stdout)")
     p.add_argument("--history", metavar="PATH", help=HISTORY_HELP)
     p.add_argument("--suite", help="resolve latest/latest~N among runs of this suite")
+    p.add_argument("--branch", metavar="NAME", help="resolve latest/latest~N: " + BRANCH_HELP)
     return p
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     from attnbench.analysis.exporters import COMPANIONS, export
-    from attnbench.analysis.history import History, history_path
+    from attnbench.analysis.history import History, branch_filter, history_path
     from attnbench.cli.compare import _is_folder_ref
     from attnbench.core.results import load_run
 
@@ -44,8 +45,10 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         path = history_path(args.history)
         if path is None:
             raise UserError("the history is turned off (ATTNBENCH_HISTORY=off); give a run folder instead")
+        # --branch counts for latest/latest~N only (as in bench compare): a run id names one run.
+        branch = branch_filter(args.branch) if args.run.startswith("latest") else None
         with History.open(path, create=False) as history:
-            result = history.load(history.resolve(args.run, args.suite))
+            result = history.load(history.resolve(args.run, args.suite, branch))
     data = export(result, args.format)
     if not args.output:
         sys.stdout.write(_text(data))

@@ -54,6 +54,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     show.add_argument("--limit", type=int, help="only the last N runs")
     show.add_argument("--plot", type=Path, metavar="PNG", help="where to write the plot (default: reports/history/...)")
     show.add_argument("--no-plot", action="store_true", help="table only")
+    show.add_argument(
+        "--json", action="store_true", help="print the trend as JSON (for scripts; a plot only with --plot)"
+    )
 
     export = sub.add_parser("export", help="write a run from the history as a run folder (e.g. to pin a baseline)")
     export.add_argument("ref", help="latest, latest~N, or a run id")
@@ -185,6 +188,14 @@ def _show(history: Any, args: argparse.Namespace) -> int:
     if not rows:
         raise UserError(f"no measured {args.metric} for {what} in {history.path}; see `bench history list`")
     _, unit, scale = METRICS[args.metric]
+    if args.json:
+        if args.plot:
+            trend_figure(rows, args.metric, what, args.plot)
+        # Values in the history's units (seconds, bytes, ...); the table shows value × scale in `unit`.
+        plot = str(args.plot) if args.plot else None
+        trend = {"metric": args.metric, "unit": unit, "scale": scale, "of": what, "plot": plot, "rows": rows}
+        print(strict_json.dumps(trend, indent=2, default=str))
+        return 0
     console = make_console()
     table = LiteralTable(title=f"{args.metric} ({unit}) of {what}", title_justify="left")
     for col in ("started (UTC)", "run_id", "commit", "case", "n", "value", "95% CI", "vs previous", "stable"):

@@ -9,13 +9,16 @@ so `bench --help` and a usage error stay fast.
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from importlib import import_module
-from typing import NoReturn
+from pathlib import Path
+from typing import Any, NoReturn
 
 from attnbench.core import interrupts
 from attnbench.core.errors import (
+    EXIT_BROKEN_PIPE,
     EXIT_INTERRUPTED,
     EXIT_TERMINATED,
     EXIT_USER_ERROR,
@@ -36,7 +39,9 @@ COMMAND_MODULES: tuple[str, ...] = (
     "attnbench.cli.export",
     "attnbench.cli.profile",
     "attnbench.cli.ab",
+    "attnbench.cli.completion",
 )
+PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"  # a checkout's (harness/cli/main.py)
 
 
 class Parser(argparse.ArgumentParser):
@@ -47,8 +52,39 @@ class Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_USER_ERROR)
 
 
+def version() -> str:
+    """attnbench's version: the installed distribution's, else the checkout's pyproject.toml's
+    (code imported from a checkout that was never installed), else "unknown"."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("attnbench")
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:
+            import tomli as tomllib
+        return str(tomllib.loads(PYPROJECT.read_text())["project"]["version"])
+    except (OSError, ValueError, KeyError):
+        return "unknown"
+
+
+class VersionAction(argparse.Action):
+    """--version: `bench X.Y.Z` on stdout, exit 0; the version is looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        sys.stdout.write(f"{parser.prog} {version()}\n")
+        parser.exit(0)
+
+
 def build_parser() -> Parser:
     parser = Parser(prog="bench", description="Hardware-aware benchmarks of transformer attention.")
+    parser.add_argument("--version", action=VersionAction, help="print bench's version and exit")
     sub = parser.add_subparsers(dest="command", parser_class=Parser, metavar="COMMAND")
     for name in COMMAND_MODULES:
         import_module(name).add_parser(sub).set_defaults(command_module=name)
@@ -80,6 +116,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: l
         return EXIT_WRITE_FAILED
     except KeyboardInterrupt:
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader left early (`bench list --json | head`): no traceback, as a tool that SIGPIPE ends.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit must not raise again
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

@@ -9,14 +9,18 @@ a fresh worker process, warmed up, then a few calls under the profiler; the file
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from attnbench.cli.parsing import add_documented_command
+from attnbench.cli.run import stdout_to_stderr
 from attnbench.cli.run_flags import CASE_FLAGS, SELECTING, add_run_flags, memory_limit_bytes
+from attnbench.core import strict_json
 from attnbench.core.errors import EXIT_FAILED, UserError
 
 if TYPE_CHECKING:
@@ -37,6 +41,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--out", type=Path, metavar="DIR", help="folder the case's profile folder goes in")
     p.add_argument("--calls", type=int, default=3, help="calls profiled after warm-up (default 3)")
     p.add_argument("--top", type=int, default=12, help="operators printed (default 12)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print the profile as JSON on stdout (the case, its files, named steps, top operators; "
+        "on failure its status and reason), progress on stderr",
+    )
     add_run_flags(p.add_argument_group("or name one case with bench run's flags"), only=CASE_FLAGS)
     return p
 
@@ -68,7 +78,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     settings = dataclasses.replace(settings, profile=True, profile_dir=str(root.resolve()), profile_calls=args.calls)
     if args.timeout is None:  # one case, asked for by hand: wait for a slow export or compile
         settings = dataclasses.replace(settings, timeout_s=max(PROFILE_TIMEOUT_S, settings.case_timeout()))
-    console = make_console()
+    console = make_console(file=sys.stderr if args.json else None)
     console.print(
         line(
             "profiling ",
@@ -78,16 +88,46 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         soft_wrap=True,
     )
     executor = LocalExecutor(settings)
-    outcome = executor.profile(case)
+    with stdout_to_stderr() if args.json else contextlib.nullcontext():
+        outcome = executor.profile(case)
     if outcome.status != "ok":
         if outcome.traceback and outcome.status == "error":
             sys.stderr.write(outcome.traceback)
         sys.stderr.write(f"bench: profile of {case.case_id} failed ({outcome.status}): {outcome.reason}\n")
+        if args.json:
+            print(strict_json.dumps(profile_json(case, outcome.status, outcome.reason, None, args.top), indent=2))
         return EXIT_FAILED
     profile = outcome.result["profile"]
     write_profile_files(Path(profile["path"]))
+    if args.json:
+        print(strict_json.dumps(profile_json(case, "ok", None, profile, args.top), indent=2))
+        return 0
     print_profile(console, profile, args.top)
     return 0
+
+
+def profile_json(
+    case: Case, status: str, reason: str | None, profile: dict[str, Any] | None, top: int
+) -> dict[str, Any]:
+    """bench profile --json: the case, and what print_profile shows (the named steps, the top
+    operators) with where the files are; for a failed profile, its status and why."""
+    out: dict[str, Any] = {"case_id": case.case_id, "label": case.label(), "status": status, "reason": reason}
+    if profile is None:
+        return out
+    summary = json.loads((Path(profile["path"]) / profile["summary"]).read_text())
+    files = ("trace", "ops_csv", "ops_md", "memory_png", "summary", "tensorboard")
+    out.update(
+        folder=profile["path"],
+        files={name: profile[name] for name in files if profile.get(name)},
+        profiler=profile.get("profiler"),
+        calls=summary["calls"],
+        call_s=summary["call_s"],
+        time_basis=summary.get("time_basis"),
+        steps=summary.get("steps_all") or [],
+        ops=summary.get("ops", [])[:top],
+        notes=summary.get("notes", []),
+    )
+    return out
 
 
 def _case_from_run(args: argparse.Namespace) -> tuple[Case, RunSettings, Path]:

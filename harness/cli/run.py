@@ -3,27 +3,147 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-from dataclasses import replace
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from attnbench.cli.run_flags import SWEEP_FLAGS, add_run_flags, memory_limit_bytes
-from attnbench.core import interrupts
-from attnbench.core.errors import EXIT_INTERRUPTED, UserError
+from attnbench.core import interrupts, strict_json
+from attnbench.core.errors import EXIT_CASES_FAILED, EXIT_INTERRUPTED, UserError
 
 if TYPE_CHECKING:
     from attnbench.core.cases import Case
+    from attnbench.core.results import RunResult
     from attnbench.engine.runner import Progress
+
+SUMMARY_SCHEMA = "attnbench.run-summary/1"  # bench run --json
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("run", help="run a suite (default: the built-in 'default' suite)")
     add_run_flags(p)
+    # bench run's own, not RUN_FLAGS: bench ab passes those on to its sides, whose output and exit it reads itself.
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print a summary as JSON on stdout (run id, folder, counts by status, each case's figures); "
+        "progress and everything else bench run prints go to stderr",
+    )
+    p.add_argument(
+        "--fail-on-error",
+        action="store_true",
+        help=f"exit {EXIT_CASES_FAILED} when any case failed (error, timeout, oom). skipped and unsupported cases are "
+        "the sweep's decisions and an unstable case is ok, so none of them counts. Without the flag bench run exits "
+        f"{EXIT_CASES_FAILED} only when cases failed and none is ok",
+    )
     return p
 
 
+@dataclass(frozen=True)
+class Finished:
+    """How a bench run ended: its exit code so far, its folder, and the history it went into."""
+
+    code: int
+    folder: Path
+    history: Path | None = None
+
+
 def run(args: argparse.Namespace, argv: list[str]) -> int:
+    from attnbench.core.results import load_run
+
+    if not args.json:
+        finished = _run(args, argv)
+        return _exit_code(load_run(finished.folder), finished.code, args.fail_on_error)
+    with stdout_to_stderr():
+        finished = _run(args, argv)
+        result = load_run(finished.folder)
+        code = _exit_code(result, finished.code, args.fail_on_error)
+    sys.stdout.write(strict_json.dumps(summary_json(result, finished.folder, finished.history), indent=2) + "\n")
+    return code
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """--json (bench run, bench profile): while the work goes on, file descriptor 1 is stderr's, so
+    that nothing else printed (a console, a workload, a library, the workers that inherit it) lands
+    in the JSON written to stdout after."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _exit_code(result: RunResult, code: int, fail_on_error: bool) -> int:
+    """code, or EXIT_CASES_FAILED when a finished run's cases failed: any (fail_on_error), or all
+    (none ok); the line on stderr says which."""
+    from attnbench.analysis.compare import FAILED_STATUSES
+
+    failed = [c for c in result.cases if c.status in FAILED_STATUSES]
+    if code != 0 or not failed:
+        return code
+    ok = sum(1 for c in result.cases if c.status == "ok")
+    if fail_on_error or not ok:
+        why = "--fail-on-error" if ok else "no case is ok"
+        sys.stderr.write(
+            f"bench run: {len(failed)} case(s) failed ({', '.join(c.case_id for c in failed[:3])}"
+            f"{' ...' if len(failed) > 3 else ''}); exit {EXIT_CASES_FAILED} ({why})\n"
+        )
+        return EXIT_CASES_FAILED
+    return code
+
+
+def summary_json(result: RunResult, folder: Path, history: Path | None) -> dict[str, Any]:
+    """bench run --json: the run, its counts by status and each case's main figures."""
+    from attnbench.analysis.compare import FAILED_STATUSES
+    from attnbench.core.record import CASE_STATUSES
+
+    counts = dict.fromkeys(CASE_STATUSES, 0)
+    for c in result.cases:
+        counts[c.status] = counts.get(c.status, 0) + 1
+    return {
+        "schema": SUMMARY_SCHEMA,
+        "run_id": result.run.run_id,
+        "suite": result.run.suite,
+        "status": result.run.status,
+        "folder": str(folder),
+        "history": str(history) if history is not None else None,
+        "cases_total": result.run.cases_total,
+        "counts": counts,
+        "failed": sum(1 for c in result.cases if c.status in FAILED_STATUSES),
+        "unstable": sum(1 for c in result.cases if c.status == "ok" and not c.stable),
+        "cases": [
+            {
+                "case_id": c.case_id,
+                "variant": c.variant,
+                "params": c.params,
+                "scope": c.scope,
+                "backend": c.backend,
+                "dtype": c.dtype,
+                "mode": c.mode,
+                "transform": c.transform,
+                "seq_len": c.seq_len,
+                "status": c.status,
+                "reason": c.reason,
+                "median_s": c.median_s,
+                "ci95": [c.time_s.ci95_low, c.time_s.ci95_high] if c.time_s else None,
+                "peak_memory_bytes": c.peak_memory_bytes,
+                "stable": c.stable,
+            }
+            for c in result.cases
+        ],
+    }
+
+
+def _run(args: argparse.Namespace, argv: list[str]) -> Finished:
     with interrupts.deferred():  # torch's import aborts the process if interrupted halfway
         from attnbench.core.registry import PLUGINS_ENV
         from attnbench.core.results import check_writable, load_run
@@ -35,7 +155,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
         from attnbench.report.console import RunProgress, make_console, print_summary
         from attnbench.report.escaping import line
 
-    console = make_console()
+    console = make_console(file=sys.stderr if args.json else None)
     choice = ExecutorChoice(args.executor, args.ray_address, tuple(args.ray_resource))
     check_choice(choice, resuming=args.resume is not None)
     if args.profile and args.executor == "ray":
@@ -117,6 +237,13 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     )
     if run.suite_notes:
         console.print(line(f"note: {run.suite_notes}"), soft_wrap=True)
+    # First run on this machine: measure each device's ceilings once, before the sweep (issue 22).
+    if not args.no_calibrate:
+        from attnbench.engine.calibrate import calibration_skipped_by_env, first_run_calibration
+
+        if not calibration_skipped_by_env():
+            for text, warning in first_run_calibration(run, folder, choice.name or run.executor or "local"):
+                console.print(line(("warning", "bold yellow"), f": {text}") if warning else line(text), soft_wrap=True)
     executor, run = make_executor(choice, run, settings)
     progress: Progress = RunProgress(console)
     if settings.profile_dir:
@@ -134,10 +261,14 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             ),
             soft_wrap=True,
         )
-        return EXIT_INTERRUPTED
+        return Finished(EXIT_INTERRUPTED, folder)
     finally:
         executor.close()  # a Ray cluster started for the run goes with it
     print_summary(console, load_run(folder))
+    from attnbench.engine.calibrate import over_ceiling_line  # cases faster than their ceiling (issue 22)
+
+    if (over := over_ceiling_line(load_run(folder).cases)) is not None:
+        console.print(line(("note", "bold yellow"), f": {over}"), soft_wrap=True)
     if settings.profile:
         console.print(
             line(
@@ -160,7 +291,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
             ),
             soft_wrap=True,
         )
-    return 0
+    return Finished(0, folder, recorded)
 
 
 class ProfileFiles:

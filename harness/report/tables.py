@@ -104,7 +104,7 @@ def series_stats(data: ReportData, group: Group, fit_min_len: int = 0) -> list[S
 
 
 def scaling_table(data: ReportData, group: Group, stats: list[SeriesStats], fit_min_len: int = 0) -> Table:
-    has_peak = any(p.fraction_of_peak.get("flops") is not None for p in group.points)
+    has_peak = any(p.fraction_of_peak.get("flops") is not None or _over_ceiling(p) for p in group.points)
     headers = ["variant", "lengths", "ok", "time exp.", "memory exp.", "median @ longest", "speedup @ longest"]
     headers.append("crossover")
     if has_peak:
@@ -136,8 +136,11 @@ def scaling_table(data: ReportData, group: Group, stats: list[SeriesStats], fit_
             cross,
         ]
         if has_peak:
-            fr = [p.fraction_of_peak.get("flops") for p in ok if p.fraction_of_peak.get("flops") is not None]
-            row.append(f"{max(fr):.1%}" if fr else "—")
+            over = sum(_over_ceiling(p) for p in ok)
+            fr = [p.fraction_of_peak["flops"] for p in ok if p.fraction_of_peak.get("flops") is not None]
+            fr = [f for f in fr if f <= 1]  # above 1: over the ceiling, counted below
+            best = f"{max(fr):.1%}" if fr else "—"
+            row.append(f"{best} ({over} over ceiling)" if over else best)
         rows.append(row)
     notes = [
         "exp.: least-squares slope of log(figure) on log(n) over the ok cases"
@@ -147,9 +150,22 @@ def scaling_table(data: ReportData, group: Group, stats: list[SeriesStats], fit_
         "measured length; ≈ where the log speedup, interpolated linearly in log n between the bracketing lengths, "
         "crosses 1; '?' when the 95% band of the speedup there includes 1; n.s.: not significant (band includes 1).",
     ]
+    if any(_over_ceiling(p) for p in group.points):
+        notes.append(
+            "over ceiling: cases that ran faster than the recorded peak FLOP/s, which is then too low (e.g. "
+            "calibrated on a busy machine); they get no fraction; `bench calibrate` on a quiet machine re-measures."
+        )
     return Table(
         f"Scaling — {group.title} (speedups vs {data.baseline})", headers, rows, frozenset({2, 3, 4, 5}), notes
     )
+
+
+def _over_ceiling(p: Point) -> bool:
+    """A case faster than its peak FLOP/s (over_ceiling, or a fraction above 1 from before it was
+    flagged): the ceiling is wrong, so the fraction is no figure of the case."""
+    f = p.fraction_of_peak
+    flops = f.get("flops")
+    return "flops" in (f.get("over_ceiling") or {}) or (isinstance(flops, (int, float)) and flops > 1)
 
 
 def time_table(data: ReportData, group: Group) -> Table:
