@@ -63,6 +63,7 @@ def test_case_id_same_fields_same_id():
         {"seq_len": 2048},
         {"threads": 4},
         {"threads": 1},
+        {"impl": "masked_sdpa"},
     ],
     ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()),
 )
@@ -72,9 +73,9 @@ def test_case_id_differs_when_a_field_differs(change):
 
 def test_case_id_covers_every_field():
     # A field added to Case without reaching the id would make different cases collide.
-    # (transform "none" and revision 1 are left out of the id on purpose, so ids from before
-    # they existed hold; neutral_params says which params stay out, and is not itself identity.)
-    covered = set(make_case(transform="int8", revision=2).identity())
+    # (transform "none", impl "native" and revision 1 are left out of the id on purpose, so ids from
+    # before they existed hold; neutral_params says which params stay out, and is not itself identity.)
+    covered = set(make_case(transform="int8", revision=2, impl="masked_sdpa").identity())
     assert covered == {f.name for f in dataclasses.fields(Case)} - {"neutral_params"}
 
 

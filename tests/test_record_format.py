@@ -179,12 +179,12 @@ def test_new_records_have_every_key_of_their_status_in_the_old_order() -> None:
     before_node = list(old_ok)[: list(old_ok).index("node")]
     assert list(new) == [
         *before_node, "pattern", "revision", "neutral_params", "definition_hash", "implementation_hash",
-        "node", "wall_s", "finished_at",
+        "impl", "node", "wall_s", "finished_at",
     ]  # fmt: skip
     # The same measurement gives the same record: every figure the runner derives included,
     # except the analytic minimum bytes, which follow the kernel: the sliding window's now
     # holds one group of blocks (issue 23), and the bytes per second derived from them.
-    new_only = ("pattern", "revision", "neutral_params", "definition_hash", "implementation_hash")
+    new_only = ("pattern", "revision", "neutral_params", "definition_hash", "implementation_hash", "impl")
     kernel_dependent = ("workload_hash", "analytic_min_bytes", "bytes_per_s")
     assert {k: v for k, v in new.items() if k not in (*new_only, *kernel_dependent)} == {
         k: v for k, v in old_ok.items() if k not in kernel_dependent
@@ -197,8 +197,8 @@ def test_new_records_have_every_key_of_their_status_in_the_old_order() -> None:
     keys = list(refused.to_json())
     assert keys[-1] == "wall_s" and "worker" not in keys and "node" not in keys and "time_s" in keys
     failed = finish_record("r", case, Outcome("error", "boom", traceback="Traceback ...", worker={"pid": 1}))
-    assert list(failed.to_json())[-7:] == [
-        "worker", "traceback", "revision", "neutral_params", "definition_hash", "implementation_hash", "node",
+    assert list(failed.to_json())[-8:] == [
+        "worker", "traceback", "revision", "neutral_params", "definition_hash", "implementation_hash", "impl", "node",
     ]  # fmt: skip
     for rec in (refused, failed):
         validator("case").validate(rec.to_json())

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from attnbench.core import strict_json
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -17,6 +19,7 @@ class Variant(NamedTuple):
     params: str  # the defaults, "k=v, k=v"
     scopes: str
     what: str
+    impls: str = ""  # the implementations that run it, and why the others do not
 
 
 PROSE_WIDTH = 40  # the least room for the descriptions beside the family and scopes columns
@@ -35,6 +38,8 @@ def variants_table(rows: list[Variant], columns: bool) -> LiteralTable:
     table.add_column("what; parameters (defaults)")
     for v in rows:
         what = line(v.what, "\n", ("defaults: ", "dim"), v.params)
+        if v.impls:
+            what = line(what, "\n", ("impls: ", "dim"), v.impls)
         if columns:
             table.add_row(v.name, v.family, v.scopes, what)
         else:
@@ -42,8 +47,32 @@ def variants_table(rows: list[Variant], columns: bool) -> LiteralTable:
     return table
 
 
+def impl_support(variant: Any) -> dict[str, str | None]:
+    """Per registered implementation, why it cannot run the variant (its default parameters, in
+    any of its scopes, on the CPU), or None where it can: the implementation's own missing
+    library first, else its reason for the variant's first scope."""
+    from attnbench.core.registry import IMPLS
+
+    params = variant.make_params(variant.default_params())
+    out: dict[str, str | None] = {}
+    for name, impl in sorted(IMPLS.items(), key=lambda kv: (kv[0] != "native", kv[0])):
+        missing = impl.availability()
+        reasons = [impl.supports(variant, params, scope, "cpu") for scope in variant.scopes]
+        out[name] = f"not available here: {missing}" if missing else None if None in reasons else reasons[0]
+    return out
+
+
+def impls_text(support: dict[str, str | None]) -> str:
+    """The variants table's line of implementations: "native, masked_sdpa; not flex: why"."""
+    runs = ", ".join(name for name, why in support.items() if why is None)
+    refused = "; ".join(f"not {name}: {why}" for name, why in support.items() if why is not None)
+    return "; ".join(part for part in (runs, refused) if part)
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    return subparsers.add_parser("list", help="variants, backends and suites")
+    p = subparsers.add_parser("list", help="variants, backends and suites")
+    p.add_argument("--json", action="store_true", help="print them as JSON (for scripts)")
+    return p
 
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
@@ -51,13 +80,64 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     from attnbench.report.console import make_console
 
     load_plugins()
+    if args.json:
+        print(strict_json.dumps(list_json(), indent=2, default=str))  # default: a parameter's odd default
+        return 0
     print_list(make_console())
     return 0
 
 
+def list_json() -> dict[str, Any]:
+    """What print_list shows, as data: variants with their defaults and implementations,
+    implementations and backends and why one is not available, suites, and the plugins that
+    failed to load."""
+    from attnbench.core.registry import BACKENDS, IMPLS, PLUGIN_ERRORS, WORKLOADS
+    from attnbench.engine.suites import builtin_suites
+
+    backends = []
+    for name, cls in sorted(BACKENDS.items()):
+        avail = cls.availability()
+        backends.append(
+            {
+                "name": name,
+                "available": avail.available,
+                "reason": avail.reason,
+                "summary": cls.summary,
+                "in_available": cls.in_available,  # false: runs only when named (--backends)
+            }
+        )
+    return {
+        "variants": [
+            {
+                "name": name,
+                "family": cls.family,
+                "defaults": cls.default_params(),
+                "scopes": list(cls.scopes),
+                "summary": cls.summary,
+                "subquadratic": cls.subquadratic,
+                "impls": impl_support(cls),  # name -> why it cannot run the variant, null where it can
+            }
+            for name, cls in sorted(WORKLOADS.items())
+        ],
+        "implementations": [
+            {
+                "name": name,
+                "available": impl.availability() is None,
+                "reason": impl.availability(),
+                "summary": impl.summary,
+            }
+            for name, impl in sorted(IMPLS.items())
+        ],
+        "backends": backends,
+        "suites": [{"name": name, "description": desc} for name, desc in builtin_suites().items()],
+        "plugin_errors": dict(PLUGIN_ERRORS),
+    }
+
+
 def print_list(console: Console) -> None:
-    """The variants, backends and suites, laid out for the console's width (80 columns too)."""
-    from attnbench.core.registry import BACKENDS, PLUGIN_ERRORS, WORKLOADS
+    """The variants, implementations, backends and suites, laid out for the console's width (80
+    columns too)."""
+    from attnbench.core.registry import BACKENDS, IMPLS, PLUGIN_ERRORS, WORKLOADS
     from attnbench.engine.suites import builtin_suites
     from attnbench.report.console import fit, print_table
     from attnbench.report.escaping import LiteralTable, line, literal
@@ -69,6 +149,7 @@ def print_list(console: Console) -> None:
             ", ".join(f"{k}={v}" for k, v in cls.default_params().items()) or "-",
             ",".join(cls.scopes),
             cls.summary + (" (sub-quadratic)" if cls.subquadratic else ""),
+            impls_text(impl_support(cls)),
         )
         for name, cls in sorted(WORKLOADS.items())
     ]
@@ -76,6 +157,15 @@ def print_list(console: Console) -> None:
     if not fit(console, [table]) or (table.columns[-1].width or 0) < PROSE_WIDTH:  # 80 columns
         table = variants_table(rows, columns=False)
     print_table(console, table)
+
+    impls = LiteralTable(title="implementations (--impls)", title_justify="left")
+    impls.add_column("impl")
+    impls.add_column("available")
+    impls.add_column("why not / what", overflow="fold")
+    for name, impl in sorted(IMPLS.items(), key=lambda kv: (kv[0] != "native", kv[0])):
+        missing = impl.availability()
+        impls.add_row(name, literal("no", "red") if missing else "yes", missing or impl.summary)
+    print_table(console, impls)
 
     backends = LiteralTable(title="backends", title_justify="left")
     backends.add_column("backend")

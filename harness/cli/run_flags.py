@@ -53,6 +53,14 @@ RUN_FLAGS: tuple[Flag, ...] = (
         },
     ),
     Flag(
+        "--impls",
+        {
+            "type": csv_list,
+            "help": "implementations to sweep: native (default), masked_sdpa, flex, hf (see bench list; one "
+            "that cannot run a case records it unsupported, with the reason)",
+        },
+    ),
+    Flag(
         "--param",
         {
             "action": "append",
@@ -145,10 +153,30 @@ RUN_FLAGS: tuple[Flag, ...] = (
             "help": "a Ray resource cases ask for, to target a machine type, e.g. cuda:accelerator_type:H100=0.01",
         },
     ),
+    Flag(
+        "--no-calibrate",
+        {
+            "action": "store_true",
+            "help": "skip measuring the device's peaks on a machine that has no calibration for it yet (a few "
+            "seconds, once; ATTNBENCH_NO_CALIBRATE=1 does the same)",
+        },
+    ),
 )
 
 # The flags that make up the sweep (a resumed run takes its sweep from run.json instead).
-SWEEP_FLAGS = ("variants", "backends", "seq_lens", "batch", "heads", "head_dim", "dtypes", "mode", "scope", "threads")
+SWEEP_FLAGS = (
+    "variants",
+    "backends",
+    "seq_lens",
+    "batch",
+    "heads",
+    "head_dim",
+    "dtypes",
+    "mode",
+    "scope",
+    "threads",
+    "impls",
+)
 # The flags that name cases and how to run them: bench profile takes these to name its one case.
 CASE_FLAGS = (
     "suite",

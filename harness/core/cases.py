@@ -30,6 +30,8 @@ class Case:
     # Parameters added after the variant was first defined whose value here reproduces the
     # earlier definition (AttentionVariant.neutral_params): left out of the identity.
     neutral_params: tuple[str, ...] = ()
+    # The code that computes the attention (attnbench.workloads.impls): "native" is the variant's own.
+    impl: str = "native"
 
     @property
     def family(self) -> str:
@@ -47,6 +49,8 @@ class Case:
         d["params"] = {k: v for k, v in self.params if k not in neutral}
         if self.transform == "none":
             del d["transform"]
+        if self.impl == "native":  # every case from before the impl axis was native
+            del d["impl"]
         if self.revision == 1:
             del d["revision"]
         return d
@@ -67,6 +71,7 @@ class Case:
     def label(self) -> str:
         p = ",".join(f"{k}={v}" for k, v in self.params)
         t = f" +{self.transform}" if self.transform != "none" else ""
+        t += f" impl={self.impl}" if self.impl != "native" else ""
         return f"{self.variant}{'[' + p + ']' if p else ''}{t} {self.backend}/{self.dtype}/{self.mode} n={self.seq_len}"
 
 
@@ -85,6 +90,7 @@ class Sweep:
     scopes: tuple[str, ...] = ("core",)
     threads: tuple[int | None, ...] = (None,)
     transforms: tuple[str, ...] = ("none",)  # absent in runs made before it existed: the default
+    impls: tuple[str, ...] = ("native",)  # absent in runs made before it existed: the default
     # variant -> parameter -> values to sweep; unnamed parameters take their defaults
     params: tuple[tuple[str, tuple[tuple[str, tuple[Any, ...]], ...]], ...] = field(default=())
     # backend -> axis ("dtypes" or "batch") -> values replacing the sweep's for that backend

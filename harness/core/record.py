@@ -241,6 +241,8 @@ class CaseRecord(JsonRecord):
     # what the case computes (decides comparability) and how (attnbench.engine.identity)
     definition_hash: str | None = field(default=None, metadata=M_ALWAYS)
     implementation_hash: str | None = field(default=None, metadata=M_ALWAYS)
+    # the code that computed the attention (attnbench.workloads.impls); records before it: native
+    impl: str = field(default="native", metadata=M_ALWAYS)
     # attnbench.core.nodes.case_node(); None: it reached none
     node: dict[str, Any] | None = field(default=None, metadata=M_WHEN_RAN)
     wall_s: float | None = field(default=None, metadata=M_WHEN_SET)  # driver seconds for the case, queueing included
@@ -282,6 +284,7 @@ class CaseRecord(JsonRecord):
             self.transform,
             self.revision,
             tuple(self.neutral_params),
+            self.impl,
         )
 
     def with_measurement(self, m: Measurement) -> CaseRecord:

@@ -1,29 +1,53 @@
-"""Loading and building a case inside a worker: the variant and backend, the module, its
-transform and inputs, and the prepared step. Shared by the timing and profiling phases."""
+"""Loading and building a case inside a worker: the variant and backend, the module (built by
+the case's implementation, attnbench.workloads.impls), its transform and inputs, and the
+prepared step. Shared by the timing, memory and profiling phases."""
 
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 
 from attnbench.backends.base import DTYPES, Backend, Step
 from attnbench.core.cases import Case
 from attnbench.core.errors import Unsupported
-from attnbench.core.registry import get_backend, get_workload, load_plugins
+from attnbench.core.registry import get_backend, get_impl, get_workload, load_plugins
 from attnbench.core.settings import RunSettings
 from attnbench.engine.transforms import Applied, TransformUnsupported, apply_transform
 from attnbench.workloads.base import AttentionVariant, Shape
+from attnbench.workloads.impls.base import Implementation
 
 
 def load_case(case: Case, settings: RunSettings) -> tuple[type[AttentionVariant], Backend]:
+    """The variant and backend of a case that can run here; raises Unsupported (with the reason)
+    where the backend or the case's implementation cannot run it."""
     load_plugins()
     cls = get_workload(case.variant)
     backend = get_backend(case.backend)(settings.options_for(case.backend))
     reason = backend.supports(case)
     if reason:
         raise Unsupported(reason)
+    impl_refusal(cls, case)
     return cls, backend
+
+
+def impl_refusal(cls: type[AttentionVariant], case: Case) -> None:
+    """Raise Unsupported where the case's implementation is missing here or cannot run the case."""
+    impl = get_impl(case.impl)
+    missing = impl.availability()
+    if missing:
+        raise Unsupported(f"implementation {impl.name} is not available here: {missing}")
+    reason = impl.supports(cls, cls.make_params(case.params_dict), case.scope, case.backend)
+    if reason:
+        raise Unsupported(f"{impl.name}: {reason}")
+
+
+def case_metrics(cls: type[AttentionVariant], impl: type[Implementation], module: torch.nn.Module) -> dict[str, Any]:
+    """The record's workload_metrics: the variant's own figures read off its own module (native),
+    and what the implementation knows (e.g. its mask or block-mask time)."""
+    own = cls.case_metrics(module) if impl.name == "native" else {}
+    return {**own, **impl.case_metrics(module)}
 
 
 def build_transformed(
@@ -35,7 +59,7 @@ def build_transformed(
     shape = Shape(case.batch, case.heads, case.head_dim, case.seq_len)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    module = cls.build(params, shape, case.scope)
+    module = get_impl(case.impl).build(cls, params, shape, case.scope)  # native: cls.build
     inputs = cls.make_inputs(shape, case.scope, DTYPES[case.dtype], backend.device, gen)
     try:
         applied = apply_transform(case, module, inputs, seed)

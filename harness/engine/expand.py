@@ -7,7 +7,7 @@ from typing import Any
 
 from attnbench.core.cases import Case, Sweep
 from attnbench.core.errors import UserError
-from attnbench.core.registry import get_workload
+from attnbench.core.registry import get_impl, get_workload
 from attnbench.workloads.shape import Shape
 
 BASELINE = "full.sdpa"  # the variant reports measure the others against (bench report --baseline)
@@ -23,7 +23,12 @@ def expand(sweep: Sweep) -> list[Case]:
     Universal Transformer has no bare-attention form) runs in its own first scope, which the
     case records, rather than silently dropping out of "all". So that its row still has a
     baseline, the sweep's full.sdpa, when it has one, runs in that scope too.
+
+    Every implementation (`impls`) gives its own cases, also where it cannot run the case:
+    the worker records those as unsupported, with the reason.
     """
+    for impl in sweep.impls:
+        get_impl(impl)  # an unknown name is a user error, with a suggestion
     cases: dict[str, Case] = {}
     fallback: list[str] = []
     for variant in sweep.variants:
@@ -52,7 +57,7 @@ def _add_variant(cases: dict[str, Case], sweep: Sweep, variant: str, scopes: lis
         except (TypeError, ValueError) as exc:
             raise UserError(f"invalid parameters for {variant}: {exc}") from None
         for scope in scopes:
-            for backend, dtype, mode, b, h, d, t, tr, n in (
+            for backend, dtype, mode, b, h, d, t, tr, impl, n in (
                 (name, *rest)
                 for name in sweep.backends
                 for rest in itertools.product(
@@ -63,6 +68,7 @@ def _add_variant(cases: dict[str, Case], sweep: Sweep, variant: str, scopes: lis
                     sweep.head_dim,
                     sweep.threads,
                     sweep.transforms,
+                    sweep.impls,
                     sorted(sweep.seq_lens),
                 )
             ):
@@ -73,7 +79,7 @@ def _add_variant(cases: dict[str, Case], sweep: Sweep, variant: str, scopes: lis
                 resolved = tuple(sorted(at_length.items()))
                 neutral = tuple(k for k, v in resolved if _is_neutral(cls.neutral_params, k, v))
                 revision = cls.definition_revision(at_length, scope)
-                case = Case(variant, resolved, scope, backend, dtype, mode, b, h, d, n, t, tr, revision, neutral)
+                case = Case(variant, resolved, scope, backend, dtype, mode, b, h, d, n, t, tr, revision, neutral, impl)
                 cases.setdefault(case.case_id, case)
 
 

@@ -1,7 +1,9 @@
 """Whether a case can fit in its device's free memory, by the variant's analytic estimate.
 
 The estimate follows the kernel torch will run: the backend says which one SDPA selects for
-the case (`Backend.sdpa_choice`), and variants that call SDPA count that kernel's memory.
+the case (`Backend.sdpa_choice`), and variants that call SDPA count that kernel's memory. A
+case's implementation may count its own (`Implementation.peak_estimate`: masked_sdpa's dense
+mask); None leaves the variant's estimate.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from dataclasses import dataclass
 
 from attnbench.backends.base import DTYPES
 from attnbench.core.cases import Case
-from attnbench.core.registry import get_backend, get_workload
+from attnbench.core.registry import get_backend, get_impl, get_workload
 from attnbench.core.sdpa import SdpaChoice
 from attnbench.workloads.shape import Shape
 
@@ -19,6 +21,8 @@ MEMORY_HEADROOM = 0.9  # share of free memory a case may be expected to use
 
 def memory_refusal(case: Case) -> str | None:
     """Why the case cannot fit in the free memory of its device here, by its analytic estimate, or None."""
+    if _impl_refuses(case):
+        return None  # it never runs: the worker records it unsupported, with the reason
     need = peak_estimate(case)
     free = get_backend(case.backend).free_memory_bytes()
     if free is not None and need.bytes > MEMORY_HEADROOM * free:
@@ -39,6 +43,15 @@ def peak_estimate(case: Case) -> PeakEstimate:
     itemsize = DTYPES[case.dtype].itemsize
     params = cls.make_params(case.params_dict)
     sdpa = get_backend(case.backend).sdpa_choice(case)
-    need = cls.case_peak_estimate(params, shape, case.scope, itemsize, case.mode, sdpa)
+    need = get_impl(case.impl).peak_estimate(cls, params, shape, case.scope, itemsize, case.mode, sdpa)
+    if need is None:  # the implementation's memory is the variant's (native)
+        need = cls.case_peak_estimate(params, shape, case.scope, itemsize, case.mode, sdpa)
     need += 3 * case.batch * case.heads * case.seq_len * case.head_dim * itemsize  # inputs
     return PeakEstimate(need, sdpa)
+
+
+def _impl_refuses(case: Case) -> bool:
+    if case.impl == "native":
+        return False
+    impl, cls = get_impl(case.impl), get_workload(case.variant)
+    return bool(impl.availability() or impl.supports(cls, cls.make_params(case.params_dict), case.scope, case.backend))

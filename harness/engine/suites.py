@@ -33,7 +33,7 @@ else:  # pragma: no cover
 from attnbench.backends.base import DTYPES
 from attnbench.core.cases import Sweep, freeze_params
 from attnbench.core.errors import UserError
-from attnbench.core.registry import BACKENDS, WORKLOADS, get_backend, get_workload, load_plugins
+from attnbench.core.registry import BACKENDS, IMPLS, WORKLOADS, get_backend, get_impl, get_workload, load_plugins
 from attnbench.workloads.base import MODES, SCOPES
 
 SWEEP_KEYS = (
@@ -48,6 +48,7 @@ SWEEP_KEYS = (
     "scopes",
     "threads",
     "transforms",
+    "impls",
 )
 SETTING_KEYS = ("max_time_per_case", "target_rel_ci", "timeout_s", "seed", "verify", "passes")
 TOP_KEYS = (
@@ -269,6 +270,24 @@ def _transforms(values: list[Any]) -> tuple[str, ...]:
         raise UserError(f"{exc} (--transforms or [sweep] transforms)") from None
 
 
+def _impls(values: list[Any]) -> tuple[str, ...]:
+    """The implementations to sweep, each registered (attnbench.workloads.impls); "all": every
+    registered one, native first (one that cannot run a case here records it unsupported)."""
+    load_plugins()
+    if not values:
+        raise UserError("no implementation given (--impls or [sweep] impls); use 'native' for the variants' own")
+    out: list[str] = []
+    for v in values:
+        if not isinstance(v, str):
+            raise UserError(f"implementations must be names (strings), got {v!r}; known: {', '.join(sorted(IMPLS))}")
+        if v == "all":
+            out += sorted(IMPLS, key=lambda name: (name != "native", name))
+        else:
+            out.append(get_impl(v).name)  # unknown: one line with the closest name and the known ones
+    _no_repeats(values, "implementations")
+    return tuple(dict.fromkeys(out))
+
+
 def _selectors(selectors: list[Any], what: str) -> None:
     for s in selectors:
         if not isinstance(s, str):
@@ -350,6 +369,7 @@ class Overrides:
     scopes: list[str] | None = None
     threads: list[str] | None = None
     transforms: list[str] | None = None
+    impls: list[str] | None = None
     params: list[str] = dataclasses.field(default_factory=list)
     backend_options: list[str] = dataclasses.field(default_factory=list)
     max_time_per_case: float | None = None
@@ -377,6 +397,7 @@ def overrides_from_args(args: Any) -> Overrides:
         scopes=flag("scope"),
         threads=flag("threads"),
         transforms=flag("transforms"),
+        impls=flag("impls"),
         params=flag("param") or [],
         backend_options=flag("backend_option") or [],
         max_time_per_case=flag("max_time_per_case"),
@@ -422,6 +443,7 @@ def resolve(spec: SuiteSpec, over: Overrides) -> tuple[Sweep, dict[str, Any]]:
         scopes=_choices(axes.get("scopes", ["core"]), SCOPES, "scope"),
         threads=threads,
         transforms=_transforms(axes.get("transforms", ["none"])),
+        impls=_impls(axes.get("impls", ["native"])),
         params=freeze_params({v: dict(ps) for v, ps in params.items()}),
         per_backend=_per_backend(spec, over, backends),
     )

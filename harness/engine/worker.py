@@ -22,10 +22,10 @@ from attnbench.core import machine_check
 from attnbench.core.cases import Case
 from attnbench.core.errors import Unsupported
 from attnbench.core.record import Measurement, MemoryMeasurement
-from attnbench.core.registry import PLUGINS_ENV
+from attnbench.core.registry import PLUGINS_ENV, get_impl
 from attnbench.core.settings import RunSettings
 from attnbench.engine import reference_kernel
-from attnbench.engine.build import build_transformed, load_case
+from attnbench.engine.build import build_transformed, case_metrics, load_case
 from attnbench.engine.identity import PROBE_SEED, definition_probe
 from attnbench.engine.kernels import ATTENTION_MARKERS, attention_ops
 from attnbench.engine.lifeline import die_with_parent
@@ -61,9 +61,14 @@ def classify(exc: BaseException) -> str:
 
 
 def verify(cls: type[AttentionVariant], params: Any, case: Case, backend: Backend, max_len: int) -> dict[str, Any]:
-    """Run the bare variant on this backend at a small shape and compare to float64."""
+    """Run the case's attention, bare, on this backend at a small shape and compare to float64.
+
+    Every implementation is checked the same way: its core module (`Implementation.verify_module`;
+    native: the variant itself) against the reference it must match (`verify_reference`; by
+    default the variant's float64 definition)."""
     if "core" not in cls.scopes:
         return {"verified": None, "reason": f"{cls.name} has no core scope to check in isolation"}
+    impl = get_impl(case.impl)
     n = cls.verify_length(params, case.seq_len, max_len)
     shape = Shape(batch=1, heads=min(case.heads, 2), head_dim=case.head_dim, seq_len=n)
     gen = torch.Generator().manual_seed(PROBE_SEED)  # fixed: the probe of the definition is too
@@ -73,9 +78,10 @@ def verify(cls: type[AttentionVariant], params: Any, case: Case, backend: Backen
     q, k, v = (t.to(dtype) for t in cls.make_inputs(shape, "core", torch.float64, torch.device("cpu"), gen))
     torch.manual_seed(PROBE_SEED)  # weights a variant draws without a seed of its own (build reseeds)
     defined = cls(params, shape)
-    expected = defined.reference(*(t.double() for t in (q, k, v)))
+    module = impl.verify_module(cls, params, shape)
+    expected = impl.verify_reference(module, defined, *(t.double() for t in (q, k, v)))
     probe = definition_probe(n, defined.reference_mask(n), expected)
-    got = backend.infer(cls(params, shape), (q, k, v), case)
+    got = backend.infer(module, (q, k, v), case)
     err = (got.detach().to("cpu", torch.float64) - expected).abs().max().item()
     tol = VERIFY_TOLERANCE[case.dtype]
     if not err <= tol:  # catches NaN too
@@ -188,7 +194,7 @@ def measure_time(
         energy_details={**energy.details, "calls": energy_calls} if energy_calls else energy.details,
         attention_ops=kernels,
         backend_details=backend.details(),
-        workload_metrics=cls.case_metrics(module),
+        workload_metrics=case_metrics(cls, get_impl(case.impl), module),
         transform=transformed["transform"],
         transform_details=transformed["transform_details"],
         fidelity=fidelity,

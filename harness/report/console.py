@@ -313,10 +313,13 @@ def _varying_params(cases: list[CaseRecord]) -> dict[str, list[str]]:
     return {v: sorted(k for k, vals in ps.items() if len(vals) > 1) for v, ps in seen.items()}
 
 
-def _variant_label(rec: CaseRecord, shown: dict[str, list[str]]) -> str:
+def _variant_label(rec: CaseRecord, shown: dict[str, list[str]], impl: bool = False) -> str:
+    """The design as the summary names it; `impl`: with its implementation (several ran)."""
     keys = shown.get(rec.variant, [])
     transform = rec.transform or "none"
     name = rec.variant if transform == "none" else f"{rec.variant} +{transform}"
+    if impl:
+        name += f" impl={rec.impl}"
     if not keys:
         return name
     # ', ': a narrow column wraps between the parameters, never inside one
@@ -366,21 +369,23 @@ def _summary_table(title: str, title_style: str, names: Sequence[str]) -> Litera
 def summary_tables(result: RunResult, console: Console) -> list[RenderableType]:
     """The end-of-run summary, laid out for the console's width (fit: no name, parameter or
     status cut): one table where it fits; otherwise a line naming the run, then one table
-    per design titled with its variant, transform and varying parameters (the backend, dtype,
-    ... that vary within the run as columns, or in the titles too where those do not fit)."""
+    per design titled with its variant, transform, implementation (where several ran) and varying
+    parameters (the backend, dtype, ... that vary within the run as columns, or in the titles too
+    where those do not fit)."""
     cases = result.cases
     shown = _varying_params(cases)
+    impls = _varying(cases, "impl")
     axes = [k for k in SETTING_AXES if _varying(cases, k)]
 
     def setting(c: CaseRecord) -> list[str]:
         return [str(getattr(c, k)) for k in axes]
 
-    ordered = sorted(cases, key=lambda c: (_variant_label(c, shown), *setting(c), c.seq_len))
+    ordered = sorted(cases, key=lambda c: (_variant_label(c, shown, impls), *setting(c), c.seq_len))
     heading = f"run {result.run.run_id} ({result.run.suite})"
     one = _summary_table(heading, "table.title", ["variant", *axes])
     previous = None
     for rec in ordered:
-        label = _variant_label(rec, shown)
+        label = _variant_label(rec, shown, impls)
         one.add_row(label if label != previous else "", *setting(rec), *_figures(rec))
         previous = label
     if fit(console, [one]):
@@ -389,7 +394,7 @@ def summary_tables(result: RunResult, console: Console) -> list[RenderableType]:
     for in_title in dict.fromkeys((0, len(axes))):  # the setting as columns, else in the titles too
         groups: dict[str, list[CaseRecord]] = {}
         for rec in ordered:
-            groups.setdefault(" · ".join([_variant_label(rec, shown), *setting(rec)[:in_title]]), []).append(rec)
+            groups.setdefault(" · ".join([_variant_label(rec, shown, impls), *setting(rec)[:in_title]]), []).append(rec)
         tables = []
         for title, recs in groups.items():
             table = _summary_table(title, "bold", axes[in_title:])
@@ -414,11 +419,11 @@ def print_summary(console: Console, result: RunResult) -> None:
         parts.append(f"{unstable} of them unstable (noisy or not converged: see notes in cases.jsonl)")
     console.print(line(f"{len(cases)} cases: " + ", ".join(parts)), soft_wrap=True)
     shown = _varying_params(cases)
+    impls = _varying(cases, "impl")
     for c in cases:
         if c.status != "ok":
-            console.print(
-                line("  ", (c.status, "bold"), f" {_variant_label(c, shown)} n={c.seq_len}: {c.reason}"), soft_wrap=True
-            )
+            label = _variant_label(c, shown, impls)
+            console.print(line("  ", (c.status, "bold"), f" {label} n={c.seq_len}: {c.reason}"), soft_wrap=True)
     overheads = [o for c in cases if (o := (c.worker or {}).get("overhead_s"))]
     if overheads:
         server = result.run.worker_server_start_s

@@ -215,6 +215,7 @@ class CurveKey:
     head_dim: int
     params: str  # JSON of the parameters that do not follow from the length
     transform: str = "none"  # an optimisation applied to the workload (compile, int8, ...): its own curve
+    impl: str = "native"  # the code that computed it (native, flex, masked_sdpa, ...): its own curve too
 
     @property
     def param_dict(self) -> dict[str, Any]:
@@ -232,7 +233,8 @@ def curve_key(point: Point) -> CurveKey:
     derived = set(c.derived_params)
     params = {k: v for k, v in c.params.items() if k not in derived}
     transform = c.transform or "none"
-    return CurveKey(c.variant, point.scope, c.batch, c.heads, c.head_dim, _freeze(params), transform)
+    impl = c.impl or "native"
+    return CurveKey(c.variant, point.scope, c.batch, c.heads, c.head_dim, _freeze(params), transform, impl)
 
 
 @dataclass(frozen=True)
@@ -332,6 +334,8 @@ class ReportData:
             label += f" [{curve.scope}]"
         if curve.transform != "none":
             label += f" +{curve.transform}"
+        if curve.impl != "native":
+            label += f" impl={curve.impl}"
         return label
 
     def series_label(self, key: SeriesKey, group: Group | None = None) -> str:
@@ -344,7 +348,16 @@ class ReportData:
         """Every curve, in a stable order: colour i belongs to curves[i]."""
         return sorted(
             {curve_key(p) for p in self.points},
-            key=lambda c: (c.variant, c.transform != "none", c.transform, c.scope, c.params, c.batch),
+            key=lambda c: (
+                c.variant,
+                c.impl != "native",
+                c.impl,
+                c.transform != "none",
+                c.transform,
+                c.scope,
+                c.params,
+                c.batch,
+            ),
         )
 
     # ---------------------------------------------------------------- grouping
@@ -386,7 +399,7 @@ class ReportData:
         untransformed (so a transformed baseline is compared with itself as it was); when the
         baseline has several parameter sets, the one with the same `causal` setting."""
         c = key.curve
-        if c.variant == self.baseline and c.transform == "none":
+        if c.variant == self.baseline and c.transform == "none" and c.impl == "native":
             return None
         candidates = [
             k
@@ -397,6 +410,9 @@ class ReportData:
             and (k.curve.scope, k.curve.batch, k.curve.heads, k.curve.head_dim)
             == (c.scope, c.batch, c.heads, c.head_dim)
         ]
+        # The baseline's own kernel (native), whatever computes this curve; another impl of it
+        # only where the baseline ran no other way.
+        candidates = [k for k in candidates if k.curve.impl == "native"] or candidates
         same = [k for k in candidates if k.curve.transform == c.transform]
         candidates = same or [k for k in candidates if k.curve.transform == "none"]
         causal = c.param_dict.get("causal")
