@@ -286,3 +286,10 @@ def test_sweep_json_round_trip_defaults():
 def test_params_for_unnamed_variant_is_empty():
     sweep = Sweep(variants=("full.naive",), backends=("cpu",), seq_lens=(8,))
     assert sweep.params_for("full.naive") == {}
+
+
+def test_label_names_the_layer_scope():
+    # Two cases of one variant that differ only in scope (full.sdpa following a layer-only
+    # variant) must not read alike in the progress lines.
+    layer = make_case(variant="full.sdpa", params=(), scope="layer")
+    assert layer.label() == "full.sdpa cpu/float32/forward/layer n=1024"

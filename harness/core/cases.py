@@ -72,7 +72,8 @@ class Case:
         p = ",".join(f"{k}={v}" for k, v in self.params)
         t = f" +{self.transform}" if self.transform != "none" else ""
         t += f" impl={self.impl}" if self.impl != "native" else ""
-        return f"{self.variant}{'[' + p + ']' if p else ''}{t} {self.backend}/{self.dtype}/{self.mode} n={self.seq_len}"
+        where = f"{self.backend}/{self.dtype}/{self.mode}" + (f"/{self.scope}" if self.scope != "core" else "")
+        return f"{self.variant}{'[' + p + ']' if p else ''}{t} {where} n={self.seq_len}"
 
 
 @dataclass(frozen=True)

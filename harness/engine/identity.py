@@ -34,7 +34,7 @@ import torch
 
 from attnbench.core.cases import Case
 from attnbench.core.environment import package_versions
-from attnbench.core.registry import get_backend, get_workload
+from attnbench.core.registry import get_backend, get_impl, get_workload
 from attnbench.workloads.base import AttentionVariant, NoParams, Shape
 
 HASH_HEX = 16
@@ -121,8 +121,10 @@ def definition_hash(case: Case, probe: str | None) -> str | None:
     # The useful FLOPs define the work; executed FLOPs and the memory a call needs follow the
     # kernel (a padded block, a bounded scratch), so they belong to the implementation.
     formulas = [cls.case_flops(params, shape, case.scope, case.mode)]
+    what = case.identity()
+    what.pop("impl", None)  # every implementation computes the variant's one definition
     h = hashlib.sha256()
-    h.update(json.dumps(case.identity(), sort_keys=True, default=str).encode())
+    h.update(json.dumps(what, sort_keys=True, default=str).encode())
     h.update(json.dumps(formulas).encode())
     h.update(probe.encode())
     return h.hexdigest()[:HASH_HEX]
@@ -158,6 +160,8 @@ def implementation_hash(case: Case) -> str:
         from attnbench.workloads import layer
 
         files.append(inspect.getsourcefile(layer) or "")
+    if case.impl != "native":  # the implementation's own module computes it
+        files.append(inspect.getsourcefile(get_impl(case.impl)) or "")
     h = hashlib.sha256()
     h.update(_files_digest(tuple(sorted(f for f in files if f))).encode())
     h.update(json.dumps(_versions(case.backend), sort_keys=True).encode())

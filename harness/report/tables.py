@@ -60,7 +60,7 @@ def fmt_len(n: float) -> str:
 
 
 def _is_baseline(data: ReportData, key: SeriesKey) -> bool:
-    return key.curve.variant == data.baseline and key.curve.transform == "none"
+    return key.curve.variant == data.baseline and key.curve.transform == "none" and key.curve.impl == "native"
 
 
 def speedup_points(base: list[Point], var: list[Point]) -> list[SpeedupPoint]:
