@@ -196,7 +196,7 @@ class Backend(ABC):
         """The kernel torch's scaled_dot_product_attention will run for the case on this backend,
         for memory estimates. Cheap, and in the driver: no device context may be created here.
         The default, for runtimes that trace or export the graph, is the materialised math path."""
-        return SdpaChoice("math", how=f"assumed: backend {cls.name} runs SDPA as its decomposition")
+        return SdpaChoice("math", how=f"assumed: backend {cls.name} runs SDPA as its decomposition", graph=True)
 
     def supports(self, case: Case) -> str | None:
         """None if the case can run here, else the reason it cannot."""

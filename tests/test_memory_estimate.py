@@ -119,3 +119,20 @@ def test_cuda_choice_and_estimate_match_the_run(executor: LocalExecutor, mode: s
     assert f"_scaled_dot_product_{choice.kernel}_attention" in ran, ran
     estimate = peak_estimate(case).bytes - 3 * 8 * 4096 * 64 * 2
     assert 0.5 <= estimate / out.result.peak_memory_bytes <= 2.0, (estimate, out.result.peak_memory_bytes)
+
+
+@pytest.mark.parametrize("variant", ["sparse.sliding_window", "sparse.lsh"])
+def test_exported_graphs_are_estimated_without_the_eager_grouping(variant: str) -> None:
+    # ONNX Runtime runs the export path, which holds every block's scores at once (455 MiB at 8K
+    # for the sliding window, against 24 MiB grouped in eager): its estimate must say so.
+    from attnbench.core.registry import get_workload
+
+    cls = get_workload(variant)
+    params = tuple(sorted(cls.resolve_params(cls.default_params(), Shape(1, 8, 64, 8192)).items()))
+    eager, exported = (
+        peak_estimate(Case(variant, params, "core", backend, "float32", "forward", 1, 8, 64, 8192))
+        for backend in ("cpu", "onnxruntime")
+    )
+    assert exported.sdpa.graph and not eager.sdpa.graph
+    assert exported.bytes > 1.5 * eager.bytes
+    assert exported.bytes - 3 * 8 * 8192 * 64 * 4 > 455 * MiB

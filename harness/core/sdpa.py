@@ -19,6 +19,9 @@ class SdpaChoice:
     device: str = "cpu"  # device type the kernel runs on: its scratch memory differs
     threads: int = 1  # CPU threads: the CPU flash kernel keeps one block buffer per thread
     how: str = "assumed: no fused kernel known for this backend"  # where the choice came from
+    # The backend runs a traced or exported graph (ONNX Runtime, torch-xla), not eager kernels:
+    # a kernel's Python-level grouping of blocks does not bound its memory there.
+    graph: bool = False
 
     def __post_init__(self) -> None:
         if self.kernel not in KERNELS:

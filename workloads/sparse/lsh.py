@@ -66,6 +66,18 @@ the inverse permutation and combined by one softmax over the rounds (the saved a
 grow with n anyway, and each group's gathers would cost a full-size gradient buffer in
 backward). The two paths agree to float rounding.
 
+Export. Under ``torch.compiler.is_exporting()`` (torch.export, and so torch.onnx with dynamo,
+which the ``onnxruntime`` backend uses) the forward takes ``_forward_export``: the same function
+as one graph valid at every length. The sort becomes an argsort of the distinct keys
+bucket·n + position (no stable sort needed), the padding slots hold positions n, n + 1, …
+(masked), there are at least 2 chunks per round (a traced count of 1 would be specialised;
+with one real chunk the second is all padding, so the first sees only itself, as above), every
+operand is gathered by chunk from index arithmetic, and the rounds are unsorted through the
+inverse permutation (a second argsort) and combined by a softmax over their log-sum-exp, all
+chunks of all rounds at once: memory O(n_r·n·c), never (n, n). The rotations are drawn when the
+module is built (``_export_rotations``, with the bucket count resolved), since drawn inside a
+trace they would be traced random ops; ``lsh_buckets`` takes them as ``rotations``.
+
 The hashing projection is (B, h, n, Σf/2) per round and costs n·D·Σf·n_r FLOPs, against
 the chunk attention's 8·n·c·D·n_r: a share of Σf/(8c). With auto buckets Σf ≤ 128 up
 to the threshold and 2 to 2.5·√n_b above it, so hashing grows as n^1.5 where one rotation of
@@ -167,20 +179,25 @@ def _rotations(seed: int, round_index: int, heads: int, head_dim: int, half: int
     return torch.randn(heads, head_dim, half, generator=gen, dtype=torch.float32)
 
 
-def lsh_buckets(x: Tensor, factors: tuple[int, ...], hashes: int, seed: int) -> Tensor:
+def lsh_buckets(
+    x: Tensor, factors: tuple[int, ...], hashes: int, seed: int, rotations: tuple[Tensor, ...] | None = None
+) -> Tensor:
     """(B, h, n, d) shared QK -> (B, h, hashes, n) int64 buckets in [0, Π factors).
 
     One float32 matmul per round of the unit-length x̂ with Σf/2 random columns; factor f_i
     takes the next f_i/2 columns, b_i = argmax([x̂R_i, −x̂R_i]), and the bucket is
     b_1 + f_1·b_2 (+ f_1·f_2·b_3 ...). The concatenation is never built (max of x̂R_i against
-    −min of x̂R_i, ties to the first half).
+    −min of x̂R_i, ties to the first half). `rotations`: each round's `_rotations`, drawn
+    beforehand (an exported graph holds them as constants; drawn inside a trace they would be
+    traced random ops).
     """
     B, h, n, d = x.shape
     out = torch.zeros(B, h, hashes, n, dtype=torch.long, device=x.device)
     with torch.no_grad():
         xn = F.normalize(x.detach().to(torch.float32), dim=-1, eps=NORM_EPS)  # (B, h, n, d)
         for r in range(hashes):
-            rot = _rotations(seed, r, h, d, sum(factors) // 2).to(x.device)  # (h, d, Σf/2)
+            rot = rotations[r] if rotations is not None else _rotations(seed, r, h, d, sum(factors) // 2)
+            rot = rot.to(x.device)  # (h, d, Σf/2)
             proj = torch.matmul(xn, rot)  # (B, h, n, Σf/2)
             col, place = 0, 1
             for f in factors:
@@ -239,6 +256,18 @@ class LSHAttention(AttentionVariant):
     # every case_id anyway, for the key scale and the auto rule).
     neutral_params: ClassVar[dict] = {"bucket_factor": 0}
 
+    def __init__(self, params: LSHParams, shape: Shape) -> None:
+        super().__init__(params, shape)
+        # The rotations an exported graph holds as constants (see `_forward_export`); drawn here
+        # because inside a trace the generator's draws would be traced ops. Only with a resolved
+        # bucket count, which is all an export accepts (with auto buckets they depend on n).
+        self._export_rotations: tuple[Tensor, ...] | None = None
+        if params.buckets:
+            half = sum(self._factors(params, shape.seq_len)) // 2
+            self._export_rotations = tuple(
+                _rotations(params.seed, r, shape.heads, shape.head_dim, half) for r in range(params.hashes)
+            )
+
     # --- parameters ---------------------------------------------------------------------
     @staticmethod
     def _factors(params: LSHParams, n: int) -> tuple[int, ...]:
@@ -267,6 +296,8 @@ class LSHAttention(AttentionVariant):
     # --- the fast path ------------------------------------------------------------------
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         del k  # shared QK: the keys are the normalised queries, k plays no part
+        if torch.compiler.is_exporting():  # torch.export / torch.onnx: a graph valid at every length
+            return self._forward_export(q, v)
         p = self.params
         B, h, n, d = q.shape
         R, c = p.hashes, p.chunk
@@ -336,6 +367,67 @@ class LSHAttention(AttentionVariant):
                     lse_all.index_copy_(0, rows, top.add_(total.log_()))
             del o, lse, qpos
         return out[: BH * n].view(B, h, n, d)
+
+    def _forward_export(self, q: Tensor, v: Tensor) -> Tensor:
+        """The same function for an exported graph with a symbolic length n (see "Export" above)."""
+        p = self.params
+        rotations = self._export_rotations
+        B, h, n, d = q.shape
+        if rotations is None or rotations[0].shape[:2] != (h, d):
+            raise ValueError(
+                "an export needs the bucket count resolved (buckets = 0 is settled per length) and the "
+                f"module's shape (heads {self.shape.heads}, head_dim {self.shape.head_dim}), got {h} × {d}"
+            )
+        R, c, BH = p.hashes, p.chunk, B * h
+        dev = q.device
+        self_score, masked = _fill_values(q.dtype)
+        # Chunks per round, at least 2: a traced count of 1 would be specialised (size-1 dimensions
+        # are), fixing the graph to n ≤ c. With one real chunk the second is all padding, masked,
+        # so the first sees only itself, as the fast path's single chunk does.
+        K = torch.sym_max((n + c - 1) // c, 2)
+        buckets = lsh_buckets(q, self.factors(n), R, p.seed, rotations)  # (B, h, R, n)
+        # Sort by (bucket, position): the keys are distinct, so no stable sort is needed.
+        order = torch.argsort((buckets * n + torch.arange(n, device=dev)).view(BH, R, n), dim=-1)  # (B·h, R, n)
+        # Each round's sorted sequence padded to K·c slots with positions n, n + 1, ... (masked).
+        # Every tensor is indexed by chunk, chunk-major (chunk k of all B·h·R sorted sequences, then
+        # k + 1), and built by gathers from index arithmetic with constant divisors: no padding,
+        # reshape or division by a symbolic size, which the exporter cannot do without guards on n.
+        S = BH * R  # sorted sequences: head s // R, round s % R
+        blk = torch.arange(S * K, device=dev)[:, None]
+        sp, chunk = blk % S, blk // S  # (chunks, 1)
+        z, rnd = sp // R, sp % R
+        own = chunk * c + torch.arange(c, device=dev)  # (chunks, c) slots of each chunk
+        prev = torch.where(own < c, own + (K - 1) * c, own - c)  # the previous chunk's; the first's is the last
+        slots = torch.cat([own, prev], dim=-1)  # (chunks, 2c)
+        kpos = torch.where(slots < n, order[z, rnd, slots.clamp(max=n - 1)], slots)  # padding: positions ≥ n
+        qpos = kpos[:, :c]
+        q3, v3 = q.reshape(BH, n, d), v.reshape(BH, n, d)
+        kc = kpos.clamp(max=n - 1)
+        qs, ks, vs = q3[z, qpos.clamp(max=n - 1)], _keys(q3)[z, kc], v3[z, kc]  # (chunks, c or 2c, d)
+        scores = torch.bmm(qs, ks.transpose(1, 2))  # (chunks, c, 2c)
+        if p.causal:  # later positions, padding included
+            scores = scores.masked_fill(kpos[:, None, :] > qpos[..., None], masked)
+        else:  # padding, per key: a broadcast add (ONNX Runtime's Where is several times slower)
+            scores = scores + torch.zeros(kpos.shape, dtype=scores.dtype, device=dev).masked_fill(
+                kpos >= n, masked
+            ).unsqueeze(1)
+        # The own position is the own half's diagonal (a position sits in one chunk per round):
+        # replaced by the self score with a constant (c, 2c) pattern, scores·keep + fill.
+        diag = torch.eye(c, 2 * c, dtype=torch.bool, device=dev)
+        keep = (~diag).to(scores.dtype)
+        scores = scores * keep + diag.to(scores.dtype) * self_score
+        m = scores.amax(dim=-1, keepdim=True)
+        e = (scores - m).exp()
+        total = e.sum(dim=-1, keepdim=True)
+        o = torch.bmm(e, vs) / total  # (chunks, c, d)
+        lse = (m + total.log()).squeeze(-1)  # (chunks, c)
+        # Undo the sort: the slot of each original position, then the rounds by log-sum-exp.
+        at = torch.argsort(order, dim=-1)  # (B·h, R, n): slot holding position j
+        seq = torch.arange(BH, device=dev)[:, None, None] * R + torch.arange(R, device=dev)[:, None]
+        row = (at // c) * S + seq
+        o, lse = o[row, at % c], lse[row, at % c]  # (B·h, R, n, d), (B·h, R, n)
+        weights = torch.softmax(lse, dim=1).unsqueeze(-1)
+        return (weights * o).sum(dim=1).view(B, h, n, d)
 
     def _attend(
         self,
@@ -507,12 +599,13 @@ class LSHAttention(AttentionVariant):
         n·Σf/2), the int64 buckets, sort and order, the result and its log-sum-exp, and one
         group (the larger budget, on any device): scores, gathered Q and 2c-wide K/V windows
         and the squares of K, outputs, int64 indices, the causal mask. Train runs one group:
-        scores, gathered copies and per-round outputs twice (sorted, unsorted) for all rounds."""
+        scores, gathered copies and per-round outputs twice (sorted, unsorted) for all rounds. An
+        exported graph (ONNX Runtime, torch-xla: `sdpa.graph`) has no groups: every chunk at once."""
         B, h, n, d, c = shape.batch, shape.heads, shape.seq_len, shape.head_dim, params.chunk
         K, npad, rot = cls._layout(params, shape)
         rows = B * h * params.hashes * npad
         hashing = B * h * n * (rot // 2 + d) * 4 * 2
-        if not train:
+        if not train and not sdpa.graph:
             chunks, width = cls._group_chunks(params, shape, max(GROUP_SCORES, GROUP_SCORES_ACCELERATOR))
             group = chunks * (c * width + (2 * c + 3 * width) * d) * itemsize
             group += chunks * ((c + 2 * width) * 8 * 2 + c * width)
@@ -522,5 +615,7 @@ class LSHAttention(AttentionVariant):
         floats = rows * (2 * width + 2 * width * d // c + 4 * d) + B * h * n * d
         ints = rows * (2 + width // c) * 8 + rows * width  # indices, causal mask
         forward = floats * itemsize + ints + B * h * n * (rot // 2) * 4 * 2
+        if not train:  # an exported graph (the export path) holds every chunk at once, without autograd
+            return 2 * forward
         inputs = 3 * B * h * n * d * itemsize
         return 4 * forward + 2 * inputs

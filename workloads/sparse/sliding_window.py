@@ -42,6 +42,18 @@ rescales the band output: no concatenated score buffer. The g global query rows 
 then computed densely against all n keys, (g, n) scores, linear in n, and replace the
 band result for those rows.
 
+Export. Under ``torch.compiler.is_exporting()`` (torch.export, and so torch.onnx with
+dynamo, which the ``onnxruntime`` backend uses) the forward takes ``_forward_export``: the
+same function as one graph valid at every length, the sequence length being a symbolic
+dimension. The eager kernel's choices that depend on n would be baked in or fail there (the
+block min(W/2, m), the group count and its Python loop, the padding and view branches, writes
+into slices), so the export path uses the block b = W/2 at every length, at least 2 blocks per
+subsequence (a traced count of 1 would be specialised), and builds every operand by gathers
+from index arithmetic (positions past n clamped, then masked or dropped): (blocks, b, 3b) band
+scores with additive band and edge biases, the (blocks, b, g) global columns under one
+normalisation with them, the (g, n) global rows, all blocks at once. Memory is O(n·(1.5W + g))
+for the scores, never (n, n); the eager path's one-group bound does not hold there.
+
 Global projections (layer scope). The paper, and allenai's ``LongformerSelfAttention``
 (``query_global``, ``key_global``, ``value_global``), give the global attention its own
 projections: the g global rows are softmax(Q_g·K_gᵀ/√d)·V_g with Q_g projected from the g
@@ -219,6 +231,8 @@ class SlidingWindowAttention(AttentionVariant):
         """(B, h, n, d) x3 -> (B, h, n, d). `global_qkv` = (Q_g (B, h, g, d), K_g, V_g (B, h, n, d)),
         the global projections the layer scope passes: the g global rows then attend with
         them instead of q, k, v (the band and the global columns always use q, k, v)."""
+        if torch.compiler.is_exporting():  # torch.export / torch.onnx: a graph valid at every length
+            return self._forward_export(q, k, v, global_qkv)
         B, h, n, d = q.shape
         lay = _layout(self.params, n)
         b, g = lay.b, lay.g
@@ -260,6 +274,92 @@ class SlidingWindowAttention(AttentionVariant):
                     return torch.cat([rows, out[:, :, g:]], dim=2)
                 out[:, :, :g] = rows
         return out
+
+    def _forward_export(
+        self, q: Tensor, k: Tensor, v: Tensor, global_qkv: tuple[Tensor, Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """The same function for an exported graph with a symbolic length n (see "Export" above)."""
+        p = self.params
+        B, h, n, d = q.shape
+        r, b, G = p.dilation, p.window // 2, p.global_tokens
+        dtype, dev = q.dtype, q.device
+        low = dtype in LOW_PRECISION
+        scale = 1.0 / math.sqrt(d)
+        # Blocks per subsequence, at least 2: a traced count of 1 would be specialised (size-1
+        # dimensions are), fixing the graph to n ≤ r·b; a second block is then all padding.
+        nb = torch.sym_max((n + r * b - 1) // (r * b), 2)
+        # Every tensor is indexed by block, block-major (block t of all B·h·r subsequences, then
+        # t + 1), and built by gathers from index arithmetic with constant divisors: no padding,
+        # reshape or division by a symbolic size, which the exporter cannot do without guards on n.
+        S = B * h * r  # subsequences
+        blk = torch.arange(S * nb, device=dev)[:, None]
+        zc, t = blk % S, blk // S  # subsequence (head zc // r, residue zc % r) and block: (blocks, 1)
+        z, c = zc // r, zc % r
+        a = torch.arange(b, device=dev)
+        slot = torch.arange(3 * b, device=dev)
+        q_pos = (t * b + a) * r + c  # (blocks, b) positions of the block's queries
+        k_sub = t * b - b + slot  # (blocks, 3b): blocks t−1, t, t+1 inside the subsequence
+        k_pos = k_sub * r + c
+        q3, k3, v3 = (x.reshape(B * h, n, d) for x in (q, k, v))
+        kc = k_pos.clamp(0, n - 1)  # past either end: masked keys (and dropped queries below)
+        qf, kf, vf = q3[z, q_pos.clamp(max=n - 1)], k3[z, kc], v3[z, kc]  # (blocks, b or 3b, d)
+        # Masks as additive biases: the band's (b, 3b), the same for every block, and the keys
+        # before a subsequence's start or past n, per block (blocks, 1, 3b); broadcast adds, no
+        # (blocks, b, 3b) mask (ONNX Runtime's broadcasting Where is several times slower).
+        offset = slot - b - a[:, None]  # (b, 3b) key − query inside a subsequence
+        band = offset.abs() <= b
+        if p.causal:
+            band &= offset <= 0
+        band_bias = torch.zeros(b, 3 * b, device=dev).masked_fill(~band, NEG)
+        edge_bias = torch.zeros(k_pos.shape, device=dev).masked_fill((k_sub < 0) | (k_pos >= n), NEG)[:, None, :]
+        scores = torch.bmm(qf, kf.transpose(1, 2))  # (blocks, b, 3b)
+        scores = (scores.float() if low else scores) * scale + band_bias + edge_bias
+        if G == 0:
+            probs = torch.softmax(scores, -1)
+            out = torch.bmm(probs.to(dtype) if low else probs, vf)  # (blocks, b, d)
+        else:
+            # Global keys j < G (clamped rows past n are masked): every query scores them, unless
+            # in its band (already scored) or, when causal, after it; one normalisation for both.
+            cols = torch.arange(G, device=dev)
+            gc = cols.clamp(max=n - 1)
+            kg, vg = k3[z, gc], v3[z, gc]  # (blocks, G, d)
+            s_g = torch.bmm(qf, kg.transpose(1, 2))  # (blocks, b, G)
+            s_g = s_g.float() * scale if low else s_g * scale
+            i = q_pos[..., None]
+            keep = ~_in_band(i, cols, p) & (cols < n)
+            if p.causal:
+                keep &= cols <= i
+            s_g = s_g.masked_fill(~keep, NEG)
+            top = torch.maximum(scores.amax(-1, keepdim=True), s_g.amax(-1, keepdim=True))
+            e, e_g = (scores - top).exp(), (s_g - top).exp()
+            total = e.sum(-1, keepdim=True) + e_g.sum(-1, keepdim=True)
+            if low:
+                e, e_g = e.to(dtype), e_g.to(dtype)
+            out = torch.bmm(e, vf) + torch.bmm(e_g, vg)
+            out = (out.float() / total).to(dtype) if low else out / total
+        # Back to (B, h, n, d): the folded row of position p of head z.
+        pos = torch.arange(n, device=dev)
+        sub = pos // r
+        block = (sub // b) * S + torch.arange(B * h, device=dev)[:, None] * r + pos % r  # (B·h, n)
+        out = out[block, sub % b].view(B, h, n, d)
+        if G == 0:
+            return out
+        # The G global rows against every key; rows past n (clamped copies) are never selected.
+        qg, kr, vr = (q.index_select(2, cols.clamp(max=n - 1)), k, v) if global_qkv is None else global_qkv
+        g_out = self._global_rows_export(qg, kr, vr, n)  # (B, h, G, d)
+        return torch.where((pos < G)[:, None], g_out.index_select(2, pos.clamp(max=G - 1)), out)
+
+    def _global_rows_export(self, qg: Tensor, k: Tensor, v: Tensor, n: Any) -> Tensor:
+        """`_global_rows` with a static row count G (rows past n included) and a symbolic n."""
+        s = torch.matmul(qg, k.transpose(-1, -2))  # (B, h, G, n)
+        if qg.dtype in LOW_PRECISION:
+            s = s.float()
+        s = s * (1.0 / math.sqrt(qg.shape[-1]))
+        if self.params.causal:
+            i = torch.arange(qg.shape[2], device=qg.device)[:, None]
+            j = torch.arange(n, device=qg.device)[None, :]
+            s = s.masked_fill(j > i, float("-inf"))  # every global row keeps its own key, or all keys past n
+        return torch.matmul(torch.softmax(s, -1).to(qg.dtype), v)
 
     def _group(
         self,
@@ -481,16 +581,19 @@ class SlidingWindowAttention(AttentionVariant):
         # The folded output with its padding, the dilated result's copy, copies of strided inputs.
         io_bytes = bh * (lay.r * lay.m_pad + 2 * lay.b) * d * itemsize
         global_rows = bh * lay.g * shape.seq_len * wide  # their scores; masked and normalised copies
-        if not train:
+        if not train and not sdpa.graph:
             # One group at a time (the larger budget, on any device): its scores and their
             # float32 copy, its gathered queries, keys and values, its result; with slack.
             group = cls._group_scores(params, shape, max(GROUP_SCORES, GROUP_SCORES_ACCELERATOR))
             rows = group // (3 * lay.b + lay.g)
             group_bytes = group * (wide + itemsize) + (4 * rows + 4 * lay.b) * d * itemsize
             return 6 * io_bytes + 2 * (group_bytes + 3 * global_rows)
-        # Autograd runs one group and keeps its activations: every block's scores at once.
+        # Autograd runs one group and keeps its activations, and an exported graph (the export
+        # path) has no groups: every block's scores at once.
         score_bytes = bh * lay.r * lay.m_pad * (3 * lay.b + lay.g) * wide + global_rows
         forward = 2 * score_bytes + 8 * io_bytes
+        if not train:
+            return 2 * forward
         inputs = 3 * bh * shape.seq_len * d * itemsize
         return 2 * forward + 2 * inputs
 
@@ -521,7 +624,12 @@ class LongformerLayer(nn.Module):
             qkv = layer.qkv(hidden).view(B, n, 3, h, d)  # (B, n, 3, h, d)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, n, d)
         with step_range("layer.global_qkv"):
-            qg = self.query_global(hidden[:, :g]).view(B, g, h, d).transpose(1, 2)  # (B, h, g, d)
+            if torch.compiler.is_exporting():  # G rows whatever n (rows past n are never used): no guard on n
+                g = layer.attention.params.global_tokens
+                first = hidden.index_select(1, torch.arange(g, device=x.device).clamp(max=n - 1))
+            else:
+                first = hidden[:, :g]
+            qg = self.query_global(first).view(B, g, h, d).transpose(1, 2)  # (B, h, g, d)
             kv = self.kv_global(hidden).view(B, n, 2, h, d)  # (B, n, 2, h, d)
             kg, vg = kv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, h, n, d)
         with step_range("layer.attention"):
