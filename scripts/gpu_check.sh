@@ -33,6 +33,7 @@ echo "== pytest -m gpu"
 timeout 240 "$py" -m pytest -p no:cacheprovider -m gpu -q -rs --durations=5 -k "not smoke_suite" tests/test_cuda.py \
     tests/test_profile.py::test_bench_profile_cuda tests/test_transforms.py::test_two_four_on_cuda_within_tolerance \
     tests/test_memory_estimate.py \
+    tests/test_flex.py \
     2>&1 | tee "$out/pytest.log" | tail -40 || rc=1
 echo "== bench calibrate --backends cuda"; timeout 120 "$py" -m attnbench calibrate --backends cuda --quick 2>&1 | tail -20 || rc=1
 echo "== bench run --suite smoke --backends cuda"

@@ -28,6 +28,9 @@ class Implementation(ABC):
 
     name: ClassVar[str]
     summary: ClassVar[str]
+    # Compiles on its first call (flex): that call's seconds are compile time, and the dispatcher
+    # recorder must stay off it (torch does not compile under a dispatch mode).
+    compiles_on_first_call: ClassVar[bool] = False
 
     @classmethod
     def availability(cls) -> str | None:
