@@ -292,6 +292,7 @@ def test_export_of_an_imported_file_gives_back_its_names_options_and_summary(
 # ----------------------------------------------------------------------------- Bencher
 
 
+@pytest.mark.slow  # a bench run and a pytest collection: about 5 s; CI runs it (-m slow)
 def test_bmf_names_a_case_as_bencher_names_the_plugins_benchmark(tmp_path: Path) -> None:
     """Bencher's pytest adapter (bencherdev/bencher, lib/bencher_adapter/src/adapters/python/pytest.rs)
     names each benchmark by its pytest-benchmark `fullname`, the pytest node id; BMF uses the node

@@ -268,6 +268,7 @@ def test_peak_estimate_adds_flex_buffers_to_the_native_estimate() -> None:
 
 
 # --- the compiled kernel ---------------------------------------------------------------------------------
+@pytest.mark.slow  # compiles flex for three masks: about 12 s; CI runs it (-m slow)
 def test_compiled_sliding_window_with_globals_dilation_and_causal(many_compiles: None) -> None:
     # One compile (~10-30 s on 2 cores): float32 through inductor's CPU flex kernel.
     params = {"window": 32, "global_tokens": 7, "dilation": 2, "causal": True}

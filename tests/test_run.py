@@ -183,6 +183,7 @@ def test_case_that_cannot_fit_is_skipped_before_it_starts(tmp_path: Path) -> Non
     assert "worker" not in rec  # no process was started
 
 
+@pytest.mark.slow  # four sleepy cases, interrupted and resumed: about 27 s; CI runs it (-m slow)
 def test_interrupt_then_resume(tmp_path: Path) -> None:
     out = tmp_path / "run"
     args = [
