@@ -93,7 +93,10 @@ def test_smoke_suite_end_to_end(tmp_path: Path) -> None:
     run = json.loads((out / "run.json").read_text())
     check_run_json(run, "complete")
     records = lines(out)
-    assert len(records) == run["cases_total"] == 2 * len(run["sweep"]["variants"])
+    # Two lengths per variant, and full.sdpa's two again in the layer scope the layer-only
+    # variants (adaptive, HAN) run in, as their baseline.
+    assert len(records) == run["cases_total"] == 2 * len(run["sweep"]["variants"]) + 2
+    assert sum(r["variant"] == "full.sdpa" and r["scope"] == "layer" for r in records) == 2
     assert {r["variant"] for r in records} >= {"full.naive", "full.sdpa", "full.chunked"}
     assert len({r["case_id"] for r in records}) == len(records)
     for rec in records:
