@@ -28,19 +28,23 @@ def load_case(case: Case, settings: RunSettings) -> tuple[type[AttentionVariant]
     reason = backend.supports(case)
     if reason:
         raise Unsupported(reason)
-    impl_refusal(cls, case)
+    reason = impl_refusal(case)
+    if reason:
+        raise Unsupported(reason)
     return cls, backend
 
 
-def impl_refusal(cls: type[AttentionVariant], case: Case) -> None:
-    """Raise Unsupported where the case's implementation is missing here or cannot run the case."""
-    impl = get_impl(case.impl)
+def impl_refusal(case: Case) -> str | None:
+    """Why the case's implementation is missing here or cannot run the case, or None. Cheap (no
+    device work): the driver asks it before starting a worker, the worker again where it runs."""
+    if case.impl == "native":
+        return None
+    impl, cls = get_impl(case.impl), get_workload(case.variant)
     missing = impl.availability()
     if missing:
-        raise Unsupported(f"implementation {impl.name} is not available here: {missing}")
+        return f"implementation {impl.name} is not available here: {missing}"
     reason = impl.supports(cls, cls.make_params(case.params_dict), case.scope, case.backend)
-    if reason:
-        raise Unsupported(f"{impl.name}: {reason}")
+    return f"{impl.name}: {reason}" if reason else None
 
 
 def case_metrics(cls: type[AttentionVariant], impl: type[Implementation], module: torch.nn.Module) -> dict[str, Any]:

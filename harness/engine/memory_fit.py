@@ -14,6 +14,7 @@ from attnbench.backends.base import DTYPES
 from attnbench.core.cases import Case
 from attnbench.core.registry import get_backend, get_impl, get_workload
 from attnbench.core.sdpa import SdpaChoice
+from attnbench.engine.build import impl_refusal
 from attnbench.workloads.shape import Shape
 
 MEMORY_HEADROOM = 0.9  # share of free memory a case may be expected to use
@@ -21,8 +22,8 @@ MEMORY_HEADROOM = 0.9  # share of free memory a case may be expected to use
 
 def memory_refusal(case: Case) -> str | None:
     """Why the case cannot fit in the free memory of its device here, by its analytic estimate, or None."""
-    if _impl_refuses(case):
-        return None  # it never runs: the worker records it unsupported, with the reason
+    if impl_refusal(case):
+        return None  # it never runs: it is recorded unsupported, with the reason
     need = peak_estimate(case)
     free = get_backend(case.backend).free_memory_bytes()
     if free is not None and need.bytes > MEMORY_HEADROOM * free:
@@ -48,10 +49,3 @@ def peak_estimate(case: Case) -> PeakEstimate:
         need = cls.case_peak_estimate(params, shape, case.scope, itemsize, case.mode, sdpa)
     need += 3 * case.batch * case.heads * case.seq_len * case.head_dim * itemsize  # inputs
     return PeakEstimate(need, sdpa)
-
-
-def _impl_refuses(case: Case) -> bool:
-    if case.impl == "native":
-        return False
-    impl, cls = get_impl(case.impl), get_workload(case.variant)
-    return bool(impl.availability() or impl.supports(cls, cls.make_params(case.params_dict), case.scope, case.backend))

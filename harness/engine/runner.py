@@ -23,6 +23,7 @@ from attnbench.core.record import CaseRecord, Measurement, RunRecord, case_field
 from attnbench.core.registry import get_backend, get_workload
 from attnbench.core.results import CASES_FILE, RunWriter, load_run
 from attnbench.core.settings import RunSettings
+from attnbench.engine.build import impl_refusal
 from attnbench.engine.executors.base import ConcurrentExecutor, Executor, Outcome
 from attnbench.engine.expand import expand
 from attnbench.engine.identity import definition_hash, implementation_hash, workload_hash
@@ -191,6 +192,10 @@ class Runner:
             n, case_id, status = stopped
             what = "ran out of memory" if status == "oom" else "timed out"
             return "skipped", f"{case.variant} {what} at n={n} (case {case_id}), so longer lengths are skipped"
+        # Found without a worker; a remote node may have libraries this one lacks, so it asks itself.
+        refusal = None if concurrent else impl_refusal(case)
+        if refusal:
+            return "unsupported", refusal
         refused = None if concurrent else memory_refusal(case)  # a remote node checks its own memory
         return ("skipped", refused) if refused else None
 
