@@ -8,6 +8,7 @@ import shlex
 import shutil
 from pathlib import Path
 
+from attnbench.core.cases import BASELINE_VARIANT
 from attnbench.core.errors import UserError
 
 FORMATS = ("files", "terminal", "all")
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.fit_min_len < 0:
         raise UserError(f"--fit-min-len must be a length ≥ 0, got {args.fit_min_len}")
     runs = load_runs(args.runs)
-    data = ReportData(runs, baseline=args.baseline or "full.sdpa", labels=args.labels)
+    data = ReportData(runs, baseline=args.baseline or BASELINE_VARIANT, labels=args.labels)
     if args.baseline and not data.baseline_present:
         present = sorted({p.case.variant for p in data.points})
         raise UserError(f"--baseline {args.baseline} is not in these runs; choose one of: {', '.join(present)}")

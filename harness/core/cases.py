@@ -7,6 +7,10 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+# The variant the others are measured against: reports' speedups (bench report --baseline) and
+# the sweep that runs it beside layer-only variants (attnbench.engine.expand).
+BASELINE_VARIANT = "full.sdpa"
+
 
 @dataclass(frozen=True)
 class Case:

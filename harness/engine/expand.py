@@ -5,12 +5,10 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from attnbench.core.cases import Case, Sweep
+from attnbench.core.cases import BASELINE_VARIANT, Case, Sweep
 from attnbench.core.errors import UserError
 from attnbench.core.registry import get_impl, get_workload
 from attnbench.workloads.shape import Shape
-
-BASELINE = "full.sdpa"  # the variant reports measure the others against (bench report --baseline)
 
 
 def expand(sweep: Sweep) -> list[Case]:
@@ -36,9 +34,9 @@ def expand(sweep: Sweep) -> list[Case]:
         scopes = [s for s in sweep.scopes if s in cls.scopes] or [cls.scopes[0]]
         fallback += [s for s in scopes if s not in sweep.scopes and s not in fallback]
         _add_variant(cases, sweep, variant, scopes)
-    if BASELINE in sweep.variants:
-        extra = [s for s in fallback if s in get_workload(BASELINE).scopes]
-        _add_variant(cases, sweep, BASELINE, extra)
+    if BASELINE_VARIANT in sweep.variants:
+        extra = [s for s in fallback if s in get_workload(BASELINE_VARIANT).scopes]
+        _add_variant(cases, sweep, BASELINE_VARIANT, extra)
     # Stable: the baseline's added curves join its own, each curve still by increasing length.
     return sorted(cases.values(), key=lambda c: sweep.variants.index(c.variant))
 

@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from attnbench.core.cases import BASELINE_VARIANT
 from attnbench.core.errors import UserError
 from attnbench.core.record import CaseRecord
 from attnbench.core.results import RunResult, load_run
@@ -260,7 +261,9 @@ class Group:
 class ReportData:
     """Every point of the given runs, with the labels, groups and matching a report needs."""
 
-    def __init__(self, runs: list[RunResult], baseline: str = "full.sdpa", labels: list[str] | None = None) -> None:
+    def __init__(
+        self, runs: list[RunResult], baseline: str = BASELINE_VARIANT, labels: list[str] | None = None
+    ) -> None:
         if not runs:
             raise UserError("give at least one run folder")
         if labels is not None and len(labels) != len(runs):
