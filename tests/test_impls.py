@@ -308,3 +308,19 @@ def test_bench_run_times_native_and_masked_sdpa_side_by_side(tmp_path: Path) -> 
     assert masked["case_id"] != native["case_id"]
     # Several implementations ran: the summary names them.
     assert "impl=masked_sdpa" in proc.stdout and "impl=native" in proc.stdout
+
+
+def test_a_refused_implementation_is_recorded_without_a_worker(tmp_path: Path) -> None:
+    # masked_sdpa has no form of a layer-only design: the driver knows before any worker starts.
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [
+            *BENCH, "run", "--variants", "adaptive.universal", "--impls", "masked_sdpa", "--seq-lens", "64",
+            "--heads", "2", "--head-dim", "8", "--history", "off", "--out", str(out),
+        ],
+        capture_output=True, text=True, timeout=120, env=cli_env(),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (rec,) = [json.loads(line) for line in (out / "cases.jsonl").read_text().splitlines()]
+    assert rec["status"] == "unsupported" and rec["reason"].startswith("masked_sdpa: ")
+    assert "worker" not in rec  # no process was started
