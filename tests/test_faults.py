@@ -336,10 +336,17 @@ def test_bench_ab_stops_cleanly_on_sigterm_to_the_driver_alone(tmp_path: Path) -
     )
     driver = psutil.Process(proc.pid)
     deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and len(driver.children(recursive=True)) < 4:
+    runs = [out / side / "run.json" for side in ("baseline", "candidate")]
+
+    def started() -> bool:
+        # Both sides' runs on disk, not only their processes: one side can reach its hanging worker
+        # while the other is still starting, and a side stopped before its run began leaves no run.json.
+        return len(driver.children(recursive=True)) >= 4 and all(r.is_file() for r in runs)
+
+    while time.monotonic() < deadline and not started():
         time.sleep(0.2)  # both sides, each with its fork server (and a worker in the hanging case)
     family = driver.children(recursive=True)
-    assert len(family) >= 4, "the sides never started"
+    assert started(), "the sides never started"
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr
