@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from collections.abc import Sequence
 from typing import Any
 
@@ -91,6 +92,23 @@ def relative_samples(samples: Sequence[float], check: Any) -> list[float] | None
     if len(pairs) != len(samples):
         return None
     return [float(s) / p for s, p in zip(samples, pairs, strict=True)]
+
+
+HOST_SPREAD_LIMIT = 0.10  # the reference kernel's IQR/median above this: the host's speed varied
+
+
+def host_spread(check: Any) -> float | None:
+    """How much the host's own speed varied while a case was sampled: the IQR/median of its
+    short reference readings (each pass's first, taken before any sample, left out: the
+    others follow a sample and share its cache state). None without pair readings."""
+    passes = check.get("pair_readings_s") if isinstance(check, dict) else None
+    if not isinstance(passes, list):
+        return None
+    readings = [float(v) for p in passes if isinstance(p, list) for v in p[1:] if isinstance(v, (int, float)) and v > 0]
+    if len(readings) < 4:
+        return None
+    q1, median, q3 = statistics.quantiles(readings, n=4, method="inclusive")
+    return (q3 - q1) / median if median > 0 else None
 
 
 def values(check: Any) -> list[float]:

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from attnbench.backends.base import Step, Timer
+from attnbench.core.machine_check import HOST_SPREAD_LIMIT, host_spread
 from attnbench.core.settings import SLOW_CASE_BUDGET_CAP_S, SamplingPolicy
 from attnbench.core.stats import TimeStats, converged, is_stable, summarize
 from attnbench.engine.turns import BLOCK_S, BlockTurns, NoTurns
@@ -164,6 +165,9 @@ def sample(
         )
     if stats.iqr_rel > 0.10:
         notes.append(f"IQR/median {stats.iqr_rel:.1%} over 10%")
+    spread = host_spread({"pair_readings_s": [readings]}) if readings else None
+    if notes and spread is not None and spread > HOST_SPREAD_LIMIT:
+        notes.append(f"the host's own speed varied meanwhile: its reference kernel's IQR/median was {spread:.0%}")
     return Measurement(
         stats=stats,
         calls_per_sample=calls,

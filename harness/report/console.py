@@ -30,6 +30,7 @@ from rich.table import Column, Table
 from rich.text import Text
 
 from attnbench.core.cases import Case
+from attnbench.core.machine_check import HOST_SPREAD_LIMIT, host_spread
 from attnbench.core.record import CaseRecord
 from attnbench.core.results import RunResult
 from attnbench.report.escaping import LiteralTable, line, literal, visible
@@ -406,6 +407,11 @@ def summary_tables(result: RunResult, console: Console) -> list[RenderableType]:
     return [literal(heading, "table.title"), *map(fold_everywhere, tables)]
 
 
+def _host_varied(rec: CaseRecord) -> bool:
+    spread = host_spread(rec.machine_check)
+    return spread is not None and spread > HOST_SPREAD_LIMIT
+
+
 def print_summary(console: Console, result: RunResult) -> None:
     for renderable in summary_tables(result, console):
         console.print(renderable)
@@ -418,6 +424,16 @@ def print_summary(console: Console, result: RunResult) -> None:
     if unstable:
         parts.append(f"{unstable} of them unstable (noisy or not converged: see notes in cases.jsonl)")
     console.print(line(f"{len(cases)} cases: " + ", ".join(parts)), soft_wrap=True)
+    host_noisy = sum(1 for c in cases if c.status == "ok" and not c.stable and _host_varied(c))
+    if host_noisy:
+        console.print(
+            line(
+                f"  in {host_noisy} of the {unstable} unstable cases the host's own speed varied by over "
+                f"{HOST_SPREAD_LIMIT:.0%} (its reference kernel's IQR/median while they were sampled): "
+                "a quieter machine may steady them"
+            ),
+            soft_wrap=True,
+        )
     shown = _varying_params(cases)
     impls = _varying(cases, "impl")
     for c in cases:
