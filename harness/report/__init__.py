@@ -8,6 +8,7 @@ Modules, in the order data flows through them:
     data.py      runs -> points (one per case) -> series (one curve) -> groups (one set of figures)
     analysis.py  log-log slopes with their uncertainty, speedups and crossover lengths (pure Python)
     tables.py    the tables every format shows, as plain rows
+    impls.py     a design's implementations side by side: the fastest at each length, crossovers per impl
     figures.py   matplotlib figures (imported only when rendering)
     html.py, markdown.py, terminal.py, csvdata.py   the output formats
     escaping.py  text the project did not write, made literal for each format (every renderer uses it)

@@ -10,6 +10,7 @@ Importing this module imports matplotlib: the CLI imports it inside `run` only.
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from collections.abc import Callable
@@ -30,6 +31,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 from attnbench.core.pattern_grid import PATTERN_MAX_LEN, PatternGrid
 from attnbench.report.data import Group, Point, ReportData, SeriesKey, curve_key
 from attnbench.report.escaping import literal_figure
+from attnbench.report.impls import ImplSection, impl_sections
 from attnbench.report.labels import separate_labels
 from attnbench.report.tables import SeriesStats, calibration_notes, energy_note, fmt_bytes, fmt_len
 
@@ -92,9 +94,18 @@ class Figures:
     def of(self, prefix: str) -> list[FigureFile]:
         return [f for f in self.files if f.name.startswith(prefix + "-") or f.name == prefix]
 
+    def named(self, name: str) -> FigureFile | None:
+        return next((f for f in self.files if f.name == name), None)
+
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def impl_figure_name(section: ImplSection) -> str:
+    """The file stem of a design's implementation figure; not under its group's prefix, so the
+    formats show it beside the design's tables rather than among the group's figures."""
+    return f"impls-{_slug(section.key)}"
 
 
 class Painter:
@@ -417,6 +428,95 @@ def speedup_figure(data: ReportData, paint: Painter, group: Group, stats: list[S
     return fig
 
 
+def _loglog_at(points: list[tuple[float, float]], x: float) -> float | None:
+    """The y of a curve at x, linear in log-log between the measured points that bracket it."""
+    for (x0, y0), (x1, y1) in itertools.pairwise(points):
+        if x0 <= x <= x1 and x1 > x0:
+            frac = math.log(x / x0) / math.log(x1 / x0)
+            return math.exp(math.log(y0) + frac * (math.log(y1) - math.log(y0)))
+    return next((y for px, y in points if px == x), None)
+
+
+def impl_figure(data: ReportData, paint: Painter, section: ImplSection) -> Figure | None:
+    """One design, one line per implementation: time per call and (where measured) peak memory
+    against n, with the baseline's native curve dashed and each implementation's crossover (★)."""
+    group = section.group
+    metrics = [m for m in METRICS if m.kind == "time"]
+    if any(p.peak_memory for impl in section.impls for p in section.points(impl)):
+        metrics += [m for m in METRICS if m.kind == "memory"]
+    if not any(p.ok for impl in section.impls for p in section.points(impl)):
+        return None
+    base = next((s.baseline for s in section.stats.values() if s.baseline is not None), None)
+    own = {s.key for s in section.stats.values()}
+    fig, axes = plt.subplots(1, len(metrics), figsize=(5.6 * len(metrics), 4.4), squeeze=False)
+    fig.subplots_adjust(bottom=0.26, top=0.84, wspace=0.28)
+    handles: list = []
+    labels: list[str] = []
+    for ax, metric in zip(axes.flat, metrics, strict=True):
+        failed_rows = 0
+        for impl, s in section.stats.items():
+            kw = paint.line_kw(s.key)
+            good = [(p, v) for p in s.points if (v := metric.value(p)) is not None]
+            if good:
+                xs, ys = [p.seq_len for p, _ in good], [v[0] for _, v in good]
+                (line,) = ax.plot(xs, ys, label=impl, **kw)
+                if any(v[1] != v[2] for _, v in good):
+                    ax.fill_between(
+                        xs, [v[1] for _, v in good], [v[2] for _, v in good], color=kw["color"], alpha=0.15, lw=0
+                    )
+                paint.scatter(ax, s.key, xs, ys, [p.stable for p, _ in good])
+                end = {"xytext": (5, 0), "textcoords": "offset points", "va": "center", "fontsize": 7.5}
+                ax.annotate(impl, (xs[-1], ys[-1]), color=kw["color"], **end)
+                if metric.kind == "time" and s.crossover.kind == "at":
+                    x = s.crossover.interpolated or s.crossover.length
+                    y = _loglog_at(list(zip(xs, ys, strict=True)), x)  # type: ignore[arg-type]
+                    if y is not None:
+                        ax.plot(
+                            [x], [y], marker="*", markersize=11, color=kw["color"], markeredgecolor="black", zorder=5
+                        )
+                        at = {"xytext": (5, -12), "textcoords": "offset points", "fontsize": 7, "zorder": 6}
+                        ax.annotate(f"n≈{fmt_len(round(x))}", (x, y), color=kw["color"], **at)
+            elif ax is axes.flat[0]:
+                line = Line2D([], [], **kw)  # only × marks: still named
+            if ax is axes.flat[0]:
+                handles.append(line)
+                labels.append(impl if good else f"{impl} (no ok case)")
+            if any(not p.ok for p in s.points):
+                paint.failures(ax, s.key, s.points, failed_rows)
+                failed_rows += 1
+        if base is not None and base not in own:
+            ref = [(p.seq_len, v[0]) for p in group.series[base] if (v := metric.value(p)) is not None]
+            if ref:
+                kw = {**paint.line_kw(base), "linestyle": "--", "linewidth": 1.1}
+                (line,) = ax.plot(*zip(*ref, strict=True), label=f"{data.baseline} (native)", **kw)
+                end = {"xytext": (5, 0), "textcoords": "offset points", "va": "center", "fontsize": 7.5}
+                ax.annotate(data.baseline, ref[-1], color=kw["color"], **end)
+                if ax is axes.flat[0]:
+                    handles.append(line)
+                    labels.append(f"{data.baseline} (native): the baseline")
+        _log_y(ax, base=2 if metric.kind == "memory" else 10)
+        ax.yaxis.set_major_formatter(metric.formatter())
+        ax.set_ylabel(metric.ylabel)
+        lengths = [p.seq_len for impl in section.impls for p in section.points(impl)]
+        lengths += [p.seq_len for p in group.series[base]] if base is not None and base not in own else []
+        _length_axis(ax, lengths)
+        # room right of the longest length for the names at the lines' ends, whatever the span
+        span = math.log2(max(lengths) / min(lengths))
+        ax.set_xlim(min(lengths) / 2 ** (0.05 * span + 0.2), max(lengths) * 2 ** (0.25 * span + 0.4))
+        ax.set_title(metric.title, pad=6)
+        separate_labels(ax)  # implementations of one design run close: their names and crossovers stack up
+    handles += [
+        Line2D([], [], marker="*", color="0.5", markeredgecolor="black", markersize=9, linestyle="none"),
+        Patch(facecolor="0.6", alpha=0.3),
+        Line2D([], [], marker="o", color="0.3", markerfacecolor="white", linestyle="none"),
+        Line2D([], [], marker="x", color="0.3", linestyle="none", markeredgewidth=1.8),
+    ]
+    labels += [f"crossover vs {data.baseline}", "95% CI", "unstable", "not ok"]
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.0), ncol=4, frameon=False)
+    fig.suptitle(f"implementations — {section.title} — {group.title}", fontsize=10)
+    return fig
+
+
 def roofline_figure(data: ReportData, paint: Painter, group: Group) -> tuple[Figure | None, list[str]]:
     """Achieved FLOP/s against arithmetic intensity under each source's ceilings, if it has any."""
     sources = sorted({k.source for k in group.series}, key=lambda s: (s.run_index, s.backend))
@@ -648,6 +748,22 @@ def render(data: ReportData, stats: dict[str, list[SeriesStats]], folder: Path) 
                         f"roofline — {group.title}",
                         "Achieved useful FLOP/s against FLOPs per minimum byte; black: the device's ceilings "
                         "min(peak FLOP/s, intensity × peak bandwidth), as recorded in run.json.",
+                    )
+                )
+            for section in impl_sections(data, group, stats[group.key]):
+                fig = impl_figure(data, paint, section)
+                if fig is None:
+                    notes.append(f"implementations of {section.title}: no ok case to draw.")
+                    continue
+                out.files.append(
+                    _save(
+                        fig,
+                        folder,
+                        impl_figure_name(section),
+                        f"implementations — {section.title} — {group.title}",
+                        "One line per implementation of the design (same run, backend, dtype, mode, scope and "
+                        f"shape); dashed: {data.baseline}'s native kernel; ★ where an implementation starts to beat "
+                        "it (the crossover tables' figure); × on the top edge: a length whose case is not ok.",
                     )
                 )
         fig, notes = pattern_figure(data)

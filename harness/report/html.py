@@ -15,7 +15,8 @@ from urllib.parse import quote
 from attnbench.report.data import FAILED
 from attnbench.report.escaping import html_text as escape
 from attnbench.report.escaping import relative_href
-from attnbench.report.figures import FigureFile, Figures
+from attnbench.report.figures import FigureFile, Figures, impl_figure_name
+from attnbench.report.impls import without_notes
 from attnbench.report.report import Report
 from attnbench.report.tables import Table
 
@@ -34,6 +35,7 @@ main { padding: 8px 32px 40px; max-width: 1500px; }
 section { margin-top: 28px; scroll-margin-top: 44px; }  /* anchors land below the sticky nav */
 h2 { font-size: 18px; border-bottom: 1px solid var(--line); padding-bottom: 4px; }
 h3 { font-size: 15px; margin: 18px 0 6px; }
+h4 { font-size: 14px; margin: 14px 0 6px; }
 .warn { border-left: 4px solid var(--warn); background: #fff8e5; padding: 8px 14px; margin-top: 18px; }
 .warn p { margin: 2px 0; }
 ul.highlights { margin: 6px 0 12px; padding-left: 20px; }
@@ -149,6 +151,15 @@ def render_html(report: Report, figs: Figures, link_base: Path | None = None) ->
         if report.profiles[g.key].rows:
             roots = [r.folder for r in data.runs]  # links may point into the runs the report reads
             sec.append(html_table(report.profiles[g.key], link_base=link_base, link_roots=roots))
+        sections = report.impls[g.key]
+        for i, section in enumerate(sections):
+            last = i == len(sections) - 1  # the notes are the same for every design: once, after the last
+            sec.append(f"<h3>Implementations of {escape(section.title)}</h3>")
+            f = figs.named(impl_figure_name(section))
+            if f is not None:
+                sec.append('<div class="grid">' + _figure(f, wide=True) + "</div>")
+            for table in (section.fastest, section.crossovers):
+                sec.append(html_table(table if last else without_notes(table), "h4"))
         sec.append("</section>")
         body.append("\n".join(sec))
     extra = figs.of("patterns") + figs.of("ponder") + figs.of("transforms")

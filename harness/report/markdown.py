@@ -12,7 +12,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from attnbench.report.escaping import html_text, md_cell, md_code, md_text, md_url, relative_href
-from attnbench.report.figures import Figures
+from attnbench.report.figures import FigureFile, Figures, impl_figure_name
+from attnbench.report.impls import ImplSection, without_notes
 from attnbench.report.report import Report
 from attnbench.report.tables import Table
 
@@ -52,6 +53,25 @@ def _figures(figs: Figures, prefix: str, base_url: str | None) -> list[str]:
     return ["Figures (in the report folder): " + ", ".join(md_code(f"figures/{f.png.name}") for f in files), ""]
 
 
+def _figure(f: FigureFile, base_url: str | None) -> list[str]:
+    if base_url:
+        return [f"![{md_text(f.title)}]({md_url(base_url.rstrip('/'))}/figures/{quote(f.png.name)})", ""]
+    return [f"Figure (in the report folder): {md_code(f'figures/{f.png.name}')}", ""]
+
+
+def _impls(sections: list[ImplSection], figs: Figures, base_url: str | None) -> list[str]:
+    """A design's implementations side by side: its figure, the fastest at each length, the crossovers."""
+    out = []
+    for i, section in enumerate(sections):
+        last = i == len(sections) - 1  # the notes are the same for every design: once, after the last
+        out += [f"#### Implementations of {md_text(section.title)}", ""]
+        f = figs.named(impl_figure_name(section))
+        out += _figure(f, base_url) if f is not None else []
+        for table in (section.fastest, section.crossovers):
+            out.append(md_table(table if last else without_notes(table), heading="#####"))
+    return out
+
+
 def render_markdown(report: Report, figs: Figures, base_url: str | None = None, link_base: Path | None = None) -> str:
     data = report.data
     roots = [r.folder for r in data.runs]  # links may point into the runs the report reads
@@ -73,6 +93,7 @@ def render_markdown(report: Report, figs: Figures, base_url: str | None = None, 
         notes = figs.notes.get(group.key, [])
         out += [f"- {md_text(n)}" for n in notes] + ([""] if notes else [])
         out += _figures(figs, group.key, base_url)
+        out += _impls(report.impls[group.key], figs, base_url)
     if figs.of("patterns") or figs.of("ponder") or figs.of("transforms"):
         out += ["### Attention patterns, ponder steps, transforms", ""]
         for name in ("patterns", "ponder", "transforms"):

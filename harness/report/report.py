@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 from attnbench.report.data import ReportData
+from attnbench.report.impls import ImplSection, impl_sections
 from attnbench.report.tables import (
     SeriesStats,
     Table,
@@ -40,6 +41,7 @@ class Report:
     warnings: list[str]
     published: Table  # rows only for runs of a reference suite
     profiles: dict[str, Table]  # group key -> its profiled cases
+    impls: dict[str, list[ImplSection]]  # group key -> its designs that ran with several implementations
 
     @property
     def footer_parts(self) -> tuple[str, str, str]:
@@ -83,4 +85,5 @@ def build(data: ReportData, command: str, title: str | None = None, fit_min_len:
         warnings=warnings(data),
         published=published_table(data),
         profiles={g.key: profiles_table(data, g) for g in data.groups},
+        impls={g.key: impl_sections(data, g, stats[g.key]) for g in data.groups},
     )

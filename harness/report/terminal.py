@@ -69,6 +69,14 @@ def print_report(console: Console, report: Report) -> None:
                     print_(n, "dim")
             if report.profiles[g.key].rows:
                 show(console, report.profiles[g.key])
+            sections = report.impls[g.key]
+            for section in sections:
+                print_(f"\nImplementations of {section.title}", "bold")
+                show(console, section.fastest)
+                show(console, section.crossovers)
+            if sections:  # the same notes for every design: once, after the last
+                for n in sections[-1].fastest.notes + sections[-1].crossovers.notes:
+                    print_(n, "dim")
     if report.published.rows:
         show(console, report.published)
         for n in report.published.notes:
