@@ -27,13 +27,41 @@ PY
 rc=0
 echo "== bench env"; bench env 2>&1 | tail -30
 echo "== bench list"; bench list 2>&1 | grep -i -A12 backend | head -20
+echo "== kernel libraries for --impls flash_attn,xformers"
+# Already installed, else from wheels in $KERNEL_WHEELS (default .whl/: the GPU machines here reach
+# no package index, so wheels are carried there), else from PyPI where there is a network. Binary
+# wheels only and --no-deps, one package at a time: nothing compiles (flash-attn's source build takes
+# an hour) and the machine's torch is never replaced. A library still missing is skipped, and its
+# tests skip saying so.
+kernel_libs() {
+  "$py" - <<'PY'
+import importlib
+for module, package in (("flash_attn", "flash-attn"), ("xformers", "xformers")):
+    try:
+        lib = importlib.import_module(module)
+        print(f"{module}: {getattr(lib, '__version__', 'installed')}")
+    except Exception as exc:
+        print(f"{module}: not installed ({type(exc).__name__}) {package}")
+PY
+}
+wheels=${KERNEL_WHEELS:-.whl}
+for package in $(kernel_libs | awk '/not installed/ {print $NF}'); do
+  if compgen -G "$wheels/${package//-/_}-*.whl" >/dev/null; then
+    timeout 120 "$py" -m pip install -q --no-index --no-deps --find-links "$wheels" "$package"
+  else
+    timeout 60 "$py" -m pip install -q --no-deps --only-binary=:all: --retries 0 --timeout 10 "$package"
+  fi >>"$out/pip-kernels.log" 2>&1 || echo "pip could not install $package (no network, or no wheel for this torch; $out/pip-kernels.log)"
+done
+kernel_libs | sed -E 's/ not installed \(([A-Za-z]+)\) .*/ not installed (\1): skipped/'
 echo "== pytest -m gpu"
 # The smoke suite runs once, below (test_smoke_suite_on_cuda is the same sweep: about five minutes
 # on an H200, a fresh worker per case paying CUDA's start).
-timeout 240 "$py" -m pytest -p no:cacheprovider -m gpu -q -rs --durations=5 -k "not smoke_suite" tests/test_cuda.py \
+# tests/test_impl_gpu_kernels.py skips at once without its libraries; with both, about a minute more.
+timeout 330 "$py" -m pytest -p no:cacheprovider -m gpu -q -rs --durations=5 -k "not smoke_suite" tests/test_cuda.py \
     tests/test_profile.py::test_bench_profile_cuda tests/test_transforms.py::test_two_four_on_cuda_within_tolerance \
     tests/test_memory_estimate.py \
     tests/test_flex.py \
+    tests/test_impl_gpu_kernels.py \
     2>&1 | tee "$out/pytest.log" | tail -40 || rc=1
 echo "== bench calibrate --backends cuda"; timeout 120 "$py" -m attnbench calibrate --backends cuda --quick 2>&1 | tail -20 || rc=1
 echo "== bench run --suite smoke --backends cuda"

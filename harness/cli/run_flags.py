@@ -56,7 +56,8 @@ RUN_FLAGS: tuple[Flag, ...] = (
         "--impls",
         {
             "type": csv_list,
-            "help": "implementations to sweep: native (default), masked_sdpa, flex, hf (see bench list; one "
+            "help": "implementations to sweep: native (default), masked_sdpa, flex, hf, flash_attn, xformers, "
+            "all (see bench list; one "
             "that cannot run a case records it unsupported, with the reason)",
         },
     ),

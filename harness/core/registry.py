@@ -36,6 +36,9 @@ BUILTIN_WORKLOAD_MODULES = (
 BUILTIN_IMPL_MODULES = (
     "attnbench.workloads.impls",
     "attnbench.workloads.impls.flex",
+    "attnbench.workloads.impls.hf",
+    "attnbench.workloads.impls.flash_attn",
+    "attnbench.workloads.impls.xformers",
 )
 BUILTIN_BACKEND_MODULES = (
     "attnbench.backends.cpu",

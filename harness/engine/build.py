@@ -43,7 +43,8 @@ def impl_refusal(case: Case) -> str | None:
     missing = impl.availability()
     if missing:
         return f"implementation {impl.name} is not available here: {missing}"
-    reason = impl.supports(cls, cls.make_params(case.params_dict), case.scope, case.backend)
+    params = cls.make_params(case.params_dict)
+    reason = impl.supports(cls, params, case.scope, case.backend) or impl.supports_dtype(cls, params, case.dtype)
     return f"{impl.name}: {reason}" if reason else None
 
 

@@ -44,6 +44,11 @@ class Implementation(ABC):
         return None
 
     @classmethod
+    def supports_dtype(cls, variant: type[AttentionVariant], params: Any, dtype: str) -> str | None:
+        """Why it cannot run this case in `dtype` (a kernel's precision, e.g. half only), else None."""
+        return None
+
+    @classmethod
     def build(cls, variant: type[AttentionVariant], params: Any, shape: Shape, scope: str) -> nn.Module:
         """The module timed: takes `variant.make_inputs(shape, scope, ...)`, returns what the
         variant's own module returns for them. Called only when `supports` returned None."""
