@@ -341,18 +341,21 @@ class BigBirdAttention(AttentionVariant):
             kg, vg = k3[:, :b], v3[:, :b]
         else:
             kg, vg = (torch.cat([t[:, :b], t[:, (nb - 1) * b :]], 1) for t in (k3, v3))  # (BH, b + tail, d)
-        with step_range("bigbird.global"):
-            first, last = self._global(q3, k3, v3, plan, out)
         if out is not None:
             # No autograd: one head at a time. With one head in the batch dimension, a run's
             # overlapping window of K and V is a view that bmm reads in place; with several,
             # (head, block) cannot be one batch dimension of it and the window is copied, three
             # times over: 23-34% slower at 8K, measured against the per-head kernel this replaced.
+            # The global rows' scores, (2b, n) a head, stay small and in cache the same way.
             for z, one in enumerate(self._head_plans(plan, q.device)):
                 q1, k1, v1, kg1, vg1 = (t[z : z + 1] for t in (q3, k3, v3, kg, vg))
+                with step_range("bigbird.global"):
+                    self._global(q1, k1, v1, one, out[z : z + 1])
                 for lo, hi, w in one.chunks:
                     self._middle(q1, k1, v1, kg1, vg1, one, lo, hi, w, out[z : z + 1, lo * b : hi * b])
             return out.view(B, h, n, d)
+        with step_range("bigbird.global"):
+            first, last = self._global(q3, k3, v3, plan, None)
         pieces = [first]
         for lo, hi, w in plan.chunks:
             pieces.append(self._middle(q3, k3, v3, kg, vg, plan, lo, hi, w, None))
