@@ -221,6 +221,7 @@ def test_bench_list_shows_them_and_why_unavailable(missing_libraries: None) -> N
     assert "flash_attn" in text and "xformers" in text and "pip install flash-attn --no-build-isolation" in text
 
 
+@pytest.mark.slow  # a real bench run subprocess, about 5 s
 def test_bench_run_records_them_unsupported_with_the_reason(tmp_path: Path) -> None:
     # No worker starts: the driver refuses each case (library missing here, else the cpu backend).
     out = tmp_path / "run"

@@ -284,6 +284,7 @@ def test_markdown_and_html_show_each_designs_figure_and_tables(report: Report, t
     assert md.index("figures/impls-cpu-float32-forward-impls-0") > md.index("#### Implementations of sparse.bigbird")
 
 
+@pytest.mark.slow  # renders every figure of the report, about 4 s
 def test_render_draws_one_figure_per_design_beside_its_tables(report: Report, tmp_path: Path) -> None:
     figs = render_figures(report.data, report.stats, tmp_path / "figures")
     sections = report.impls[report.data.groups[0].key]
