@@ -281,3 +281,48 @@ def test_an_explicit_timeout_stays_a_hard_limit(slow_calls: str) -> None:
     assert out.status == "timeout"
     assert out.reason == "no result within 1 s; worker stopped"
     assert out.worker["wall_s"] < BASE_S + 1.0
+
+
+# ----------------------------------------------------------------------------- the first call's own limit
+
+
+def _calibrated(monkeypatch: pytest.MonkeyPatch, tmp_path, flops_per_s: float, busy: bool = False) -> None:
+    from attnbench.backends.peaks import CACHE_ENV, save_calibration
+
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    entry = {"matmul_flops_per_s": {"float32": flops_per_s}, "memory_bytes_per_s": 1e10, "busy": busy}
+    save_calibration("cpu", entry)
+
+
+def _dense_case(n: int, backend: str = "cpu") -> Case:
+    return Case("full.sdpa", (("causal", False),), "core", backend, "float32", "forward", 1, 8, 64, n)
+
+
+def test_a_first_call_gets_ten_times_its_flops_at_the_calibrated_ceiling(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    from attnbench.engine.first_call import first_call_limit, least_first_call_s
+
+    _calibrated(monkeypatch, tmp_path, 1e11)
+    big = _dense_case(65536)
+    least = least_first_call_s(big)
+    assert least == pytest.approx(4 * 65536**2 * 64 * 8 / 1e11)  # QKᵀ and PV, 2 FLOPs a multiply-add
+    assert first_call_limit(120.0, big) == pytest.approx(10 * least)  # about 1,100 s
+    assert first_call_limit(120.0, _dense_case(1024)) == 120.0  # small: the base
+    assert first_call_limit(120.0, _dense_case(65536, "cuda")) == 120.0  # off the host CPU: the base
+    d = _Deadline(RunSettings(), "time", started=0.0, turns=False, first_limit_s=first_call_limit(120.0, big))
+    d.first_call(50.0, None)
+    assert d.at == pytest.approx(50.0 + 10 * least)
+    assert f"its first timed call ran past {10 * least:.0f} s (10 × its FLOPs at the host's calibrated ceiling)" in (
+        d.reason()
+    )
+    assert RunSettings().case_timeout_ceiling(10 * least) > RunSettings().case_timeout_ceiling() + 10 * least
+
+
+def test_no_quiet_calibration_no_longer_first_call(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    from attnbench.engine.first_call import first_call_limit
+
+    _calibrated(monkeypatch, tmp_path, 1e11, busy=True)
+    assert first_call_limit(120.0, _dense_case(65536)) == 120.0
+    monkeypatch.setenv("ATTNBENCH_CACHE_DIR", str(tmp_path / "empty"))
+    assert first_call_limit(120.0, _dense_case(65536)) == 120.0

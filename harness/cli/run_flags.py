@@ -100,7 +100,8 @@ RUN_FLAGS: tuple[Flag, ...] = (
         {
             "type": float,
             "help": "seconds from a case's worker's start to its result, a hard limit. bench run's default: a base of "
-            "max(120, 10 × max-time-per-case + 60) to the first timed call, the base again for that call, "
+            "max(120, 10 × max-time-per-case + 60) to the first timed call, the base again for that call "
+            "(on the host CPU, calibrated: at least 10 × its FLOPs at the matmul ceiling), "
             "then max(base, 2 × (samples + 2) × t1 + 60), samples being 6 (3 if 6 × t1 > 300)",
         },
     ),

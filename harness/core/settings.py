@@ -106,26 +106,28 @@ class RunSettings:
             return base
         return base + self.limit_after_first_call(first_call_s, self.calls_after_first("profile", first_call_s))
 
-    def _phase_ceiling(self, phase: str) -> float:
+    def _phase_ceiling(self, phase: str, first_limit: float) -> float:
         base = self.case_timeout()
         if not self.scales_timeout:
             return base
-        # The first call takes at most the base (or the worker is stopped). The limit after it
+        # The first call takes at most its limit (or the worker is stopped). The limit after it
         # grows with the call's time except where the samples drop from min_samples to
         # floor_samples: its largest value is at the end of one of those two pieces.
         policy = SamplingPolicy()
-        ends = {base, min(base, SLOW_CASE_BUDGET_CAP_S / policy.min_samples)}
+        ends = {first_limit, min(first_limit, SLOW_CASE_BUDGET_CAP_S / policy.min_samples)}
         if phase == "profile":
             return max(self.profile_timeout(t) for t in ends)
-        # Up to the base before the first call, the first call up to the base again, then the rest.
+        # Up to the base before the first call, the first call up to its limit, then the rest.
         after = max(self.limit_after_first_call(t, self.calls_after_first(phase, t)) for t in ends)
-        return 2 * base + after
+        return base + first_limit + after
 
-    def case_timeout_ceiling(self) -> float:
+    def case_timeout_ceiling(self, first_limit: float | None = None) -> float:
         """The longest a case's workers (time, memory, profile) can legitimately take under the
-        timeout rule, one after another: what a driver that cannot see them (Ray) waits at most."""
+        timeout rule, one after another: what a driver that cannot see them (Ray) waits at most.
+        first_limit: the case's first-call limit where it exceeds the base (attnbench.engine.first_call)."""
         phases = ("time", "memory", "profile") if self.profile else ("time", "memory")
-        return sum(self._phase_ceiling(p) for p in phases)
+        first = max(self.case_timeout(), first_limit or 0.0)
+        return sum(self._phase_ceiling(p, first) for p in phases)
 
     def timeout_rule(self) -> dict[str, Any]:
         """What run.json keeps so a reader can tell each worker's limit (docs/measurement.md)."""
@@ -136,7 +138,8 @@ class RunSettings:
             "kind": "slow-case",
             "text": (
                 "base limit from worker start to the first timed call's start; the first call gets the base "
-                "again; once it ends after t1 s, max(base, 2 × (calls + 2) × t1 + 60 s) more, calls being "
+                "again (on the host CPU with a quiet calibration, at least 10 × its executed FLOPs at the "
+                "matmul ceiling); once it ends after t1 s, max(base, 2 × (calls + 2) × t1 + 60 s) more, calls being "
                 f"{policy.min_samples} samples if {policy.min_samples} × t1 ≤ {SLOW_CASE_BUDGET_CAP_S:g} s, else "
                 f"{policy.floor_samples} (time phase), {MEMORY_PHASE_CALLS} (memory phase); the profile worker gets "
                 f"the base, then the same with the time phase's t1 and calls = {PROFILE_WARMUP_CALLS} + "

@@ -23,6 +23,7 @@ from attnbench.core.cases import Case
 from attnbench.core.record import Measurement
 from attnbench.core.settings import RunSettings
 from attnbench.engine.executors.base import Executor, Outcome
+from attnbench.engine.first_call import FIRST_CALL_FACTOR, first_call_limit
 from attnbench.engine.lifeline import mark_driver
 
 POLL_S = 0.05
@@ -43,11 +44,20 @@ class _Deadline:
     A worker taking bench ab's turns waits about as long as it times: every limit doubles."""
 
     def __init__(
-        self, settings: RunSettings, phase: str, started: float, turns: bool, first_call_s: float | None = None
+        self,
+        settings: RunSettings,
+        phase: str,
+        started: float,
+        turns: bool,
+        first_call_s: float | None = None,
+        first_limit_s: float | None = None,
     ) -> None:
         self.settings, self.phase, self.started = settings, phase, started
         self.factor = 2.0 if turns else 1.0
         self.base = settings.case_timeout()
+        # The first call's own limit (attnbench.engine.first_call): the base, or more for a case
+        # whose FLOPs need more at the host's measured ceiling.
+        self.first_limit = max(self.base, first_limit_s or 0.0)
         self.known_first_call_s = first_call_s  # the profile phase's: the time phase measured it
         self.first_started: float | None = None
         self.first_call_s: float | None = None
@@ -64,7 +74,7 @@ class _Deadline:
             return
         if seconds is None:
             self.first_started = now
-            self.at = now + self.factor * self.base
+            self.at = now + self.factor * self.first_limit
         else:
             self.first_call_s = seconds
             calls = self.settings.calls_after_first(self.phase, seconds)
@@ -92,10 +102,12 @@ class _Deadline:
         if self.first_started is None:
             return f"{within}, before its first timed call (base {_secs(self.base)} s); worker stopped{self.why}"
         if self.first_call_s is None:
-            return (
-                f"{within}: its first timed call ran past the base {_secs(self.base)} s from its start; "
-                f"worker stopped{self.why}"
+            limit = (
+                f"the base {_secs(self.base)} s"
+                if self.first_limit <= self.base
+                else f"{_secs(self.first_limit)} s ({FIRST_CALL_FACTOR:g} × its FLOPs at the host's calibrated ceiling)"
             )
+            return f"{within}: its first timed call ran past {limit} from its start; worker stopped{self.why}"
         t1 = self.first_call_s
         after = self._after(t1, self.settings.calls_after_first(self.phase, t1))
         return f"{within} (first call {_secs(t1)} s; limit {after} after it); worker stopped{self.why}"
@@ -194,7 +206,8 @@ class LocalExecutor(Executor):
             turns.write.close()
         # Taking block turns with the other side of a bench ab, a worker waits about as long as
         # it times, so its wall clock gets twice each limit (its own time still gets one).
-        deadline = _Deadline(settings, phase, started, turns is not None, first_call_s)
+        first_limit = first_call_limit(settings.case_timeout(), case) if settings.scales_timeout else None
+        deadline = _Deadline(settings, phase, started, turns is not None, first_call_s, first_limit)
         try:
             return self._wait(proc, parent_conn, started, deadline)
         finally:

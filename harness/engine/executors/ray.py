@@ -50,6 +50,7 @@ from attnbench.core.registry import BACKENDS, PLUGINS_ENV, get_backend, get_work
 from attnbench.core.settings import RunSettings
 from attnbench.engine.executors.base import ConcurrentExecutor, Outcome
 from attnbench.engine.executors.local import LocalExecutor
+from attnbench.engine.first_call import first_call_limit
 
 CPU_RESOURCE = "attnbench_cpu"  # one per node: a CPU case has the host's cores to itself
 INSTALL_HINT = "pip install 'attnbench[ray]' (or pip install 'ray[default]')"
@@ -565,10 +566,12 @@ class RayExecutor(ConcurrentExecutor):
         gone = self._refresh_nodes()
         # The longest the case's workers (time, memory, profile) may legitimately take under the
         # timeout rule, slow cases included, then a margin for the task's own start (a fork server).
-        deadline = self.settings.case_timeout_ceiling() + 120
         now = time.perf_counter()
         for gen, flight in list(self._flights.items()):
             if flight.started is not None:
+                # The driver's own calibration stands in for the node's (a guard, not the limit).
+                first = first_call_limit(self.settings.case_timeout(), flight.case)
+                deadline = self.settings.case_timeout_ceiling(first) + 120
                 if now - flight.started > deadline:
                     # The local executor inside the task bounds each phase; this only fires
                     # when the task itself is stuck (e.g. a node that stopped answering).
