@@ -254,12 +254,24 @@ class SlidingWindowAttention(AttentionVariant):
             budget = GROUP_SCORES if q.device.type == "cpu" else GROUP_SCORES_ACCELERATOR
             groups = _groups(seqs, lay.nb, max(1, budget // (b * (3 * b + g))))
         folded = None
+        # Several groups, no autograd, no globals, the inputs' own dtype: each group's P·V product
+        # is written straight into the folded result (a copy of every output row less).
+        direct = (
+            len(groups) > 1
+            and not grad
+            and glob is None
+            and q.dtype not in LOW_PRECISION
+            and not torch.is_autocast_enabled(q.device.type)
+        )
+        if direct:
+            folded = q.new_empty(seqs * lay.nb, b, d)
         for group in groups:
-            res = self._group(src, lay, group, band_bias, edge_bias, glob, not grad)  # (blocks, b, d)
+            s0, s1, t0, t1 = group
+            dest = folded[s0 * lay.nb + t0 : (s1 - 1) * lay.nb + t1] if direct else None
+            res = self._group(src, lay, group, band_bias, edge_bias, glob, not grad, dest)  # (blocks, b, d)
             if len(groups) == 1:
                 folded = res
-            else:  # the folded result, written group by group (in the products' dtype: autocast's)
-                s0, s1, t0, t1 = group
+            elif not direct:  # the folded result, written group by group (in the products' dtype: autocast's)
                 folded = res.new_empty(seqs * lay.nb, b, d) if folded is None else folded
                 folded[s0 * lay.nb + t0 : (s1 - 1) * lay.nb + t1] = res
             del res
@@ -370,9 +382,10 @@ class SlidingWindowAttention(AttentionVariant):
         edge_bias: Tensor,
         glob: tuple[Tensor, Tensor, Tensor] | None,
         inplace: bool,
+        dest: Tensor | None = None,
     ) -> Tensor:
-        """Query blocks t0..t1−1 of subsequences s0..s1−1, (blocks, b, d) in folded order.
-        src: q, k, v as (B·h·n, d)."""
+        """Query blocks t0..t1−1 of subsequences s0..s1−1, (blocks, b, d) in folded order, into
+        `dest` when given (no globals, no autograd). src: q, k, v as (B·h·n, d)."""
         q2, k2, v2 = src
         s0, s1, t0, t1 = group
         b, d, dtype = lay.b, q2.shape[1], q2.dtype
@@ -407,6 +420,8 @@ class SlidingWindowAttention(AttentionVariant):
             with step_range("sliding_window.softmax"):
                 probs = torch.softmax(scores, -1, out=scores) if inplace else torch.softmax(scores, -1)
             with step_range("sliding_window.output"):
+                if dest is not None:
+                    return torch.bmm(probs, v_win, out=dest)
                 return torch.bmm(probs.to(dtype) if low else probs, v_win)  # (blocks, b, d)
         with step_range("sliding_window.global_keys"):
             return self._with_global_keys(scores, qr.view(s1 - s0, -1, d), v_win, glob, lay, group, inplace)
