@@ -236,8 +236,8 @@ class LocalExecutor(Executor):
                     continue
                 entered, left, message = sent
                 try:
-                    cpu = watched.cpu_times() if watched is not None else None
-                    worker_cpu = cpu.user + cpu.system if cpu is not None else None
+                    # The worker's own helpers (compile workers) count as its own CPU, not others'.
+                    worker_cpu = cpu_load.family_cpu_seconds(watched) if watched is not None else None
                 except psutil.Error:
                     worker_cpu = None
                 busy = cpu_load.busy_seconds() - busy0
