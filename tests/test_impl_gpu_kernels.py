@@ -33,6 +33,7 @@ from attnbench.core.registry import IMPLS, get_workload, load_plugins
 from attnbench.engine.build import impl_refusal
 from attnbench.engine.worker import VERIFY_TOLERANCE
 from attnbench.workloads.base import Shape
+from attnbench.workloads.impls import band_kernels as bk
 from attnbench.workloads.impls import flash_attn as fa
 from attnbench.workloads.impls import xformers as xf
 from attnbench.workloads.impls.flash_attn import FlashAttnImpl
@@ -200,7 +201,7 @@ def test_the_module_refuses_what_supports_is_not_told() -> None:
     assert "no backward for a local band" in xf.xformers_training_refusal(band, "float32", grad=True)
     assert xf.xformers_training_refusal(band, "float32", grad=False) is None
     assert xf.xformers_training_refusal(band, "bfloat16", grad=True) is None
-    assert xf.xformers_training_refusal(fa.Band(causal=True), "float32", grad=True) is None  # LowerTriangularMask
+    assert xf.xformers_training_refusal(bk.Band(causal=True), "float32", grad=True) is None  # LowerTriangularMask
 
 
 def test_bench_list_shows_them_and_why_unavailable(missing_libraries: None) -> None:
@@ -258,6 +259,18 @@ def flash_rule(n: int, window: tuple[int, int] | None, causal: bool) -> torch.Te
     return allowed
 
 
+def band_mask(band: bk.Band, n: int) -> torch.Tensor:
+    """(n, n) bool: True where query i sees key j by the Band's rule (j within ±reach, j ≤ i when causal)."""
+    i = torch.arange(n)[:, None]
+    j = torch.arange(n)[None, :]
+    allowed = torch.ones(n, n, dtype=torch.bool)
+    if band.reach is not None:
+        allowed &= (j >= i - band.reach) & (j <= i + band.reach)
+    if band.causal:
+        allowed &= j <= i
+    return allowed
+
+
 def xformers_rule(n: int, spec: tuple[str, dict[str, int]] | None) -> torch.Tensor:
     """xformers' documented masks (their `materialize`), n queries and n keys (shift 0)."""
     ones = torch.ones(n, n, dtype=torch.bool)
@@ -282,11 +295,11 @@ def reference_mask(variant: str, params: dict[str, Any], n: int) -> torch.Tensor
 def test_each_library_band_is_the_sliding_window_reference_mask(window: int, causal: bool) -> None:
     params = {"window": window, "causal": causal}
     cls, p, shape = setup("sparse.sliding_window", params, 8)
-    band = fa.band_of(cls, p)
+    band = bk.band_of(cls, p)
     core = fa.FlashAttnCore(cls(p, shape), band)
     for n in LENGTHS:
         expected = reference_mask("sparse.sliding_window", params, n)
-        assert torch.equal(band.mask(n), expected), n
+        assert torch.equal(band_mask(band, n), expected), n
         assert torch.equal(flash_rule(n, core.window(), causal), expected), n
         assert torch.equal(xformers_rule(n, xf.bias_spec(band)), expected), n
 
@@ -294,7 +307,7 @@ def test_each_library_band_is_the_sliding_window_reference_mask(window: int, cau
 @pytest.mark.parametrize(("variant", "params"), [s for s in SUPPORTED if s[0] != "sparse.sliding_window"])
 def test_each_library_pattern_is_the_dense_reference_mask(variant: str, params: dict[str, Any]) -> None:
     cls, p, shape = setup(variant, params, 8)
-    band = fa.band_of(cls, p)
+    band = bk.band_of(cls, p)
     core = fa.FlashAttnCore(cls(p, shape), band)
     assert core.window() is None
     for n in LENGTHS:
@@ -310,7 +323,7 @@ def test_xformers_own_bias_materialises_the_reference_mask(window: int, causal: 
         pytest.skip(XformersImpl.availability())
     params = {"window": window, "causal": causal}
     cls, p, _ = setup("sparse.sliding_window", params, 8)
-    bias = xf.make_bias(fa.band_of(cls, p))
+    bias = xf.make_bias(bk.band_of(cls, p))
     for n in (64, 100, 129):
         allowed = bias.materialize((n, n), dtype=torch.float32).exp() > 0
         assert torch.equal(allowed, reference_mask("sparse.sliding_window", params, n)), n
@@ -408,7 +421,7 @@ def test_the_call_computes_the_reference_exactly(
         (call,) = stand_ins["xformers"]
         assert call["shape"] == (1, n, 3, 8)
         assert metrics["kernel"] == "xformers.ops.memory_efficient_attention"
-        assert metrics["attn_bias"] == xf.describe_bias(fa.band_of(cls, p))
+        assert metrics["attn_bias"] == xf.describe_bias(bk.band_of(cls, p))
 
 
 @pytest.mark.parametrize("impl", KERNEL_IMPLS, ids=lambda i: i.name)
@@ -421,7 +434,7 @@ def test_layer_scope_equals_the_native_layer(stand_ins: dict, impl: type) -> Non
     x = torch.randn(1, 100, shape.model_dim, dtype=torch.float64)
     with torch.no_grad():
         assert (layer(x) - native(x)).abs().max().item() < 1e-12
-    assert isinstance(layer.attention, fa.BnhdAttention)
+    assert isinstance(layer.attention, bk.BnhdAttention)
 
 
 def test_xformers_turns_its_no_kernel_error_into_one_unsupported_line(

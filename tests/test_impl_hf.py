@@ -158,6 +158,14 @@ def test_refusals_say_why() -> None:
         HFImpl.build(get_workload("sparse.lsh"), params_of("sparse.lsh", 256), Shape(1, 2, 16, 256), "core")
 
 
+def test_the_driver_refuses_longformer_in_float64_before_any_worker() -> None:
+    cls = get_workload("sparse.sliding_window")
+    params = params_of("sparse.sliding_window", 64)
+    assert HFImpl.supports_dtype(cls, params, "float64") == hf.LONGFORMER_FLOAT64
+    assert HFImpl.supports_dtype(cls, params, "float32") is None
+    assert HFImpl.supports_dtype(get_workload("sparse.lsh"), params_of("sparse.lsh", 256), "float64") is None
+
+
 @needs_transformers
 def test_longformer_refuses_float64_when_it_runs() -> None:
     cls = get_workload("sparse.sliding_window")

@@ -45,7 +45,8 @@ class Implementation(ABC):
 
     @classmethod
     def supports_dtype(cls, variant: type[AttentionVariant], params: Any, dtype: str) -> str | None:
-        """Why it cannot run this case in `dtype` (a kernel's precision, e.g. half only), else None."""
+        """Why it cannot run this case in `dtype` (a kernel's precision, e.g. half only), else None.
+        Asked only once `supports` has accepted the variant, parameters, scope and backend."""
         return None
 
     @classmethod

@@ -23,18 +23,9 @@ in that dtype and compares with the float64 reference at the dtype's tolerance
 checked as it is timed; the default `verify_module` (the core module) and `verify_reference`
 (the variant's dense reference) apply.
 
-The shared pieces (the `Band` a library kernel computes, the (B, n, h, d) wrapper, placing it
-in the variant's own layer, the memory estimate) live here and `xformers` reuses them.
-
-Layout. The transpose to (B, n, h, d) and back is a view (both libraries need only unit stride
-in d), done inside the timed call as a model written for the library would hold its tensors:
-in the layer scope q, k, v are views of the fused QKV projection (B, n, 3, h, d), whose natural
-layout is (B, n, h, d), and the layer's ``transpose(1, 2).reshape(B, n, D)`` of the result is
-then free too.
-
-Memory (`peak_estimate`): O(n), as torch's fused kernels (`fused_sdpa_peak` on a GPU): the
-output and a float32 log-sum-exp per row, in training dQ, dK, dV, the output's gradient and a
-float32 dQ accumulator; padded copies of q, k, v where the head size is not a multiple of 8.
+The band, the (B, n, h, d) wrapper (a view: see its layout note), the layer placement and the
+O(n) memory estimate are `attnbench.workloads.impls.band_kernels`, shared with `xformers`; here
+the estimate adds flash-attn's padded copies of q, k, v where the head size is not a multiple of 8.
 """
 
 from __future__ import annotations
@@ -52,166 +43,33 @@ from torch import Tensor, nn
 from attnbench.core.errors import Unsupported
 from attnbench.core.registry import register_impl
 from attnbench.core.sdpa import MATH, SdpaChoice
-from attnbench.workloads.full import fused_sdpa_peak, output_bytes
+from attnbench.workloads.impls.band_kernels import (
+    SLIDING_WINDOW,
+    BnhdAttention,
+    band_of,
+    dtype_name,
+    find_core,
+    kernel_peak,
+    one_line,
+    pattern_refusal,
+    place,
+)
 from attnbench.workloads.impls.base import Implementation
-from attnbench.workloads.layer import PreNormLayer
 from attnbench.workloads.shape import Shape
 
 if TYPE_CHECKING:
     from attnbench.workloads.base import AttentionVariant
 
-FULL_VARIANTS = ("full.naive", "full.sdpa", "full.chunked")
-SLIDING_WINDOW = "sparse.sliding_window"
-BUILT = (*FULL_VARIANTS, SLIDING_WINDOW)
 HALF_DTYPES = ("float16", "bfloat16")
 MAX_HEAD_DIM = 256  # flash-attn 2's kernels
 MIN_CAPABILITY = (8, 0)  # Ampere: flash-attn 2 raises on older GPUs
 INSTALL = "pip install flash-attn --no-build-isolation; needs CUDA and an NVIDIA GPU"
-# The memory estimate's kernel: fused, on a GPU, as torch's own fused kernels.
-FUSED_GPU = SdpaChoice("flash", "cuda", 1, "a library's fused kernel (flash_attn / xformers)")
 OWN_REASONS = {
     "sparse.bigbird": (
         "flash_attn_func takes a causal flag and one (left, right) window; BigBird's global and random "
         "blocks are neither (with attention=full BigBird is dense: time full.sdpa with flash_attn)"
     ),
 }
-
-
-# --- shared with `xformers`: the pattern, the wrapper, the layer, the memory -------------------------
-@dataclass(frozen=True)
-class Band:
-    """The keys each query sees: j ≥ i − reach and j ≤ i + reach (reach None: every key), and
-    j ≤ i when causal. What a library kernel is asked to compute, in the variant's terms."""
-
-    causal: bool
-    reach: int | None = None
-
-    def mask(self, n: int) -> Tensor:
-        """(n, n) bool: True where query i sees key j, by the rule above."""
-        i = torch.arange(n)[:, None]
-        j = torch.arange(n)[None, :]
-        allowed = torch.ones(n, n, dtype=torch.bool)
-        if self.reach is not None:
-            allowed &= (j >= i - self.reach) & (j <= i + self.reach)
-        if self.causal:
-            allowed &= j <= i
-        return allowed
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-def pattern_refusal(variant: type[AttentionVariant], params: Any, library: str, own: dict[str, str]) -> str | None:
-    """Why `library` (a causal flag and one band of keys) cannot compute the variant's pattern
-    with these parameters, or None. `own`: the library's reasons for particular variants."""
-    name = variant.name
-    if name in own:
-        return own[name]
-    if name not in BUILT:
-        return (
-            f"{library} has no form of {name}: it computes dense attention, causal or not, and one "
-            f"local band (it runs {', '.join(BUILT)})"
-        )
-    if name == SLIDING_WINDOW:
-        if params.dilation != 1:
-            r = params.dilation
-            return (
-                f"{library} computes one contiguous band; dilation={r} keeps every {r}-th key within "
-                f"±{r * (params.window // 2)}, which no (left, right) window expresses"
-            )
-        if params.global_tokens:
-            return (
-                f"{library} computes one band; Longformer's {params.global_tokens} global rows and "
-                "columns (they see every key, every query sees them) are no (left, right) window"
-            )
-    return None
-
-
-def band_of(variant: type[AttentionVariant], params: Any) -> Band:
-    """The variant's pattern as a Band; only for what `pattern_refusal` accepts."""
-    if variant.name in FULL_VARIANTS:
-        return Band(causal=params.causal)
-    if variant.name == SLIDING_WINDOW and params.dilation == 1 and not params.global_tokens:
-        return Band(causal=params.causal, reach=params.window // 2)
-    raise Unsupported(f"no single band expresses {variant.name} with {params}")
-
-
-class BnhdAttention(nn.Module):
-    """(B, h, n, d) q, k, v -> (B, h, n, d) through a library kernel taking (B, n, h, d).
-
-    A subclass says why it cannot take these tensors (`refusal`: dtype, device, head size) and
-    calls the library (`attend`). Holds the variant's own module for its parameters (the layers
-    around an attention read them) and what its last call ran, for case_metrics."""
-
-    def __init__(self, native: nn.Module, band: Band) -> None:
-        super().__init__()
-        self.native = native
-        self.band = band
-        self.last_call: dict[str, Any] = {}
-
-    @property
-    def params(self) -> Any:
-        return self.native.params
-
-    def refusal(self, q: Tensor) -> str | None:
-        raise NotImplementedError
-
-    def attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        """(B, n, h, d) views -> (B, n, h, d)."""
-        raise NotImplementedError
-
-    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        reason = self.refusal(q)
-        if reason:
-            raise Unsupported(reason)
-        # Views, not copies (module docstring): the library's layout, as part of the call.
-        out = self.attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))  # (B, n, h, d)
-        return out.transpose(1, 2)  # (B, h, n, d), a view
-
-
-def place(
-    variant: type[AttentionVariant],
-    params: Any,
-    shape: Shape,
-    scope: str,
-    make_core: Callable[[nn.Module], BnhdAttention],
-) -> nn.Module:
-    """The core module, or the variant's own layer (built as native builds it: the same
-    weights) with the core in place of its attention."""
-    if scope == "core":
-        return make_core(variant(params, shape))
-    layer = variant.build(params, shape, scope)
-    if type(layer) is not PreNormLayer or not isinstance(layer.attention, variant):
-        raise Unsupported(f"{variant.name}'s layer is {type(layer).__name__}, not the plain pre-norm layer")
-    layer.attention = make_core(layer.attention)
-    return layer
-
-
-def find_core(module: nn.Module) -> BnhdAttention | None:
-    return next((m for m in module.modules() if isinstance(m, BnhdAttention)), None)
-
-
-def kernel_peak(shape: Shape, scope: str, itemsize: int, mode: str, padded_inputs: bool = False) -> int:
-    """A generous peak above the inputs: the fused kernel's O(n) state (`fused_sdpa_peak` on a
-    GPU), one more output for a caller's contiguous copy of the transposed result, padded
-    copies of q, k, v (`padded_inputs`), and in the layer scope the layer's activations and
-    weights (as `AttentionVariant.case_peak_estimate` counts them)."""
-    train = mode == "train"
-    out = output_bytes(shape, itemsize)
-    peak = fused_sdpa_peak(shape, itemsize, train, FUSED_GPU) + out
-    if padded_inputs:
-        peak += 3 * out * (2 if train else 1)  # q, k, v padded (and their gradients)
-    if scope == "layer":
-        peak += PreNormLayer.activation_bytes(shape, itemsize) * (4 if train else 2)
-        peak += PreNormLayer.weight_bytes(shape, itemsize) * (3 if train else 1)
-    return peak
-
-
-def one_line(exc: BaseException, limit: int = 400) -> str:
-    """An exception's message on one line (libraries explain over many), cut at `limit`."""
-    text = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # --- flash-attn ---------------------------------------------------------------------------------------

@@ -93,6 +93,8 @@ BACKEND_REASONS = {
         "numpy draw), which torch-xla's lazy graphs cannot trace"
     ),
 }
+# Refused by the driver (supports_dtype); the module raises it too if called in float64 anyway.
+LONGFORMER_FLOAT64 = "HF's LongformerSelfAttention computes its softmax in float32, so it has no float64 form"
 LONGFORMER_GLOBAL = 10000.0  # attention mask: > 0 global, 0 local, < 0 masked (LongformerSelfAttention)
 BIGBIRD_MAX_POSITIONS = 4096  # BigBirdConfig's default; HF's fixed plans at 1024/3072/4096 read it
 NUMPY_SEEDS = 2**32  # np.random.seed takes 0 .. 2**32 − 1
@@ -209,7 +211,7 @@ class HFLongformer(HFAttention):
     def call(self, hidden: Tensor, n: int) -> Tensor:
         if hidden.dtype == torch.float64:
             # Its softmax is float32 (dtype=torch.float32): a float64 case would be float32-accurate.
-            raise Unsupported("HF's LongformerSelfAttention computes its softmax in float32, so it has no float64 form")
+            raise Unsupported(LONGFORMER_FLOAT64)
         B, N, _ = hidden.shape
         g = min(self.global_tokens, n)
         mask = hidden.new_zeros(B, N)
@@ -525,6 +527,12 @@ class HFImpl(Implementation):
         if backend not in ("cpu", "cuda"):
             return f"the Hugging Face layers run on the cpu and cuda backends (eager PyTorch), not {backend}"
         return _refusal(variant, params, scope)
+
+    @classmethod
+    def supports_dtype(cls, variant: type[AttentionVariant], params: Any, dtype: str) -> str | None:
+        if variant.name == "sparse.sliding_window" and dtype == "float64":
+            return LONGFORMER_FLOAT64
+        return None
 
     @classmethod
     def build(cls, variant: type[AttentionVariant], params: Any, shape: Shape, scope: str) -> nn.Module:

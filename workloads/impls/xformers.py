@@ -3,7 +3,7 @@ variant's pattern exactly.
 
 What runs. One ``memory_efficient_attention(q, k, v, attn_bias=...)`` call on (B, n, h, d)
 views of the harness's (B, h, n, d) tensors (the transpose is part of the call; see
-`attnbench.workloads.impls.flash_attn`, whose band, wrapper and memory estimate this reuses),
+`attnbench.workloads.impls.band_kernels`, whose band, wrapper and memory estimate this shares with flash_attn),
 default scale 1/√d, no dropout. xformers picks the kernel (its FlashAttention-2/3 or CUTLASS
 ones, by dtype, GPU and bias); the one it picked is recorded as ``xformers_op``.
 
@@ -30,7 +30,7 @@ kernels only) and a band in float32 training (xformers' CUTLASS backward has no 
 Where xformers itself finds no kernel for the inputs (an old GPU, an odd head size) its
 NotImplementedError becomes the case's ``unsupported`` reason, on one line.
 
-Memory (`peak_estimate`): O(n), as flash_attn's: torch's fused-kernel estimate on a GPU.
+Memory (`peak_estimate`): O(n), `band_kernels.kernel_peak`: torch's fused-kernel estimate on a GPU.
 """
 
 from __future__ import annotations
@@ -46,8 +46,7 @@ from torch import Tensor, nn
 from attnbench.core.errors import Unsupported
 from attnbench.core.registry import register_impl
 from attnbench.core.sdpa import MATH, SdpaChoice
-from attnbench.workloads.impls.base import Implementation
-from attnbench.workloads.impls.flash_attn import (
+from attnbench.workloads.impls.band_kernels import (
     Band,
     BnhdAttention,
     band_of,
@@ -58,6 +57,7 @@ from attnbench.workloads.impls.flash_attn import (
     pattern_refusal,
     place,
 )
+from attnbench.workloads.impls.base import Implementation
 from attnbench.workloads.shape import Shape
 
 if TYPE_CHECKING:
@@ -215,9 +215,8 @@ class XformersImpl(Implementation):
     @classmethod
     def supports_dtype(cls, variant: type[AttentionVariant], params: Any, dtype: str) -> str | None:
         """Why it cannot run a case of this variant in `dtype`, else None; asked by the driver
-        before it starts a worker (the module raises the same reason if called anyway)."""
-        if pattern_refusal(variant, params, "xformers", OWN_REASONS):
-            return None  # refused already, whatever the dtype
+        before it starts a worker, once `supports` has accepted the pattern (the module raises the
+        same reason if called anyway)."""
         return xformers_dtype_refusal(band_of(variant, params), dtype)
 
     @classmethod
