@@ -4,7 +4,7 @@ crosses the dense baseline.
 
 The crossovers are the series' own (tables.series_stats against ReportData.baseline_for: the
 baseline's native kernel of the same run, backend, dtype, mode, scope and shape), so these tables
-and the scaling table never disagree. Pure Python: figures are impls_figure.py's.
+and the scaling table never disagree. Pure Python: the figure is figures.impl_figure.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ class ImplSection:
     key: str  # unique within the report; names the figure file
     title: str  # the design as the group's tables name it (variant, telling parameters, source)
     group: Group
-    source: Source
     design: CurveKey  # the curve with impl "native" (whether or not native ran)
     stats: dict[str, SeriesStats]  # impl -> its series' stats, in the report's curve order (native first)
     fastest: Table
@@ -133,7 +132,6 @@ def impl_sections(data: ReportData, group: Group, stats: list[SeriesStats]) -> l
                 f"{group.key}-impls-{i}",
                 title,
                 group,
-                source,
                 design,
                 by,
                 fastest_table(title, by),

@@ -254,6 +254,7 @@ class _Flight:
     case: Case
     curve: tuple
     submitted: float
+    deadline_s: float  # the stuck-task guard: the timeout rule's ceiling for this case, plus a margin
     node: dict[str, Any] | None = None  # known once the task has started
     started: float | None = None
 
@@ -503,7 +504,12 @@ class RayExecutor(ConcurrentExecutor):
             # Soft: wait for the curve's node while it is alive; go elsewhere only if it dies.
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=True)
         gen = self._task.options(**options).remote(case, self.settings)
-        self._flights[gen] = _Flight(case, curve, time.perf_counter())
+        # The longest the case's workers (time, memory, profile) may legitimately take under the
+        # timeout rule, slow cases and a long first call included (the driver's own calibration
+        # stands in for the node's: a guard, not the limit), then a margin for the task's own start.
+        first = first_call_limit(self.settings.case_timeout(), case)
+        deadline = self.settings.case_timeout_ceiling(first) + 120
+        self._flights[gen] = _Flight(case, curve, time.perf_counter(), deadline)
 
     def next_finished(self) -> tuple[Case, Outcome]:
         """Block until a submitted case has an outcome; outcomes come in the order cases end."""
@@ -564,14 +570,10 @@ class RayExecutor(ConcurrentExecutor):
     def _check_cluster(self) -> None:
         """After nodes leave, cases that no remaining node can run are stopped and say why."""
         gone = self._refresh_nodes()
-        # The longest the case's workers (time, memory, profile) may legitimately take under the
-        # timeout rule, slow cases included, then a margin for the task's own start (a fork server).
         now = time.perf_counter()
         for gen, flight in list(self._flights.items()):
             if flight.started is not None:
-                # The driver's own calibration stands in for the node's (a guard, not the limit).
-                first = first_call_limit(self.settings.case_timeout(), flight.case)
-                deadline = self.settings.case_timeout_ceiling(first) + 120
+                deadline = flight.deadline_s
                 if now - flight.started > deadline:
                     # The local executor inside the task bounds each phase; this only fires
                     # when the task itself is stuck (e.g. a node that stopped answering).
