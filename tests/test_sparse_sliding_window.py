@@ -253,6 +253,38 @@ def test_number_of_ops_does_not_grow_with_n() -> None:
     assert counts[0] == counts[1] == counts[2]
 
 
+# --- look-around of several blocks either side (the default window's b = 64) --------------------------
+
+
+@pytest.mark.parametrize("block", [2, 3, 5])  # half = 8: a = 4, 2, 1 blocks either side (b = 2, 4, 8)
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"window": 16},
+        {"window": 16, "causal": True},
+        {"window": 16, "global_tokens": 3, "dilation": 3},
+        {"window": 16, "global_tokens": 10, "dilation": 2, "causal": True},
+    ],
+    ids=str,
+)
+def test_wider_look_around_matches_reference(monkeypatch: pytest.MonkeyPatch, block: int, params: dict) -> None:
+    monkeypatch.setattr(sliding_window, "BLOCK", block)
+    lay = sliding_window._layout(SlidingWindowParams(**params), 100)
+    assert lay.a == 8 // block and lay.a * lay.b >= 8  # the window covers the band
+    for n in (7, 9, 64, 100, 129):  # shorter than the band, multiples of the block and not
+        check_against_reference(n, **params)
+    for blocks in (1, 3):  # groups shorter than the look-around, inside one subsequence
+        monkeypatch.setattr(sliding_window, "GROUP_SCORES", blocks * lay.b * (lay.span + lay.g))
+        check_against_reference(129, **params)
+
+
+def test_default_window_blocks_of_64() -> None:
+    lay = sliding_window._layout(SlidingWindowParams(), 8192)
+    assert (lay.a, lay.b, lay.span) == (4, 64, 576)
+    short = sliding_window._layout(SlidingWindowParams(), 200)  # one block: the whole sequence
+    assert (lay.a, short.b, short.nb) == (4, 200, 1) and short.a == 1
+
+
 # --- without autograd: query blocks in groups of a fixed score budget ----------------------------------
 
 
@@ -376,10 +408,10 @@ def test_flops_count_the_mask_and_executed_covers_them(n: int, params: dict) -> 
 
 
 def test_working_memory_is_the_output_and_one_group() -> None:
-    # At the default window a group is 10 blocks of 256 queries against 768 keys on a CPU, for
-    # any length: only the output grows with n.
+    # At the default window a group is 56 blocks of 64 queries against 9·64 = 576 keys on a CPU,
+    # for any length: only the output grows with n.
     p = SlidingWindowParams()
-    group = 10 * 256 * 768
+    group = 56 * 64 * 576
     for n in (32768, 65536):
         output = 8 * n * 64
         assert SlidingWindowAttention.working_bytes(p, Shape(1, 8, 64, n), 4) == (output + group) * 4
@@ -396,7 +428,7 @@ def test_flops_against_the_published_formula_and_look_around_overhead() -> None:
     assert 0.97 < SlidingWindowAttention.flops(p, shape) / approx <= 1
     plain = SlidingWindowParams(window=W)
     ratio = SlidingWindowAttention.executed_flops(plain, shape) / SlidingWindowAttention.flops(plain, shape)
-    assert 1.49 < ratio < 1.55  # 3 blocks of W/2 keys for W + 1 useful ones
+    assert 1.13 < ratio < 1.15  # 9 blocks of W/8 keys (b = 64) for W + 1 useful ones, edges included
     fwd = SlidingWindowAttention.peak_bytes_estimate(plain, shape, 4, train=False)
     assert SlidingWindowAttention.working_bytes(plain, shape, 4) < fwd
     assert fwd < SlidingWindowAttention.peak_bytes_estimate(plain, shape, 4, train=True)

@@ -14,9 +14,12 @@ Definition (what `reference_mask` returns, and what the forward computes):
 Blocking scheme. Each of the r interleaved subsequences i ≡ c (mod r) holds an
 undilated band of half-width w' = W/2 (a dilated band is exactly that), so the
 subsequences are folded into the batch dimension: (B, h, n, d) -> (B·h·r, m, d) with
-m = ⌈n/r⌉, padded to a multiple of the block b = w' (or m itself when the subsequence
-is shorter, then it is one block). Queries are cut into blocks of b; block t sees the
-3b keys of blocks t−1, t, t+1 ("look-around"), which cover its whole band. Out-of-band,
+m = ⌈n/r⌉, padded to a multiple of the block b. Queries are cut into blocks of b; block t
+sees the (2a + 1)·b keys of blocks t−a .. t+a ("look-around"), which cover its whole band
+when a·b ≥ w'. The wider the blocks, the more of the window is masked: a = ⌊w'/BLOCK⌋
+blocks either side of b = ⌈w'/a⌉ queries (BLOCK = 64; the default W = 512 gives b = 64,
+a = 4, 576 keys for a band of 513, where blocks of w' would score 768), or a = 1 and b = w'
+for narrower bands; a subsequence no longer than w' is one block of m. Out-of-band,
 out-of-sequence and padded keys get a large negative bias (finite, so padded query rows
 never turn into NaN that backward would spread to real keys).
 
@@ -24,7 +27,7 @@ Groups. Without autograd the blocks are taken in groups of at most ``GROUP_SCORE
 score elements (``GROUP_SCORES_ACCELERATOR`` off the CPU): as many whole subsequences as
 fit, or a run of blocks of one. A group's look-around windows are overlapping strided
 views (`Tensor.unfold`) of its rows of K and V plus one block either side, so one
-batched matmul scores its blocks (blocks, b, 3b) without copying K or V three times;
+batched matmul scores its blocks (blocks, b, (2a + 1)·b) without copying K or V 2a + 1 times;
 without dilation or padding those rows are the inputs' own (a view; the first and last
 group get a zero block), otherwise they are gathered for the group. The bias, the scale
 and the softmax are applied in place on the group's score buffer, and its output is
@@ -71,8 +74,8 @@ Costs (forward, 2 FLOPs per multiply-add, D = h·d):
 - `flops` (useful) = 4·B·D·P, with P the exact number of allowed (query, key) pairs of
   the mask, in closed form (edge rows, dilation, causality and globals included). For
   n ≫ r·W, non-causal (any dilation r) it tends to docs/cost-model.md's 4nD(W+1) + 8gnD.
-- `executed_flops` = 4·B·D·(r·m_pad·(3b + g) + g·n): every padded query row times its
-  3b look-around keys (1.5× the band) and the g global columns, plus the dense global
+- `executed_flops` = 4·B·D·(r·m_pad·((2a + 1)·b + g) + g·n): every padded query row times
+  its look-around keys (1.125× the band at W = 512) and the g global columns, plus the dense global
   rows. Softmax and masking are not counted (only matmuls are, as for the dense ones).
   Groups do not change either count.
 - `working_bytes` = the output, one group's scores at a CPU's budget and the global rows'
@@ -119,6 +122,10 @@ LOW_PRECISION = (torch.float16, torch.bfloat16)
 # overhead is noise. On an accelerator 64 MiB, so that each group's kernels outlast their launches.
 GROUP_SCORES = 1 << 21
 GROUP_SCORES_ACCELERATOR = 1 << 24
+# Query block length the eager kernel aims for when the band is wider: a block's window is
+# (2a + 1)·b keys for a band of W + 1, so smaller blocks waste less (W = 512: 1.125× the band
+# with b = 64, against 1.5× with b = W/2), while blocks of 64 rows keep each product efficient.
+BLOCK = 64
 
 
 @dataclass(frozen=True)
@@ -146,18 +153,28 @@ class _Layout:
     b: int  # block length
     nb: int  # blocks per subsequence
     g: int  # global tokens actually present (≤ n)
+    a: int = 1  # look-around: blocks either side of a query block that its window spans
 
     @property
     def m_pad(self) -> int:
         return self.nb * self.b
+
+    @property
+    def span(self) -> int:
+        """Keys in one query block's window: its own block and a blocks either side."""
+        return (2 * self.a + 1) * self.b
 
 
 def _layout(p: SlidingWindowParams, n: int) -> _Layout:
     r = p.dilation
     half = p.window // 2  # the band inside one subsequence: W/2 neighbours each side
     m = -(-n // r)  # longest subsequence
-    b = max(1, min(half, m))
-    return _Layout(n=n, r=r, half=half, b=b, nb=-(-m // b), g=min(p.global_tokens, n))
+    if m <= half:  # one block holds the whole subsequence
+        a, b = 1, max(1, m)
+    else:  # blocks of about BLOCK rows: a window of (2a + 1)·b ≥ W + 1 keys wastes b·(2a + 1) − W − 1
+        a = max(1, half // BLOCK)
+        b = -(-half // a)
+    return _Layout(n=n, r=r, half=half, b=b, nb=-(-m // b), g=min(p.global_tokens, n), a=a)
 
 
 def _tri(c: int, r: int, k_max: int) -> int:
@@ -195,7 +212,7 @@ class SlidingWindowAttention(AttentionVariant):
     """Longformer attention: W-key band (optionally dilated, causal) plus g global tokens.
 
     Never builds an (n, n) tensor: without autograd the largest scratch is one group's
-    scores (``GROUP_SCORES`` elements), with autograd the (n, 1.5·W + g) score buffer per
+    scores (``GROUP_SCORES`` elements), with autograd the (n, (2a + 1)·b + g) score buffer per
     head (see the module docstring for the blocking scheme, the groups and the cost formulas).
     """
 
@@ -252,7 +269,7 @@ class SlidingWindowAttention(AttentionVariant):
             groups: tuple[tuple[int, int, int, int], ...] = ((0, seqs, 0, lay.nb),)
         else:
             budget = GROUP_SCORES if q.device.type == "cpu" else GROUP_SCORES_ACCELERATOR
-            groups = _groups(seqs, lay.nb, max(1, budget // (b * (3 * b + g))))
+            groups = _groups(seqs, lay.nb, max(1, budget // (b * (lay.span + g))))
         folded = None
         # Several groups, no autograd, no globals, the inputs' own dtype: each group's P·V product
         # is written straight into the folded result (a copy of every output row less).
@@ -395,10 +412,11 @@ class SlidingWindowAttention(AttentionVariant):
 
         with step_range("sliding_window.fold"):
             qr = _rows(q2, lay, lo, hi)  # (hi − lo, d)
-            # Keys and values one block either side: block t's window is blocks t−1, t, t+1, an
+            # Keys and values a blocks either side: block t's window is blocks t−a .. t+a, an
             # overlapping strided view (no copy) of the group's rows.
-            k_win = _rows(k2, lay, lo - b, hi + b).unfold(0, 3 * b, b)  # (blocks, d, 3b)
-            v_win = _rows(v2, lay, lo - b, hi + b).unfold(0, 3 * b, b).transpose(1, 2)  # (blocks, 3b, d)
+            span, around = lay.span, lay.a * b
+            k_win = _rows(k2, lay, lo - around, hi + around).unfold(0, span, b)  # (blocks, d, span)
+            v_win = _rows(v2, lay, lo - around, hi + around).unfold(0, span, b).transpose(1, 2)  # (blocks, span, d)
         qb = qr.view(blocks, b, d)
 
         with step_range("sliding_window.scores"):
@@ -406,13 +424,15 @@ class SlidingWindowAttention(AttentionVariant):
             if low:  # scores in the input precision, masking and softmax in float32 (as Longformer)
                 scores = torch.bmm(qb, k_win).float().mul_(scale).add_(band_bias)
             else:
-                scores = torch.baddbmm(band_bias, qb, k_win, alpha=scale)  # (blocks, b, 3b)
-            s4 = scores.view(s1 - s0, t1 - t0, b, 3 * b)
-            # Keys before the start or past the end of each subsequence: only its first and last two blocks.
-            edge = _of_residues(edge_bias[:, t0:t1], s0, s1, lay.r)  # (subsequences or 1, t1 − t0, 1, 3b)
-            if t0 == 0:
-                s4[:, :1].add_(edge[:, :1])
-            tail = max(t0, 1, lay.nb - 2) - t0
+                scores = torch.baddbmm(band_bias, qb, k_win, alpha=scale)  # (blocks, b, span)
+            s4 = scores.view(s1 - s0, t1 - t0, b, span)
+            # Keys before the start or past the end of each subsequence: only in its first a and
+            # last a + 1 blocks.
+            edge = _of_residues(edge_bias[:, t0:t1], s0, s1, lay.r)  # (subsequences or 1, t1 − t0, 1, span)
+            head = min(lay.a, t1) - t0
+            if head > 0:
+                s4[:, :head].add_(edge[:, :head])
+            tail = max(t0, lay.a, lay.nb - lay.a - 1) - t0
             if tail < t1 - t0:
                 s4[:, tail:].add_(edge[:, tail:])
 
@@ -427,20 +447,20 @@ class SlidingWindowAttention(AttentionVariant):
             return self._with_global_keys(scores, qr.view(s1 - s0, -1, d), v_win, glob, lay, group, inplace)
 
     def _band_bias(self, lay: _Layout, device: torch.device) -> tuple[Tensor, Tensor]:
-        """(b, 3b) band pattern, the same for every block; (r, nb, 1, 3b) key validity."""
-        b = lay.b
+        """(b, span) band pattern, the same for every block; (r, nb, 1, span) key validity."""
+        b, around = lay.b, lay.a * lay.b
         a = torch.arange(b, device=device)[:, None]
-        c = torch.arange(3 * b, device=device)[None, :]
-        offset = c - b - a  # key position − query position, inside one subsequence
+        c = torch.arange(lay.span, device=device)[None, :]
+        offset = c - around - a  # key position − query position, inside one subsequence
         ok = offset.abs() <= lay.half
         if self.params.causal:
             ok &= offset <= 0
-        band = torch.zeros(b, 3 * b, device=device).masked_fill_(~ok, NEG)
+        band = torch.zeros(b, lay.span, device=device).masked_fill_(~ok, NEG)
         res = torch.arange(lay.r, device=device)[:, None, None]
         length = torch.div(lay.n - res + lay.r - 1, lay.r, rounding_mode="floor")  # real tokens per residue
         t = torch.arange(lay.nb, device=device)[None, :, None]
-        key = t * b + c[None] - b  # (1, nb, 3b) key position of each window slot
-        valid = (key >= 0) & (key < length)  # (r, nb, 3b)
+        key = t * b + c[None] - around  # (1, nb, span) key position of each window slot
+        valid = (key >= 0) & (key < length)  # (r, nb, span)
         edge = torch.zeros(valid.shape, device=device).masked_fill_(~valid, NEG)
         return band, edge[:, :, None, :]
 
@@ -566,14 +586,14 @@ class SlidingWindowAttention(AttentionVariant):
     @classmethod
     def executed_flops(cls, params: SlidingWindowParams, shape: Shape) -> float:
         lay = _layout(params, shape.seq_len)
-        pairs = lay.r * lay.m_pad * (3 * lay.b + lay.g) + lay.g * shape.seq_len
+        pairs = lay.r * lay.m_pad * (lay.span + lay.g) + lay.g * shape.seq_len
         return 4.0 * pairs * shape.model_dim * shape.batch
 
     @classmethod
     def _group_scores(cls, params: SlidingWindowParams, shape: Shape, budget: int) -> int:
         """Score elements of the largest group at this budget (band and global columns)."""
         lay = _layout(params, shape.seq_len)
-        per_block = lay.b * (3 * lay.b + lay.g)
+        per_block = lay.b * (lay.span + lay.g)
         blocks = shape.batch * shape.heads * lay.r * lay.nb
         return min(blocks, max(1, budget // per_block)) * per_block
 
@@ -594,18 +614,18 @@ class SlidingWindowAttention(AttentionVariant):
         bh, d = shape.batch * shape.heads, shape.head_dim
         wide = max(itemsize, 4)  # low precision scores are masked and normalised in float32
         # The folded output with its padding, the dilated result's copy, copies of strided inputs.
-        io_bytes = bh * (lay.r * lay.m_pad + 2 * lay.b) * d * itemsize
+        io_bytes = bh * (lay.r * lay.m_pad + 2 * lay.a * lay.b) * d * itemsize
         global_rows = bh * lay.g * shape.seq_len * wide  # their scores; masked and normalised copies
         if not train and not sdpa.graph:
             # One group at a time (the larger budget, on any device): its scores and their
             # float32 copy, its gathered queries, keys and values, its result; with slack.
             group = cls._group_scores(params, shape, max(GROUP_SCORES, GROUP_SCORES_ACCELERATOR))
-            rows = group // (3 * lay.b + lay.g)
-            group_bytes = group * (wide + itemsize) + (4 * rows + 4 * lay.b) * d * itemsize
+            rows = group // (lay.span + lay.g)
+            group_bytes = group * (wide + itemsize) + (4 * rows + 4 * lay.a * lay.b) * d * itemsize
             return 6 * io_bytes + 2 * (group_bytes + 3 * global_rows)
         # Autograd runs one group and keeps its activations, and an exported graph (the export
         # path) has no groups: every block's scores at once.
-        score_bytes = bh * lay.r * lay.m_pad * (3 * lay.b + lay.g) * wide + global_rows
+        score_bytes = bh * lay.r * lay.m_pad * (lay.span + lay.g) * wide + global_rows
         forward = 2 * score_bytes + 8 * io_bytes
         if not train:
             return 2 * forward
