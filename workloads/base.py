@@ -9,6 +9,7 @@ float64 reference.
 from __future__ import annotations
 
 import dataclasses
+import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -92,6 +93,25 @@ class AttentionVariant(nn.Module, ABC):
     def reference(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """What this variant computes, the slow obvious way, in float64."""
         return dense_reference(q, k, v, self.reference_mask(q.shape[-2]))
+
+    def input_pattern(self, q: Tensor, k: Tensor) -> Tensor | None:
+        """(B|1, h|1, n, n) bool: which keys each query may see for these inputs; None: no
+        fixed pattern restricts them (all pairs). By default the input-independent
+        `reference_mask`; variants whose pattern depends on the inputs or the head override it.
+        Dense: for the approximation figures at moderate n, never in a timed forward."""
+        mask = self.reference_mask(q.shape[-2])
+        return None if mask is None else mask.view(1, 1, *mask.shape)
+
+    def probabilities(self, q: Tensor, k: Tensor) -> Tensor:
+        """(B, h, n, n) float64: the attention probabilities this variant's definition gives
+        these inputs, for attention maps (`bench quality --maps`). By default softmax(q·kᵀ/√d)
+        over `input_pattern`; variants that score differently override it. Dense: moderate n only."""
+        qd, kd = q.to(torch.float64), k.to(torch.float64)
+        scores = qd @ kd.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, h, n, n)
+        pattern = self.input_pattern(q, k)
+        if pattern is not None:
+            scores = scores.masked_fill(~pattern, float("-inf"))
+        return torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
 
     @classmethod
     def verify_length(cls, params: Any, n: int, cap: int) -> int:

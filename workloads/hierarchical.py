@@ -300,6 +300,17 @@ class TransformerXLAttention(AttentionVariant):
         In training with detach_memory, memory pairs (key in an earlier segment) see
         detached keys and values, which is what SG(·) does."""
         q, k, v = (t.to(torch.float64) for t in (q, k, v))
+        n = q.shape[-2]
+        j = torch.arange(n)[None, :]
+        memory_pair = (j // self.params.segment) < (torch.arange(n)[:, None] // self.params.segment)
+        vd = v.detach() if self.params.detach_memory and self.training else v
+        probs = self.probabilities(q, k)
+        return (probs * ~memory_pair) @ v + (probs * memory_pair) @ vd
+
+    def probabilities(self, q: Tensor, k: Tensor) -> Tensor:
+        """(B, h, n, n) float64: softmax over the allowed keys of the content and position
+        scores, (q + u)·k_j + (q + v)·W_R R_{i−j}, over √d."""
+        q, k = (t.to(torch.float64) for t in (q, k))
         n, d = q.shape[-2], q.shape[-1]
         h = self.shape.heads
         i = torch.arange(n)[:, None]
@@ -312,15 +323,13 @@ class TransformerXLAttention(AttentionVariant):
         memory_pair = (j // L) < (i // L)  # key from an earlier segment: served by the memory
         detach = self.params.detach_memory and self.training
         kd = k.detach() if detach else k
-        vd = v.detach() if detach else v
         content = torch.where(
             memory_pair, (q + u[:, None]) @ kd.transpose(-1, -2), (q + u[:, None]) @ k.transpose(-1, -2)
         )
         position = torch.einsum("bhid,ijhd->bhij", q + pv[:, None], r)
         scores = (content + position) / math.sqrt(d)
         scores = scores.masked_fill(~self.reference_mask(n), float("-inf"))
-        probs = torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
-        return (probs * ~memory_pair) @ v + (probs * memory_pair) @ vd
+        return torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
 
     # --- costs -----------------------------------------------------------------------------
     @classmethod

@@ -39,6 +39,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "attnbench.cli.export",
     "attnbench.cli.profile",
     "attnbench.cli.ab",
+    "attnbench.cli.quality",
     "attnbench.cli.completion",
 )
 PYPROJECT = Path(__file__).resolve().parents[2] / "pyproject.toml"  # a checkout's (harness/cli/main.py)

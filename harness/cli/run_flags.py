@@ -108,6 +108,15 @@ RUN_FLAGS: tuple[Flag, ...] = (
     Flag("--max-memory", {"type": float, "help": "GiB a worker may hold before it is stopped (oom)"}),
     Flag("--no-verify", {"action": "store_true", "help": "skip the float64 reference check before timing"}),
     Flag(
+        "--quality",
+        {
+            "choices": ["approx"],
+            "help": "approx: also compare each case's output with exact full attention on structured inputs (local and "
+            "long-range dependencies): relative error, cosine, the share of attention mass inside the pattern; "
+            "after the measurements, never timed",
+        },
+    ),
+    Flag(
         "--profile",
         {
             "action": "store_true",

@@ -235,6 +235,9 @@ class CaseRecord(JsonRecord):
     turns: dict[str, Any] | None = field(default=None, metadata=M_WHEN_SET)
     # attnbench.core.pattern_grid.PatternGrid.to_json(); None: nothing to draw
     pattern: dict[str, Any] | None = field(default=None, metadata=M_WHEN_OK)
+    # --quality approx: the design's output against exact full attention on structured inputs
+    # (attnbench.engine.approx_quality.approx_figures), or {"unavailable": reason}
+    approx_quality: dict[str, Any] | None = field(default=None, metadata=M_WHEN_SET)
     revision: int = field(default=1, metadata=M_ALWAYS)  # the variant's definition revision (Case.revision)
     # parameters at the value that reproduces the definition from before they existed (Case.neutral_params)
     neutral_params: list[str] = field(default_factory=list, metadata=M_ALWAYS)
@@ -317,6 +320,7 @@ class MemoryMeasurement:
     memory_details: dict[str, Any] | None
     attention_ops: dict[str, int] | None = None  # recorded there when the timing worker cannot
     pattern: dict[str, Any] | None = None  # attnbench.engine.patterns.pattern_of(case)
+    approx_quality: dict[str, Any] | None = None  # --quality approx: attnbench.engine.approx_quality
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -361,6 +365,7 @@ class Measurement:
     memory_details: dict[str, Any] | None = None
     profile: dict[str, Any] | None = None
     passes: list[dict[str, Any]] | None = None
+    approx_quality: dict[str, Any] | None = None
 
     def with_memory(self, memory: MemoryMeasurement) -> Measurement:
         ops = memory.attention_ops if memory.attention_ops is not None else self.attention_ops
@@ -372,6 +377,7 @@ class Measurement:
             memory_details=memory.memory_details,
             attention_ops=ops,
             pattern=memory.pattern,
+            approx_quality=memory.approx_quality,
         )
 
     def without_memory(self, reason: str) -> Measurement:

@@ -60,6 +60,12 @@ class RunSettings:
     # its samples span the run's length instead of one stretch of the host's speed; the
     # sampling budget is shared among the passes. Verification and memory run in pass 1.
     passes: int = 1
+    # bench quality: the training steps and evaluation batches a job's worker runs after its first
+    # step (the slow-case rule's `calls` for the quality phase); set per job by the executor.
+    quality_calls: int = 0
+    # --quality approx: each case's output against exact full attention on structured inputs,
+    # in its memory worker after the reading (never in the timed region); None: off
+    quality: str | None = None
 
     def options_for(self, backend: str) -> dict[str, Any]:
         return {k: v for b, k, v in self.backend_options if b == backend}
@@ -89,6 +95,10 @@ class RunSettings:
             return MEMORY_PHASE_CALLS
         if phase == "profile":  # its warm-up calls, then the profiled ones
             return PROFILE_WARMUP_CALLS + self.profile_calls
+        if phase == "quality":
+            return self.quality_calls
+        if phase == "quality_memory":  # the measured training step
+            return 1
         return SamplingPolicy().slow_case_samples(call_s)
 
     def limit_after_first_call(self, call_s: float, calls: int) -> float:

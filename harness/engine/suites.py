@@ -50,7 +50,7 @@ SWEEP_KEYS = (
     "transforms",
     "impls",
 )
-SETTING_KEYS = ("max_time_per_case", "target_rel_ci", "timeout_s", "seed", "verify", "passes")
+SETTING_KEYS = ("max_time_per_case", "target_rel_ci", "timeout_s", "seed", "verify", "passes", "quality")
 TOP_KEYS = (
     "description",
     "notes",
@@ -61,6 +61,7 @@ TOP_KEYS = (
     "backend_options",
     "backend_overrides",
     "compare",
+    "quality",
 )
 OVERRIDE_KEYS = ("dtypes", "batch")  # axes a backend may replace, e.g. float32 where a CPU lacks float16
 
@@ -80,6 +81,8 @@ class SuiteSpec:
     backend_overrides: dict[str, dict[str, list[Any]]] = dataclasses.field(default_factory=dict)
     notes: str = ""  # what differs from the set-up the suite mirrors; printed and stored with the run
     reference: str | None = None  # published figures to compare with (attnbench.analysis.published)
+    # a quality suite's [quality] table (bench quality; attnbench.engine.quality.runner), raw
+    quality: dict[str, Any] | None = None
 
 
 def builtin_suites() -> dict[str, str]:
@@ -128,7 +131,7 @@ def parse_suite(text: str, name: str, source: str) -> SuiteSpec:
         from attnbench.core.thresholds import parse_compare_config
 
         parse_compare_config(data["compare"], source)
-    for section in ("sweep", "settings", "params", "backend_options", "backend_overrides"):
+    for section in ("sweep", "settings", "params", "backend_options", "backend_overrides", "quality"):
         if not isinstance(data.get(section, {}), dict):
             raise UserError(f"{source}: [{section}] must be a table of keys, got {data[section]!r}")
     for variant, ps in data.get("params", {}).items():
@@ -169,22 +172,38 @@ def parse_suite(text: str, name: str, source: str) -> SuiteSpec:
         backend_overrides=overrides,
         notes=str(data.get("notes", "")).strip(),
         reference=data.get("reference"),
+        quality=dict(data["quality"]) if "quality" in data else None,
     )
 
 
-def load_suite(name_or_path: str) -> SuiteSpec:
+def load_suite(name_or_path: str, kind: str = "timing") -> SuiteSpec:
+    """A suite by built-in name or file path. `kind`: "timing" (bench run and the commands built
+    on it) refuses a quality suite, "quality" (bench quality) refuses any other."""
     path = Path(name_or_path)
     if name_or_path.endswith(".toml") or "/" in name_or_path or path.is_file():
         if not path.is_file():
             raise UserError(f"suite file {name_or_path} does not exist")
-        return parse_suite(path.read_text(), path.stem, str(path))
-    known = builtin_suites()
-    if name_or_path not in known:
+        spec = parse_suite(path.read_text(), path.stem, str(path))
+    else:
+        known = builtin_suites()
+        if name_or_path not in known:
+            raise UserError(
+                f"unknown suite '{name_or_path}'; built-in suites: {', '.join(known)}, or give a path to a .toml file"
+            )
+        text = resources.files("attnbench.engine.suite_files").joinpath(f"{name_or_path}.toml").read_text()
+        spec = parse_suite(text, name_or_path, f"built-in suite {name_or_path}")
+    if kind == "timing" and spec.quality is not None:
         raise UserError(
-            f"unknown suite '{name_or_path}'; built-in suites: {', '.join(known)}, or give a path to a .toml file"
+            f"suite '{spec.name}' is a quality suite (it has a [quality] table): "
+            f"run it with bench quality --suite {name_or_path}"
         )
-    text = resources.files("attnbench.engine.suite_files").joinpath(f"{name_or_path}.toml").read_text()
-    return parse_suite(text, name_or_path, f"built-in suite {name_or_path}")
+    if kind == "quality" and spec.quality is None:
+        quality = ", ".join(n for n in builtin_suites() if n.startswith("quality"))
+        raise UserError(
+            f"suite '{spec.name}' has no [quality] table, so bench quality cannot train it; "
+            f"quality suites: {quality}, or a file with a [quality] table"
+        )
+    return spec
 
 
 # ----------------------------------------------------------------------------- resolving
@@ -376,6 +395,7 @@ class Overrides:
     timeout_s: float | None = None
     target_rel_ci: float | None = None
     passes: int | None = None
+    quality: str | None = None
 
 
 def overrides_from_args(args: Any) -> Overrides:
@@ -404,6 +424,7 @@ def overrides_from_args(args: Any) -> Overrides:
         timeout_s=flag("timeout"),
         target_rel_ci=flag("target_ci"),
         passes=flag("passes"),
+        quality=flag("quality"),
     )
 
 
@@ -448,7 +469,7 @@ def resolve(spec: SuiteSpec, over: Overrides) -> tuple[Sweep, dict[str, Any]]:
         per_backend=_per_backend(spec, over, backends),
     )
     settings = dict(spec.settings)
-    for key in ("max_time_per_case", "timeout_s", "target_rel_ci", "passes"):
+    for key in ("max_time_per_case", "timeout_s", "target_rel_ci", "passes", "quality"):
         if getattr(over, key) is not None:
             settings[key] = getattr(over, key)
     for key in ("max_time_per_case", "timeout_s", "target_rel_ci"):
@@ -463,6 +484,8 @@ def resolve(spec: SuiteSpec, over: Overrides) -> tuple[Sweep, dict[str, Any]]:
     seed = settings.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
         raise UserError(f"seed must be a whole number from 0 to 2**63 - 1, got {seed!r}")
+    if settings.get("quality") not in (None, "approx"):
+        raise UserError(f'quality must be "approx" (or absent), got {settings["quality"]!r}')
     passes = settings.get("passes", 1)
     if not (isinstance(passes, int) and not isinstance(passes, bool) and 1 <= passes <= 20):
         raise UserError(f"passes must be a whole number from 1 to 20, got {passes!r}")

@@ -21,6 +21,7 @@ from attnbench.backends.base import DTYPES, Backend, EnergyMeter, EnergyReading,
 from attnbench.core import machine_check
 from attnbench.core.cases import Case
 from attnbench.core.errors import Unsupported
+from attnbench.core.quality_record import QualityJob
 from attnbench.core.record import Measurement, MemoryMeasurement
 from attnbench.core.registry import PLUGINS_ENV, get_impl
 from attnbench.core.settings import RunSettings
@@ -29,6 +30,8 @@ from attnbench.engine.build import build_transformed, case_metrics, load_case
 from attnbench.engine.identity import PROBE_SEED, definition_probe
 from attnbench.engine.kernels import ATTENTION_MARKERS, attention_ops
 from attnbench.engine.lifeline import die_with_parent
+from attnbench.engine.quality.train import memory_phase as quality_memory_phase
+from attnbench.engine.quality.train import quality_phase
 from attnbench.engine.timing import sample, slow_case_policy, warm_up
 from attnbench.engine.turns import BlockTurns, NoTurns
 from attnbench.workloads.base import AttentionVariant, Shape
@@ -233,6 +236,12 @@ def measure_memory(case: Case, settings: RunSettings, first_call: FirstCallRepor
     # every pass (and takes block turns in bench ab).
     from attnbench.engine.patterns import pattern_of  # a picture of the mask, for the report
 
+    approx = None
+    if settings.quality == "approx":  # after the reading, in this worker: once per case, never timed
+        from attnbench.engine.approx_quality import approx_figures
+        from attnbench.workloads.structured_inputs import StructureParams
+
+        approx = approx_figures(cls, cls.make_params(case.params_dict), case, StructureParams(seed=settings.seed))
     return MemoryMeasurement(
         peak_memory_bytes=reading.peak_bytes,
         memory_method=reading.method,
@@ -240,6 +249,7 @@ def measure_memory(case: Case, settings: RunSettings, first_call: FirstCallRepor
         memory_details=reading.details,
         attention_ops=ops if record_ops else None,
         pattern=pattern_of(case),
+        approx_quality=approx,
     )
 
 
@@ -251,6 +261,7 @@ def measure_profile(case: Case, settings: RunSettings) -> dict[str, Any]:
 
 
 PHASES = {"time": measure_time, "memory": measure_memory, "profile": measure_profile}
+QUALITY_PHASES = {"quality": quality_phase, "quality_memory": quality_memory_phase}
 
 
 def _mark_oom_victim() -> None:
@@ -263,7 +274,7 @@ def _mark_oom_victim() -> None:
 
 
 def child_main(
-    conn: Connection, case: Case, settings: RunSettings, phase: str, turns: BlockTurns | None = None
+    conn: Connection, case: Case | QualityJob, settings: RunSettings, phase: str, turns: BlockTurns | None = None
 ) -> None:
     """Entry point of the worker process: send back ("ok", result) or ("failed", status, reason, tb),
     in a tuple (entered, left, message), after the (FIRST_CALL, ...) reports of the time and memory phases."""
@@ -285,6 +296,8 @@ def child_main(
             result = measure_time(case, settings, turns, first_call)
         elif phase == "memory":
             result = measure_memory(case, settings, first_call)
+        elif phase in QUALITY_PHASES:  # bench quality: `case` is a QualityJob
+            result = QUALITY_PHASES[phase](case, settings, first_call)
         else:
             result = PHASES[phase](case, settings)
         message: tuple = ("ok", result)

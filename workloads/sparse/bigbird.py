@@ -283,6 +283,13 @@ class BigBirdAttention(AttentionVariant):
         masks = self.head_masks(n, heads=1)
         return None if masks is None else masks[0]
 
+    def input_pattern(self, q: Tensor, k: Tensor) -> Tensor | None:
+        """(1, h|1, n, n) bool: each head's own layout with random_per_head (h of them), else
+        the one shared by every head; None for full attention without causal masking."""
+        n = q.shape[-2]
+        masks = self.head_masks(n, heads=q.shape[1])  # (draws, n, n)
+        return None if masks is None else masks.view(1, masks.shape[0], n, n)
+
     def reference(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """Dense float64 attention under each head's own mask ((h, n, n) with per-head draws)."""
         masks = self.head_masks(q.shape[-2], heads=q.shape[1])

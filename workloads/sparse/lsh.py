@@ -524,15 +524,20 @@ class LSHAttention(AttentionVariant):
 
     def reference(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         """out_i = Σ_j count_ij·exp(s_ij)·v_j / Σ_j count_ij·exp(s_ij), in float64; k unused."""
+        return self.probabilities(q, k) @ v.to(torch.float64)
+
+    def probabilities(self, q: Tensor, k: Tensor) -> Tensor:
+        """(B, h, n, n) float64: count_ij·exp(s_ij) / Σ_j count_ij·exp(s_ij), s from shared QK
+        (a query's own key scored SELF_SCORE), count the rounds that pair i and j; k unused."""
         count = self.pattern(q).to(torch.float64)
-        qd, vd = q.to(torch.float64), v.to(torch.float64)
+        qd = q.to(torch.float64)
         d = q.shape[-1]
         keys = qd / torch.sqrt(d * (qd.square().mean(dim=-1, keepdim=True) + LEN_NORM_EPS))  # unit length
         scores = qd @ keys.transpose(-1, -2)  # (B, h, n, n); no 1/√d, as Reformer
         scores.diagonal(dim1=-2, dim2=-1).fill_(SELF_SCORE)
         scores = scores.masked_fill(count == 0, float("-inf"))
         w = count * torch.exp(scores - scores.amax(dim=-1, keepdim=True))
-        return (w @ vd) / w.sum(dim=-1, keepdim=True)
+        return w / w.sum(dim=-1, keepdim=True)
 
     def reference_mask(self, n: int) -> Tensor:
         """An example pattern, (n, n) bool, for heatmaps: the pattern depends on the inputs,
@@ -541,6 +546,11 @@ class LSHAttention(AttentionVariant):
         gen = torch.Generator().manual_seed(self.params.seed)
         q = torch.randn(1, 1, n, self.shape.head_dim, generator=gen, dtype=torch.float64)
         return self.pattern(q)[0, 0] > 0
+
+    def input_pattern(self, q: Tensor, k: Tensor) -> Tensor:
+        """(B, h, n, n) bool: the keys some round lets each query see; the buckets come from q
+        (shared QK), so the pattern is the inputs' own, not `reference_mask`'s example."""
+        return self.pattern(q) > 0
 
     # --- analytic cost ------------------------------------------------------------------
     @classmethod

@@ -20,6 +20,7 @@ import psutil
 
 from attnbench.core import cpu_load, interrupts
 from attnbench.core.cases import Case
+from attnbench.core.quality_record import QualityJob
 from attnbench.core.record import Measurement
 from attnbench.core.settings import RunSettings
 from attnbench.engine.executors.base import Executor, Outcome
@@ -167,6 +168,23 @@ class LocalExecutor(Executor):
             timed.result = replace(timed.result, profile=self.profile_summary(profiled))
         return timed
 
+    def run_quality(self, job: QualityJob) -> Outcome:
+        """bench quality: train and evaluate in one fresh worker, then meter one training step's
+        peak memory in another (as `run` does for a case). The training worker's limit after its
+        first step scales with the steps still to run (RunSettings.calls_after_first)."""
+        eval_batches = -(-job.eval_examples // job.case.batch)
+        settings = replace(self.settings, quality_calls=job.steps + eval_batches + (2 if job.maps else 0))
+        trained = self._run_phase(job, "quality", settings)  # type: ignore[arg-type]
+        if trained.status != "ok":
+            return trained
+        memory = self._run_phase(job, "quality_memory", settings)  # type: ignore[arg-type]
+        trained.worker["memory_wall_s"] = memory.worker.get("wall_s")
+        if memory.status == "ok":
+            trained.result.update(memory.result)
+        else:
+            trained.result["memory_reason"] = f"the memory pass failed ({memory.status}): {memory.reason}"
+        return trained
+
     def run_pass(self, case: Case) -> Outcome:
         """One more timing pass of a case already verified and metered in its first pass."""
         return self._run_phase(case, "time", replace(self.settings, verify=False))
@@ -206,7 +224,8 @@ class LocalExecutor(Executor):
             turns.write.close()
         # Taking block turns with the other side of a bench ab, a worker waits about as long as
         # it times, so its wall clock gets twice each limit (its own time still gets one).
-        first_limit = first_call_limit(settings.case_timeout(), case) if settings.scales_timeout else None
+        scaled = settings.scales_timeout and isinstance(case, Case)  # a QualityJob's first step has the base
+        first_limit = first_call_limit(settings.case_timeout(), case) if scaled else None
         deadline = _Deadline(settings, phase, started, turns is not None, first_call_s, first_limit)
         try:
             return self._wait(proc, parent_conn, started, deadline)
