@@ -232,3 +232,24 @@ def test_make_console_honours_columns_off_a_terminal(monkeypatch: pytest.MonkeyP
     assert make_console(io.StringIO(), log_width=170).width == 170
     monkeypatch.setenv("COLUMNS", "80")
     assert make_console(io.StringIO()).width == 80
+
+
+@pytest.mark.parametrize("width", WIDTHS)
+def test_terminal_report_of_a_quality_run_keeps_designs_and_figures_whole(tmp_path: Path, width: int) -> None:
+    from tests.quality_fixtures import write_approx_run, write_quality_run
+
+    runs = [load_run(write_quality_run(tmp_path / "q")), load_run(write_approx_run(tmp_path / "a"))]
+    quality = build(ReportData(runs), "bench report q a --format terminal")
+    text = render(lambda c: print_report(c, quality), width)
+    designs = (
+        "sparse.sliding_window",
+        "sparse.bigbird",
+        "hierarchical.han",
+        "full.sdpa",
+        "sparse.lsh",
+        "W=16,",
+        "g=0)",
+    )
+    # a figure may wrap at its spaces ("0.700 ±" over "0.248 (3)"), never inside a number
+    assert_whole(text, width, (*designs, "0.700", "0.248", "(3)", "0.083"))
+    assert "Kendall's τ = 1.00" in text

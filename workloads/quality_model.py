@@ -1,5 +1,13 @@
-"""The small model `bench quality` trains: token embedding, learned positions, a stack of the
-variant's `layer`-scope blocks, a final norm and a linear head at every position.
+"""The small model `bench quality` trains: token embedding, a token shift, learned positions, a
+stack of the variant's `layer`-scope blocks, a final norm and a linear head at every position.
+
+The token shift adds to each position an embedding of the token before it (a causal
+convolution of width 2, as the short convolutions Zoology pairs with attention). With it,
+recalling the value that followed a key is one attention hop (the query attends to the position
+whose predecessor was its key); without it a 2-layer model must first form an induction head
+(attend to the previous token, then match), which takes thousands of steps: beyond the minutes
+a CPU gives the quality suite. Only attention moves information further than one position, so
+what the tasks measure over distance is still the attention design's.
 
 The blocks are exactly what `bench run --scope layer` times (the implementation's build of the
 variant in the layer scope: the pre-norm layer around the attention, or the design's own whole
@@ -18,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attnbench.workloads.base import AttentionVariant, Shape
@@ -77,6 +86,7 @@ class TaskModel(nn.Module):
         D = config.model_dim
         self.single_vector = variant in SINGLE_VECTOR
         self.embed = nn.Embedding(vocab_size, D)
+        self.shift = nn.Embedding(vocab_size + 1, D)  # the previous token; index vocab_size: none (position 0)
         self.position = nn.Parameter(torch.randn(shape.seq_len, D) * 0.02)  # learned, one per position
         layers = 1 if self.single_vector else config.layers
         self.blocks = nn.ModuleList(build_block(shape) for _ in range(layers))
@@ -86,7 +96,8 @@ class TaskModel(nn.Module):
     def forward(self, tokens: Tensor, asked: Tensor | None = None) -> Tensor:
         """tokens (B, n) int64 -> logits (B, n, classes). A single-vector design puts its
         sequence vector's logits at the asked position (`asked`: (B, n) bool, one per row)."""
-        x = self.embed(tokens) + self.position[: tokens.shape[1]]  # (B, n, D)
+        previous = F.pad(tokens[:, :-1], (1, 0), value=self.shift.num_embeddings - 1)  # (B, n)
+        x = self.embed(tokens) + self.shift(previous) + self.position[: tokens.shape[1]]  # (B, n, D)
         for block in self.blocks:
             x = block(x)
         if self.single_vector:

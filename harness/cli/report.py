@@ -85,9 +85,11 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if args.baseline and not data.baseline_present:
         present = sorted({p.case.variant for p in data.points})
         raise UserError(f"--baseline {args.baseline} is not in these runs; choose one of: {', '.join(present)}")
-    if not data.points:
-        raise UserError("these runs hold no cases yet; finish them with `bench run --resume RUN` first")
     report = build(data, "bench " + shlex.join(argv), title=args.title, fit_min_len=args.fit_min_len)
+    if not data.points and report.quality is None:  # a `bench quality` run has models instead of cases
+        raise UserError(
+            "these runs hold no cases or quality records yet; finish them with `bench run --resume RUN` first"
+        )
     console = make_console()
     if args.format in ("terminal", "all"):
         from attnbench.report.terminal import print_report
@@ -105,6 +107,12 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     folder = args.out if args.out is not None else default_out([r.run.run_id for r in runs])
     prepare_out(folder)
     figs = render(data, report.stats, folder / "figures")
+    if report.quality is not None:
+        from attnbench.report.quality_figures import render_quality
+
+        files, notes = render_quality(report.quality, folder / "figures")
+        figs.files.extend(files)
+        figs.notes["quality"] = notes
     (folder / "index.html").write_text(render_html(report, figs, link_base=folder))
     (folder / "report.md").write_text(render_markdown(report, figs, args.figure_base_url, link_base=folder))
     write_csv(data, report.stats, folder / "data.csv")

@@ -17,6 +17,7 @@ from attnbench.report.escaping import html_text as escape
 from attnbench.report.escaping import relative_href
 from attnbench.report.figures import FigureFile, Figures, impl_figure_name
 from attnbench.report.impls import without_notes
+from attnbench.report.quality import LRA_NOTE, QUALITY_TITLE, QualityReport
 from attnbench.report.report import Report
 from attnbench.report.tables import Table
 
@@ -127,6 +128,41 @@ def _environment(report: Report) -> str:
     return "\n".join(parts)
 
 
+def _grid(figs: Figures, names: Sequence[str], wide: bool = False) -> str:
+    files = [f for name in names if (f := figs.named(name)) is not None]
+    return '<div class="grid">' + "".join(_figure(f, wide) for f in files) + "</div>" if files else ""
+
+
+def _quality(quality: QualityReport, figs: Figures) -> str:
+    """Per task its accuracy table and figures; then the approximation table and its figures."""
+    sec = [f'<section id="quality"><h2>{escape(QUALITY_TITLE)}</h2>']
+    for run in quality.runs:
+        for task in run.tasks:
+            sec.append(html_table(task.table))
+            sec.append(_grid(figs, task.figure_names))
+    if quality.approx_table is not None:
+        sec.append(html_table(quality.approx_table))
+        sec.append(_grid(figs, quality.approx_figure_names, wide=True))  # two panels side by side
+    sec += [f'<p class="notes">{escape(n)}</p>' for n in figs.notes.get("quality", [])]
+    sec.append("</section>")
+    return "\n".join(s for s in sec if s)
+
+
+def _published(report: Report) -> str:
+    """The published comparison: reference suites' ratios, and LRA's accuracy ordering."""
+    lra = report.quality.lra if report.quality is not None else []
+    parts = ['<section id="published">']
+    if report.published.rows:
+        parts.append(html_table(report.published, "h2"))
+    else:
+        parts.append(f"<h2>{escape(report.published.title)}</h2>")
+    if lra:
+        parts.append(f'<p class="notes">{escape(LRA_NOTE)}</p>')
+        parts += [html_table(t) for t in lra]
+    parts.append("</section>")
+    return "".join(parts)  # without LRA: the section as it was before quality runs existed
+
+
 def render_html(report: Report, figs: Figures, link_base: Path | None = None) -> str:
     data = report.data
     nav = ['<a href="#runs">runs</a>']
@@ -173,17 +209,21 @@ def render_html(report: Report, figs: Figures, link_base: Path | None = None) ->
             + "".join(f'<p class="notes">{escape(n)}</p>' for n in figs.notes.get("patterns", []))
             + "</section>"
         )
-    if report.published.rows:
+    if report.quality is not None:
+        nav.append('<a href="#quality">quality</a>')
+        body.append(_quality(report.quality, figs))
+    if report.published.rows or (report.quality is not None and report.quality.lra):
         nav.append('<a href="#published">published</a>')
-        body.append(f'<section id="published">{html_table(report.published, "h2")}</section>')
-    nav.append('<a href="#failures">not ok</a>')
-    body.append(f'<section id="failures">{html_table(report.failures, "h2")}')
-    if report.unstable.rows:
-        body.append(
-            f"<details><summary>{escape(report.unstable.title)}: {len(report.unstable.rows)}</summary>"
-            f"{html_table(report.unstable, 'h3')}</details>"
-        )
-    body.append("</section>")
+        body.append(_published(report))
+    if data.points or report.failures.rows:  # a report of quality runs only has no cases to fail
+        nav.append('<a href="#failures">not ok</a>')
+        body.append(f'<section id="failures">{html_table(report.failures, "h2")}')
+        if report.unstable.rows:
+            body.append(
+                f"<details><summary>{escape(report.unstable.title)}: {len(report.unstable.rows)}</summary>"
+                f"{html_table(report.unstable, 'h3')}</details>"
+            )
+        body.append("</section>")
     nav.append('<a href="#environment">environment</a>')
     body.append(f'<section id="environment"><h2>Environment</h2>{_environment(report)}</section>')
     return f"""<!doctype html>

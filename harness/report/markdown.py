@@ -14,6 +14,7 @@ from urllib.parse import quote
 from attnbench.report.escaping import html_text, md_cell, md_code, md_text, md_url, relative_href
 from attnbench.report.figures import FigureFile, Figures, impl_figure_name
 from attnbench.report.impls import ImplSection, without_notes
+from attnbench.report.quality import LRA_NOTE, QUALITY_TITLE, QualityReport
 from attnbench.report.report import Report
 from attnbench.report.tables import Table
 
@@ -72,6 +73,46 @@ def _impls(sections: list[ImplSection], figs: Figures, base_url: str | None) -> 
     return out
 
 
+def _named(figs: Figures, names: Sequence[str], base_url: str | None) -> list[str]:
+    """The figures of these names that were drawn, as _figures shows a group's."""
+    files = [f for name in names if (f := figs.named(name)) is not None]
+    if not files:
+        return []
+    if base_url:
+        base = md_url(base_url.rstrip("/"))
+        return [f"![{md_text(f.title)}]({base}/figures/{quote(f.png.name)})" for f in files] + [""]
+    return ["Figures (in the report folder): " + ", ".join(md_code(f"figures/{f.png.name}") for f in files), ""]
+
+
+def _quality(quality: QualityReport, figs: Figures, base_url: str | None) -> list[str]:
+    """Per task its accuracy table and figures; then the approximation table and figures."""
+    out = [f"### {QUALITY_TITLE}", ""]
+    for run in quality.runs:
+        for task in run.tasks:
+            out.append(md_table(task.table, heading="####"))
+            out += _named(figs, task.figure_names, base_url)
+    if quality.approx_table is not None:
+        out.append(md_table(quality.approx_table, heading="####"))
+        out += _named(figs, quality.approx_figure_names, base_url)
+    notes = figs.notes.get("quality", [])
+    out += [f"- {md_text(n)}" for n in notes] + ([""] if notes else [])
+    return out
+
+
+def _published(report: Report) -> list[str]:
+    """The published comparison: reference suites' ratios, and LRA's accuracy ordering."""
+    lra = report.quality.lra if report.quality is not None else []
+    out = []
+    if report.published.rows:
+        out.append(md_table(report.published, "###"))
+    elif lra:
+        out += [f"### {md_text(report.published.title)}", ""]
+    if lra:
+        out += [md_text(LRA_NOTE), ""]
+        out += [md_table(t, heading="####") for t in lra]
+    return out
+
+
 def render_markdown(report: Report, figs: Figures, base_url: str | None = None, link_base: Path | None = None) -> str:
     data = report.data
     roots = [r.folder for r in data.runs]  # links may point into the runs the report reads
@@ -99,9 +140,11 @@ def render_markdown(report: Report, figs: Figures, base_url: str | None = None, 
         for name in ("patterns", "ponder", "transforms"):
             out += _figures(figs, name, base_url)
     out += [f"- {md_text(n)}" for n in figs.notes.get("patterns", [])]
-    if report.published.rows:
-        out.append(md_table(report.published, "###"))
-    out.append(md_table(report.failures, "###"))
+    if report.quality is not None:
+        out += _quality(report.quality, figs, base_url)
+    out += _published(report)
+    if data.points or report.failures.rows:  # a report of quality runs only has no cases to fail
+        out.append(md_table(report.failures, "###"))
     if report.unstable.rows:
         out += [
             # An HTML block: its summary is HTML, not Markdown.

@@ -3,13 +3,17 @@ literal: attnbench.report.escaping)."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 
 from attnbench.report.console import fit, print_table, transposed
 from attnbench.report.data import FAILED
 from attnbench.report.escaping import LiteralTable, literal
-from attnbench.report.report import Report
 from attnbench.report.tables import Table, group_notes
+
+if TYPE_CHECKING:  # attnbench.report.quality prints its tables with `show`: no import circle back to it
+    from attnbench.report.report import Report
 
 
 def _style(text: str) -> str:
@@ -77,13 +81,30 @@ def print_report(console: Console, report: Report) -> None:
             if sections:  # the same notes for every design: once, after the last
                 for n in sections[-1].fastest.notes + sections[-1].crossovers.notes:
                     print_(n, "dim")
+    quality = report.quality
+    if quality is not None:
+        print_(f"\n{quality.title}", "bold cyan")
+        tables = [t.table for r in quality.runs for t in r.tasks]
+        tables += [quality.approx_table] if quality.approx_table is not None else []
+        for t in tables:
+            show(console, t)
+            for n in t.notes:
+                print_(n, "dim")
     if report.published.rows:
         show(console, report.published)
         for n in report.published.notes:
             print_(n, "dim")
+    if quality is not None and quality.lra:
+        if not report.published.rows:
+            print_(f"\n{report.published.title}", "bold")
+        print_(quality.lra_note, "dim")
+        for t in quality.lra:
+            show(console, t)
+            for n in t.notes:
+                print_(n, "dim")
     if report.failures.rows:
         show(console, report.failures)
-    else:
+    elif report.data.points:  # a report of quality runs only has no cases to be ok
         print_("every case is ok.")
     if report.unstable.rows:
         print_(
