@@ -122,7 +122,7 @@ def test_the_impls_suite_covers_the_sparse_designs_by_every_impl() -> None:
     sweep, settings = resolve(load_suite("impls"), Overrides(backends=["cpu"]))
     assert set(sweep.variants) == {"full.sdpa", "sparse.sliding_window", "sparse.bigbird", "sparse.lsh"}
     assert sweep.impls[0] == "native" and set(sweep.impls) == set(IMPLS)
-    assert sweep.seq_lens == (1024, 2048, 4096, 8192, 16384) and sweep.scopes == ("core",)
+    assert sweep.seq_lens == (1024, 2048, 4096, 8192, 16384) and sweep.scopes == ("core", "layer")  # hf: layer only
     assert settings["max_time_per_case"] == 2.0
 
 

@@ -96,7 +96,9 @@ class RunSettings:
         if phase == "profile":  # its warm-up calls, then the profiled ones
             return PROFILE_WARMUP_CALLS + self.profile_calls
         if phase == "quality":
-            return self.quality_calls
+            # Each step also generates its batch (outside its timed region), and a later step can
+            # be slower than the first (the optimizer's state, a busy host): twice the calls.
+            return 2 * self.quality_calls
         if phase == "quality_memory":  # the measured training step
             return 1
         return SamplingPolicy().slow_case_samples(call_s)

@@ -202,14 +202,15 @@ def quality_phase(job: QualityJob, settings: RunSettings, first_call: FirstCallR
 
     model.train()
     for i in range(job.steps):
-        current["tokens"], current["targets"], current["asked"] = _to(task.generate(job.case.batch, gen), device)
+        generated = time.perf_counter()
         if i == 0 and first_call is not None:
             first_call(None)
+        current["tokens"], current["targets"], current["asked"] = _to(task.generate(job.case.batch, gen), device)
         seconds = timer.time(step, 1)
         if i == 0:
             first_step_s = seconds
-            if first_call is not None:
-                first_call(seconds)
+            if first_call is not None:  # the executor's limit scales with a whole step, its batch included
+                first_call(time.perf_counter() - generated)
         else:
             samples.append(seconds)
         loss = float(current["loss"])
