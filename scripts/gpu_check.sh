@@ -82,6 +82,17 @@ for r in ok:
 assert len(ok) >= 0.8 * len(recs)
 assert all(r["energy_j"] is not None for r in ok), "an ok case without energy on a GPU with NVML"
 PY
+echo "== bench quality --backends cuda (training on the GPU: the quality phase's timer and memory meter)"
+timeout 240 "$py" -m attnbench quality --backends cuda --tasks retrieval --variants full.sdpa,sparse.sliding_window \
+    --seq-lens 256 --steps 60 --seeds 1 --out "$out/quality" 2>&1 | tail -12 || rc=1
+"$py" - "$out/quality" <<'PY' || rc=1
+import json, sys, pathlib
+recs = [json.loads(l) for l in (pathlib.Path(sys.argv[1]) / "quality.jsonl").read_text().splitlines()]
+for r in recs:
+    print(r["variant"], r["status"], r["accuracy"], r["step_time_s"] and r["step_time_s"]["median"],
+          r["peak_memory_bytes"], r["memory_method"], (r["reason"] or "")[:160])
+assert all(r["status"] == "ok" and r["device"]["kind"] != "cpu" for r in recs), "quality on cuda"
+PY
 if [[ ${AA:-0} == 1 ]]; then
   for be in cuda cpu; do
     echo "== A/A and injected slowdown on $be"
@@ -90,6 +101,6 @@ if [[ ${AA:-0} == 1 ]]; then
     (cd "$out" && tar czf "aa-$be.tgz" "aa-$be" && rm -rf "aa-$be")
   done
 fi
-(cd "$out" && tar czf smoke.tgz smoke && rm -rf smoke cache)
+(cd "$out" && tar czf smoke.tgz smoke quality && rm -rf smoke quality cache)
 echo "gpu_check: $([[ $rc -eq 0 ]] && echo passed || echo FAILED)"
 exit $rc

@@ -173,3 +173,21 @@ def test_quality_schema_lists_every_field_in_order_and_validates_records() -> No
     out = train.quality_phase(job(), RunSettings())
     record = record_of(job(), Outcome("ok", None, out, worker={"pid": 1}), Path("/nonexistent"))
     Draft202012Validator(schema).validate(json.loads(json.dumps(record.to_json())))
+
+
+def test_designs_that_attend_without_a_variant_module_say_why_they_have_no_maps() -> None:
+    # ACT's gather path attends from the running tokens with scaled_dot_product_attention itself:
+    # the record says so instead of failing the job (as the first quality run here did).
+    act = Case(
+        "adaptive.act",
+        (("attention", "full.sdpa"), ("execution", "gather"), ("halting", "frozen"), ("max_steps", 3),
+         ("seed", 0), ("target_steps", 2.0)),
+        "layer", "cpu", "float32", "train", 8, 2, 16, 32, threads=1,
+    )  # fmt: skip
+    quality_job = QualityJob(
+        task="retrieval", task_params=(("num_distractors", 2),), case=act, layers=1, seed=0, steps=3, lr=3e-3,
+        eval_examples=8, maps=True,
+    )  # fmt: skip
+    out = train.quality_phase(quality_job, RunSettings())
+    assert out["status"] == "ok" and out["maps_data"] is None
+    assert "without calling a variant module" in out["maps_reason"]

@@ -1,7 +1,8 @@
 """Attention maps of a trained model (`bench quality --maps`): the probabilities each layer's
 attention gives one held-out example, per head, not just its pattern.
 
-The (q, k) each attention module receives are captured with a forward pre-hook, and the
+The (q, k) each attention module receives are captured with a forward pre-hook (a module called
+several times in one forward, the Universal Transformer's shared step, keeps its last call), and the
 probabilities come from the variant's own definition (`AttentionVariant.probabilities`, in
 float64: the masked softmax, LSH's round-counted shared-QK weights, Transformer-XL's content and
 position scores). Maps are averaged over f × f cells down to at most MAP_SIZE × MAP_SIZE, so
@@ -67,6 +68,8 @@ def attention_maps(
         model.train()
     layers, f = [], 1
     for index, module in found:
+        if index not in captured:  # the block computed its attention without calling this module
+            continue  # (ACT's gather path calls scaled_dot_product_attention on the running tokens)
         q, k = captured[index]
         with torch.no_grad():
             probs = module.probabilities(q[:1].cpu(), k[:1].cpu())[0]  # (h, n, n), example 0
@@ -76,6 +79,11 @@ def attention_maps(
                 "layer": index,
                 "heads": [[[round(float(x), DIGITS) for x in row] for row in head.tolist()] for head in small],
             }
+        )
+    if not layers:
+        return None, (
+            f"{job.case.variant} computes its attention without calling a variant module "
+            "(e.g. ACT's gather path attends from the running tokens directly), so there are no (q, k) to map"
         )
     where = asked[0].nonzero().flatten().tolist()
     return {
