@@ -9,7 +9,6 @@ float64 reference.
 from __future__ import annotations
 
 import dataclasses
-import math
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 
 from attnbench.core.registry import declare_base
 from attnbench.core.sdpa import MATH, SdpaChoice
-from attnbench.workloads.reference import dense_reference
+from attnbench.workloads.reference import dense_probabilities, dense_reference
 from attnbench.workloads.shape import (  # noqa: F401 - re-exported: variants and plugins import them from here
     FAMILIES,
     FFN_MULT,
@@ -106,12 +105,7 @@ class AttentionVariant(nn.Module, ABC):
         """(B, h, n, n) float64: the attention probabilities this variant's definition gives
         these inputs, for attention maps (`bench quality --maps`). By default softmax(q·kᵀ/√d)
         over `input_pattern`; variants that score differently override it. Dense: moderate n only."""
-        qd, kd = q.to(torch.float64), k.to(torch.float64)
-        scores = qd @ kd.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, h, n, n)
-        pattern = self.input_pattern(q, k)
-        if pattern is not None:
-            scores = scores.masked_fill(~pattern, float("-inf"))
-        return torch.nan_to_num(torch.softmax(scores, dim=-1), nan=0.0)
+        return dense_probabilities(q, k, self.input_pattern(q, k))
 
     @classmethod
     def verify_length(cls, params: Any, n: int, cap: int) -> int:

@@ -13,14 +13,18 @@ def dense_reference(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor | None = No
 
     q, k, v: (B, h, n, d); allowed: (n, n) or broadcastable to (B, h, n, n), True = may attend.
     """
-    q, k, v = (t.to(torch.float64) for t in (q, k, v))
+    return dense_probabilities(q, k, allowed) @ v.to(torch.float64)
+
+
+def dense_probabilities(q: Tensor, k: Tensor, allowed: Tensor | None = None) -> Tensor:
+    """softmax(QK^T/sqrt(d) masked) in float64, (B, h, n, n); fully masked rows are zeros."""
+    q, k = (t.to(torch.float64) for t in (q, k))
     scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])  # (B, h, n, n)
     if allowed is not None:
         allowed = allowed.to(scores.device)
         scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, dim=-1)
-    probs = torch.nan_to_num(probs, nan=0.0)  # fully masked rows
-    return probs @ v
+    return torch.nan_to_num(probs, nan=0.0)  # fully masked rows
 
 
 def causal_mask(n: int) -> Tensor:

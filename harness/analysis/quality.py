@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from attnbench.analysis.lra_accuracy import label_for, lra_table, published_order
@@ -115,8 +115,6 @@ def summarize_quality(records: Sequence[QualityRecord]) -> list[QualityPoint]:
 
 
 def _mark_pareto(points: list[QualityPoint]) -> list[QualityPoint]:
-    from dataclasses import replace
-
     where: dict[tuple, list[int]] = defaultdict(list)
     for i, p in enumerate(points):
         where[(p.task, p.seq_len, p.backend, p.dtype)].append(i)

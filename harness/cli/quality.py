@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -61,21 +62,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace, argv: list[str]) -> int:
     with interrupts.deferred():  # torch's import aborts the process if interrupted halfway
-        from attnbench.core.environment import fingerprint
-        from attnbench.core.record import RunRecord
         from attnbench.core.registry import PLUGINS_ENV
         from attnbench.core.results import check_writable
         from attnbench.core.settings import RunSettings
         from attnbench.engine.executors.local import LocalExecutor
         from attnbench.engine.quality.runner import (
-            now_iso,
             parse_quality,
             parse_task_params,
             quality_cases,
             quality_jobs,
             run_jobs,
         )
-        from attnbench.engine.runner import new_run_id
+        from attnbench.engine.runner import new_run, new_run_id
         from attnbench.engine.suites import load_suite, overrides_from_args
         from attnbench.report.console import make_console
         from attnbench.report.escaping import line
@@ -111,23 +109,8 @@ def run(args: argparse.Namespace, argv: list[str]) -> int:
     if folder.exists() and any(folder.iterdir()):
         raise UserError(f"{folder} already holds files; choose an empty --out")
     check_writable(folder)
-    env = fingerprint()
-    run = RunRecord(
-        run_id=run_id,
-        suite=spec.name,
-        started_at=now_iso(),
-        finished_at=None,
-        status="running",
-        argv=["bench", *argv],
-        git=env["git"],
-        host=env["host"],
-        packages=env["packages"],
-        devices=[],
-        executor="local",
-        sweep=sweep.to_json(),
-        settings={**settings.to_json(), "quality": qs.to_json()},
-        suite_notes=spec.notes or None,
-    )
+    run = new_run(run_id, spec.name, sweep, settings, ["bench", *argv], "local")
+    run = replace(run, settings={**(run.settings or {}), "quality": qs.to_json()}, suite_notes=spec.notes or None)
     console.print(
         line(
             "attnbench quality: suite ",

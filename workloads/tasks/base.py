@@ -110,3 +110,23 @@ def recall_targets(tokens: Tensor, num_keys: int, num_values: int) -> Tensor:
                 raise ValueError(f"position {first[token] + 1} of row {b} holds {answer}, not a value token")
             out[b][i] = answer - num_keys
     return torch.tensor(out, dtype=torch.int64).reshape(tokens.shape)
+
+
+class RecallTask(Task):
+    """A task whose sequences hold keys, values and filler from disjoint ranges (mqar, retrieval):
+    the vocabulary, the classes (the values), chance and the solver are the same for both."""
+
+    @property
+    def vocab_size(self) -> int:
+        p = self.params
+        return p.num_keys + p.num_values + p.num_filler
+
+    @property
+    def num_classes(self) -> int:
+        return self.params.num_values
+
+    def chance(self) -> float:
+        return 1.0 / self.params.num_values
+
+    def solve(self, tokens: Tensor) -> Tensor:
+        return recall_targets(tokens, self.params.num_keys, self.params.num_values)

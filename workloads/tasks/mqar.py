@@ -26,10 +26,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor
 
 from attnbench.workloads.shape import require_int
-from attnbench.workloads.tasks.base import IGNORE, Task, TaskBatch, recall_targets, require_number
+from attnbench.workloads.tasks.base import IGNORE, RecallTask, TaskBatch, require_number
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class MqarParams:
             )
 
 
-class MqarTask(Task):
+class MqarTask(RecallTask):
     """Multi-query associative recall; chance = 1 / num_values (values are uniform)."""
 
     name: ClassVar[str] = "mqar"
@@ -70,18 +69,6 @@ class MqarTask(Task):
                 f"mqar: {params.num_kv_pairs} pairs and {params.num_queries} queries need "
                 f"2*{params.num_kv_pairs}+{params.num_queries} = {need} <= n positions, got n={seq_len}"
             )
-
-    @property
-    def vocab_size(self) -> int:
-        p = self.params
-        return p.num_keys + p.num_values + p.num_filler
-
-    @property
-    def num_classes(self) -> int:
-        return self.params.num_values
-
-    def chance(self) -> float:
-        return 1.0 / self.params.num_values
 
     def generate(self, batch: int, generator: torch.Generator) -> TaskBatch:
         self._check_batch(batch)
@@ -107,6 +94,3 @@ class MqarTask(Task):
         distances = torch.full((batch, n), -1, dtype=torch.int64)
         distances.scatter_(1, positions, positions - 2 * asked)
         return TaskBatch(tokens=tokens, targets=targets, distances=distances)
-
-    def solve(self, tokens: Tensor) -> Tensor:
-        return recall_targets(tokens, self.params.num_keys, self.params.num_values)

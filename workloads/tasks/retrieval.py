@@ -25,10 +25,9 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-from torch import Tensor
 
 from attnbench.workloads.shape import require_int
-from attnbench.workloads.tasks.base import IGNORE, Task, TaskBatch, recall_targets
+from attnbench.workloads.tasks.base import IGNORE, RecallTask, TaskBatch
 
 MIN_DISTANCE = 2
 
@@ -62,7 +61,7 @@ class RetrievalParams:
             )
 
 
-class RetrievalTask(Task):
+class RetrievalTask(RecallTask):
     """Needle lookup at distance d; chance = 1 / num_values (values are uniform)."""
 
     name: ClassVar[str] = "retrieval"
@@ -91,18 +90,6 @@ class RetrievalTask(Task):
         if p.distance:
             return p.distance, p.distance
         return p.distance_min, p.distance_max or self.seq_len - 2
-
-    @property
-    def vocab_size(self) -> int:
-        p = self.params
-        return p.num_keys + p.num_values + p.num_filler
-
-    @property
-    def num_classes(self) -> int:
-        return self.params.num_values
-
-    def chance(self) -> float:
-        return 1.0 / self.params.num_values
 
     def generate(self, batch: int, generator: torch.Generator) -> TaskBatch:
         self._check_batch(batch)
@@ -140,6 +127,3 @@ class RetrievalTask(Task):
         distances = torch.full((batch, n), -1, dtype=torch.int64)
         distances[:, n - 1] = dist
         return TaskBatch(tokens=tokens, targets=targets, distances=distances)
-
-    def solve(self, tokens: Tensor) -> Tensor:
-        return recall_targets(tokens, self.params.num_keys, self.params.num_values)

@@ -10,7 +10,6 @@ variant's `layer`-scope block at the model's width, in training mode; each (task
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Callable
 from dataclasses import fields, replace
@@ -32,6 +31,7 @@ from attnbench.core.results import RunWriter
 from attnbench.core.strict_json import dumps
 from attnbench.engine.executors.base import Outcome
 from attnbench.engine.executors.local import LocalExecutor
+from attnbench.engine.runner import now_iso
 from attnbench.engine.suites import Overrides, SuiteSpec, coerce_value, resolve
 from attnbench.workloads.quality_model import ModelConfig
 from attnbench.workloads.tasks import TASKS, get_task
@@ -161,10 +161,6 @@ def quality_jobs(cases: list[Case], settings: QualitySettings) -> list[QualityJo
 
 def _asdict(params: Any) -> dict[str, Any]:
     return {f.name: getattr(params, f.name) for f in fields(params)}
-
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def record_of(job: QualityJob, outcome: Outcome, folder: Path) -> QualityRecord:

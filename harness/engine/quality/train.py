@@ -151,12 +151,12 @@ def evaluate(model: TaskModel, task: Task, job: QualityJob, device: torch.device
             hit = (model(tokens, asked).argmax(-1) == targets) & asked  # (B, n)
             correct += int(hit.sum())
             asked_total += int(asked.sum())
-            dist = batch.distances
-            if bool((dist[asked.cpu()] >= 0).any()):
+            dist, asked_cpu, hit_cpu = batch.distances, asked.cpu(), hit.cpu()
+            if bool((dist[asked_cpu] >= 0).any()):
                 for i, (lo, hi) in enumerate(bins):
-                    inside = asked.cpu() & (dist >= lo) & (dist < hi)
+                    inside = asked_cpu & (dist >= lo) & (dist < hi)
                     by_bin[i][0] += int(inside.sum())
-                    by_bin[i][1] += int((hit.cpu() & inside).sum())
+                    by_bin[i][1] += int((hit_cpu & inside).sum())
     model.train()
     chance = task.chance()
     accuracy = correct / asked_total if asked_total else None
